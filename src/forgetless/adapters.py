@@ -1,0 +1,44 @@
+"""Attach parameter-efficient adapters to a loaded base model (LoRA / QLoRA for now).
+
+The base weights stay frozen; only adapter weights train. With a quantized base, PEFT's
+`prepare_model_for_kbit_training` casts the few non-quantized parts (norms) to fp32 for
+stable training and hooks input gradients so that checkpointing works.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+from forgetless.config import PeftConfig
+
+
+def use_grad_checkpointing(setting, dev: torch.device) -> bool:
+    """auto: on for GPUs (memory is the limit there), off on CPU (it only costs time)."""
+    return dev.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def attach(model, cfg: PeftConfig, *, quantized: bool, grad_checkpointing: bool):
+    ckpt_kwargs = {"use_reentrant": False}
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=grad_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs
+        )
+    elif grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        model.enable_input_require_grads()
+    lora = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

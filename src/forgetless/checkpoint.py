@@ -1,0 +1,100 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is a directory `checkpoints/step-NNNNNNN/` holding the trainable weights
+(safetensors), optimizer and scheduler state, RNG states and the data position. It is written
+under a temporary name and renamed into place, so a crash mid-write never leaves a directory
+that looks like a valid checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from forgetless.errors import UserError
+
+PREFIX = "step-"
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    micro: int = 0  # micro-batches of the current epoch already consumed
+    tokens: int = 0  # non-padding input tokens processed
+    targets: int = 0  # tokens that carried the loss
+    elapsed: float = 0.0  # seconds spent in training steps
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def save(out_dir: Path, model, optimizer, scheduler, prog: Progress, keep: int) -> Path:
+    root = Path(out_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{prog.step:07d}"
+    if final.exists():  # already saved at this step (epoch end and save_every coincide)
+        return final
+    tmp = root / f".tmp-{prog.step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "progress": asdict(prog), "rng": rng_state()}, tmp / "state.pt")
+    _fsync_dir(tmp)
+    os.replace(tmp, final)
+    for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(out_dir: Path) -> Path | None:
+    found = sorted((Path(out_dir) / "checkpoints").glob(f"{PREFIX}*"))
+    return found[-1] if found else None
+
+
+def restore(out_dir: Path, model, optimizer, scheduler) -> Progress:
+    ckpt = latest(out_dir)
+    if ckpt is None:
+        raise UserError(f"--resume: no checkpoint in {Path(out_dir) / 'checkpoints'}; start without --resume")
+    weights = load_file(str(ckpt / "trainable.safetensors"))
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != expected:
+        raise UserError(f"--resume: {ckpt} does not match this model's trainable parameters; "
+                        "was the config (peft.*, model.*) changed since the run started?")
+    model.load_state_dict(weights, strict=False)
+    state = torch.load(ckpt / "state.pt", weights_only=False)  # our own file: RNG states are tuples
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    print(f"[forgetless] resumed from {ckpt} (step {state['progress']['step']})")
+    return Progress(**state["progress"])

@@ -1,0 +1,69 @@
+"""Files -> validated examples -> encoded rows, with a held-out split and a report of what was skipped."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from forgetless.config import DataConfig
+from forgetless.data.formats import Example, ReadReport, read_file
+from forgetless.data.render import RenderReport, encode_all
+from forgetless.errors import UserError
+
+
+@dataclass
+class Dataset:
+    train: list[dict]
+    validation: list[dict]
+    validation_examples: list[Example]  # the held-out conversations, for generation-based scores
+    read: ReadReport = field(default_factory=ReadReport)
+    render: RenderReport = field(default_factory=RenderReport)
+
+    def notes(self) -> list[str]:
+        """Human-readable lines about everything that was skipped, truncated or dropped."""
+        out = []
+        if self.read.skipped:
+            out.append(f"skipped {len(self.read.skipped)} bad row(s) (data.on_error=skip); first: {self.read.skipped[0]}")
+        if self.render.truncated:
+            out.append(f"truncated {self.render.truncated} row(s) to data.max_length")
+        if self.render.dropped:
+            out.append(f"dropped {len(self.render.dropped)} row(s); first: {self.render.dropped[0]}")
+        return out
+
+
+def read_all(refs: list[str], cfg: DataConfig, report: ReadReport) -> list[Example]:
+    out: list[Example] = []
+    for ref in refs:
+        out.extend(read_file(ref, cfg.format, cfg.on_error, report))
+    return out
+
+
+def split(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Seeded hold-out of `share` of the rows (at least one, and at least one left to train on)."""
+    if share <= 0 or len(examples) < 2:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_val = min(max(1, round(len(examples) * share)), len(examples) - 1)
+    held = set(order[:n_val])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
+def build(cfg: DataConfig, tokenizer, seed: int) -> Dataset:
+    if not cfg.train:
+        raise UserError("data.train is empty: give one or more training files (data.train=path/to/file.jsonl)")
+    read = ReadReport()
+    train_ex = read_all(cfg.train, cfg, read)
+    if cfg.validation:
+        val_ex = read_all(cfg.validation, cfg, read)
+    else:
+        train_ex, val_ex = split(train_ex, cfg.validation_split, seed)
+    render = RenderReport()
+    args = (tokenizer,)
+    kw = {"max_length": cfg.max_length, "overlong": cfg.overlong, "loss_on": cfg.loss_on,
+          "system_prompt": cfg.system_prompt, "report": render}
+    train = encode_all(*args, train_ex, **kw)
+    val = encode_all(*args, val_ex, **kw)
+    if not train:
+        raise UserError("no training rows are left after validation and truncation; see the messages above")
+    return Dataset(train, val, val_ex, read, render)

@@ -1,0 +1,20 @@
+"""Score a model on held-out conversations by generating answers (before/after training)."""
+
+from __future__ import annotations
+
+from forgetless.config import Config
+from forgetless.data.formats import Example
+from forgetless.eval.generate import generate, split_prompt
+from forgetless.eval.metrics import score
+
+
+def task_eval(model, tokenizer, examples: list[Example], cfg: Config) -> dict:
+    chats = [e for e in examples if e.messages][: cfg.eval.max_examples]
+    if not chats:
+        return {}
+    pairs = [split_prompt(e.messages, cfg.data.system_prompt) for e in chats]
+    answers = generate(model, tokenizer, [p for p, _ in pairs], max_new_tokens=cfg.eval.max_new_tokens)
+    refs = [r for _, r in pairs]
+    samples = [{"prompt": p[-1]["content"], "reference": r, "answer": a}
+               for (p, r), a in zip(pairs[: cfg.eval.samples], answers, strict=False)]
+    return {"n": len(chats), **score(answers, refs), "samples": samples}

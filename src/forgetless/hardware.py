@@ -1,0 +1,37 @@
+"""What this machine can do: device, bf16/fp16 support, and the dtype a precision setting means."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def device() -> torch.device:
+    """The device this process trains on: its local GPU under a launcher, else the first GPU, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def bf16_supported(dev: torch.device) -> bool:
+    return dev.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def resolve_dtype(precision: str, dev: torch.device) -> torch.dtype:
+    """auto -> bf16 on Ampere+ GPUs, fp16 on older GPUs, fp32 on CPU (bf16 matmul is ~5x slower there)."""
+    if precision == "auto":
+        if dev.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if bf16_supported(dev) else torch.float16
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def summary() -> dict:
+    dev = device()
+    info = {"device": str(dev), "cpu_cores": os.cpu_count(), "torch": torch.__version__}
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        info |= {"gpu": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 1),
+                 "bf16": bf16_supported(dev)}
+    return info
