@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from forgetless import config
+from forgetless.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_follow_the_literature():
+    cfg = config.load()
+    assert (cfg.peft.r, cfg.peft.alpha, cfg.peft.dropout, cfg.peft.target_modules) == (8, 16, 0.05, "all-linear")
+    t = cfg.train
+    assert (t.lr, t.epochs, t.batch_size, t.grad_accum) == (2e-4, 3, 4, 4)
+    assert (t.scheduler, t.warmup_ratio, t.weight_decay, t.max_grad_norm) == ("cosine", 0.03, 0.01, 1.0)
+    assert cfg.model.name == "smollm2-135m-instruct" and cfg.model.quantization == "none"
+
+
+def test_overrides_are_typed():
+    cfg = config.load(None, ["train.lr=1e-4", "peft.r=16", "train.max_steps=3", "train.grad_checkpointing=true",
+                             "data.train=a.jsonl"])
+    assert cfg.train.lr == pytest.approx(1e-4) and cfg.peft.r == 16 and cfg.train.max_steps == 3
+    assert cfg.train.grad_checkpointing is True and cfg.data.train == ["a.jsonl"]
+
+
+def test_config_is_frozen():
+    cfg = config.load()
+    with pytest.raises(Exception):
+        cfg.train.lr = 1.0
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.001\n  batch_sise: 4\n")
+    with pytest.raises(UserError, match=r"c.yaml:3: unknown key 'train.batch_sise'; did you mean 'train.batch_size'"):
+        config.load(path)
+
+
+def test_bad_value_names_key_value_and_allowed(tmp_path):
+    with pytest.raises(UserError, match=r"model.quantization: Input should be 'none', '4bit' or '8bit' \(got '3bit'\)"):
+        config.load(None, ["model.quantization=3bit"])
+    with pytest.raises(UserError, match=r"peft.r: Input should be greater than or equal to 1 \(got 0\)"):
+        config.load(None, ["peft.r=0"])
+    with pytest.raises(UserError, match=r"train.lr: Input should be a valid number"):
+        config.load(None, ["train.lr=fast"])
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(UserError, match="is not key=value"):
+        config.load(None, ["train.lr"])
+    with pytest.raises(UserError, match="config file not found"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_relative_data_paths_are_relative_to_the_yaml(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "c.yaml"
+    path.write_text("data:\n  train: data/x.jsonl\n  validation: [builtin:quickstart/test.jsonl]\n")
+    cfg = config.load(path)
+    assert cfg.data.train == [str(tmp_path / "sub" / "data" / "x.jsonl")]
+    assert cfg.data.validation == ["builtin:quickstart/test.jsonl"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_yaml_loads(path):
+    config.load(path)
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = config.load(None, ["peft.r=4", "data.train=x.jsonl"])
+    config.dump(cfg, tmp_path / "c.yaml")
+    assert config.load(tmp_path / "c.yaml") == cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"train": [str((tmp_path / "x.jsonl").resolve())]})})
+
+
+def test_describe_lists_every_key_with_help():
+    text = config.describe()
+    assert "peft.r = 8" in text and "QLoRA" in text and "train.grad_accum = 4" in text
