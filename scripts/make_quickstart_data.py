@@ -22,9 +22,20 @@ OUT = Path(__file__).resolve().parents[1] / "src" / "forgetless" / "assets" / "q
 SYSTEM = "You are the Acme help desk triage assistant."
 INSTRUCTION = "Triage this support ticket."
 
-PRODUCTS = ["the Aero 3 blender", "my Nimbus router", "the Trail Pro backpack", "a pair of Strider shoes",
-            "the Lumen desk lamp", "my Pixel Frame", "the Orbit smartwatch", "the Cascade kettle",
-            "a Velo bike helmet", "the Quill notebook set", "my Echo speaker", "the Summit tent"]
+PRODUCTS = [
+    "the Aero 3 blender",
+    "my Nimbus router",
+    "the Trail Pro backpack",
+    "a pair of Strider shoes",
+    "the Lumen desk lamp",
+    "my Pixel Frame",
+    "the Orbit smartwatch",
+    "the Cascade kettle",
+    "a Velo bike helmet",
+    "the Quill notebook set",
+    "my Echo speaker",
+    "the Summit tent",
+]
 
 ISSUES = {
     "billing": [
@@ -69,8 +80,13 @@ ISSUES = {
     ],
 }
 
-URGENT = ["This is urgent!", "Please fix this ASAP.", "I need this sorted today.", "I need an answer immediately.",
-          "This is blocking my business, please hurry."]
+URGENT = [
+    "This is urgent!",
+    "Please fix this ASAP.",
+    "I need this sorted today.",
+    "I need an answer immediately.",
+    "This is blocking my business, please hurry.",
+]
 CALM = ["No rush.", "Whenever you get a chance.", "It is not urgent.", "Just letting you know, no hurry."]
 GREETINGS = ["", "", "Hi,", "Hello,", "Hello there,", "Good morning,", "Dear support,"]
 SIGNOFFS = ["", "", "Thanks.", "Thank you!", "Best regards, Sam", "Cheers, Alex", "Kind regards, Maria"]
@@ -82,8 +98,11 @@ def ticket(rng: random.Random) -> tuple[str, str]:
     category = rng.choice(list(ISSUES))
     product = rng.choice(PRODUCTS)
     issue = rng.choice(ISSUES[category]).format(
-        p=product, P=product[0].upper() + product[1:], amt=f"${rng.randint(9, 300)}.{rng.randint(0, 99):02d}",
-        day=rng.choice(DAYS), code=rng.randint(100, 999),
+        p=product,
+        P=product[0].upper() + product[1:],
+        amt=f"${rng.randint(9, 300)}.{rng.randint(0, 99):02d}",
+        day=rng.choice(DAYS),
+        code=rng.randint(100, 999),
     )
     priority = rng.choices(["high", "normal", "low"], weights=[3, 4, 3])[0]
     parts = [rng.choice(GREETINGS), issue]

@@ -16,7 +16,11 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from forgetless import model as models
 
 ROWS = [
-    {"instruction": "Triage this ticket.", "input": f"My order {n} is late.", "output": f"category: shipping | order: {n}"}
+    {
+        "instruction": "Triage this ticket.",
+        "input": f"My order {n} is late.",
+        "output": f"category: shipping | order: {n}",
+    }
     for n in (11111, 22222, 33333, 44444, 55555, 66666, 77777, 88888)
 ]
 
@@ -35,10 +39,20 @@ def tokenizer(embedded_dir):
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory, tokenizer) -> str:
     out = tmp_path_factory.mktemp("tiny-llama")
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -58,7 +72,17 @@ def train_file(tmp_path) -> Path:
 @pytest.fixture
 def tiny_overrides(tiny_dir, train_file, tmp_path) -> list[str]:
     """Overrides for a seconds-long training run of the tiny model."""
-    return [f"model.name={tiny_dir}", f"data.train={train_file}", "data.validation_split=0.25",
-            f"output_dir={tmp_path / 'run'}", "eval.before_after=false", "train.batch_size=2",
-            "train.grad_accum=2", "train.lr=1e-2", "train.max_steps=6", "train.eval_every=3",
-            "train.save_every=3", "peft.r=4"]
+    return [
+        f"model.name={tiny_dir}",
+        f"data.train={train_file}",
+        "data.validation_split=0.25",
+        f"output_dir={tmp_path / 'run'}",
+        "eval.before_after=false",
+        "train.batch_size=2",
+        "train.grad_accum=2",
+        "train.lr=1e-2",
+        "train.max_steps=6",
+        "train.eval_every=3",
+        "train.save_every=3",
+        "peft.r=4",
+    ]

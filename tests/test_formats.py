@@ -8,9 +8,15 @@ from forgetless.errors import UserError
 from .conftest import write_jsonl
 
 INSTR = {"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"}
-CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                     {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"},
-                     {"role": "assistant", "content": "Goodbye"}]}
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Goodbye"},
+    ]
+}
 
 
 def test_formats_are_detected_and_normalised(tmp_path):
@@ -40,21 +46,32 @@ def test_json_csv_parquet_and_dataset_dir(tmp_path):
     assert len(read_file(str(tmp_path / "ds"))) == 4
 
 
-@pytest.mark.parametrize(("row", "message"), [
-    ('{"instruction": "x", "output": ', r"bad.jsonl:2: malformed JSON"),
-    ({"instruction": "x"}, r"bad.jsonl:2: field 'output' is missing"),
-    ({"instruction": "x", "output": "  "}, r"bad.jsonl:2: field 'output' is empty"),
-    ({"instruction": "x", "output": 3}, r"bad.jsonl:2: field 'output' must be a string, got int"),
-    ({"messages": [{"role": "assistant", "content": "a"}]}, r"bad.jsonl:2: messages\[0\].role is 'assistant' but 'user'"),
-    ({"messages": [{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]},
-     r"bad.jsonl:2: messages\[0\].content must be a string, got list"),
-    ({"messages": [{"role": "user", "content": "a"}]}, r"bad.jsonl:2: the conversation must end with an assistant"),
-    ({"messages": [{"role": "robot", "content": "a"}]}, r"bad.jsonl:2: messages\[0\].role is 'robot'; allowed"),
-    ({"question": "x"}, r"bad.jsonl:2: field 'instruction' is missing"),  # format comes from the first row
-])
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ('{"instruction": "x", "output": ', r"bad.jsonl:2: malformed JSON"),
+        ({"instruction": "x"}, r"bad.jsonl:2: field 'output' is missing"),
+        ({"instruction": "x", "output": "  "}, r"bad.jsonl:2: field 'output' is empty"),
+        ({"instruction": "x", "output": 3}, r"bad.jsonl:2: field 'output' must be a string, got int"),
+        (
+            {"messages": [{"role": "assistant", "content": "a"}]},
+            r"bad.jsonl:2: messages\[0\].role is 'assistant' but 'user'",
+        ),
+        (
+            {"messages": [{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]},
+            r"bad.jsonl:2: messages\[0\].content must be a string, got list",
+        ),
+        ({"messages": [{"role": "user", "content": "a"}]}, r"bad.jsonl:2: the conversation must end with an assistant"),
+        ({"messages": [{"role": "robot", "content": "a"}]}, r"bad.jsonl:2: messages\[0\].role is 'robot'; allowed"),
+        ({"question": "x"}, r"bad.jsonl:2: field 'instruction' is missing"),  # format comes from the first row
+    ],
+)
 def test_each_bad_row_names_file_line_and_field(tmp_path, row, message):
-    good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]} \
-        if isinstance(row, dict) and "messages" in row else INSTR
+    good = (
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+        if isinstance(row, dict) and "messages" in row
+        else INSTR
+    )
     path = write_jsonl(tmp_path / "bad.jsonl", [good, row])
     with pytest.raises(UserError, match=message):
         read_file(str(path))
@@ -82,8 +99,9 @@ def test_skip_mode_counts_every_bad_row(tmp_path):
     report = ReadReport()
     rows = read_file(str(path), on_error="skip", report=report)
     assert len(rows) == 2 and report.rows == 4 and len(report.skipped) == 2
-    assert report.skipped[0].endswith("mixed.jsonl:2: malformed JSON (Expecting property name enclosed in double "
-                                      "quotes at column 2)")
+    assert report.skipped[0].endswith(
+        "mixed.jsonl:2: malformed JSON (Expecting property name enclosed in double quotes at column 2)"
+    )
 
 
 def test_builtin_quickstart_files_are_valid():

@@ -26,10 +26,16 @@ def test_only_assistant_tokens_carry_loss(tokenizer):
 
 
 def test_every_assistant_turn_of_a_multi_turn_chat(tokenizer):
-    ex = Example("x:1", messages=(
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello there"}, {"role": "user", "content": "Bye"},
-        {"role": "assistant", "content": "Goodbye"}))
+    ex = Example(
+        "x:1",
+        messages=(
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello there"},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Goodbye"},
+        ),
+    )
     row = encode(tokenizer, ex)
     assert labelled_text(tokenizer, row) == ["Hello there<|im_end|>\n", "Goodbye<|im_end|>\n"]
     masked = tokenizer.decode([t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab == IGNORE])
@@ -49,7 +55,9 @@ def test_text_rows_learn_every_token(tokenizer):
 
 
 def test_overlong_rows_are_truncated_or_dropped_and_counted(tokenizer):
-    long_user = Example("f:1", messages=({"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}))
+    long_user = Example(
+        "f:1", messages=({"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"})
+    )
     short = Example("f:2", messages=({"role": "user", "content": "hi"}, {"role": "assistant", "content": "a " * 100}))
     report = RenderReport()
     rows = encode_all(tokenizer, [long_user, short], max_length=64, overlong="truncate", report=report)

@@ -31,8 +31,14 @@ def test_loss_falls_when_overfitting_and_outputs_are_complete(tiny_overrides, tm
     losses = [x["loss"] for x in lines if "loss" in x]
     assert len(losses) == 30 and sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
     assert any("val_loss" in x for x in lines)
-    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer.json",
-                 "config.yaml", "metrics.jsonl", "summary.json"):
+    for name in (
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer.json",
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+    ):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert summary["steps"] == 30 and summary["tokens"] > 0 and summary["effective_batch"] == 4
@@ -60,15 +66,27 @@ def test_only_adapter_weights_change_and_plain_peft_loads_them(tiny_dir, tiny_ov
 
 def _cli(args, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "forgetless", "train", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "forgetless", "train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tiny_overrides, tmp_path):
     rows = [{"input": f"Ticket {i}: my parcel is late", "output": f"shipping {i}"} for i in range(64)]
     data = write_jsonl(tmp_path / "many.jsonl", rows)  # 16 steps per epoch: crosses epoch boundaries
-    common = [*tiny_overrides, f"data.train={data}", "train.max_steps=60", "train.save_every=10",
-              "train.eval_every=1000", "peft.dropout=0.1"]  # dropout on: RNG state must be restored too
+    common = [
+        *tiny_overrides,
+        f"data.train={data}",
+        "train.max_steps=60",
+        "train.save_every=10",
+        "train.eval_every=1000",
+        "peft.dropout=0.1",
+    ]  # dropout on: RNG state must be restored too
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert _cli([*common, f"output_dir={full}"]).wait() == 0
     proc = _cli([*common, f"output_dir={cut}"])
@@ -97,8 +115,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny_dir, tokeniz
     from forgetless import adapters
     from forgetless.config import PeftConfig
 
-    model = adapters.attach(AutoModelForCausalLM.from_pretrained(tiny_dir), PeftConfig(r=4), quantized=False,
-                            grad_checkpointing=False)
+    model = adapters.attach(
+        AutoModelForCausalLM.from_pretrained(tiny_dir), PeftConfig(r=4), quantized=False, grad_checkpointing=False
+    )
     rows = [{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]}] * 8
     calls = {"n": 0}
 
@@ -108,7 +127,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny_dir, tokeniz
         return {"ce": loss * float("nan") if calls["n"] > 4 else loss}
 
     cfg = TrainConfig(max_steps=10, batch_size=2, grad_accum=1, save_every=2)
-    with pytest.raises(TrainingDiverged, match=r"loss became nan \(grad norm nan\) at step 5; the last good checkpoint"):
+    with pytest.raises(
+        TrainingDiverged, match=r"loss became nan \(grad norm nan\) at step 5; the last good checkpoint"
+    ):
         loop.fit(model, Batches(rows, 2, 0, 0), poisoned, cfg, tmp_path)
     assert checkpoint.latest(tmp_path).name == "step-0000004"
     assert (checkpoint.latest(tmp_path) / "state.pt").is_file()
@@ -128,7 +149,7 @@ def test_batches_are_seeded_and_resumable():
     assert first == [x["input_ids"][:, 0].tolist() for x in Batches(rows, 3, 7, 0).epoch(0)]
     assert first[2:] == [x["input_ids"][:, 0].tolist() for x in b.epoch(0, start=2)]
     assert first != [x["input_ids"][:, 0].tolist() for x in b.epoch(1)]
-    assert sorted(sum(first, [])) == list(range(10)) and len(b) == 4
+    assert sorted(x for batch in first for x in batch) == list(range(10)) and len(b) == 4
 
 
 def test_validation_split_when_no_file(tiny_overrides, tmp_path):
@@ -146,14 +167,18 @@ def test_bad_data_file_stops_before_training(tiny_overrides, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "x", "output": "y"}, '{"instruction": '])
     with pytest.raises(forgetless.UserError, match=r"bad.jsonl:2: malformed JSON"):
         forgetless.train({}, [*tiny_overrides, f"data.train={bad}"])
-    summary = forgetless.train({}, [*tiny_overrides, f"data.train={bad}", "data.on_error=skip",
-                                      "data.validation_split=0", "train.max_steps=1"], overwrite=True)
+    summary = forgetless.train(
+        {},
+        [*tiny_overrides, f"data.train={bad}", "data.on_error=skip", "data.validation_split=0", "train.max_steps=1"],
+        overwrite=True,
+    )
     assert summary["data_notes"][0].startswith("skipped 1 bad row(s)")
 
 
 def test_before_after_scores_are_reported(tiny_overrides, tmp_path):
-    summary = forgetless.train({}, [*tiny_overrides, "train.max_steps=2", "eval.before_after=true",
-                                      "eval.max_new_tokens=4", "eval.samples=1"])
+    summary = forgetless.train(
+        {}, [*tiny_overrides, "train.max_steps=2", "eval.before_after=true", "eval.max_new_tokens=4", "eval.samples=1"]
+    )
     for key in ("task_before", "task_after"):
         assert set(summary[key]) >= {"exact_match", "rouge_l", "n", "samples"} and summary[key]["n"] == 2
     assert Path(tmp_path / "run" / "eval_before.json").is_file()

@@ -23,9 +23,16 @@ def load_config(cfg: str | Path | Config | dict | None = None, overrides: list[s
     return config.load(cfg if cfg is not None else QUICKSTART, overrides)
 
 
-def train(cfg: str | Path | Config | dict | None = None, overrides: list[str] | None = None,
-          resume: bool = False, overwrite: bool = False) -> dict:
+def train(
+    cfg: str | Path | Config | dict | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Train as `forgetless train` does and return the run summary (also in output_dir/summary.json)."""
+    from forgetless.hardware import quiet_third_party_logs
+
+    quiet_third_party_logs()
     from forgetless.recipes import sft
 
     return sft.run(load_config(cfg, overrides), resume=resume, overwrite=overwrite)

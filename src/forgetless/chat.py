@@ -35,12 +35,20 @@ def base_of(run_adapter: Path) -> str | None:
 
 
 class Chat:
-    def __init__(self, model_ref: str | None, adapters: list[str], system: str | None, max_new_tokens: int,
-                 quantization: str = "none"):
+    def __init__(
+        self,
+        model_ref: str | None,
+        adapters: list[str],
+        system: str | None,
+        max_new_tokens: int,
+        quantization: str = "none",
+    ):
         named = []
         for i, item in enumerate(adapters):
             name, sep, ref = item.partition("=")
-            named.append((name, adapter_dir(ref)) if sep else (f"adapter{i + 1}" if i else "adapter", adapter_dir(item)))
+            named.append(
+                (name, adapter_dir(ref)) if sep else (f"adapter{i + 1}" if i else "adapter", adapter_dir(item))
+            )
         model_ref = model_ref or (base_of(named[0][1]) if named else None) or "smollm2-135m-instruct"
         self.model, self.tokenizer, _ = models.load(ModelConfig(name=model_ref, quantization=quantization))
         self.names = [BASE]
@@ -79,8 +87,7 @@ class Chat:
         return reply
 
     def interactive(self) -> None:
-        print(f"models: {', '.join(self.names)} (active: {self.active}). "
-              "Commands: /use NAME, /reset, /quit")
+        print(f"models: {', '.join(self.names)} (active: {self.active}). Commands: /use NAME, /reset, /quit")
         while True:
             try:
                 line = input(f"[{self.active}] > ").strip()

@@ -68,8 +68,15 @@ def save(out_dir: Path, model, optimizer, scheduler, prog: Progress, keep: int) 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "progress": asdict(prog), "rng": rng_state()}, tmp / "state.pt")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "progress": asdict(prog),
+            "rng": rng_state(),
+        },
+        tmp / "state.pt",
+    )
     _fsync_dir(tmp)
     os.replace(tmp, final)
     for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
@@ -89,8 +96,10 @@ def restore(out_dir: Path, model, optimizer, scheduler) -> Progress:
     weights = load_file(str(ckpt / "trainable.safetensors"))
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != expected:
-        raise UserError(f"--resume: {ckpt} does not match this model's trainable parameters; "
-                        "was the config (peft.*, model.*) changed since the run started?")
+        raise UserError(
+            f"--resume: {ckpt} does not match this model's trainable parameters; "
+            "was the config (peft.*, model.*) changed since the run started?"
+        )
     model.load_state_dict(weights, strict=False)
     state = torch.load(ckpt / "state.pt", weights_only=False)  # our own file: RNG states are tuples
     optimizer.load_state_dict(state["optimizer"])

@@ -31,9 +31,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def print_summary(s: dict) -> None:
-    print(f"\n[forgetless] trained {s['steps']} steps in {s['train_seconds']:.0f} s "
-          f"({s['tokens_per_s']:.0f} tokens/s, effective batch {s['effective_batch']}); "
-          f"wall time {s['wall_seconds']:.0f} s")
+    print(
+        f"\n[forgetless] trained {s['steps']} steps in {s['train_seconds']:.0f} s "
+        f"({s['tokens_per_s']:.0f} tokens/s, effective batch {s['effective_batch']}); "
+        f"wall time {s['wall_seconds']:.0f} s"
+    )
     before, after = s.get("task_before"), s.get("task_after")
     if before and after:
         print(f"\n{'held-out task score':<22}{'before':>10}{'after':>10}")
@@ -78,8 +80,13 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("chat", help="answer a prompt (or chat) with a model and optional adapters")
     c.add_argument("--model", default=None, help="model reference (default: the adapter's base, else the alias)")
-    c.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
-                   help="adapter directory or run directory; repeat to load several and /use NAME to switch")
+    c.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="adapter directory or run directory; repeat to load several and /use NAME to switch",
+    )
     c.add_argument("--prompt", default=None, help="answer this one prompt and exit")
     c.add_argument("--system", default=None, help="system prompt")
     c.add_argument("--max-new-tokens", type=int, default=256)
@@ -94,6 +101,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from forgetless.hardware import quiet_third_party_logs
+
+    quiet_third_party_logs()
     if not args.debug:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
@@ -109,4 +119,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["main", "parser", "Path"]
+__all__ = ["Path", "main", "parser"]

@@ -32,6 +32,19 @@ def summary() -> dict:
     info = {"device": str(dev), "cpu_cores": os.cpu_count(), "torch": torch.__version__}
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
-        info |= {"gpu": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 1),
-                 "bf16": bf16_supported(dev)}
+        info |= {"gpu": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 1), "bf16": bf16_supported(dev)}
     return info
+
+
+def quiet_third_party_logs() -> None:
+    """Silence expected noise before peft/transformers import bitsandbytes.
+
+    On CPUs with AVX512-BF16, bitsandbytes tries to fetch an optional kernel from the hub at
+    import and warns when it cannot; the built-in CPU path it falls back to is what we test.
+    """
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    warnings.filterwarnings("ignore", message=".*inputs will be cast.*")

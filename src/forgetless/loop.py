@@ -89,9 +89,18 @@ def train_step(model, window, loss_fn: LossFn, acc: Accelerator, count_fn) -> di
     return dict(zip(terms, reduced, strict=True))
 
 
-def fit(model, batches: Batches, loss_fn: LossFn, cfg: TrainConfig, out_dir: Path, *,
-        evaluate: EvalFn | None = None, resume: bool = False, mixed_precision: str = "no",
-        count_fn=lambda b: count_targets(b["labels"])) -> dict:
+def fit(
+    model,
+    batches: Batches,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    evaluate: EvalFn | None = None,
+    resume: bool = False,
+    mixed_precision: str = "no",
+    count_fn=lambda b: count_targets(b["labels"]),
+) -> dict:
     acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     steps = total_steps(cfg, batches)
     optimizer = make_optimizer(model, cfg)
@@ -123,10 +132,16 @@ def fit(model, batches: Batches, loss_fn: LossFn, cfg: TrainConfig, out_dir: Pat
     finally:
         bar.close()
         log.close()
-    return {"steps": prog.step, "epochs_completed": prog.epoch + prog.micro / max(len(batches), 1),
-            "tokens": prog.tokens, "target_tokens": prog.targets, "train_seconds": round(prog.elapsed, 2),
-            "tokens_per_s": round(prog.tokens / max(prog.elapsed, 1e-9), 1), "final": last,
-            "effective_batch": cfg.batch_size * cfg.grad_accum * acc.num_processes}
+    return {
+        "steps": prog.step,
+        "epochs_completed": prog.epoch + prog.micro / max(len(batches), 1),
+        "tokens": prog.tokens,
+        "target_tokens": prog.targets,
+        "train_seconds": round(prog.elapsed, 2),
+        "tokens_per_s": round(prog.tokens / max(prog.elapsed, 1e-9), 1),
+        "final": last,
+        "effective_batch": cfg.batch_size * cfg.grad_accum * acc.num_processes,
+    }
 
 
 def _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog: Progress, count_fn) -> dict:
@@ -152,9 +167,15 @@ def _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog: Pro
     prog.tokens += sum(int(b["attention_mask"].sum()) for b in window)
     prog.targets += sum(count_fn(b) for b in window)
     prog.elapsed += time.perf_counter() - t0
-    return {"loss": loss, **({k: v for k, v in terms.items()} if len(terms) > 1 else {}), "lr": lr,
-            "grad_norm": grad_norm, "epoch": prog.epoch + prog.micro / len(batches),
-            "tokens_per_s": prog.tokens / max(prog.elapsed, 1e-9), **{"tokens": prog.tokens}}
+    return {
+        "loss": loss,
+        **({k: v for k, v in terms.items()} if len(terms) > 1 else {}),
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "epoch": prog.epoch + prog.micro / len(batches),
+        "tokens_per_s": prog.tokens / max(prog.elapsed, 1e-9),
+        **{"tokens": prog.tokens},
+    }
 
 
 def _validate(model, evaluate: EvalFn, acc: Accelerator) -> dict[str, float]:
@@ -165,4 +186,4 @@ def _validate(model, evaluate: EvalFn, acc: Accelerator) -> dict[str, float]:
     return result
 
 
-__all__ = ["fit", "Progress", "asdict"]
+__all__ = ["Progress", "asdict", "fit"]

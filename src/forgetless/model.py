@@ -108,9 +108,7 @@ def resolve(name: str) -> str:
             raise UserError(f"model directory {path} has no config.json; is it a Hugging Face model folder?")
         return str(path)
     if name.count("/") != 1 or name.startswith((".", "/")):
-        raise UserError(
-            f"model '{name}' is not an alias ({', '.join(ALIASES)}), a directory, a .gguf file or a hub id"
-        )
+        raise UserError(f"model '{name}' is not an alias ({', '.join(ALIASES)}), a directory, a .gguf file or a hub id")
     return _hub_snapshot(name)
 
 
@@ -120,7 +118,7 @@ def _hub_snapshot(hub_id: str) -> str:
 
     try:
         return snapshot_download(hub_id, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached: fall through to the network
+    except Exception:
         pass
     if not _hub_reachable():
         raise UserError(
@@ -129,7 +127,7 @@ def _hub_snapshot(hub_id: str) -> str:
         )
     try:
         return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
-    except Exception as e:  # noqa: BLE001 - hub errors come in many types; all mean the same to the user
+    except Exception as e:
         raise UserError(f"could not download model '{hub_id}': {e}".splitlines()[0]) from None
 
 
@@ -163,7 +161,7 @@ def load(cfg: ModelConfig, dev: torch.device | None = None):
     quant = quantization_config(cfg, dtype)
     kwargs: dict = {"dtype": dtype}
     if quant is not None:
-        _silence_bnb_cpu_warning()
+        hardware.quiet_third_party_logs()
         kwargs |= {"quantization_config": quant, "device_map": {"": dev.index if dev.type == "cuda" else "cpu"}}
     try:
         AutoConfig.from_pretrained(path)
@@ -172,11 +170,20 @@ def load(cfg: ModelConfig, dev: torch.device | None = None):
         raise UserError(f"could not load model from {path}: {str(e).splitlines()[0]}") from None
     if quant is None:
         model.to(dev)
+    else:
+        keep_4bit_weights_unpacked(model)
     model.eval()
     return model, load_tokenizer(path), path
 
 
-def _silence_bnb_cpu_warning() -> None:
-    # bitsandbytes' 8-bit matmul on CPU warns "inputs will be cast" on every call; it is expected.
-    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
-    warnings.filterwarnings("ignore", message=".*inputs will be cast.*")
+def keep_4bit_weights_unpacked(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On AVX512-BF16 CPUs, Linear4bit repacks its weight in place the first time it runs in eval
+    mode and does not undo it in training mode, so one generation or validation pass before a
+    training step silently corrupts QLoRA's forward (the loss stalls; measured here). The
+    regular dequantize-and-matmul path is correct in both modes.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

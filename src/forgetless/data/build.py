@@ -23,7 +23,9 @@ class Dataset:
         """Human-readable lines about everything that was skipped, truncated or dropped."""
         out = []
         if self.read.skipped:
-            out.append(f"skipped {len(self.read.skipped)} bad row(s) (data.on_error=skip); first: {self.read.skipped[0]}")
+            out.append(
+                f"skipped {len(self.read.skipped)} bad row(s) (data.on_error=skip); first: {self.read.skipped[0]}"
+            )
         if self.render.truncated:
             out.append(f"truncated {self.render.truncated} row(s) to data.max_length")
         if self.render.dropped:
@@ -60,8 +62,13 @@ def build(cfg: DataConfig, tokenizer, seed: int) -> Dataset:
         train_ex, val_ex = split(train_ex, cfg.validation_split, seed)
     render = RenderReport()
     args = (tokenizer,)
-    kw = {"max_length": cfg.max_length, "overlong": cfg.overlong, "loss_on": cfg.loss_on,
-          "system_prompt": cfg.system_prompt, "report": render}
+    kw = {
+        "max_length": cfg.max_length,
+        "overlong": cfg.overlong,
+        "loss_on": cfg.loss_on,
+        "system_prompt": cfg.system_prompt,
+        "report": render,
+    }
     train = encode_all(*args, train_ex, **kw)
     val = encode_all(*args, val_ex, **kw)
     if not train:

@@ -105,7 +105,7 @@ def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
         try:
             ds = load_from_disk(str(path))
-        except Exception as e:  # noqa: BLE001 - datasets raises many types for "not a dataset"
+        except Exception as e:
             raise UserError(f"{path}: not a saved Hugging Face dataset ({e})") from None
         yield from _iter_table(ds)
         return
@@ -180,8 +180,10 @@ def _check_chat(messages: Any) -> tuple[dict, ...]:
         expected = "user" if i % 2 == 0 else "assistant"
         if m["role"] != expected:
             idx = i + (len(out) - len(turns))
-            raise RowError(f"messages[{idx}].role is '{m['role']}' but '{expected}' was expected (after an optional "
-                           "system message, turns alternate user, assistant, ...)")
+            raise RowError(
+                f"messages[{idx}].role is '{m['role']}' but '{expected}' was expected (after an optional "
+                "system message, turns alternate user, assistant, ...)"
+            )
     if not turns or turns[-1]["role"] != "assistant":
         raise RowError("the conversation must end with an assistant message (it is what the model learns)")
     return tuple(out)

@@ -76,8 +76,15 @@ def encode(tokenizer, example: Example, loss_on: str = "assistant", system_promp
     return {"input_ids": ids, "labels": labels}
 
 
-def encode_all(tokenizer, examples: list[Example], max_length: int, overlong: str, loss_on: str = "assistant",
-               system_prompt: str | None = None, report: RenderReport | None = None) -> list[dict]:
+def encode_all(
+    tokenizer,
+    examples: list[Example],
+    max_length: int,
+    overlong: str,
+    loss_on: str = "assistant",
+    system_prompt: str | None = None,
+    report: RenderReport | None = None,
+) -> list[dict]:
     """Encode, then truncate or drop over-long rows; every drop is recorded in `report`."""
     report = report if report is not None else RenderReport()
     rows = []

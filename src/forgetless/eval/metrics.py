@@ -50,5 +50,6 @@ METRICS = {"exact_match": exact_match, "rouge_l": rouge_l}
 
 def score(predictions: list[str], references: list[str]) -> dict[str, float]:
     n = max(len(references), 1)
-    return {name: sum(fn(p, r) for p, r in zip(predictions, references, strict=True)) / n
-            for name, fn in METRICS.items()}
+    return {
+        name: sum(fn(p, r) for p, r in zip(predictions, references, strict=True)) / n for name, fn in METRICS.items()
+    }

@@ -15,6 +15,8 @@ def task_eval(model, tokenizer, examples: list[Example], cfg: Config) -> dict:
     pairs = [split_prompt(e.messages, cfg.data.system_prompt) for e in chats]
     answers = generate(model, tokenizer, [p for p, _ in pairs], max_new_tokens=cfg.eval.max_new_tokens)
     refs = [r for _, r in pairs]
-    samples = [{"prompt": p[-1]["content"], "reference": r, "answer": a}
-               for (p, r), a in zip(pairs[: cfg.eval.samples], answers, strict=False)]
+    samples = [
+        {"prompt": p[-1]["content"], "reference": r, "answer": a}
+        for (p, r), a in zip(pairs[: cfg.eval.samples], answers, strict=False)
+    ]
     return {"n": len(chats), **score(answers, refs), "samples": samples}

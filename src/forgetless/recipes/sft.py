@@ -44,8 +44,10 @@ def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise UserError(f"output_dir {out} already holds a run; pass --resume to continue it, "
-                            "--overwrite to replace it, or choose another output_dir=...")
+            raise UserError(
+                f"output_dir {out} already holds a run; pass --resume to continue it, "
+                "--overwrite to replace it, or choose another output_dir=..."
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -82,8 +84,10 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     ckpt = adapters.use_grad_checkpointing(cfg.train.grad_checkpointing, dev)
     model = adapters.attach(model, cfg.peft, quantized=quantized, grad_checkpointing=ckpt)
     trainable, total = adapters.count_parameters(model)
-    print(f"[forgetless] {cfg.peft.method}: {trainable:,} trainable of {total:,} parameters "
-          f"({100 * trainable / total:.2f}%)")
+    print(
+        f"[forgetless] {cfg.peft.method}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%)"
+    )
 
     pad = tokenizer.pad_token_id
     batches = Batches(data.train, cfg.train.batch_size, cfg.train.seed, pad)
@@ -91,8 +95,9 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     evaluate = (lambda m: {"val_loss": validation_loss(m, val)}) if val else None
     dtype = hardware.resolve_dtype(cfg.model.precision, dev)
     mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
-    summary = loop.fit(model, batches, sft_loss, cfg.train, out, evaluate=evaluate, resume=resume,
-                       mixed_precision=mixed)
+    summary = loop.fit(
+        model, batches, sft_loss, cfg.train, out, evaluate=evaluate, resume=resume, mixed_precision=mixed
+    )
 
     model.save_pretrained(out / "adapter")
     tokenizer.save_pretrained(out / "adapter")
@@ -100,9 +105,17 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     if before is not None:
         print("[forgetless] scoring the fine-tuned model on the held-out split ...")
         after = task_eval(model, tokenizer, data.validation_examples, cfg)
-    summary |= {"model": cfg.model.name, "model_path": model_path, "trainable_parameters": trainable,
-                "total_parameters": total, "train_rows": len(data.train), "validation_rows": len(data.validation),
-                "data_notes": data.notes(), "task_before": before, "task_after": after,
-                "wall_seconds": round(time.time() - started, 1)}
+    summary |= {
+        "model": cfg.model.name,
+        "model_path": model_path,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "train_rows": len(data.train),
+        "validation_rows": len(data.validation),
+        "data_notes": data.notes(),
+        "task_before": before,
+        "task_after": after,
+        "wall_seconds": round(time.time() - started, 1),
+    }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     return summary
