@@ -52,6 +52,7 @@ class Chat:
         model_ref = model_ref or (base_of(named[0][1]) if named else None) or "smollm2-135m-instruct"
         self.model, self.tokenizer, _ = models.load(ModelConfig(name=model_ref, quantization=quantization))
         self.names = [BASE]
+        self.active = BASE
         if named:
             from peft import PeftModel
 
@@ -60,10 +61,7 @@ class Chat:
             for name, path in named[1:]:
                 self.model.load_adapter(str(path), adapter_name=name)
             self.names += [n for n, _ in named]
-        self.active = self.names[-1] if named else BASE
-        if named:
-            self.model.set_adapter(named[0][0])
-            self.active = named[0][0]
+            self.use(first)
         self.system, self.max_new_tokens = system, max_new_tokens
         self.history: list[dict] = []
 

@@ -190,7 +190,9 @@ def _explain(err: dict, where: dict[tuple[str, ...], int], source: str) -> str:
     line = where.get(loc)
     place = f"{source}:{line}: " if line else (f"{source}: " if source else "")
     if err["type"] == "extra_forbidden":
-        guess = difflib.get_close_matches(loc[-1], _section_fields(loc), n=1)
+        fields = _section_fields(loc)
+        # close spelling first, then abbreviations such as rank -> r
+        guess = difflib.get_close_matches(loc[-1], fields, n=1) or [f for f in fields if loc[-1].startswith(f)][:1]
         hint = f"; did you mean '{'.'.join(loc[:-1] + (guess[0],))}'?" if guess else ""
         return f"{place}unknown key '{key}'{hint}"
     return f"{place}{key}: {err['msg']} (got {err.get('input')!r})"
