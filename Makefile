@@ -21,15 +21,15 @@ demo: install
 	$(VENV)/bin/forgetless train --overwrite
 
 test: install
-	$(PY) -m ruff check src tests scripts benchmarks
+	$(PY) -m ruff check src tests scripts
 	$(PY) -m pytest -q
 
 lint: install
-	$(PY) -m ruff check src tests scripts benchmarks
-	$(PY) -m ruff format --check src tests scripts benchmarks
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
 
 format: install
-	$(PY) -m ruff format src tests scripts benchmarks
+	$(PY) -m ruff format src tests scripts
 
 # Regenerate the bundled quickstart dataset (deterministic).
 data: install

@@ -67,3 +67,18 @@ def test_overlong_rows_are_truncated_or_dropped_and_counted(tokenizer):
     report = RenderReport()
     assert encode_all(tokenizer, [long_user, short], max_length=64, overlong="drop", report=report) == []
     assert len(report.dropped) == 2 and report.truncated == 0
+
+
+def test_tokenizer_without_chat_template_gets_chatml(embedded_dir, tmp_path):
+    from forgetless import model as models
+
+    tok = models.load_tokenizer(embedded_dir)
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+    plain = models.load_tokenizer(str(tmp_path))
+    assert plain.chat_template == models.FALLBACK_CHAT_TEMPLATE
+    ex = Example("x:1", messages=({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}))
+    row = encode(plain, ex)
+    assert plain.decode(row["input_ids"]).startswith("<|im_start|>user\nHi")
+    assert labelled_text(plain, row) == ["Yo<|im_end|>\n"]

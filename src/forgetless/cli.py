@@ -36,6 +36,8 @@ def print_summary(s: dict) -> None:
         f"({s['tokens_per_s']:.0f} tokens/s, effective batch {s['effective_batch']}); "
         f"wall time {s['wall_seconds']:.0f} s"
     )
+    for note in s.get("data_notes", []):
+        print(f"[forgetless] data: {note}")
     before, after = s.get("task_before"), s.get("task_after")
     if before and after:
         print(f"\n{'held-out task score':<22}{'before':>10}{'after':>10}")
