@@ -80,6 +80,9 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         print("[forgetless] scoring the base model on the held-out split ...")
         before = _cached(out / "eval_before.json", lambda: task_eval(model, tokenizer, data.validation_examples, cfg))
 
+    # Seed right before the adapters are initialised: converting a GGUF on first use draws random
+    # numbers, and the LoRA initialisation must not depend on whether the cache was warm.
+    set_seed(cfg.train.seed)
     quantized = cfg.model.quantization != "none"
     ckpt = adapters.use_grad_checkpointing(cfg.train.grad_checkpointing, dev)
     model = adapters.attach(model, cfg.peft, quantized=quantized, grad_checkpointing=ckpt)
