@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import warnings
-from pathlib import Path
 
 from forgetless.errors import UserError
 
@@ -119,6 +118,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nforgetless: interrupted; resume with --resume", file=sys.stderr)
         return 130
-
-
-__all__ = ["Path", "main", "parser"]

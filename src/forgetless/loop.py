@@ -14,7 +14,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 
@@ -121,7 +120,7 @@ def fit(
             bar.update(1)
             bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
             if prog.step % cfg.log_every == 0 or prog.step == steps:
-                log.write(prog.step, {k: v for k, v in last.items()})
+                log.write(prog.step, last)
             epoch_end = prog.micro == 0
             if evaluate and (prog.step % cfg.eval_every == 0 or epoch_end or prog.step == steps):
                 log.write(prog.step, _validate(model, evaluate, acc))
@@ -184,6 +183,3 @@ def _validate(model, evaluate: EvalFn, acc: Accelerator) -> dict[str, float]:
         result = evaluate(acc.unwrap_model(model))
     model.train()
     return result
-
-
-__all__ = ["Progress", "asdict", "fit"]

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from forgetless import hardware
 from forgetless.config import ModelConfig
@@ -164,7 +164,6 @@ def load(cfg: ModelConfig, dev: torch.device | None = None):
         hardware.quiet_third_party_logs()
         kwargs |= {"quantization_config": quant, "device_map": {"": dev.index if dev.type == "cuda" else "cpu"}}
     try:
-        AutoConfig.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load model from {path}: {str(e).splitlines()[0]}") from None
