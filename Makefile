@@ -21,16 +21,18 @@ demo: install
 	$(VENV)/bin/forgetless train --overwrite
 
 test: install
-	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff check src tests scripts benchmarks
 	$(PY) -m pytest -q
 
 lint: install
-	$(PY) -m ruff check src tests scripts
-	$(PY) -m ruff format --check src tests scripts
+	$(PY) -m ruff check src tests scripts benchmarks
+	$(PY) -m ruff format --check src tests scripts benchmarks
 
 format: install
-	$(PY) -m ruff format src tests scripts
+	$(PY) -m ruff format src tests scripts benchmarks
 
-# Regenerate the bundled quickstart dataset (deterministic).
+# Regenerate the bundled datasets (deterministic).
 data: install
 	$(PY) scripts/make_quickstart_data.py
+	$(PY) scripts/make_general_prompts.py
+	$(PY) scripts/make_general_mc.py

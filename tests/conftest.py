@@ -78,6 +78,8 @@ def tiny_overrides(tiny_dir, train_file, tmp_path) -> list[str]:
         "data.validation_split=0.25",
         f"output_dir={tmp_path / 'run'}",
         "eval.before_after=false",
+        "eval.retention=false",
+        "forgetting.preset=none",
         "train.batch_size=2",
         "train.grad_accum=2",
         "train.lr=1e-2",

@@ -57,6 +57,7 @@ def test_short_quickstart_run_through_the_cli(tmp_path):
             f"output_dir={out}",
             "eval.max_examples=6",
             "eval.samples=1",
+            "eval.retention_max_prompts=6",
         ],
         capture_output=True,
         text=True,
@@ -64,10 +65,55 @@ def test_short_quickstart_run_through_the_cli(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "held-out task score" in proc.stdout and "sample 1" in proc.stdout
+    assert "retention on 6 held-out general prompts" in proc.stdout
+    # the default preset is `full`: self-rehearsal from the shipped base-model answers plus LwF
+    assert "rehearsal: 300 base-model answers (cached" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["forgetting_preset"] == "full" and {"ce", "ce_rehearsal", "lwf"} <= set(summary["final"])
     assert summary["steps"] == 3 and summary["task_before"]["exact_match"] == 0.0
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(summary["model_path"])
     PeftModel.from_pretrained(base, str(out / "adapter"))  # plain PEFT round trip
+
+
+def test_compare_tabulates_variants_and_reuses_finished_runs(tiny_overrides, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"instruction": "Say hi."}\n{"instruction": "Say bye."}\n')
+    args = [
+        "compare",
+        *tiny_overrides,
+        "train.max_steps=2",
+        f"output_dir={tmp_path / 'cmp'}",
+        "eval.before_after=true",
+        "eval.max_new_tokens=4",
+        "eval.retention=true",
+        f"eval.retention_prompts={prompts}",
+        "eval.retention_max_new_tokens=4",
+        "--variants",
+        "none,lwf",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert table.splitlines()[0].startswith("| variant | exact_match before → after")
+    assert "| none |" in table and "| lwf |" in table and table.strip() in out
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["variant"] for r in rows] == ["none", "lwf"] and all(r["retention_prompts"] == 2 for r in rows)
+    assert main(args) == 0
+    assert "reusing the finished run of 'lwf'" in capsys.readouterr().out
+    assert main([*args[:-1], "none,fulll"]) == 2
+    assert "unknown variant 'fulll'" in capsys.readouterr().err
+
+
+def test_rehearsal_generate_writes_both_files(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"instruction": "Say hi."}\n{"prompt": "Say bye."}\n')
+    out = tmp_path / "out"
+    args = [f"model.name={tiny_dir}", f"forgetting.rehearsal.prompts={prompts}", f"eval.retention_prompts={prompts}"]
+    assert main(["rehearsal", "generate", *args, "forgetting.rehearsal.max_new_tokens=3", "--out", str(out)]) == 0
+    names = sorted(p.name.split("-")[0] for p in out.glob("*.jsonl"))
+    assert names == ["rehearsal", "retention"]
+    assert all(json.loads(p.read_text())["rows"] == 2 for p in out.glob("*.meta.json"))

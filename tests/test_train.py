@@ -16,10 +16,10 @@ from transformers import AutoModelForCausalLM
 
 import forgetless
 from forgetless import checkpoint, loop
-from forgetless.config import TrainConfig
+from forgetless.config import ForgettingConfig, TrainConfig
 from forgetless.data.batching import Batches
 from forgetless.errors import TrainingDiverged
-from forgetless.recipes.sft import sft_loss
+from forgetless.forgetting import make_loss
 
 from .conftest import write_jsonl
 
@@ -123,7 +123,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny_dir, tokeniz
 
     def poisoned(m, batch, norm):
         calls["n"] += 1
-        loss = sft_loss(m, batch, norm)["ce"]
+        loss = make_loss(ForgettingConfig(preset="none"))(m, batch, norm)["ce"]
         return {"ce": loss * float("nan") if calls["n"] > 4 else loss}
 
     cfg = TrainConfig(max_steps=10, batch_size=2, grad_accum=1, save_every=2)

@@ -7,10 +7,14 @@ stable training and hooks input gradients so that checkpointing works.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+from accelerate.utils import extract_model_from_parallel
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
 from forgetless.config import PeftConfig
+from forgetless.errors import UserError
 
 
 def use_grad_checkpointing(setting, dev: torch.device) -> bool:
@@ -42,3 +46,20 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+@contextmanager
+def base_view(model):
+    """The base model from the same weights, adapters switched off (the LwF teacher).
+
+    No second copy of the weights exists: PEFT routes the forward pass around the adapter
+    layers inside this context. `model` may be wrapped by accelerate/DDP.
+    """
+    inner = extract_model_from_parallel(model)
+    if not hasattr(inner, "disable_adapter"):
+        raise UserError(
+            "this needs the base model's predictions, but the model has no adapters to switch off "
+            "(LwF and retention with full fine-tuning need a frozen copy of the base)"
+        )
+    with inner.disable_adapter():
+        yield inner

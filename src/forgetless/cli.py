@@ -1,4 +1,6 @@
-"""Command line: `forgetless train | chat | env`. Parsing only; the work happens in recipes/ and api.py.
+"""Command line: `forgetless train | eval | report | compare | rehearsal generate | chat | env`.
+
+Parsing only; the work happens in recipes/ and api.py.
 
 User mistakes (UserError) print one line and exit 2; --debug shows the traceback instead.
 """
@@ -10,6 +12,7 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from forgetless.errors import UserError
 
@@ -20,8 +23,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.help_config:
         print(config.describe())
         return 0
-    items = list(args.items)
-    path = items.pop(0) if items and "=" not in items[0] else None
+    path, items = _config_and_overrides(args.items)
     cfg = api.load_config(path, items)
     print(f"[forgetless] config: {path or api.QUICKSTART}; output_dir: {cfg.output_dir}")
     summary = api.train(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -30,23 +32,110 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def print_summary(s: dict) -> None:
+    from forgetless.eval.report import print_tables
+
     print(
         f"\n[forgetless] trained {s['steps']} steps in {s['train_seconds']:.0f} s "
         f"({s['tokens_per_s']:.0f} tokens/s, effective batch {s['effective_batch']}); "
         f"wall time {s['wall_seconds']:.0f} s"
+        + (f"; stopped early ({s['stopped_early']})" if s.get("stopped_early") else "")
     )
     for note in s.get("data_notes", []):
         print(f"[forgetless] data: {note}")
-    before, after = s.get("task_before"), s.get("task_after")
-    if before and after:
-        print(f"\n{'held-out task score':<22}{'before':>10}{'after':>10}")
-        for key in ("exact_match", "rouge_l"):
-            print(f"{key:<22}{before[key]:>10.3f}{after[key]:>10.3f}")
-        for i, (b, a) in enumerate(zip(before["samples"], after["samples"], strict=False), start=1):
-            print(f"\n--- sample {i}: {b['prompt'][:300]}")
-            print(f"expected : {b['reference']}")
-            print(f"before   : {b['answer'][:300]}")
-            print(f"after    : {a['answer'][:300]}")
+    ev_path = Path(s["output_dir"]) / "eval.json"
+    if not ev_path.exists():
+        return
+    ev = json.loads(ev_path.read_text(encoding="utf-8"))
+    print_tables(ev)
+    for i, smp in enumerate(ev.get("task", {}).get("samples", []), start=1):
+        print(f"\n--- sample {i}: {smp['prompt'][:300]}")
+        print(f"expected : {smp['reference']}")
+        print(f"before   : {smp['answer_base'][:300]}")
+        print(f"after    : {smp['answer'][:300]}")
+    if (Path(s["output_dir"]) / "report.html").exists():
+        print(f"\n[forgetless] report: {s['output_dir']}/report.md and report.html")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from forgetless import api
+    from forgetless.eval.report import print_tables
+    from forgetless.recipes import evaluate
+
+    path, items = _config_and_overrides(args.items)
+    adapter, out = args.adapter, args.out
+    if args.run:
+        run = Path(args.run)
+        if not (run / "config.yaml").is_file():
+            raise UserError(f"{run} is not a run directory (no config.yaml); give --adapter DIR instead")
+        path = path or str(run / "config.yaml")
+        adapter = adapter or str(run / "adapter")
+        out = out or str(run / "eval")
+    cfg = api.load_config(path, items)
+    result = evaluate.run(cfg, adapter, args.base, Path(out or "runs/eval"))
+    print_tables(result)
+    print(f"\n[forgetless] eval.json and report written to {out or 'runs/eval'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from forgetless.eval import report
+
+    runs = [Path(r) for r in args.runs]
+    for r in runs:
+        if not (r / "summary.json").is_file() and not (r / "eval.json").is_file():
+            raise UserError(f"{r} has no summary.json or eval.json; is it a forgetless run directory?")
+    out = Path(args.out) if args.out else (runs[0] if len(runs) == 1 else Path("runs/report"))
+    md, page = report.write(runs, out)
+    print(f"[forgetless] report: {md} and {page}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from forgetless import api
+    from forgetless.recipes import compare
+
+    path, items = _config_and_overrides(args.items)
+    cfg = api.load_config(path, items)
+    variants = compare.preset_variants([v.strip() for v in args.variants.split(",") if v.strip()])
+    rows = compare.run(cfg, variants, overwrite=args.overwrite)
+    print(f"\n{compare.table(rows, cfg.eval.metric)}\n\n[forgetless] table written to {cfg.output_dir}/compare.md")
+    return 0
+
+
+def _rehearsal(args: argparse.Namespace) -> int:
+    """Generate (or find) the base model's answers that training would otherwise generate on first use."""
+    from forgetless import api, generated, hardware, rehearsal
+    from forgetless import model as models
+
+    path, items = _config_and_overrides(args.items)
+    cfg = api.load_config(path, items)
+    dev = hardware.device()
+    dtype = str(hardware.resolve_dtype(cfg.model.precision, dev))
+    model, tokenizer, model_path = models.load(cfg.model, dev)
+    out = Path(args.out) if args.out else None
+    made, found = rehearsal.self_rehearsal_file(cfg, model, tokenizer, model_path, dtype, out_dir=out, force=args.force)
+    print(f"[forgetless] self-rehearsal data ({'generated' if found else 'cached'}): {made}")
+    e = cfg.eval
+    made, found = generated.ensure(
+        "retention",
+        model,
+        tokenizer,
+        cfg.model,
+        model_path,
+        dtype,
+        e.retention_prompts,
+        e.retention_max_new_tokens,
+        out_dir=out,
+        force=args.force,
+    )
+    print(f"[forgetless] retention reference answers ({'generated' if found else 'cached'}): {made}")
+    return 0
+
+
+def _config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    items = list(items)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    return path, items
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -93,6 +182,33 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--max-new-tokens", type=int, default=256)
     c.add_argument("--quantization", choices=["none", "4bit", "8bit"], default="none")
     c.set_defaults(func=_chat)
+
+    v = sub.add_parser("eval", help="score a base model, base + adapter, or a merged model; writes eval.json")
+    v.add_argument("items", nargs="*", metavar="[CONFIG] KEY=VALUE", help="config file, then dotted overrides")
+    v.add_argument("--run", default=None, help="a run directory: its config, adapter and held-out data")
+    v.add_argument("--adapter", default=None, help="adapter directory to evaluate on top of model.name")
+    v.add_argument("--base", default=None, help="base model to compare a merged model with")
+    v.add_argument("--out", default=None, help="output folder (default RUN/eval, else runs/eval)")
+    v.set_defaults(func=_eval)
+
+    o = sub.add_parser("report", help="report.md + report.html for one run or several side by side")
+    o.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    o.add_argument("--out", default=None, help="output folder (default: the run itself, or runs/report)")
+    o.set_defaults(func=_report)
+
+    m = sub.add_parser("compare", help="train forgetting presets side by side and tabulate gain vs retention")
+    m.add_argument("items", nargs="*", metavar="[CONFIG] KEY=VALUE", help="config file, then dotted overrides")
+    m.add_argument("--variants", default="none,lwf,rehearsal,full", help="comma-separated forgetting presets")
+    m.add_argument("--overwrite", action="store_true", help="retrain variants whose run directories hold other runs")
+    m.set_defaults(func=_compare)
+
+    r = sub.add_parser("rehearsal", help="self-rehearsal data: the base model's answers to general prompts")
+    rsub = r.add_subparsers(dest="action", required=True)
+    g = rsub.add_parser("generate", help="generate and cache them now (training does it on first use otherwise)")
+    g.add_argument("items", nargs="*", metavar="[CONFIG] KEY=VALUE", help="config file, then dotted overrides")
+    g.add_argument("--out", default=None, help="write into this folder instead of the cache")
+    g.add_argument("--force", action="store_true", help="generate even when a cached file exists")
+    g.set_defaults(func=_rehearsal)
 
     e = sub.add_parser("env", help="print the hardware forgetless sees")
     e.set_defaults(func=_env)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from forgetless.errors import UserError
 
@@ -82,6 +82,16 @@ class DataConfig(BaseModel):
         return [v] if isinstance(v, str) else v
 
 
+class EarlyStoppingConfig(BaseModel):
+    model_config = _STRICT
+    enabled: bool = Field(
+        False, description="Stop when overfitting is detected and keep the best checkpoint (it always warns)."
+    )
+    patience: int = Field(
+        3, ge=1, description="Validations in a row with rising validation loss while the training loss falls."
+    )
+
+
 class TrainConfig(BaseModel):
     model_config = _STRICT
     lr: float = Field(
@@ -106,15 +116,144 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(50, ge=1, description="Optimizer steps between validation passes.")
     save_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
 
 
 class EvalConfig(BaseModel):
     model_config = _STRICT
     before_after: bool = Field(True, description="Score the held-out split before and after training.")
-    metric: Literal["exact_match", "rouge_l"] = Field("exact_match", description="Task score shown.")
+    metric: str = Field(
+        "exact_match",
+        description="Headline task score: exact_match, rouge1, rouge2, rouge_l, bleu, chrf, accuracy, macro_f1 "
+        "(the last two need eval.labels), or the name of a custom metric.",
+    )
+    labels: list[str] = Field(
+        default_factory=list,
+        description="Class labels for classification-style answers: enables accuracy and macro-F1, with the "
+        "label read from the generated text (the first label it names).",
+    )
+    custom_metrics: list[str] = Field(
+        default_factory=list,
+        description="Extra metrics as 'module:function', called with (predictions, references) and returning "
+        "a number or a dict of numbers.",
+    )
     max_examples: int = Field(60, ge=1, description="Held-out rows scored by generation.")
     max_new_tokens: int = Field(64, ge=1, description="Generation budget per answer.")
     samples: int = Field(3, ge=0, description="Sample answers printed before and after.")
+    retention: bool = Field(
+        True, description="Measure forgetting after training: KL to the base model and greedy-answer agreement."
+    )
+    retention_prompts: str = Field(
+        "builtin:general/heldout.jsonl",
+        description="General prompts that training never sees (any task data format; answers are ignored).",
+    )
+    retention_max_prompts: int = Field(60, ge=1, description="Held-out general prompts used for retention.")
+    retention_max_new_tokens: int = Field(64, ge=1, description="Base-model answer length scored for retention.")
+    benchmarks: list[str] = Field(
+        ["builtin:general/mc.jsonl"],
+        description="Multiple-choice JSONL files scored by log-likelihood on base and fine-tuned model "
+        "(format: docs/evaluation.md); the bundled one has 60 general questions in English and Japanese.",
+    )
+    general_text: list[str] = Field(
+        default_factory=list, description="Files of general text whose perplexity is compared (base vs fine-tuned)."
+    )
+    lm_eval_tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-evaluation-harness tasks to run too (needs `pip install lm-eval` and its datasets).",
+    )
+    probe_prompts: int = Field(
+        24, ge=0, description="Held-out general prompts in the retention probe run at every validation (0 = off)."
+    )
+    max_kl: float | None = Field(
+        None, gt=0, description="Forgetting budget: the probe's KL to base per token that must not be exceeded."
+    )
+    on_max_kl: Literal["warn", "stop"] = Field("warn", description="What crossing eval.max_kl does.")
+    report: bool = Field(True, description="Write report.md and report.html (with plots) into the run directory.")
+
+    @field_validator("benchmarks", "general_text", "lm_eval_tasks", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _known_metric(self):
+        known = ["exact_match", "rouge1", "rouge2", "rouge_l", "bleu", "chrf"]
+        known += ["accuracy", "macro_f1"] if self.labels else []
+        known += [ref.partition(":")[2] for ref in self.custom_metrics]
+        if self.metric not in known:
+            raise ValueError(
+                f"eval.metric '{self.metric}' is not one of {', '.join(known)} (accuracy and macro_f1 need eval.labels)"
+            )
+        return self
+
+
+class LwfConfig(BaseModel):
+    model_config = _STRICT
+    weight: float = Field(0.5, ge=0, description="λ of the KL term (Learning without Forgetting; 0.5-1.0 recommended).")
+    temperature: float = Field(
+        1.0, gt=0, description="Softens both distributions before the KL; the term is scaled by T² (Hinton et al.)."
+    )
+    direction: Literal["finetuned_base", "base_finetuned"] = Field(
+        "finetuned_base",
+        description="finetuned_base: KL(p_finetuned ‖ p_base), mode-seeking, the product default; "
+        "base_finetuned: KL(p_base ‖ p_finetuned), the classic distillation direction.",
+    )
+    tokens: list[Literal["context", "rehearsal", "answers"]] = Field(
+        ["context", "rehearsal"],
+        min_length=1,
+        description="Where the KL applies: context = the task rows' non-answer tokens (system prompt, "
+        "question); rehearsal = every token of the rehearsal rows; answers = the task answers themselves, "
+        "which pulls straight against the task loss (see docs/forgetting.md for the measurement).",
+    )
+
+
+class RehearsalConfig(BaseModel):
+    model_config = _STRICT
+    ratio: float = Field(
+        0.3, gt=0, lt=1, description="Share of every batch's rows drawn from general data (0.1-0.3 in the literature)."
+    )
+    source: list[str] | Literal["self"] = Field(
+        "self",
+        description="self: the base model's own answers to the bundled general prompts (pseudo-rehearsal); "
+        "or files in any task data format with general instruction data.",
+    )
+    prompts: str = Field(
+        "builtin:general/prompts.jsonl", description="Prompts the base model answers when source=self."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Answer length the base model generates per prompt.")
+    weight: float = Field(1.0, ge=0, description="Weight of the CE on rehearsal answers (each source is a token-mean).")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) and v != "self" else v
+
+
+class EwcConfig(BaseModel):
+    model_config = _STRICT
+    weight: float = Field(0.0, ge=0, description="λ_ewc of Σ F·(θ−θ₀)² (Kirkpatrick et al. 2017); 0 turns EWC off.")
+    samples: int = Field(64, ge=1, description="General rows used to estimate the diagonal Fisher once per run.")
+
+
+class ForgettingConfig(BaseModel):
+    model_config = _STRICT
+    preset: Literal["none", "lwf", "rehearsal", "full"] = Field(
+        "full",
+        description="none: task loss only; lwf: + KL to the base model; rehearsal: + general data in every "
+        "batch; full: both (the configuration the literature recommends).",
+    )
+    lwf: LwfConfig = LwfConfig()
+    rehearsal: RehearsalConfig = RehearsalConfig()
+    l2: float = Field(0.0, ge=0, description="Weight of Σ(θ−θ₀)² on the trainable weights; 0.1 is typical, 0 = off.")
+    ewc: EwcConfig = EwcConfig()
+
+    @property
+    def uses_lwf(self) -> bool:
+        return self.preset in ("lwf", "full") and self.lwf.weight > 0
+
+    @property
+    def uses_rehearsal(self) -> bool:
+        return self.preset in ("rehearsal", "full")
 
 
 class Config(BaseModel):
@@ -124,6 +263,7 @@ class Config(BaseModel):
     peft: PeftConfig = PeftConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    forgetting: ForgettingConfig = ForgettingConfig()
     eval: EvalConfig = EvalConfig()
 
 
@@ -174,11 +314,15 @@ def _yaml_lines(path: Path) -> dict[tuple[str, ...], int]:
     return lines
 
 
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def _section_fields(loc: tuple) -> list[str]:
     model: type[BaseModel] = Config
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        if field is None or not _is_section(field.annotation):
             return []
         model = field.annotation
     return list(model.model_fields)
@@ -195,6 +339,8 @@ def _explain(err: dict, where: dict[tuple[str, ...], int], source: str) -> str:
         guess = difflib.get_close_matches(loc[-1], fields, n=1) or [f for f in fields if loc[-1].startswith(f)][:1]
         hint = f"; did you mean '{'.'.join(loc[:-1] + (guess[0],))}'?" if guess else ""
         return f"{place}unknown key '{key}'{hint}"
+    if err["type"] == "value_error":  # our own cross-field checks already name the key
+        return f"{place}{err['msg'].removeprefix('Value error, ')}"
     return f"{place}{key}: {err['msg']} (got {err.get('input')!r})"
 
 
@@ -227,22 +373,40 @@ def validate(tree: dict, overrides: list[str] | None = None, where: dict | None 
         raise UserError("; ".join(_explain(err, where or {}, source) for err in e.errors())) from None
 
 
+# Keys that hold file paths; in a YAML file they are relative to that file.
+PATH_KEYS = [
+    ("data", "train"),
+    ("data", "validation"),
+    ("forgetting", "rehearsal", "source"),
+    ("forgetting", "rehearsal", "prompts"),
+    ("eval", "retention_prompts"),
+    ("eval", "benchmarks"),
+    ("eval", "general_text"),
+]
+
+
 def _resolve_paths(tree: dict, base: Path) -> dict:
-    """Relative data paths in a YAML file are relative to that file, not to the current dir."""
-    data = tree.get("data")
-    if not isinstance(data, dict):
-        return tree
-    fixed = dict(data)
-    for key in ("train", "validation"):
-        value = data.get(key)
-        items = [value] if isinstance(value, str) else value
-        if isinstance(items, list):
-            fixed[key] = [_rel(p, base) for p in items]
-    return {**tree, "data": fixed}
+    """Relative paths in a YAML file are relative to that file, not to the current dir."""
+    for keys in PATH_KEYS:
+        node = tree
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or keys[-1] not in node:
+            continue
+        value = node[keys[-1]]
+        fixed = [_rel(p, base) for p in value] if isinstance(value, list) else _rel(value, base)
+        tree = _merge(tree, _nest(keys, fixed))
+    return tree
+
+
+def _nest(keys: tuple[str, ...], value: Any) -> dict:
+    for k in reversed(keys):
+        value = {k: value}
+    return value
 
 
 def _rel(p: Any, base: Path) -> Any:
-    if not isinstance(p, str) or p.startswith("builtin:") or Path(p).is_absolute():
+    if not isinstance(p, str) or p == "self" or p.startswith("builtin:") or Path(p).is_absolute():
         return p
     return str((base / p).resolve())
 
@@ -251,14 +415,13 @@ def dump(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
 
 
-def describe() -> str:
+def describe(model: type[BaseModel] = Config, prefix: str = "") -> str:
     """Every key with its default and help text, for `forgetless train --help-config`."""
     out = []
-    for name, field in Config.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            for sub, f in field.annotation.model_fields.items():
-                default = f.default_factory() if f.default_factory else f.default
-                out.append(f"{name}.{sub} = {default!r}\n    {f.description}")
+    for name, field in model.model_fields.items():
+        if _is_section(field.annotation):
+            out.append(describe(field.annotation, f"{prefix}{name}."))
         else:
-            out.append(f"{name} = {field.default!r}\n    {field.description}")
+            default = field.default_factory() if field.default_factory else field.default
+            out.append(f"{prefix}{name} = {default!r}\n    {field.description}")
     return "\n".join(out)

@@ -1,9 +1,10 @@
 """The one training loop: every recipe (SFT now; DPO, RLHF later) trains through `fit`.
 
-A recipe hands in the model, a `Batches` stream, and `loss_fn(model, batch, norm) -> {name: loss}`
-whose terms are already divided by `norm` (the number of target units in the whole optimizer
-step, per process). The loop owns accumulation, clipping, the schedule, validation, atomic
-checkpoints, exact resume, NaN stops and logging. It runs on accelerate so that the same code
+A recipe hands in the model, a `Batches` stream, `count_fn(batch) -> {unit: count}` and
+`loss_fn(model, batch, norms) -> {name: loss}` whose terms are already divided by their
+`norms[unit]` (how many units, e.g. target tokens, the whole optimizer step holds, per process).
+The loop owns accumulation, clipping, the schedule, validation, atomic checkpoints, exact
+resume, NaN stops and logging. It runs on accelerate so that the same code
 runs under `accelerate launch` / `torchrun`.
 """
 
@@ -29,8 +30,17 @@ from forgetless.data.batching import Batches
 from forgetless.errors import TrainingDiverged, UserError
 from forgetless.losses import count_targets
 from forgetless.metrics_log import MetricsLog
+from forgetless.monitor import Monitor
 
-LossFn = Callable[[torch.nn.Module, dict, float], dict[str, torch.Tensor]]
+LossFn = Callable[[torch.nn.Module, dict, dict[str, float]], dict[str, torch.Tensor]]
+CountFn = Callable[[dict], dict[str, int]]
+
+
+def count_target_tokens(batch: dict) -> dict[str, int]:
+    """The default unit: target tokens. `batches` (micro-batches) normalises per-step penalties."""
+    return {"targets": count_targets(batch["labels"]), "batches": 1}
+
+
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
@@ -69,20 +79,36 @@ def next_window(batches: Batches, prog: Progress, grad_accum: int) -> list[dict]
     return window
 
 
-def train_step(model, window, loss_fn: LossFn, acc: Accelerator, count_fn) -> dict[str, float]:
-    """Forward/backward over one window; returns the step's loss terms (token-mean)."""
-    local = sum(count_fn(b) for b in window)
-    total = acc.reduce(torch.tensor(float(local), device=acc.device), "sum").item()
+def parts(window: list) -> list[dict]:
+    """A micro-batch is one padded batch, or a list of them that form one unit of data (task rows and
+    rehearsal rows, padded separately so that short task rows are not padded to long general rows)."""
+    return [p for item in window for p in (item if isinstance(item, list) else [item])]
+
+
+def step_counts(window: list, count_fn: CountFn) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for b in parts(window):
+        for unit, n in count_fn(b).items():
+            counts[unit] += n
+    return dict(counts)
+
+
+def train_step(model, window, loss_fn: LossFn, acc: Accelerator, count_fn: CountFn) -> dict[str, float]:
+    """Forward/backward over one window; returns the step's loss terms (each a mean over its unit)."""
+    local = step_counts(window, count_fn)
+    totals = acc.reduce(torch.tensor([float(v) for v in local.values()], device=acc.device), "sum").tolist()
     # DDP averages gradients over processes, so each process normalises by its share of the total.
-    norm = max(total, 1.0) / acc.num_processes
+    norms = {unit: max(t, 1.0) / acc.num_processes for unit, t in zip(local, totals, strict=True)}
     terms: dict[str, float] = defaultdict(float)
-    for i, batch in enumerate(window):
+    pieces = parts(window)
+    for i, batch in enumerate(pieces):
         batch = {k: v.to(acc.device) for k, v in batch.items()}
-        sync = nullcontext() if i == len(window) - 1 else acc.no_sync(model)
+        # Gradients are all-reduced once per step: after the last piece's backward.
+        sync = nullcontext() if i == len(pieces) - 1 else acc.no_sync(model)
         with sync, acc.autocast():
-            parts = loss_fn(model, batch, norm)
-            acc.backward(sum(parts.values()))
-        for name, value in parts.items():
+            losses = loss_fn(model, batch, norms)
+            acc.backward(sum(losses.values()))
+        for name, value in losses.items():
             terms[name] += value.detach().float().item()
     reduced = acc.reduce(torch.tensor(list(terms.values()), device=acc.device), "mean").tolist()
     return dict(zip(terms, reduced, strict=True))
@@ -98,7 +124,9 @@ def fit(
     evaluate: EvalFn | None = None,
     resume: bool = False,
     mixed_precision: str = "no",
-    count_fn=lambda b: count_targets(b["labels"]),
+    count_fn: CountFn = count_target_tokens,
+    monitor: Monitor | None = None,
+    on_best: Callable[[torch.nn.Module], None] | None = None,
 ) -> dict:
     acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     steps = total_steps(cfg, batches)
@@ -111,6 +139,9 @@ def fit(
     if resume:
         prog = checkpoint.restore(out_dir, acc.unwrap_model(model), optimizer, scheduler)
     log = MetricsLog(out_dir, enabled=acc.is_main_process, resume_step=prog.step)
+    if monitor is not None and resume:
+        monitor.replay(log.path)
+    stopped = None
     model.train()
     bar = tqdm(total=steps, initial=prog.step, disable=not acc.is_main_process, desc="train", unit="step")
     last: dict[str, float] = {}
@@ -118,16 +149,25 @@ def fit(
         while prog.step < steps:
             last = _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog, count_fn)
             bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
+            bar.set_postfix(_postfix(last))
             if prog.step % cfg.log_every == 0 or prog.step == steps:
                 log.write(prog.step, last)
+            if monitor is not None:
+                monitor.train_loss(last.get("ce", last["loss"]))  # the task loss, not the forgetting terms
             epoch_end = prog.micro == 0
             if evaluate and (prog.step % cfg.eval_every == 0 or epoch_end or prog.step == steps):
-                log.write(prog.step, _validate(model, evaluate, acc))
-            if prog.step % cfg.save_every == 0 or epoch_end or prog.step == steps:
+                result = _validate(model, evaluate, acc)
+                log.write(prog.step, result)
+                if monitor is not None:
+                    improved, stopped = monitor.update(prog.step, result)
+                    if improved and on_best is not None and acc.is_main_process:
+                        on_best(acc.unwrap_model(model))
+            if stopped or prog.step % cfg.save_every == 0 or epoch_end or prog.step == steps:
                 if acc.is_main_process:
                     checkpoint.save(out_dir, acc.unwrap_model(model), optimizer, scheduler, prog, cfg.keep_checkpoints)
                 acc.wait_for_everyone()
+            if stopped:
+                break
     finally:
         bar.close()
         log.close()
@@ -140,6 +180,9 @@ def fit(
         "tokens_per_s": round(prog.tokens / max(prog.elapsed, 1e-9), 1),
         "final": last,
         "effective_batch": cfg.batch_size * cfg.grad_accum * acc.num_processes,
+        "stopped_early": stopped,
+        "best_step": monitor.best_step if monitor is not None else None,
+        "best_val_loss": monitor.best_val if monitor is not None and monitor.val else None,
     }
 
 
@@ -163,18 +206,25 @@ def _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog: Pro
     prog.micro += len(window)
     if prog.micro >= len(batches):
         prog.epoch, prog.micro = prog.epoch + 1, 0
-    prog.tokens += sum(int(b["attention_mask"].sum()) for b in window)
-    prog.targets += sum(count_fn(b) for b in window)
+    prog.tokens += sum(int(b["attention_mask"].sum()) for b in parts(window))
+    prog.targets += step_counts(window, count_fn).get("targets", 0)
     prog.elapsed += time.perf_counter() - t0
     return {
         "loss": loss,
-        **({k: v for k, v in terms.items()} if len(terms) > 1 else {}),
+        **(terms if len(terms) > 1 else {}),
         "lr": lr,
         "grad_norm": grad_norm,
         "epoch": prog.epoch + prog.micro / len(batches),
         "tokens_per_s": prog.tokens / max(prog.elapsed, 1e-9),
         **{"tokens": prog.tokens},
     }
+
+
+def _postfix(last: dict) -> dict[str, str]:
+    """Progress bar: the total loss, each loss term when there are several, lr and speed."""
+    terms = [k for k in last if k not in ("loss", "lr", "grad_norm", "epoch", "tokens_per_s", "tokens")]
+    out = {"loss": f"{last['loss']:.4f}", **{k: f"{last[k]:.4f}" for k in terms}}
+    return out | {"lr": f"{last['lr']:.2e}", "tok_s": f"{last['tokens_per_s']:.0f}"}
 
 
 def _validate(model, evaluate: EvalFn, acc: Accelerator) -> dict[str, float]:

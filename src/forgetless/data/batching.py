@@ -16,7 +16,11 @@ from forgetless.data.render import IGNORE
 
 
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest row; padding is masked out of attention and loss."""
+    """Right-pad to the longest row; padding is masked out of attention and loss.
+
+    `rehearsal` marks the rows that came from general (rehearsal) data, so the loss can treat
+    task rows and rehearsal rows differently.
+    """
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -26,7 +30,8 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, :n] = torch.tensor(r["input_ids"])
         labels[i, :n] = torch.tensor(r["labels"])
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    rehearsal = torch.tensor([bool(r.get("rehearsal", False)) for r in rows])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "rehearsal": rehearsal}
 
 
 class Batches:

@@ -74,3 +74,15 @@ def build(cfg: DataConfig, tokenizer, seed: int) -> Dataset:
     if not train:
         raise UserError("no training rows are left after validation and truncation; see the messages above")
     return Dataset(train, val, val_ex, read, render)
+
+
+def held_out(cfg: DataConfig, tokenizer, seed: int) -> Dataset:
+    """The held-out rows a run is scored on: the validation files, or the same seeded split of
+    the training files that training used (so `forgetless eval` scores exactly those rows)."""
+    if not cfg.validation:
+        return build(cfg, tokenizer, seed)
+    read = ReadReport()
+    examples = read_all(cfg.validation, cfg, read)
+    render = RenderReport()
+    rows = encode_all(tokenizer, examples, cfg.max_length, cfg.overlong, cfg.loss_on, cfg.system_prompt, render)
+    return Dataset([], rows, examples, read, render)

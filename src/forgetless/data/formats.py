@@ -234,3 +234,42 @@ def read_file(ref: str, fmt: str = "auto", on_error: str = "raise", report: Read
     if not examples:
         raise UserError(f"{path}: every row is invalid; first problem: {report.skipped[0]}")
     return examples
+
+
+def _prompt_of(row: Any) -> tuple[dict, ...]:
+    """The conversation up to the last user turn; any final answer in the row is ignored."""
+    if not isinstance(row, dict):
+        raise RowError(f"a row must be a JSON object, got {type(row).__name__}")
+    if "messages" in row:
+        msgs = list(row["messages"]) if isinstance(row["messages"], list) else row["messages"]
+        if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "user":
+            msgs = msgs + [{"role": "assistant", "content": "-"}]  # validate as a full conversation
+        return _check_chat(msgs)[:-1]
+    for key in ("instruction", "input", "prompt"):
+        if key in row:
+            user = _text(row, key)
+            if key == "instruction" and _text(row, "input", required=False).strip():
+                user = f"{user}\n\n{row['input']}"
+            return ({"role": "user", "content": user},)
+    raise RowError(f"cannot find a prompt in keys {sorted(row)}; expected instruction, input, prompt or messages")
+
+
+def read_prompts(ref: str) -> list[tuple[str, tuple[dict, ...]]]:
+    """(where, conversation ending with a user turn) for every row of a prompt file.
+
+    Prompt files are task files whose answers are optional (instruction / pair / chat rows, or
+    {"prompt": ...}); they feed self-rehearsal and the retention suite, so a bad row is an error.
+    """
+    path = resolve_path(ref)
+    out = []
+    for line, row in iter_rows(path):
+        where = f"{path}:{line}"
+        try:
+            if isinstance(row, RowError):
+                raise row
+            out.append((where, _prompt_of(row)))
+        except RowError as e:
+            raise UserError(f"{where}: {e}") from None
+    if not out:
+        raise UserError(f"{path}: the file has no rows")
+    return out

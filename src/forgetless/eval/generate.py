@@ -9,7 +9,7 @@ from forgetless.data.render import prompt_text, with_system
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 16, **sampling
+    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 32, **sampling
 ) -> list[str]:
     """Answer the last user turn of each conversation; returns the decoded answers."""
     prompts = [prompt_text(tokenizer, conv) for conv in conversations]

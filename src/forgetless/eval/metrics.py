@@ -1,15 +1,28 @@
-"""Task metrics on generated answers: exact match and ROUGE-L (F1), CJK-aware.
+"""Task metrics on generated answers, computed with the standard packages.
 
-ROUGE-L tokenizes Latin text into lower-cased words and CJK text into single characters,
-so Japanese answers are scored (rouge-score's default tokenizer drops non-ASCII text).
+exact match; ROUGE-1/2/L F1 (rouge-score) and BLEU / chrF (sacrebleu); accuracy and macro-F1
+when the answers are labels; and user-defined metrics named as `module:function`.
+
+Japanese works: rouge-score's default tokenizer keeps only [a-z0-9] and so scores Japanese
+text as empty, so forgetless hands it a tokenizer that splits Latin text into lower-cased words
+and CJK text into single characters. sacrebleu's BLEU uses its 'char' tokenizer when the
+references contain CJK characters, else its standard '13a'; chrF is character-based anyway.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+from collections.abc import Callable
 
-# Words of letters/digits, or any single CJK character (kana, kanji, full-width forms).
-_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f]|[^\W_]+", re.UNICODE)
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import BLEU, CHRF
+
+from forgetless.errors import UserError
+
+_CJK = r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f]"
+# Words of letters/digits, or any single CJK character (kana, kanji, half-width kana).
+_TOKEN = re.compile(rf"{_CJK}|[^\W_]+", re.UNICODE)
 
 
 def normalize(text: str) -> str:
@@ -24,32 +37,93 @@ def tokens(text: str) -> list[str]:
     return [t.lower() for t in _TOKEN.findall(text)]
 
 
-def lcs_length(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, start=1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+class CjkTokenizer:
+    """rouge-score's tokenizer protocol: an object with tokenize(text) -> list[str]."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return tokens(text)
+
+
+_ROUGE = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=CjkTokenizer())
+
+
+def rouge(prediction: str, reference: str) -> dict[str, float]:
+    s = _ROUGE.score(reference, prediction)
+    return {"rouge1": s["rouge1"].fmeasure, "rouge2": s["rouge2"].fmeasure, "rouge_l": s["rougeL"].fmeasure}
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    p, r = tokens(prediction), tokens(reference)
-    if not p or not r:
-        return float(p == r)
-    lcs = lcs_length(p, r)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
+    return rouge(prediction, reference)["rouge_l"]
 
 
-METRICS = {"exact_match": exact_match, "rouge_l": rouge_l}
-
-
-def score(predictions: list[str], references: list[str]) -> dict[str, float]:
-    n = max(len(references), 1)
+def bleu_chrf(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (0-100, sacrebleu's scale)."""
+    cjk = any(re.search(_CJK, r) for r in references)
+    bleu = BLEU(tokenize="char" if cjk else "13a", effective_order=True)
     return {
-        name: sum(fn(p, r) for p, r in zip(predictions, references, strict=True)) / n for name, fn in METRICS.items()
+        "bleu": bleu.corpus_score(predictions, [references]).score,
+        "chrf": CHRF().corpus_score(predictions, [references]).score,
     }
+
+
+def extract_label(text: str, labels: list[str]) -> str | None:
+    """The label mentioned first in a generated answer (case-insensitive, whole words), or None."""
+    best = None
+    for label in labels:
+        m = re.search(rf"(?<!\w){re.escape(label)}(?!\w)", text, re.IGNORECASE)
+        if m and (best is None or m.start() < best[0]):
+            best = (m.start(), label)
+    return best[1] if best else None
+
+
+def classification(predictions: list[str], references: list[str], labels: list[str]) -> dict[str, float]:
+    """Accuracy and macro-F1 over `labels`; an answer naming no label counts as wrong."""
+    pred = [extract_label(p, labels) for p in predictions]
+    gold = [extract_label(r, labels) or r.strip() for r in references]
+    n = max(len(gold), 1)
+    f1s = []
+    for label in labels:
+        tp = sum(p == label and g == label for p, g in zip(pred, gold, strict=True))
+        fp = sum(p == label and g != label for p, g in zip(pred, gold, strict=True))
+        fn = sum(p != label and g == label for p, g in zip(pred, gold, strict=True))
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {
+        "accuracy": sum(p == g for p, g in zip(pred, gold, strict=True)) / n,
+        "macro_f1": sum(f1s) / max(len(f1s), 1),
+        "unparsed": sum(p is None for p in pred) / n,
+    }
+
+
+def load_callable(ref: str) -> Callable:
+    """`package.module:function` -> the function; a clear error when it cannot be imported."""
+    module, sep, name = ref.partition(":")
+    if not sep or not module or not name:
+        raise UserError(f"eval.custom_metrics: '{ref}' is not 'module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"eval.custom_metrics: cannot load '{ref}' ({e})") from None
+    if not callable(fn):
+        raise UserError(f"eval.custom_metrics: '{ref}' is not callable")
+    return fn
+
+
+def score(
+    predictions: list[str], references: list[str], labels: list[str] | None = None, custom: list[str] | None = None
+) -> dict[str, float]:
+    """Every metric on the generated answers; custom metrics get (predictions, references) and
+    return a number or a dict of numbers."""
+    n = max(len(references), 1)
+    out = {"exact_match": sum(exact_match(p, r) for p, r in zip(predictions, references, strict=True)) / n}
+    per_row = [rouge(p, r) for p, r in zip(predictions, references, strict=True)]
+    for key in ("rouge1", "rouge2", "rouge_l"):
+        out[key] = sum(x[key] for x in per_row) / n
+    out |= bleu_chrf(predictions, references)
+    if labels:
+        out |= classification(predictions, references, labels)
+    for ref in custom or []:
+        value = load_callable(ref)(predictions, references)
+        name = ref.partition(":")[2]
+        out |= {f"{name}.{k}": float(v) for k, v in value.items()} if isinstance(value, dict) else {name: float(value)}
+    return out

@@ -19,4 +19,4 @@ def task_eval(model, tokenizer, examples: list[Example], cfg: Config) -> dict:
         {"prompt": p[-1]["content"], "reference": r, "answer": a}
         for (p, r), a in zip(pairs[: cfg.eval.samples], answers, strict=False)
     ]
-    return {"n": len(chats), **score(answers, refs), "samples": samples}
+    return {"n": len(chats), **score(answers, refs, cfg.eval.labels, cfg.eval.custom_metrics), "samples": samples}

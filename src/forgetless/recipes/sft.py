@@ -1,4 +1,7 @@
-"""Supervised instruction tuning: load -> data -> score before -> attach adapters -> fit -> save -> score after.
+"""Supervised instruction tuning with forgetting controls.
+
+load -> data (+ general data) -> score the base -> attach adapters -> fit -> save -> score again
+-> eval.json + report.
 
 Read top to bottom; each step is one call into the module that owns it.
 """
@@ -6,37 +9,27 @@ Read top to bottom; each step is one call into the module that owns it.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from pathlib import Path
 
 import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
 from transformers import set_seed
 
-from forgetless import adapters, config, hardware, loop
+from forgetless import adapters, config, hardware, loop, rehearsal
 from forgetless import model as models
-from forgetless.config import Config
+from forgetless.config import Config, ForgettingConfig
 from forgetless.data.batching import Batches, fixed_batches
 from forgetless.data.build import build
+from forgetless.data.mixture import MixedBatches
 from forgetless.errors import UserError
-from forgetless.eval.task import task_eval
-from forgetless.losses import ce_sum, count_targets
-
-
-def sft_loss(model, batch: dict, norm: float) -> dict[str, torch.Tensor]:
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return {"ce": ce_sum(out.logits, batch["labels"]) / norm}
-
-
-@torch.no_grad()
-def validation_loss(model, batches: list[dict]) -> float:
-    total, n = 0.0, 0
-    for b in batches:
-        b = {k: v.to(model.device) for k, v in b.items()}
-        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-        total += float(ce_sum(out.logits, b["labels"]))
-        n += count_targets(b["labels"])
-    return total / max(n, 1)
+from forgetless.eval import report, suite
+from forgetless.eval.retention import kl_to_base
+from forgetless.forgetting import Anchor, counts, fisher_cached, make_anchor, make_loss
+from forgetless.monitor import Monitor
 
 
 def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -68,17 +61,28 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     config.dump(cfg, out / "config.yaml")
     set_seed(cfg.train.seed)
     dev = hardware.device()
+    dtype = hardware.resolve_dtype(cfg.model.precision, dev)
 
     model, tokenizer, model_path = models.load(cfg.model, dev)
     data = build(cfg.data, tokenizer, cfg.train.seed)
     print(f"[forgetless] data: {len(data.train)} train rows, {len(data.validation)} validation rows")
-    for note in data.notes():
+    notes = data.notes()
+    fcfg = cfg.forgetting
+    general: list[dict] = []
+    if fcfg.uses_rehearsal or fcfg.ewc.weight > 0:
+        general, more = rehearsal.general_rows(cfg, model, tokenizer, model_path, str(dtype))
+        notes += more
+    for note in notes:
         print(f"[forgetless] {note}")
 
-    before = None
-    if cfg.eval.before_after and data.validation_examples:
-        print("[forgetless] scoring the base model on the held-out split ...")
-        before = _cached(out / "eval_before.json", lambda: task_eval(model, tokenizer, data.validation_examples, cfg))
+    # Everything measured on the base model happens before the adapters exist.
+    refs = suite.references(cfg, model, tokenizer, model_path, dtype)
+    scored = data.validation_examples if cfg.eval.before_after else []
+    scored_rows = data.validation if cfg.eval.before_after else []
+    print("[forgetless] evaluating the base model ...")
+    t_base = time.time()
+    before = _cached(out / "eval_before.json", lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows))
+    t_base = time.time() - t_base
 
     # Seed right before the adapters are initialised: converting a GGUF on first use draws random
     # numbers, and the LoRA initialisation must not depend on whether the cache was warm.
@@ -89,36 +93,94 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     trainable, total = adapters.count_parameters(model)
     print(
         f"[forgetless] {cfg.peft.method}: {trainable:,} trainable of {total:,} parameters "
-        f"({100 * trainable / total:.2f}%)"
+        f"({100 * trainable / total:.2f}%); forgetting preset: {fcfg.preset}"
     )
 
     pad = tokenizer.pad_token_id
-    batches = Batches(data.train, cfg.train.batch_size, cfg.train.seed, pad)
-    val = fixed_batches(data.validation, cfg.train.batch_size, pad)
-    evaluate = (lambda m: {"val_loss": validation_loss(m, val)}) if val else None
-    dtype = hardware.resolve_dtype(cfg.model.precision, dev)
+    anchor = _anchor(model, fcfg, general, pad, out)
+    if fcfg.uses_rehearsal:
+        batches = MixedBatches(data.train, general, cfg.train.batch_size, fcfg.rehearsal.ratio, cfg.train.seed, pad)
+        print(f"[forgetless] {batches.describe()}")
+    else:
+        batches = Batches(data.train, cfg.train.batch_size, cfg.train.seed, pad)
     mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    val = fixed_batches(data.validation, cfg.train.batch_size, pad)
     summary = loop.fit(
-        model, batches, sft_loss, cfg.train, out, evaluate=evaluate, resume=resume, mixed_precision=mixed
+        model,
+        batches,
+        make_loss(fcfg, anchor),
+        cfg.train,
+        out,
+        evaluate=_in_training_eval(cfg, tokenizer, val, refs),
+        resume=resume,
+        mixed_precision=mixed,
+        count_fn=lambda b: counts(b, fcfg),
+        monitor=_monitor(cfg),
+        on_best=(lambda m: m.save_pretrained(out / "best")) if val else None,
     )
+    if summary["stopped_early"] == "overfitting" and (out / "best").is_dir():
+        print(f"[forgetless] restoring the best adapter (step {summary['best_step']})")
+        set_peft_model_state_dict(model, load_file(str(out / "best" / "adapter_model.safetensors")))
 
     model.save_pretrained(out / "adapter")
     tokenizer.save_pretrained(out / "adapter")
-    after = None
-    if before is not None:
-        print("[forgetless] scoring the fine-tuned model on the held-out split ...")
-        after = task_eval(model, tokenizer, data.validation_examples, cfg)
+    print("[forgetless] evaluating the fine-tuned model ...")
+    t_after = time.time()
+    after = suite.measure(model, tokenizer, cfg, scored, scored_rows, refs)
+    t_after = time.time() - t_after
+    evaluation = suite.combine(before, after)
+    (out / "eval.json").write_text(json.dumps(evaluation, ensure_ascii=False, indent=2), encoding="utf-8")
     summary |= {
+        "output_dir": str(out),
         "model": cfg.model.name,
         "model_path": model_path,
+        "forgetting_preset": fcfg.preset,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "train_rows": len(data.train),
         "validation_rows": len(data.validation),
-        "data_notes": data.notes(),
-        "task_before": before,
-        "task_after": after,
+        "general_rows": len(general),
+        "data_notes": notes,
+        "task_before": before.get("task"),
+        "task_after": after.get("task"),
+        "retention": after.get("prompts"),
+        "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
         "wall_seconds": round(time.time() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    if cfg.eval.report:
+        report.write([out], out)
     return summary
+
+
+def _in_training_eval(cfg: Config, tokenizer, val: list[dict], refs):
+    """Validation loss and the cheap retention probe (KL to base on a few held-out prompts)."""
+    probe = (refs or [])[: cfg.eval.probe_prompts]
+    if not val and not probe:
+        return None
+
+    def evaluate(m) -> dict[str, float]:
+        result = {}
+        if val:
+            result["val_loss"] = suite.mean_nll(m, val)
+        if probe:
+            result["retention_kl"] = kl_to_base(m, tokenizer, probe)
+        return result
+
+    return evaluate
+
+
+def _monitor(cfg: Config) -> Monitor:
+    es = cfg.train.early_stopping
+    return Monitor(es.patience, es.enabled, cfg.eval.max_kl, cfg.eval.on_max_kl == "stop")
+
+
+def _anchor(model, fcfg: ForgettingConfig, general: list[dict], pad: int, out: Path) -> Anchor | None:
+    """θ₀ (and the EWC Fisher) when L2 or EWC is on; the Fisher is estimated once and cached in the run."""
+    if fcfg.l2 <= 0 and fcfg.ewc.weight <= 0:
+        return None
+    anchor = make_anchor(model)
+    if fcfg.ewc.weight > 0:
+        rows = random.Random(0).sample(general, min(fcfg.ewc.samples, len(general)))
+        anchor.fisher = fisher_cached(model, anchor, rows, pad, out / "ewc_fisher.safetensors")
+    return anchor

@@ -1,0 +1,41 @@
+"""Where should the LwF KL term apply? Trains the quickstart under the presets and KL placements.
+
+Variants (same seed, task-data order and 60-step budget as the quickstart):
+  none         task loss only (plain LoRA): the reference for "share of gain";
+  lwf          λ=0.5 KL on the task rows' non-answer tokens (context; lwf has no rehearsal rows);
+  lwf_answers  λ=0.5 KL on the task answers only (pulls straight against the task loss);
+  rehearsal    general rows (the base model's own answers) in every batch, CE on them;
+  full         rehearsal + KL on context and rehearsal rows (the default);
+  full_reh_kl  rehearsal + KL on the rehearsal rows only (no teacher pass over the task rows).
+The four preset variants are exactly what `forgetless compare` trains, so with the same
+output_dir that command reuses them. Finished variants are reused; an interrupted run continues.
+Run: python benchmarks/kl_placement.py [output_dir=runs/compare] [other overrides]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from forgetless import api
+from forgetless.hardware import quiet_third_party_logs
+from forgetless.recipes import compare
+
+VARIANTS = {
+    "none": ["forgetting.preset=none"],
+    "lwf": ["forgetting.preset=lwf"],
+    "rehearsal": ["forgetting.preset=rehearsal"],
+    "full": ["forgetting.preset=full"],
+    "full_reh_kl": ["forgetting.preset=full", "forgetting.lwf.tokens=[rehearsal]"],
+    "lwf_answers": ["forgetting.preset=lwf", "forgetting.lwf.tokens=[answers]"],
+}
+
+
+def main(argv: list[str]) -> None:
+    quiet_third_party_logs()
+    cfg = api.load_config(None, ["output_dir=runs/compare", *argv])
+    rows = compare.run(cfg, VARIANTS)
+    print("\n" + compare.table(rows, cfg.eval.metric))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

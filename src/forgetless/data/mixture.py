@@ -1,0 +1,57 @@
+"""Task batches with an exact number of rehearsal (general) rows added to every micro-batch.
+
+Every micro-batch keeps its `batch_size` task rows, in exactly the order training without
+rehearsal would see them, and gets `general_per_batch(batch_size, ratio)` general rows on top,
+so that general rows make up `ratio` of it (rounded to whole rows) in every step, not only on
+average. An epoch is one pass over the task rows. General rows come from an endless stream of
+seeded permutations, addressed by the global micro-batch index, so a checkpoint's (epoch,
+micro-batch) position still resumes exactly. The two kinds are padded separately (a micro-batch
+is the pair [task batch, general batch]): the base model's general answers are several times
+longer than typical task answers, and padding short task rows to them would double the compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from forgetless.data.batching import Batches, collate
+from forgetless.errors import UserError
+
+
+def general_per_batch(batch_size: int, ratio: float) -> int:
+    """General rows added to `batch_size` task rows so that they are `ratio` of the whole (≥ 1)."""
+    return max(1, round(batch_size * ratio / (1 - ratio)))
+
+
+class MixedBatches(Batches):
+    def __init__(self, rows: list[dict], general: list[dict], batch_size: int, ratio: float, seed: int, pad_id: int):
+        if not general:
+            raise UserError("rehearsal is on but there are no general rows; check forgetting.rehearsal.source")
+        self.n_general = general_per_batch(batch_size, ratio)
+        super().__init__(rows, batch_size, seed, pad_id)
+        self.general = [{**r, "rehearsal": True} for r in general]
+        self._cycles: dict[int, list[int]] = {}
+
+    def describe(self) -> str:
+        total = self.batch_size + self.n_general
+        return (
+            f"rehearsal: {self.n_general} general rows added to the {self.batch_size} task rows of every micro-batch "
+            f"({100 * self.n_general / total:.0f}% general) from {len(self.general)} general rows"
+        )
+
+    def _general_index(self, position: int) -> int:
+        cycle, offset = divmod(position, len(self.general))
+        if cycle not in self._cycles:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * (cycle + 1))
+            self._cycles = {cycle: torch.randperm(len(self.general), generator=g).tolist()}
+        return self._cycles[cycle][offset]
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[dict[str, torch.Tensor]]]:
+        """[task batch, general batch] per micro-batch; the task batches equal `Batches.epoch`'s."""
+        first = (epoch * len(self) + start) * self.n_general
+        for task in super().epoch(epoch, start):
+            general = [self.general[self._general_index(first + k)] for k in range(self.n_general)]
+            first += self.n_general
+            yield [task, collate(general, self.pad_id)]

@@ -1,0 +1,119 @@
+"""Multiple-choice benchmarks scored by log-likelihood, from local JSONL files.
+
+File format, one question per line:
+    {"question": "What is 2 + 3?", "choices": ["4", "5", "6"], "answer": 1}
+`answer` is a 0-based index or a letter ("B"). Rows with "fewshot": true are not scored; they
+are shown, in file order, before every scored question as worked examples.
+
+Each choice is scored as the sum of the log-probabilities of " " + choice after the prompt
+    [few-shot blocks "Question: ...\\nAnswer: <correct choice>\\n\\n"] "Question: <q>\\nAnswer:"
+(plain text, no chat template, as lm-evaluation-harness does). Two accuracies are reported:
+raw (highest sum) and length-normalised (highest sum per UTF-8 byte of the choice, which stops
+long choices from losing only because they have more tokens).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from forgetless.data.formats import resolve_path
+from forgetless.errors import UserError
+
+
+@dataclass(frozen=True)
+class Item:
+    where: str
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+
+
+def _answer_index(value, n: int, where: str) -> int:
+    if isinstance(value, str) and len(value.strip()) == 1 and value.strip().isalpha():
+        value = ord(value.strip().upper()) - ord("A")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n:
+        raise UserError(f"{where}: 'answer' must be a choice index 0..{n - 1} or a letter, got {value!r}")
+    return value
+
+
+def read_items(ref: str) -> tuple[list[Item], list[Item]]:
+    """(scored items, few-shot examples) of a benchmark file; a malformed row is an error."""
+    path = resolve_path(ref)
+    items, shots = [], []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{i}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+        q, choices = row.get("question"), row.get("choices")
+        if not isinstance(q, str) or not q.strip():
+            raise UserError(f"{where}: 'question' must be a non-empty string")
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+            raise UserError(f"{where}: 'choices' must be a list of at least two non-empty strings")
+        item = Item(where, q, tuple(choices), _answer_index(row.get("answer"), len(choices), where))
+        (shots if row.get("fewshot") else items).append(item)
+    if not items:
+        raise UserError(f"{path}: no questions to score")
+    return items, shots
+
+
+def prompt(item: Item, shots: list[Item]) -> str:
+    blocks = [f"Question: {s.question}\nAnswer: {s.choices[s.answer]}\n\n" for s in shots]
+    return "".join(blocks) + f"Question: {item.question}\nAnswer:"
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], int]:
+    """Token ids of context + continuation (encoded separately) and how many belong to the continuation."""
+    ctx = tokenizer(context, add_special_tokens=True)["input_ids"]
+    cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    return ctx + cont, len(cont)
+
+
+@torch.no_grad()
+def choice_logprobs(model, tokenizer, items: list[Item], shots: list[Item], batch_size: int = 16) -> list[list[float]]:
+    """Sum of log-probabilities of every choice of every item (right-padded batches)."""
+    pairs = [encode_pair(tokenizer, prompt(it, shots), " " + c) for it in items for c in it.choices]
+    scores: list[float] = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, (seq, _) in enumerate(chunk):
+            ids[r, : len(seq)], mask[r, : len(seq)] = torch.tensor(seq), 1
+        logp = F.log_softmax(
+            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1
+        )
+        for r, (seq, n_cont) in enumerate(chunk):
+            positions = torch.arange(len(seq) - n_cont - 1, len(seq) - 1)
+            targets = torch.tensor(seq[len(seq) - n_cont :])
+            scores.append(float(logp[r, positions, targets.to(logp.device)].sum()))
+    out, k = [], 0
+    for it in items:
+        out.append(scores[k : k + len(it.choices)])
+        k += len(it.choices)
+    return out
+
+
+def score_items(model, tokenizer, items: list[Item], shots: list[Item]) -> dict:
+    """Per-item 0/1 correctness (raw and length-normalised) plus the two accuracies."""
+    was_training = model.training
+    model.eval()
+    try:
+        logps = choice_logprobs(model, tokenizer, items, shots)
+    finally:
+        model.train(was_training)
+    raw, norm = [], []
+    for it, lp in zip(items, logps, strict=True):
+        per_byte = [s / len((" " + c).encode("utf-8")) for s, c in zip(lp, it.choices, strict=True)]
+        raw.append(float(max(range(len(lp)), key=lp.__getitem__) == it.answer))
+        norm.append(float(max(range(len(lp)), key=per_byte.__getitem__) == it.answer))
+    return {"n": len(items), "acc": sum(raw) / len(raw), "acc_norm": sum(norm) / len(norm), "raw": raw, "norm": norm}

@@ -1,0 +1,264 @@
+"""report.md and a self-contained report.html for one run or several (`forgetless report RUN_DIR...`).
+
+The report is built once as a list of blocks (heading, paragraph, table, image) and rendered
+twice: Markdown (images linked from plots/) and HTML (the same PNGs embedded as base64, so the
+file opens in a browser with no network and no neighbouring files). Plots: training and
+validation loss, the retention probe over steps, and — for several runs — task score against
+KL to the base model, one point per run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+import matplotlib.pyplot as plt
+
+
+def _read(run: Path) -> dict:
+    def load(name):
+        path = run / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    metrics = []
+    if (run / "metrics.jsonl").exists():
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
+    cfg = {}
+    if (run / "config.yaml").exists():
+        import yaml
+
+        cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    return {
+        "name": run.name,
+        "dir": run,
+        "summary": load("summary.json"),
+        "eval": load("eval.json"),
+        "metrics": metrics,
+        "metric": cfg.get("eval", {}).get("metric", "exact_match"),
+    }
+
+
+def _f(x, spec=".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _ci(ci) -> str:
+    return "" if not ci else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def _pair_row(name: str, p: dict, spec: str = ".3f") -> list[str]:
+    return [name, _f(p.get("base"), spec), _f(p.get("finetuned"), spec), _f(p.get("diff"), "+" + spec)]
+
+
+def task_table(ev: dict) -> list[list[str]]:
+    rows = [["task metric", "base", "fine-tuned", "difference"]]
+    for key, p in ev.get("task", {}).items():
+        if isinstance(p, dict) and "finetuned" in p:
+            rows.append(_pair_row(key, p, ".2f" if key in ("bleu", "chrf", "perplexity") else ".3f"))
+    return rows
+
+
+def retention_table(ev: dict) -> list[list[str]]:
+    r = ev.get("retention", {})
+    rows = [["retention", "base", "fine-tuned", "difference (95% CI)"]]
+    pr = r.get("prompts")
+    if pr:
+        rows.append([f"KL to base per token ({pr['n']} held-out prompts)", "0", _f(pr["kl_per_token"], ".4f"), ""])
+        agree = f"{_f(pr['agreement'])}{_ci(pr.get('agreement_ci'))}"
+        rows.append([f"unchanged greedy answers ({pr['n']} prompts)", "1", agree, ""])
+    for name, b in r.get("benchmarks", {}).items():
+        for key in ("acc", "acc_norm"):
+            c = b[key]
+            rows.append(
+                [
+                    f"{name} {key} ({b['n']} questions)",
+                    f"{_f(c['base'])}{_ci(c['base_ci'])}",
+                    f"{_f(c['finetuned'])}{_ci(c['finetuned_ci'])}",
+                    f"{_f(c['diff'], '+.3f')}{_ci(c['diff_ci'])}",
+                ]
+            )
+    for name, p in r.get("general_text", {}).items():
+        rows.append(_pair_row(f"perplexity {name}", p, ".2f"))
+    for name, p in r.get("lm_eval", {}).items():
+        rows.append(_pair_row(f"lm-eval {name}", p))
+    return rows
+
+
+def _line_plot(runs: list[dict], series: list[tuple[str, str, str]], ylabel: str, title: str, path: Path) -> bool:
+    """One line per (run, metrics key); series = [(key, matplotlib style, label suffix)]."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    drawn = False
+    for r in runs:
+        for key, style, suffix in series:
+            pts = [(m["step"], m[key]) for m in r["metrics"] if key in m]
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], style, label=f"{r['name']}{suffix}", linewidth=1)
+                drawn = True
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    if drawn:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def _plot_losses(runs: list[dict], path: Path) -> bool:
+    series = [("loss", "-", " train"), ("val_loss", "o-", " validation")]
+    return _line_plot(runs, series, "loss", "training and validation loss", path)
+
+
+def _plot_probe(runs: list[dict], path: Path) -> bool:
+    series = [("retention_kl", "o-", "")]
+    return _line_plot(runs, series, "KL to base / token", "retention probe during training", path)
+
+
+def _plot_tradeoff(runs: list[dict], path: Path) -> bool:
+    pts = []
+    for r in runs:
+        task = r["eval"].get("task", {}).get(r["metric"], {})
+        kl = (r["eval"].get("retention", {}).get("prompts") or {}).get("kl_per_token")
+        if task.get("finetuned") is not None and kl is not None:
+            pts.append((kl, task["finetuned"], r["name"]))
+    if len(pts) < 2:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kl, score, name in pts:
+        ax.scatter([kl], [score])
+        ax.annotate(name, (kl, score), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set(
+        xlabel="KL to base per token (lower = less forgetting)",
+        ylabel=f"task {runs[0]['metric']}",
+        title="task score versus retention",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def text_table(rows: list[list[str]]) -> str:
+    """Aligned plain-text table for the terminal."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def print_tables(ev: dict) -> None:
+    print("\n" + text_table(task_table(ev)))
+    if len(retention_table(ev)) > 1:
+        print("\n" + text_table(retention_table(ev)))
+
+
+def blocks(runs: list[dict], plots: dict[str, Path]) -> list[tuple]:
+    out: list[tuple] = [("h1", "forgetless report")]
+    for r in runs:
+        s = r["summary"]
+        out.append(("h2", f"run {r['name']} ({r['dir']})"))
+        if s:
+            out.append(
+                (
+                    "p",
+                    f"model {s.get('model')}, preset {s.get('forgetting_preset')}, {s.get('steps')} steps in "
+                    f"{s.get('train_seconds')} s ({s.get('tokens_per_s')} tokens/s)"
+                    + (f"; stopped early: {s['stopped_early']}" if s.get("stopped_early") else ""),
+                )
+            )
+        if r["eval"]:
+            out += [("table", task_table(r["eval"])), ("table", retention_table(r["eval"]))]
+            for i, smp in enumerate(r["eval"].get("task", {}).get("samples", []), start=1):
+                out.append(
+                    (
+                        "pre",
+                        f"sample {i}: {smp['prompt']}\nexpected:   {smp['reference']}\n"
+                        f"base:       {smp['answer_base']}\nfine-tuned: {smp['answer']}",
+                    )
+                )
+    if len(runs) > 1:
+        out.append(("h2", "runs side by side"))
+        head = ["run", f"task {runs[0]['metric']}", "KL to base / token", "unchanged answers"]
+        rows = [head]
+        for r in runs:
+            t = r["eval"].get("task", {}).get(r["metric"], {})
+            p = r["eval"].get("retention", {}).get("prompts") or {}
+            rows.append(
+                [
+                    r["name"],
+                    f"{_f(t.get('base'))} → {_f(t.get('finetuned'))}",
+                    _f(p.get("kl_per_token"), ".4f"),
+                    _f(p.get("agreement")),
+                ]
+            )
+        out.append(("table", rows))
+    for title, path in plots.items():
+        out.append(("img", title, path))
+    return out
+
+
+def to_markdown(bl: list[tuple], base: Path) -> str:
+    lines = []
+    for b in bl:
+        if b[0] in ("h1", "h2"):
+            lines += [("# " if b[0] == "h1" else "## ") + b[1], ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "pre":
+            lines += ["```", b[1], "```", ""]
+        elif b[0] == "table":
+            rows = b[1]
+            lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            lines += ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
+        elif b[0] == "img":
+            lines += [f"![{b[1]}]({b[2].relative_to(base).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def to_html(bl: list[tuple]) -> str:
+    e = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>forgetless report</title><style>",
+        "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}pre{background:#f5f5f5;padding:8px;"
+        "white-space:pre-wrap}</style></head><body>",
+    ]
+    for b in bl:
+        if b[0] in ("h1", "h2"):
+            parts.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
+        elif b[0] == "p":
+            parts.append(f"<p>{e(b[1])}</p>")
+        elif b[0] == "pre":
+            parts.append(f"<pre>{e(b[1])}</pre>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{e(c)}</th>" for c in b[1][0])
+            body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b[1][1:])
+            parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif b[0] == "img":
+            data = base64.b64encode(b[2].read_bytes()).decode()
+            parts.append(f"<h3>{e(b[1])}</h3><img alt='{e(b[1])}' src='data:image/png;base64,{data}'>")
+    return "".join(parts) + "</body></html>"
+
+
+def write(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
+    """Write out/report.md, out/report.html and out/plots/*.png for the given runs."""
+    runs = [_read(Path(d)) for d in run_dirs]
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    plots = {}
+    for title, name, fn in (
+        ("training and validation loss", "loss.png", _plot_losses),
+        ("retention probe during training", "retention_probe.png", _plot_probe),
+        ("task score versus retention", "tradeoff.png", _plot_tradeoff),
+    ):
+        path = out / "plots" / name
+        if fn(runs, path):
+            plots[title] = path
+        elif path.exists():
+            path.unlink()
+    bl = blocks(runs, plots)
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(to_markdown(bl, out), encoding="utf-8")
+    page.write_text(to_html(bl), encoding="utf-8")
+    return md, page

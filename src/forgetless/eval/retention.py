@@ -1,0 +1,75 @@
+"""Retention: how far the fine-tuned model drifted from the base model on general prompts.
+
+The prompts are ones training never saw (bundled: assets/general/heldout.jsonl, 60 prompts in
+English and Japanese). The reference is the base model's own greedy answer to each prompt;
+the suite reports
+  kl_per_token   mean KL(p_finetuned ‖ p_base) over the reference answers' tokens, teacher-forced
+                 (0 means the fine-tuned model predicts exactly what the base model predicts);
+  agreement      share of prompts whose greedy answer is unchanged (exact string).
+The base model's predictions come from the same weights with adapters switched off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from forgetless.adapters import base_view
+from forgetless.data.batching import fixed_batches
+from forgetless.data.formats import Example
+from forgetless.data.render import encode
+from forgetless.eval.generate import generate
+from forgetless.eval.metrics import normalize
+from forgetless.eval.stats import bootstrap_ci, mean
+from forgetless.losses import kl_sum, position_masks
+
+
+@torch.no_grad()
+def kl_to_base(model, tokenizer, references: list[Example], base=None, batch_size: int = 8) -> float:
+    """Mean KL(p_model ‖ p_base) per reference-answer token; `base` defaults to adapters-off."""
+    rows = [encode(tokenizer, ex) for ex in references]
+    total, n = 0.0, 0
+    for batch in fixed_batches(rows, batch_size, tokenizer.pad_token_id):
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        where = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])["task_answers"]
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        student = model(**inputs).logits[:, :-1][where]
+        if base is None:
+            with base_view(model) as b:
+                teacher = b(**inputs).logits[:, :-1][where]
+        else:
+            teacher = base(**inputs).logits[:, :-1][where]
+        total += float(kl_sum(student, teacher))
+        n += int(where.sum())
+    return total / max(n, 1)
+
+
+def agreement(model, tokenizer, references: list[Example], max_new_tokens: int) -> tuple[list[float], list[str]]:
+    """Per prompt 1.0 where the model's greedy answer equals the base model's (else 0.0), and the answers."""
+    prompts = [list(ex.messages[:-1]) for ex in references]
+    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    same = [
+        float(normalize(a) == normalize(ex.messages[-1]["content"])) for a, ex in zip(answers, references, strict=True)
+    ]
+    return same, answers
+
+
+def retention(model, tokenizer, references: list[Example], max_new_tokens: int, samples: int = 2, base=None) -> dict:
+    """KL to base and agreement; `base` is a separate base model (else: this model, adapters off)."""
+    was_training = model.training
+    model.eval()
+    try:
+        kl = kl_to_base(model, tokenizer, references, base=base)
+        same, answers = agreement(model, tokenizer, references, max_new_tokens)
+    finally:
+        model.train(was_training)
+    shown = [
+        {"prompt": ex.messages[-2]["content"], "base": ex.messages[-1]["content"], "finetuned": a}
+        for ex, a in zip(references[:samples], answers, strict=False)
+    ]
+    return {
+        "n": len(references),
+        "kl_per_token": kl,
+        "agreement": mean(same),
+        "agreement_ci": bootstrap_ci(same),
+        "samples": shown,
+    }

@@ -1,0 +1,147 @@
+"""The evaluation every run ends with, and that `forgetless eval` repeats: task metrics plus retention.
+
+`measure(...)` scores one model ("side"): the base model (before training, or a plain model)
+or the fine-tuned one. `combine(base, finetuned)` turns two sides into eval.json: every number
+as base → fine-tuned with the difference, and 95% bootstrap intervals for accuracies (paired
+for the difference). Only the fine-tuned side has the KL / agreement numbers, because they
+compare the fine-tuned model with the base model directly (adapters off, same weights).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from forgetless import generated
+from forgetless.config import Config
+from forgetless.data.batching import fixed_batches
+from forgetless.data.formats import read_file
+from forgetless.data.render import encode_all
+from forgetless.errors import UserError
+from forgetless.eval import choice, stats
+from forgetless.eval.retention import retention
+from forgetless.eval.task import task_eval
+from forgetless.losses import ce_sum, count_targets
+
+
+@torch.no_grad()
+def mean_nll(model, batches: list[dict]) -> float:
+    """Mean next-token negative log-likelihood over the label tokens of the batches."""
+    total, n = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for b in batches:
+        b = {k: v.to(model.device) for k, v in b.items()}
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        total += float(ce_sum(out.logits, b["labels"]))
+        n += count_targets(b["labels"])
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+def text_perplexity(model, tokenizer, ref: str, max_length: int, pad: int) -> float:
+    """Perplexity of every token of a general-text file (any data format; all tokens count)."""
+    rows = encode_all(tokenizer, read_file(ref), max_length, "truncate", loss_on="all")
+    return math.exp(mean_nll(model, fixed_batches(rows, 4, pad)))
+
+
+def lm_eval_scores(model, tokenizer, tasks: list[str]) -> dict[str, float]:
+    """Optional: lm-evaluation-harness tasks through the same report (accuracy per task)."""
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise UserError("eval.lm_eval_tasks needs lm-evaluation-harness: pip install 'lm-eval[hf]'") from None
+    try:
+        results = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8), tasks=tasks)
+    except Exception as e:  # its datasets come from the hub; offline this is where it fails
+        raise UserError(f"lm-eval could not run {tasks}: {e}".replace("\n", " ")) from None
+    out = {}
+    for task, metrics in results["results"].items():
+        for key in ("acc,none", "acc_norm,none", "exact_match,none"):
+            if key in metrics:
+                out[f"{task}.{key.split(',')[0]}"] = float(metrics[key])
+    return out
+
+
+def measure(model, tokenizer, cfg: Config, examples, val_rows: list[dict], references=None, base=None) -> dict:
+    """One side of the evaluation. `references` (base-model answers) turns on KL / agreement,
+    measured against `base` (a separate base model) or, by default, this model with adapters off."""
+    e = cfg.eval
+    pad = tokenizer.pad_token_id
+    side: dict = {}
+    if examples:
+        side["task"] = task_eval(model, tokenizer, examples, cfg)
+    if val_rows:
+        side.setdefault("task", {})["perplexity"] = math.exp(mean_nll(model, fixed_batches(val_rows, 4, pad)))
+    if e.retention:
+        side["benchmarks"] = {}
+        for ref in e.benchmarks:
+            items, shots = choice.read_items(ref)
+            scored = choice.score_items(model, tokenizer, items, shots)
+            side["benchmarks"][Path(ref.removeprefix("builtin:")).name] = scored
+        side["general_text"] = {
+            Path(ref).name: text_perplexity(model, tokenizer, ref, cfg.data.max_length, pad) for ref in e.general_text
+        }
+        if e.lm_eval_tasks:
+            side["lm_eval"] = lm_eval_scores(model, tokenizer, e.lm_eval_tasks)
+        if references is not None:
+            side["prompts"] = retention(model, tokenizer, references, e.retention_max_new_tokens, base=base)
+    return side
+
+
+def references(cfg: Config, model, tokenizer, model_path: str, dtype) -> list | None:
+    """The base model's answers to the held-out general prompts (cached; generated on first use)."""
+    e = cfg.eval
+    if not e.retention:
+        return None
+    path, _ = generated.ensure(
+        "retention",
+        model,
+        tokenizer,
+        cfg.model,
+        model_path,
+        str(dtype),
+        e.retention_prompts,
+        e.retention_max_new_tokens,
+    )
+    return generated.read_answers(path, e.retention_max_prompts)[0]
+
+
+def _pair(base: float | None, finetuned: float | None) -> dict:
+    if base is None or finetuned is None:
+        return {"base": base, "finetuned": finetuned, "diff": None}
+    return {"base": base, "finetuned": finetuned, "diff": finetuned - base}
+
+
+def combine(base: dict, finetuned: dict) -> dict:
+    """eval.json: task metrics and retention, base → fine-tuned with differences and intervals."""
+    out: dict = {"task": {}, "retention": {}}
+    bt, ft = base.get("task", {}), finetuned.get("task", {})
+    for key, value in ft.items():
+        if isinstance(value, (int, float)) and key != "n":
+            out["task"][key] = _pair(bt.get(key), value)
+    out["task"]["n"] = ft.get("n")
+    out["task"]["samples"] = [
+        {**b, "answer_base": b["answer"], "answer": f["answer"]}
+        for b, f in zip(bt.get("samples", []), ft.get("samples", []), strict=False)
+    ]
+    r = out["retention"]
+    if "prompts" in finetuned:
+        r["prompts"] = finetuned["prompts"]
+    r["benchmarks"] = {}
+    for name, f in finetuned.get("benchmarks", {}).items():
+        b = base.get("benchmarks", {}).get(name)
+        r["benchmarks"][name] = {"n": f["n"]} | {
+            key: stats.compare(b[src], f[src]) if b else stats.single(f[src])
+            for key, src in (("acc", "raw"), ("acc_norm", "norm"))
+        }
+    r["general_text"] = {
+        name: _pair(base.get("general_text", {}).get(name), ppl)
+        for name, ppl in finetuned.get("general_text", {}).items()
+    }
+    if "lm_eval" in finetuned:
+        r["lm_eval"] = {k: _pair(base.get("lm_eval", {}).get(k), v) for k, v in finetuned["lm_eval"].items()}
+    return out

@@ -1,0 +1,125 @@
+"""The training objective: task cross-entropy plus the forgetting terms the config turns on.
+
+    loss = CE(task answers)                          token-mean over the task answer tokens
+         + w_r · CE(rehearsal answers)               token-mean over the rehearsal answer tokens
+         + λ · T² · KL(p_finetuned ‖ p_base)         mean over the chosen KL positions
+         + l2 · Σ(θ − θ₀)²  +  λ_ewc · Σ F·(θ − θ₀)²  once per optimizer step
+
+Each CE is a mean over its own tokens, so long general answers in the rehearsal rows do not
+dilute the task signal (the quickstart's task answers are ~15 tokens, the base model's general
+answers ~90). The teacher is the same model with its adapters switched off, under no_grad.
+Only the selected positions' logits are turned into float32 distributions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from forgetless.adapters import base_view
+from forgetless.config import ForgettingConfig
+from forgetless.data.batching import collate
+from forgetless.losses import ewc_penalty, kl_sum, l2_penalty, position_masks
+
+
+def kl_positions(masks: dict[str, torch.Tensor], tokens: list[str]) -> torch.Tensor:
+    names = {"context": "context", "rehearsal": "rehearsal", "answers": "task_answers"}
+    out = torch.zeros_like(masks["context"])
+    for t in tokens:
+        out |= masks[names[t]]
+    return out
+
+
+def counts(batch: dict, cfg: ForgettingConfig) -> dict[str, int]:
+    """How many units each loss term averages over, for the loop's step-wide normalisation."""
+    m = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])
+    out = {"targets": int(m["task_answers"].sum()), "rehearsal": int(m["rehearsal_answers"].sum()), "batches": 1}
+    if cfg.uses_lwf:
+        out["kl"] = int(kl_positions(m, cfg.lwf.tokens).sum())
+    return out
+
+
+@dataclass
+class Anchor:
+    """θ₀ of the trainable weights (and their diagonal Fisher for EWC), for the L2/EWC penalties."""
+
+    names: list[str]
+    params: list[torch.nn.Parameter]
+    initial: list[torch.Tensor]
+    fisher: list[torch.Tensor] | None = None
+
+
+def make_anchor(model) -> Anchor:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return Anchor([n for n, _ in named], [p for _, p in named], [p.detach().clone() for _, p in named])
+
+
+def estimate_fisher(model, anchor: Anchor, rows: list[dict], pad_id: int) -> list[torch.Tensor]:
+    """Empirical diagonal Fisher: mean over rows of the squared gradient of the row's mean
+    answer log-likelihood, one row at a time (a batch gradient would average before squaring).
+
+    With LoRA, B starts at zero, so the gradient (and the Fisher) of every A matrix is zero at
+    initialisation: EWC then anchors the B matrices only. The docs say so.
+    """
+    fisher = [torch.zeros_like(p, dtype=torch.float32) for p in anchor.params]
+    was_training = model.training
+    model.eval()  # no dropout: the Fisher of the model as it is
+    for row in tqdm(rows, desc="ewc: Fisher", unit="row"):
+        batch = {k: v.to(model.device) for k, v in collate([row], pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        answer = batch["labels"][:, 1:] != -100
+        nll = F.cross_entropy(logits[:, :-1][answer].float(), batch["labels"][:, 1:][answer])
+        grads = torch.autograd.grad(nll, anchor.params, allow_unused=True)
+        for f, g in zip(fisher, grads, strict=True):
+            if g is not None:
+                f += g.detach().float() ** 2
+    model.train(was_training)
+    return [f / max(len(rows), 1) for f in fisher]
+
+
+def fisher_cached(model, anchor: Anchor, rows: list[dict], pad_id: int, path: Path) -> list[torch.Tensor]:
+    """The Fisher is estimated once per run and saved with it, so a resumed run reuses it."""
+    if path.exists():
+        saved = load_file(str(path))
+        return [saved[n].to(p.device) for n, p in zip(anchor.names, anchor.params, strict=True)]
+    fisher = estimate_fisher(model, anchor, rows, pad_id)
+    save_file({n: f.contiguous().cpu() for n, f in zip(anchor.names, fisher, strict=True)}, str(path))
+    return fisher
+
+
+def make_loss(cfg: ForgettingConfig, anchor: Anchor | None = None):
+    """loss_fn(model, batch, norms) -> {term: tensor} for `loop.fit`; terms are logged separately."""
+    lwf = cfg.lwf
+
+    def loss_fn(model, batch: dict, norms: dict[str, float]) -> dict[str, torch.Tensor]:
+        masks = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        targets = batch["labels"][:, 1:]
+
+        def ce(mask):
+            return F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum")
+
+        terms = {"ce": ce(masks["task_answers"]) / norms["targets"]}
+        if cfg.uses_rehearsal:
+            terms["ce_rehearsal"] = cfg.rehearsal.weight * ce(masks["rehearsal_answers"]) / norms["rehearsal"]
+        if cfg.uses_lwf:
+            where = kl_positions(masks, lwf.tokens)
+            kl = torch.zeros((), device=logits.device)
+            if where.any():  # e.g. a task-only piece when the KL applies to rehearsal rows only
+                with torch.no_grad(), base_view(model) as base:
+                    teacher = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    teacher = teacher[:, :-1][where]
+                kl = kl_sum(logits[where], teacher, lwf.temperature, lwf.direction)
+            terms["lwf"] = lwf.weight * kl / norms["kl"]
+        if anchor is not None and cfg.l2 > 0:
+            terms["l2"] = cfg.l2 * l2_penalty(anchor.params, anchor.initial) / norms["batches"]
+        if anchor is not None and anchor.fisher is not None and cfg.ewc.weight > 0:
+            terms["ewc"] = cfg.ewc.weight * ewc_penalty(anchor.params, anchor.initial, anchor.fisher) / norms["batches"]
+        return terms
+
+    return loss_fn

@@ -1,0 +1,109 @@
+"""`forgetless compare`: train one config under several forgetting presets and tabulate gain vs retention.
+
+Every variant gets the same seed, data order for the task rows and step budget; only
+`forgetting.preset` differs. Each variant is a normal run in OUTPUT_DIR/<variant>/; a variant
+whose finished run already has the same resolved config is reused, so an interrupted
+comparison continues where it stopped. The table goes to stdout, compare.md and compare.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from forgetless import config
+from forgetless.config import Config
+from forgetless.errors import UserError
+from forgetless.eval import report
+from forgetless.recipes import sft
+
+PRESETS = ("none", "lwf", "rehearsal", "full")
+
+
+def preset_variants(names: list[str]) -> dict[str, list[str]]:
+    """The CLI's variants: one per forgetting preset, named after it."""
+    for v in names:
+        if v not in PRESETS:
+            raise UserError(f"unknown variant '{v}'; choose from {', '.join(PRESETS)}")
+    if not names:
+        raise UserError("--variants is empty; for example --variants none,full")
+    return {v: [f"forgetting.preset={v}"] for v in names}
+
+
+def variant_config(cfg: Config, label: str, overrides: list[str]) -> Config:
+    tree = cfg.model_dump(mode="json")
+    return config.validate(tree, [*overrides, f"output_dir={Path(cfg.output_dir) / label}"])
+
+
+def _finished(vcfg: Config) -> dict | None:
+    out = Path(vcfg.output_dir)
+    summary, saved = out / "summary.json", out / "config.yaml"
+    if summary.is_file() and saved.is_file():
+        if yaml.safe_load(saved.read_text(encoding="utf-8")) == vcfg.model_dump(mode="json"):
+            return json.loads(summary.read_text(encoding="utf-8"))
+    return None
+
+
+def run(cfg: Config, variants: dict[str, list[str]], overwrite: bool = False) -> list[dict]:
+    """Train (or reuse) each variant = label -> overrides on top of `cfg`; returns the table rows."""
+    rows = []
+    for v, overrides in variants.items():
+        vcfg = variant_config(cfg, v, overrides)
+        summary = _finished(vcfg)
+        if summary is None:
+            print(f"\n[forgetless] compare: training variant '{v}' -> {vcfg.output_dir}")
+            summary = sft.run(vcfg, overwrite=overwrite)
+        else:
+            print(f"[forgetless] compare: reusing the finished run of '{v}' in {vcfg.output_dir}")
+        rows.append(row(v, summary, cfg.eval.metric))
+    reference = next((r for r in rows if r["variant"] == "none"), None)
+    for r in rows:
+        gain = reference["gain"] if reference else None
+        r["share_of_none_gain"] = r["gain"] / gain if gain and r["gain"] is not None else None
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    (out / "compare.md").write_text(table(rows, cfg.eval.metric) + "\n", encoding="utf-8")
+    if cfg.eval.report:
+        report.write([Path(cfg.output_dir) / v for v in variants], out)
+    return rows
+
+
+def row(variant: str, s: dict, metric: str) -> dict:
+    before, after, ret = s.get("task_before") or {}, s.get("task_after") or {}, s.get("retention") or {}
+    b, a = before.get(metric), after.get(metric)
+    return {
+        "variant": variant,
+        "run": s.get("output_dir"),
+        "before": b,
+        "after": a,
+        "gain": a - b if a is not None and b is not None else None,
+        "kl_per_token": ret.get("kl_per_token"),
+        "agreement": ret.get("agreement"),
+        "retention_prompts": ret.get("n"),
+        "train_seconds": s.get("train_seconds"),
+    }
+
+
+def _fmt(x, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def table(rows: list[dict], metric: str) -> str:
+    """Markdown table: task score and gain, share of the plain-LoRA gain kept, retention."""
+    lines = [
+        f"| variant | {metric} before → after | gain | share of `none` gain | KL to base / token "
+        "| unchanged greedy answers | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        share = _fmt(r.get("share_of_none_gain") and 100 * r["share_of_none_gain"], ".0f")
+        lines.append(
+            f"| {r['variant']} | {_fmt(r['before'], '.3f')} → {_fmt(r['after'], '.3f')} | {_fmt(r['gain'], '+.3f')} "
+            f"| {share}{'%' if share != '–' else ''} | {_fmt(r['kl_per_token'], '.4f')} "
+            f"| {_fmt(r['agreement'] and 100 * r['agreement'], '.0f')}{'%' if r['agreement'] is not None else ''} "
+            f"| {_fmt(r['train_seconds'], '.0f')} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""`forgetless eval`: score a base model, a base model plus an adapter, or a merged model.
+
+With an adapter (or a run directory, whose config and adapter it reads) both sides are
+measured exactly as at the end of training: the base model, then base + adapter, with the
+retention suite against the same base-model references; so a separate eval of a run gives the
+numbers the run reported. A merged model needs `--base` to be compared with; without either,
+only the model itself is scored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from peft import PeftModel
+
+from forgetless import config, hardware
+from forgetless import model as models
+from forgetless.config import Config
+from forgetless.data.build import held_out
+from forgetless.eval import report, suite
+
+
+def run(cfg: Config, adapter: str | None, base_ref: str | None, out: Path) -> dict:
+    dev = hardware.device()
+    dtype = hardware.resolve_dtype(cfg.model.precision, dev)
+    model, tokenizer, model_path = models.load(cfg.model, dev)
+    data = held_out(cfg.data, tokenizer, cfg.train.seed)
+    examples, rows = data.validation_examples, data.validation
+    print(f"[forgetless] eval: {len(examples)} held-out rows")
+    if adapter is None and base_ref is None:
+        result = suite.combine({}, suite.measure(model, tokenizer, cfg, examples, rows))
+    else:
+        base_cfg, base, base_path = cfg, model, model_path
+        if base_ref is not None:  # a merged model: the base is a second model in memory
+            base_cfg = config.validate(cfg.model_dump(mode="json"), [f"model.name={base_ref}"])
+            base, _, base_path = models.load(base_cfg.model, dev)
+        refs = suite.references(base_cfg, base, tokenizer, base_path, dtype)
+        print("[forgetless] evaluating the base model ...")
+        before = suite.measure(base, tokenizer, cfg, examples, rows)
+        finetuned = PeftModel.from_pretrained(model, adapter) if adapter else model
+        print("[forgetless] evaluating the fine-tuned model ...")
+        after = suite.measure(finetuned, tokenizer, cfg, examples, rows, refs, base=None if adapter else base)
+        result = suite.combine(before, after)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    if cfg.eval.report:
+        report.write([out], out)
+    return result
