@@ -58,14 +58,15 @@ def test_short_quickstart_run_through_the_cli(tmp_path):
             "eval.max_examples=6",
             "eval.samples=1",
             "eval.retention_max_prompts=6",
+            "eval.probe_prompts=4",
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "held-out task score" in proc.stdout and "sample 1" in proc.stdout
-    assert "retention on 6 held-out general prompts" in proc.stdout
+    assert "task metric" in proc.stdout and "sample 1" in proc.stdout
+    assert "KL to base per token (6 held-out prompts)" in proc.stdout and "mc.jsonl acc (60 questions)" in proc.stdout
     # the default preset is `full`: self-rehearsal from the shipped base-model answers plus LwF
     assert "rehearsal: 300 base-model answers (cached" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
