@@ -84,8 +84,16 @@ def test_early_stopping_keeps_the_best_adapter(tiny_overrides, tmp_path):
 def test_report_for_several_runs_plots_the_tradeoff(tiny_overrides, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
     for name in ("a", "b"):
-        forgetless.train({}, [*tiny_overrides, *_eval_overrides(tmp_path), f"output_dir={tmp_path / name}",
-                              "train.max_steps=2", f"train.seed={len(name) + (name == 'b')}"])
+        forgetless.train(
+            {},
+            [
+                *tiny_overrides,
+                *_eval_overrides(tmp_path),
+                f"output_dir={tmp_path / name}",
+                "train.max_steps=2",
+                f"train.seed={len(name) + (name == 'b')}",
+            ],
+        )
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "both")]) == 0
     page = (tmp_path / "both" / "report.html").read_text()
     assert "task score versus retention" in page and (tmp_path / "both" / "plots" / "tradeoff.png").is_file()
