@@ -5,8 +5,10 @@ Variants (same seed, task-data order and 60-step budget as the quickstart):
   lwf          λ=0.5 KL on the task rows' non-answer tokens (context; lwf has no rehearsal rows);
   lwf_answers  λ=0.5 KL on the task answers only (pulls straight against the task loss);
   rehearsal    general rows (the base model's own answers) in every batch, CE on them;
-  full         rehearsal + KL on context and rehearsal rows (the default);
-  full_reh_kl  rehearsal + KL on the rehearsal rows only (no teacher pass over the task rows).
+  full         rehearsal rows + KL on context and rehearsal rows, no CE on rehearsal rows (the default);
+  full_ce1     full + CE on the rehearsal rows at weight 1 (forgetting.rehearsal.weight=1);
+  full_ce03    full + CE on the rehearsal rows at weight 0.3;
+  full_reh_kl  rehearsal rows + KL on the rehearsal rows only (no teacher pass over the task rows).
 The four preset variants are exactly what `forgetless compare` trains, so with the same
 output_dir that command reuses them. Finished variants are reused; an interrupted run continues.
 Run: python benchmarks/kl_placement.py [output_dir=runs/compare] [other overrides]
@@ -25,6 +27,8 @@ VARIANTS = {
     "lwf": ["forgetting.preset=lwf"],
     "rehearsal": ["forgetting.preset=rehearsal"],
     "full": ["forgetting.preset=full"],
+    "full_ce1": ["forgetting.preset=full", "forgetting.rehearsal.weight=1.0"],
+    "full_ce03": ["forgetting.preset=full", "forgetting.rehearsal.weight=0.3"],
     "full_reh_kl": ["forgetting.preset=full", "forgetting.lwf.tokens=[rehearsal]"],
     "lwf_answers": ["forgetting.preset=lwf", "forgetting.lwf.tokens=[answers]"],
 }

@@ -70,7 +70,8 @@ def test_short_quickstart_run_through_the_cli(tmp_path):
     # the default preset is `full`: self-rehearsal from the shipped base-model answers plus LwF
     assert "rehearsal: 300 base-model answers (cached" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["forgetting_preset"] == "full" and {"ce", "ce_rehearsal", "lwf"} <= set(summary["final"])
+    assert summary["forgetting_preset"] == "full" and {"ce", "lwf"} <= set(summary["final"])
+    assert "ce_rehearsal" not in summary["final"]  # rehearsal rows carry the KL only (docs/forgetting.md)
     assert summary["steps"] == 3 and summary["task_before"]["exact_match"] == 0.0
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -104,6 +105,13 @@ def test_compare_tabulates_variants_and_reuses_finished_runs(tiny_overrides, tmp
     assert [r["variant"] for r in rows] == ["none", "lwf"] and all(r["retention_prompts"] == 2 for r in rows)
     assert main(args) == 0
     assert "reusing the finished run of 'lwf'" in capsys.readouterr().out
+    # A setting the variant does not use keeps it reusable; one it uses retrains it.
+    assert (
+        main([*args[:-2], "forgetting.rehearsal.weight=0.5", "forgetting.lwf.weight=0.9", "--overwrite", *args[-2:]])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "reusing the finished run of 'none'" in out and "training variant 'lwf'" in out
     assert main([*args[:-1], "none,fulll"]) == 2
     assert "unknown variant 'fulll'" in capsys.readouterr().err
 

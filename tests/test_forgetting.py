@@ -146,7 +146,7 @@ def test_lwf_adds_no_parameter_memory_and_logs_every_term(tiny_dir, tokenizer):
     model = _lora_model(tiny_dir)
     before = {p.data_ptr() for p in model.parameters()}
     n_before = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
-    cfg = ForgettingConfig(preset="full", l2=0.1)
+    cfg = ForgettingConfig(preset="full", l2=0.1, rehearsal={"weight": 0.5})
     batch = _batch(tokenizer, [False, False, True])
     norms = {k: float(v) for k, v in counts(batch, cfg).items()}
     terms = make_loss(cfg, make_anchor(model))(model, batch, norms)
@@ -212,6 +212,7 @@ def test_full_preset_trains_with_every_term_and_reports_retention(tiny_overrides
             "forgetting.preset=full",
             f"forgetting.rehearsal.source={write_jsonl(tmp_path / 'general.jsonl', general)}",
             "forgetting.l2=0.1",
+            "forgetting.rehearsal.weight=0.5",
             "forgetting.ewc.weight=1.0",
             "forgetting.ewc.samples=4",
             "eval.retention=true",
@@ -244,3 +245,12 @@ def test_self_source_generates_on_first_use(tiny_overrides, tmp_path, monkeypatc
     assert list((tmp_path / "cache" / "generated").glob("rehearsal-model-*.jsonl"))
     again = forgetless.train({}, [*overrides, f"output_dir={tmp_path / 'run2'}"])
     assert any("cached" in n for n in again["data_notes"])
+
+
+def test_rehearsal_ce_weight_is_automatic_unless_set():
+    """Unset: CE on rehearsal rows only when no LwF KL covers them (measured in docs/forgetting.md)."""
+    assert ForgettingConfig(preset="full").rehearsal_ce_weight == 0.0
+    assert ForgettingConfig(preset="rehearsal").rehearsal_ce_weight == 1.0
+    assert ForgettingConfig(preset="full", lwf={"tokens": ["context"]}).rehearsal_ce_weight == 1.0
+    assert ForgettingConfig(preset="full", lwf={"weight": 0}).rehearsal_ce_weight == 1.0
+    assert ForgettingConfig(preset="full", rehearsal={"weight": 0.3}).rehearsal_ce_weight == 0.3

@@ -22,6 +22,14 @@ def use_grad_checkpointing(setting, dev: torch.device) -> bool:
     return dev.type == "cuda" if setting == "auto" else bool(setting)
 
 
+def enable_grad_checkpointing(model) -> None:
+    """Recompute each block's activations in backward. Non-reentrant: works with frozen inputs and DDP.
+    Also used mid-run by the loop's out-of-memory fallback (on a PEFT model or a plain one)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    inner.enable_input_require_grads()
+
+
 def attach(model, cfg: PeftConfig, *, quantized: bool, grad_checkpointing: bool):
     ckpt_kwargs = {"use_reentrant": False}
     if quantized:
@@ -29,8 +37,7 @@ def attach(model, cfg: PeftConfig, *, quantized: bool, grad_checkpointing: bool)
             model, use_gradient_checkpointing=grad_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs
         )
     elif grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
-        model.enable_input_require_grads()
+        enable_grad_checkpointing(model)
     lora = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -23,12 +25,60 @@ def _train(args: argparse.Namespace) -> int:
     if args.help_config:
         print(config.describe())
         return 0
+    if args.launch:
+        return _launch(args)
     path, items = _config_and_overrides(args.items)
     cfg = api.load_config(path, items)
-    print(f"[forgetless] config: {path or api.QUICKSTART}; output_dir: {cfg.output_dir}")
+    if args.auto:
+        cfg = api.load_config(path, _auto_overrides(cfg) + items)  # the user's own overrides still win
+    if os.environ.get("RANK", "0") == "0":  # once, not per launched process
+        print(f"[forgetless] config: {path or api.QUICKSTART}; output_dir: {cfg.output_dir}")
     summary = api.train(cfg, resume=args.resume, overwrite=args.overwrite)
-    print_summary(summary)
+    if "output_dir" in summary:  # under a launcher, only the main process has the full summary
+        print_summary(summary)
     return 0
+
+
+def _auto_overrides(cfg) -> list[str]:
+    """Plan for the detected hardware, starting from the config's model, length and batch."""
+    from forgetless import planner
+
+    p = planner.plan(
+        cfg.model.name,
+        planner.detect(),
+        seq_len=cfg.data.max_length,
+        batch_size=cfg.train.batch_size,
+        grad_accum=cfg.train.grad_accum,
+        r=cfg.peft.r,
+    )
+    print(planner.render(p) + "\n")
+    if not p.fits:
+        raise UserError("--auto: no setting fits this hardware (see the plan above)")
+    keep = ("model.name=", "peft.method=", "forgetting.preset=")  # the config's own choices stay
+    return [o for o in p.overrides() if not o.startswith(keep)]
+
+
+def launch_command(processes: int, argv: list[str]) -> list[str]:
+    """`accelerate launch` with `processes` local processes running `forgetless train ARGV`.
+
+    accelerate's multi-process launcher (`--multi_gpu`) also serves CPU-only machines: each process
+    then trains on the CPU and they talk over gloo. The port is chosen free so that two runs can coexist.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"]
+    options = ["--num_processes", str(processes), "--main_process_port", str(port), "--mixed_precision", "no"]
+    return [*launcher, *options, "--dynamo_backend", "no", "-m", "forgetless", "train", *argv]
+
+
+def _launch(args: argparse.Namespace) -> int:
+    if args.launch < 1:
+        raise UserError(f"--launch {args.launch}: give the number of local processes (1 or more)")
+    argv = [*args.items] + (["--resume"] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
+    cmd = launch_command(args.launch, argv)
+    print(f"[forgetless] launching {args.launch} processes: {' '.join(cmd)}", flush=True)
+    return subprocess.call(cmd)
 
 
 def print_summary(s: dict) -> None:
@@ -149,6 +199,36 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_gb(text: str) -> float:
+    try:
+        return float(text.strip().upper().removesuffix("GB").removesuffix("G"))
+    except ValueError:
+        raise UserError(f"--gpu-memory {text}: give a size such as 8GB or 24") from None
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from forgetless import api, config, planner
+
+    hw = planner.given(_parse_gb(args.gpu_memory), not args.no_bf16) if args.gpu_memory else planner.detect()
+    p = planner.plan(
+        args.model,
+        hw,
+        goal=args.goal,
+        need=args.need,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        short_deadline=args.short_deadline,
+        processes=args.processes,
+        sharding=args.sharding,
+    )
+    print(planner.render(p))
+    if args.write:
+        cfg = api.load_config(None, p.overrides())
+        config.dump(cfg, Path(args.write))
+        print(f"\n[forgetless] config written to {args.write}; train it with: forgetless train {args.write}")
+    return 0 if p.fits else 1
+
+
 def _env(args: argparse.Namespace) -> int:
     from forgetless import hardware
 
@@ -166,6 +246,14 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
     t.add_argument("--help-config", action="store_true", help="list every config key with default and help")
+    t.add_argument("--auto", action="store_true", help="let the planner pick precision, 4-bit and batch settings")
+    t.add_argument(
+        "--launch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start N local processes with accelerate (data parallel; CPU processes use gloo)",
+    )
     t.set_defaults(func=_train)
 
     c = sub.add_parser("chat", help="answer a prompt (or chat) with a model and optional adapters")
@@ -209,6 +297,22 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="write into this folder instead of the cache")
     g.add_argument("--force", action="store_true", help="generate even when a cached file exists")
     g.set_defaults(func=_rehearsal)
+
+    pl = sub.add_parser("plan", help="pick method, precision and batch settings that fit the hardware and goal")
+    pl.add_argument("--model", default="smollm2-135m-instruct", help="alias, local dir, hub id, or a size (7b)")
+    pl.add_argument("--gpu-memory", default=None, metavar="GB", help="plan for a GPU of this size (default: detect)")
+    pl.add_argument("--no-bf16", action="store_true", help="with --gpu-memory: the GPU lacks bf16 (pre-Ampere)")
+    pl.add_argument("--goal", default="sft", choices=["sft", "improve", "new-capability"])
+    pl.add_argument(
+        "--need", default=None, choices=["several-tasks", "fast-inference", "strengthen-prompts", "tiny-memory"]
+    )
+    pl.add_argument("--short-deadline", action="store_true", help="prefer DPO over RLHF")
+    pl.add_argument("--seq-len", type=int, default=1024, help="longest training row in tokens")
+    pl.add_argument("--batch-size", type=int, default=4, help="micro-batch to start from")
+    pl.add_argument("--processes", type=int, default=1, help="devices training together (memory is per device)")
+    pl.add_argument("--sharding", default="ddp", choices=["ddp", "zero2", "fsdp", "zero3"], help="with --processes")
+    pl.add_argument("--write", default=None, metavar="CFG.yaml", help="write a ready config for the plan")
+    pl.set_defaults(func=_plan)
 
     e = sub.add_parser("env", help="print the hardware forgetless sees")
     e.set_defaults(func=_env)

@@ -111,6 +111,11 @@ class TrainConfig(BaseModel):
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
         "adamw", description="adamw (torch); adamw_8bit / paged_adamw_8bit from bitsandbytes (GPU)."
     )
+    on_oom: Literal["retry", "stop"] = Field(
+        "retry",
+        description="On a GPU out-of-memory error: retry halves the micro-batch (same effective batch), then turns "
+        "on gradient checkpointing, then stops with the planner's advice; stop: stop with the advice at once.",
+    )
     seed: int = Field(42, description="Seed for data order, dropout and initialisation.")
     log_every: int = Field(1, ge=1, description="Optimizer steps between metrics.jsonl lines.")
     eval_every: int = Field(50, ge=1, description="Optimizer steps between validation passes.")
@@ -221,7 +226,13 @@ class RehearsalConfig(BaseModel):
         "builtin:general/prompts.jsonl", description="Prompts the base model answers when source=self."
     )
     max_new_tokens: int = Field(64, ge=1, description="Answer length the base model generates per prompt.")
-    weight: float = Field(1.0, ge=0, description="Weight of the CE on rehearsal answers (each source is a token-mean).")
+    weight: float | None = Field(
+        None,
+        ge=0,
+        description="Weight of the CE on rehearsal answers (a token-mean). Unset: 1 when rehearsal is the only "
+        "control, 0 when the LwF KL already covers the rehearsal rows (preset full): CE on the base model's "
+        "greedy answers sharpens it towards them and cost task gain and retention (docs/forgetting.md).",
+    )
 
     @field_validator("source", mode="before")
     @classmethod
@@ -254,6 +265,18 @@ class ForgettingConfig(BaseModel):
     @property
     def uses_rehearsal(self) -> bool:
         return self.preset in ("rehearsal", "full")
+
+    @property
+    def rehearsal_ce_weight(self) -> float:
+        return rehearsal_ce_weight(self.preset, self.rehearsal.weight, self.lwf.weight, self.lwf.tokens)
+
+
+def rehearsal_ce_weight(preset: str, weight: float | None, lwf_weight: float, lwf_tokens: list[str]) -> float:
+    """The CE weight on rehearsal rows that `forgetting.rehearsal.weight` (unset = automatic) means."""
+    if weight is not None:
+        return weight
+    distilled = preset == "full" and lwf_weight > 0 and "rehearsal" in lwf_tokens
+    return 0.0 if distilled else 1.0
 
 
 class Config(BaseModel):

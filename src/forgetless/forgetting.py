@@ -105,8 +105,8 @@ def make_loss(cfg: ForgettingConfig, anchor: Anchor | None = None):
             return F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum")
 
         terms = {"ce": ce(masks["task_answers"]) / norms["targets"]}
-        if cfg.uses_rehearsal:
-            terms["ce_rehearsal"] = cfg.rehearsal.weight * ce(masks["rehearsal_answers"]) / norms["rehearsal"]
+        if cfg.uses_rehearsal and cfg.rehearsal_ce_weight > 0:
+            terms["ce_rehearsal"] = cfg.rehearsal_ce_weight * ce(masks["rehearsal_answers"]) / norms["rehearsal"]
         if cfg.uses_lwf:
             where = kl_positions(masks, lwf.tokens)
             kl = torch.zeros((), device=logits.device)

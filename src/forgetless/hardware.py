@@ -27,12 +27,45 @@ def resolve_dtype(precision: str, dev: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+def gpus() -> list[dict]:
+    """Every visible CUDA GPU: name, total and free memory (GB = 1e9 bytes), compute capability, bf16."""
+    out = []
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        props = torch.cuda.get_device_properties(i)
+        free, total = torch.cuda.mem_get_info(i)
+        out.append(
+            {
+                "index": i,
+                "name": props.name,
+                "memory_gb": round(total / 1e9, 1),
+                "free_gb": round(free / 1e9, 1),
+                "capability": f"{props.major}.{props.minor}",
+                # bf16 runs at full speed from Ampere (8.0) on: A100, H100, L40, RTX 30xx/40xx.
+                "bf16": props.major >= 8,
+            }
+        )
+    return out
+
+
+def ram_gb() -> tuple[float, float]:
+    """(total, available) system memory in GB."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return round(vm.total / 1e9, 1), round(vm.available / 1e9, 1)
+
+
 def summary() -> dict:
-    dev = device()
-    info = {"device": str(dev), "cpu_cores": os.cpu_count(), "torch": torch.__version__}
-    if dev.type == "cuda":
-        props = torch.cuda.get_device_properties(dev)
-        info |= {"gpu": props.name, "gpu_memory_gb": round(props.total_memory / 2**30, 1), "bf16": bf16_supported(dev)}
+    total, available = ram_gb()
+    info = {
+        "device": str(device()),
+        "cpu_cores": os.cpu_count(),
+        "ram_gb": total,
+        "ram_available_gb": available,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpus": gpus(),
+    }
     return info
 
 

@@ -6,6 +6,12 @@ A recipe hands in the model, a `Batches` stream, `count_fn(batch) -> {unit: coun
 The loop owns accumulation, clipping, the schedule, validation, atomic checkpoints, exact
 resume, NaN stops and logging. It runs on accelerate so that the same code
 runs under `accelerate launch` / `torchrun`.
+
+With N processes every process walks the same seeded data stream; an optimizer step takes the
+next `grad_accum × N` micro-batches and process r trains on every N-th of them, starting at r.
+So each row is seen once per epoch across processes, the effective batch is
+`batch_size × grad_accum × N`, and N processes compute the same update as one process with
+N times the accumulation.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, extract_model_from_parallel
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -63,20 +71,31 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return cls(groups, lr=cfg.lr)
 
 
-def total_steps(cfg: TrainConfig, batches: Batches) -> int:
+def total_steps(cfg: TrainConfig, batches: Batches, processes: int = 1) -> int:
     if cfg.max_steps:
         return cfg.max_steps
-    per_epoch = math.ceil(len(batches) / cfg.grad_accum)
+    per_epoch = math.ceil(len(batches) / (cfg.grad_accum * processes))
     return max(1, math.ceil(cfg.epochs * per_epoch))
 
 
-def next_window(batches: Batches, prog: Progress, grad_accum: int) -> list[dict]:
-    """The micro-batches of the next optimizer step; an epoch's last window may be shorter."""
-    window = list(islice(batches.epoch(prog.epoch, prog.micro), grad_accum))
+def next_window(batches: Batches, prog: Progress, size: int) -> list[dict]:
+    """The micro-batches of the next optimizer step (all processes'); an epoch's last may be shorter."""
+    window = list(islice(batches.epoch(prog.epoch, prog.micro), size))
     if not window:
         prog.epoch, prog.micro = prog.epoch + 1, 0
-        window = list(islice(batches.epoch(prog.epoch, 0), grad_accum))
+        window = list(islice(batches.epoch(prog.epoch, 0), size))
     return window
+
+
+def shard(window: list, rank: int, processes: int) -> tuple[list, float]:
+    """This process's micro-batches of a step's window, and the weight of its loss (1, or 0).
+
+    When an epoch's last window holds fewer micro-batches than processes, a process without one
+    still runs a forward/backward (DDP waits for every process's gradients), on the window's first
+    micro-batch with its loss multiplied by 0.
+    """
+    mine = window[rank::processes]
+    return (mine, 1.0) if mine else (window[:1], 0.0)
 
 
 def parts(window: list) -> list[dict]:
@@ -93,23 +112,41 @@ def step_counts(window: list, count_fn: CountFn) -> dict[str, int]:
     return dict(counts)
 
 
-def train_step(model, window, loss_fn: LossFn, acc: Accelerator, count_fn: CountFn) -> dict[str, float]:
-    """Forward/backward over one window; returns the step's loss terms (each a mean over its unit)."""
-    local = step_counts(window, count_fn)
-    totals = acc.reduce(torch.tensor([float(v) for v in local.values()], device=acc.device), "sum").tolist()
-    # DDP averages gradients over processes, so each process normalises by its share of the total.
-    norms = {unit: max(t, 1.0) / acc.num_processes for unit, t in zip(local, totals, strict=True)}
+def split_rows(batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, torch.Tensor]]:
+    """A micro-batch as `chunks` smaller ones (row slices): the out-of-memory fallback's smaller batch.
+    The loss terms are sums over positions normalised by step-wide counts, so the update is unchanged."""
+    k = min(chunks, batch["input_ids"].shape[0])
+    if k == 1:
+        return [batch]
+    cut = {name: torch.tensor_split(t, k) for name, t in batch.items()}
+    return [{name: cut[name][i] for name in batch} for i in range(k)]
+
+
+def train_step(model, window, loss_fn: LossFn, acc: Accelerator, count_fn: CountFn, chunks: int = 1) -> dict:
+    """Forward/backward over one step's window (all processes'); returns the step's loss terms,
+    each a mean over its unit across the whole window."""
+    # Every process holds the whole window, so the step-wide counts need no communication.
+    # DDP averages gradients over processes, so each process normalises by 1/N of the total.
+    norms = {unit: max(t, 1) / acc.num_processes for unit, t in step_counts(window, count_fn).items()}
+    mine, weight = shard(window, acc.process_index, acc.num_processes)
     terms: dict[str, float] = defaultdict(float)
-    pieces = parts(window)
+    pieces = [c for piece in parts(mine) for c in split_rows(piece, chunks)]
     for i, batch in enumerate(pieces):
         batch = {k: v.to(acc.device) for k, v in batch.items()}
         # Gradients are all-reduced once per step: after the last piece's backward.
-        sync = nullcontext() if i == len(pieces) - 1 else acc.no_sync(model)
+        last = i == len(pieces) - 1
+        sync = nullcontext() if last else acc.no_sync(model)
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed steps its optimizer inside backward unless told that this is not the
+            # accumulation boundary; accelerate reads that flag from its gradient state.
+            acc.gradient_state._set_sync_gradients(last)
         with sync, acc.autocast():
-            losses = loss_fn(model, batch, norms)
+            losses = {name: value * weight for name, value in loss_fn(model, batch, norms).items()}
             acc.backward(sum(losses.values()))
         for name, value in losses.items():
             terms[name] += value.detach().float().item()
+    if acc.num_processes == 1:
+        return dict(terms)
     reduced = acc.reduce(torch.tensor(list(terms.values()), device=acc.device), "mean").tolist()
     return dict(zip(terms, reduced, strict=True))
 
@@ -127,14 +164,20 @@ def fit(
     count_fn: CountFn = count_target_tokens,
     monitor: Monitor | None = None,
     on_best: Callable[[torch.nn.Module], None] | None = None,
+    oom_advice: Callable[[], str] | None = None,
 ) -> dict:
     acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
-    steps = total_steps(cfg, batches)
+    steps = total_steps(cfg, batches, acc.num_processes)
     optimizer = make_optimizer(model, cfg)
     warmup = math.ceil(cfg.warmup_ratio * steps)
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     model, optimizer = acc.prepare(model, optimizer)
+    effective = cfg.batch_size * cfg.grad_accum * acc.num_processes
+    acc.print(
+        f"[forgetless] effective batch {effective} = batch_size {cfg.batch_size} × grad_accum {cfg.grad_accum} "
+        f"× {acc.num_processes} process(es); {steps} optimizer steps"
+    )
     prog = Progress()
     if resume:
         prog = checkpoint.restore(out_dir, acc.unwrap_model(model), optimizer, scheduler)
@@ -145,9 +188,10 @@ def fit(
     model.train()
     bar = tqdm(total=steps, initial=prog.step, disable=not acc.is_main_process, desc="train", unit="step")
     last: dict[str, float] = {}
+    oom = Oom(cfg.on_oom == "retry" and acc.num_processes == 1, oom_advice)
     try:
         while prog.step < steps:
-            last = _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog, count_fn)
+            last = _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog, count_fn, oom)
             bar.update(1)
             bar.set_postfix(_postfix(last))
             if prog.step % cfg.log_every == 0 or prog.step == steps:
@@ -179,17 +223,62 @@ def fit(
         "train_seconds": round(prog.elapsed, 2),
         "tokens_per_s": round(prog.tokens / max(prog.elapsed, 1e-9), 1),
         "final": last,
-        "effective_batch": cfg.batch_size * cfg.grad_accum * acc.num_processes,
+        "effective_batch": effective,
+        "processes": acc.num_processes,
         "stopped_early": stopped,
         "best_step": monitor.best_step if monitor is not None else None,
         "best_val_loss": monitor.best_val if monitor is not None and monitor.val else None,
     }
 
 
-def _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog: Progress, count_fn) -> dict:
+@dataclass
+class Oom:
+    """`train.on_oom`: on an out-of-memory error, step down and retry the step, or stop with advice.
+
+    The step-downs hold for the rest of the run: first halve the rows per forward pass (each
+    micro-batch runs as row slices: same effective batch, same update), down to one row; then
+    gradient checkpointing; then stop with the planner's advice.
+    """
+
+    retry: bool  # one process only: under DDP the other processes would wait in the all-reduce
+    advice: Callable[[], str] | None
+    chunks: int = 1
+    checkpointing: bool = False
+
+    def escalate(self, model, window: list) -> str | None:
+        rows = max(p["input_ids"].shape[0] for p in parts(window))
+        now = math.ceil(rows / self.chunks)
+        if now > 1:
+            self.chunks *= 2
+            later = math.ceil(rows / self.chunks)
+            return f"micro-batch {now} -> {later} rows with twice the accumulation (same effective batch)"
+        if not self.checkpointing:
+            from forgetless.adapters import enable_grad_checkpointing
+
+            enable_grad_checkpointing(extract_model_from_parallel(model))
+            self.checkpointing = True
+            return "gradient checkpointing on"
+        return None
+
+    def step(self, model, window, loss_fn, optimizer, acc, count_fn) -> dict[str, float]:
+        while True:
+            try:
+                return train_step(model, window, loss_fn, acc, count_fn, self.chunks)
+            except torch.OutOfMemoryError as e:
+                optimizer.zero_grad(set_to_none=True)  # drop the failed attempt's partial gradients
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                change = self.escalate(model, window) if self.retry else None
+                if change is None:
+                    advice = self.advice() if self.advice else "lower train.batch_size or data.max_length"
+                    raise UserError(f"out of memory ({str(e).splitlines()[0][:120]}); {advice}") from None
+                acc.print(f"[forgetless] out of memory: {change}; retrying the step")
+
+
+def _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog: Progress, count_fn, oom: Oom) -> dict:
     t0 = time.perf_counter()
-    window = next_window(batches, prog, cfg.grad_accum)
-    terms = train_step(model, window, loss_fn, acc, count_fn)
+    window = next_window(batches, prog, cfg.grad_accum * acc.num_processes)
+    terms = oom.step(model, window, loss_fn, optimizer, acc, count_fn)
     loss = sum(terms.values())
     grad_norm = float(acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm))
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):

@@ -147,6 +147,9 @@ def quantization_config(cfg: ModelConfig, dtype: torch.dtype) -> BitsAndBytesCon
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
+            # FSDP flattens all parameters of a unit into one tensor of one dtype: 4-bit weights
+            # must then be stored in the compute dtype (accelerate launch sets ACCELERATE_USE_FSDP).
+            **({"bnb_4bit_quant_storage": dtype} if os.environ.get("ACCELERATE_USE_FSDP") == "true" else {}),
         )
     if cfg.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from forgetless import config
-from forgetless.config import Config
+from forgetless.config import Config, rehearsal_ce_weight
 from forgetless.errors import UserError
 from forgetless.eval import report
 from forgetless.recipes import sft
@@ -37,12 +37,33 @@ def variant_config(cfg: Config, label: str, overrides: list[str]) -> Config:
     return config.validate(tree, [*overrides, f"output_dir={Path(cfg.output_dir) / label}"])
 
 
+def effective(tree: dict) -> dict:
+    """What determines a run's result: the config without output_dir and without the forgetting
+    settings its preset does not use (changing, say, the rehearsal weight does not change a `none`
+    run), with the automatic rehearsal CE weight resolved."""
+    f = dict(tree["forgetting"])
+    reh, lwf = dict(f["rehearsal"]), f["lwf"]
+    reh["weight"] = rehearsal_ce_weight(f["preset"], reh.get("weight"), lwf["weight"], lwf["tokens"])
+    f["rehearsal"] = reh
+    if f["preset"] not in ("lwf", "full") or f["lwf"]["weight"] == 0:
+        f.pop("lwf")
+    if f["preset"] not in ("rehearsal", "full") and f["ewc"]["weight"] == 0:
+        f.pop("rehearsal")
+    # Where a run lives does not change it: a moved run directory stays reusable.
+    return {**{k: v for k, v in tree.items() if k != "output_dir"}, "forgetting": f}
+
+
 def _finished(vcfg: Config) -> dict | None:
     out = Path(vcfg.output_dir)
     summary, saved = out / "summary.json", out / "config.yaml"
-    if summary.is_file() and saved.is_file():
-        if yaml.safe_load(saved.read_text(encoding="utf-8")) == vcfg.model_dump(mode="json"):
-            return json.loads(summary.read_text(encoding="utf-8"))
+    if not (summary.is_file() and saved.is_file()):
+        return None
+    try:  # validating fills settings added since the run with their defaults
+        before = config.validate(yaml.safe_load(saved.read_text(encoding="utf-8"))).model_dump(mode="json")
+    except UserError:  # written by a version whose settings no longer exist
+        return None
+    if effective(before) == effective(vcfg.model_dump(mode="json")):
+        return json.loads(summary.read_text(encoding="utf-8"))
     return None
 
 

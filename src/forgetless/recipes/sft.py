@@ -19,7 +19,7 @@ from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import set_seed
 
-from forgetless import adapters, config, hardware, loop, rehearsal
+from forgetless import adapters, config, distributed, hardware, loop, planner, rehearsal
 from forgetless import model as models
 from forgetless.config import Config, ForgettingConfig
 from forgetless.data.batching import Batches, fixed_batches
@@ -57,31 +57,41 @@ def _cached(path: Path, compute):
 def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     started = time.time()
     out = Path(cfg.output_dir)
-    prepare_output_dir(out, resume, overwrite)
-    config.dump(cfg, out / "config.yaml")
+    main = distributed.is_main()  # under a launcher, only the main process writes files and logs
+    say = distributed.state().print
+    if main:
+        prepare_output_dir(out, resume, overwrite)
+        config.dump(cfg, out / "config.yaml")
+    distributed.barrier()
     set_seed(cfg.train.seed)
     dev = hardware.device()
     dtype = hardware.resolve_dtype(cfg.model.precision, dev)
 
     model, tokenizer, model_path = models.load(cfg.model, dev)
     data = build(cfg.data, tokenizer, cfg.train.seed)
-    print(f"[forgetless] data: {len(data.train)} train rows, {len(data.validation)} validation rows")
+    say(f"[forgetless] data: {len(data.train)} train rows, {len(data.validation)} validation rows")
     notes = data.notes()
     fcfg = cfg.forgetting
     general: list[dict] = []
     if fcfg.uses_rehearsal or fcfg.ewc.weight > 0:
-        general, more = rehearsal.general_rows(cfg, model, tokenizer, model_path, str(dtype))
+        with distributed.state().main_process_first():  # generates the self-rehearsal cache once
+            general, more = rehearsal.general_rows(cfg, model, tokenizer, model_path, str(dtype))
         notes += more
     for note in notes:
-        print(f"[forgetless] {note}")
+        say(f"[forgetless] {note}")
 
     # Everything measured on the base model happens before the adapters exist.
-    refs = suite.references(cfg, model, tokenizer, model_path, dtype)
+    with distributed.state().main_process_first():
+        refs = suite.references(cfg, model, tokenizer, model_path, dtype)
     scored = data.validation_examples if cfg.eval.before_after else []
     scored_rows = data.validation if cfg.eval.before_after else []
-    print("[forgetless] evaluating the base model ...")
     t_base = time.time()
-    before = _cached(out / "eval_before.json", lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows))
+    if main:
+        print("[forgetless] evaluating the base model ...")
+        with distributed.all_cores():
+            before = _cached(
+                out / "eval_before.json", lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows)
+            )
     t_base = time.time() - t_base
 
     # Seed right before the adapters are initialised: converting a GGUF on first use draws random
@@ -91,7 +101,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     ckpt = adapters.use_grad_checkpointing(cfg.train.grad_checkpointing, dev)
     model = adapters.attach(model, cfg.peft, quantized=quantized, grad_checkpointing=ckpt)
     trainable, total = adapters.count_parameters(model)
-    print(
+    say(
         f"[forgetless] {cfg.peft.method}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.2f}%); forgetting preset: {fcfg.preset}"
     )
@@ -100,7 +110,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     anchor = _anchor(model, fcfg, general, pad, out)
     if fcfg.uses_rehearsal:
         batches = MixedBatches(data.train, general, cfg.train.batch_size, fcfg.rehearsal.ratio, cfg.train.seed, pad)
-        print(f"[forgetless] {batches.describe()}")
+        say(f"[forgetless] {batches.describe()}")
     else:
         batches = Batches(data.train, cfg.train.batch_size, cfg.train.seed, pad)
     mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
@@ -117,7 +127,10 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         count_fn=lambda b: counts(b, fcfg),
         monitor=_monitor(cfg),
         on_best=(lambda m: m.save_pretrained(out / "best")) if val else None,
+        oom_advice=lambda: planner.advice(cfg),
     )
+    if not main:
+        return summary  # the main process saves, evaluates and reports
     if summary["stopped_early"] == "overfitting" and (out / "best").is_dir():
         print(f"[forgetless] restoring the best adapter (step {summary['best_step']})")
         set_peft_model_state_dict(model, load_file(str(out / "best" / "adapter_model.safetensors")))
@@ -126,7 +139,8 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     tokenizer.save_pretrained(out / "adapter")
     print("[forgetless] evaluating the fine-tuned model ...")
     t_after = time.time()
-    after = suite.measure(model, tokenizer, cfg, scored, scored_rows, refs)
+    with distributed.all_cores():
+        after = suite.measure(model, tokenizer, cfg, scored, scored_rows, refs)
     t_after = time.time() - t_after
     evaluation = suite.combine(before, after)
     (out / "eval.json").write_text(json.dumps(evaluation, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -182,5 +196,6 @@ def _anchor(model, fcfg: ForgettingConfig, general: list[dict], pad: int, out: P
     anchor = make_anchor(model)
     if fcfg.ewc.weight > 0:
         rows = random.Random(0).sample(general, min(fcfg.ewc.samples, len(general)))
-        anchor.fisher = fisher_cached(model, anchor, rows, pad, out / "ewc_fisher.safetensors")
+        with distributed.state().main_process_first():  # estimated once, then read from the run
+            anchor.fisher = fisher_cached(model, anchor, rows, pad, out / "ewc_fisher.safetensors")
     return anchor
