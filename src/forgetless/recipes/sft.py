@@ -31,11 +31,14 @@ from forgetless.eval.retention import kl_to_base
 from forgetless.forgetting import Anchor, counts, fisher_cached, make_anchor, make_loss
 from forgetless.monitor import Monitor
 
+PIPELINE_STATE = "pipeline.json"
+
 
 def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         return
-    if out.exists() and any(out.iterdir()):
+    # Files a pipeline keeps beside its run (its stage record) do not make the directory a run.
+    if out.exists() and any(p.name != PIPELINE_STATE for p in out.iterdir()):
         if not overwrite:
             raise UserError(
                 f"output_dir {out} already holds a run; pass --resume to continue it, "
@@ -164,6 +167,10 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     if cfg.eval.report:
         report.write([out], out)
+    if cfg.train.mlflow:
+        from forgetless import registry
+
+        print(f"[forgetless] logged to MLflow as run {registry.log_run(out, cfg.train.mlflow_tracking_uri)}")
     return summary
 
 

@@ -1,0 +1,202 @@
+"""`forgetless pipeline pipeline.yaml`: data check -> train -> evaluate -> register -> promote -> serve.
+
+Each stage's outcome goes to `OUTPUT_DIR/pipeline.json` as it ends. A rerun skips the stages
+that finished, resumes training from its last checkpoint when training was cut off, and starts
+again at the stage that failed (after the user fixed, say, the registry URI). A promotion
+refused by the gates is recorded as refused and retried on the next run.
+
+    train: configs/quickstart.yaml        # a training config (required)
+    overrides: [train.max_steps=30]       # key=value overrides on top of it
+    output_dir: runs/pipeline             # overrides the config's output_dir
+    registry: {name: support-triage, tracking_uri: null}
+    gates: {min_task: {exact_match: 0.6}, max_kl: 0.1, max_benchmark_drop: 0.05}
+    alias: production
+    serve: {enabled: false, port: 8000, adapters: {}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from forgetless.errors import UserError
+from forgetless.recipes.sft import PIPELINE_STATE
+from forgetless.registry import Gates
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegistryStage(BaseModel):
+    model_config = _STRICT
+    name: str = Field(description="Registered model name.")
+    tracking_uri: str | None = Field(None, description="MLflow URI; default: SQLite under runs/registry.")
+
+
+class ServeStage(BaseModel):
+    model_config = _STRICT
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    adapters: dict[str, str] = Field(default_factory=dict, description="Other adapters to serve beside this one.")
+
+
+class PipelineConfig(BaseModel):
+    model_config = _STRICT
+    train: str = Field(description="Training config file (path relative to this pipeline file).")
+    overrides: list[str] = Field(default_factory=list)
+    output_dir: str | None = None
+    registry: RegistryStage
+    gates: Gates = Gates()
+    alias: str = "production"
+    serve: ServeStage = ServeStage()
+
+
+STAGES = ["data", "train", "evaluate", "register", "promote", "serve"]
+
+
+def load(path: Path) -> PipelineConfig:
+    try:
+        tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        cfg = PipelineConfig(**tree)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such pipeline file") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"{path}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+    train = Path(cfg.train)
+    if not train.is_absolute() and not train.exists():
+        train = Path(path).parent / train
+    return cfg.model_copy(update={"train": str(train)})
+
+
+class Record:
+    """pipeline.json: one entry per stage with status, result, error and seconds."""
+
+    def __init__(self, out: Path):
+        self.path = out / PIPELINE_STATE
+        self.stages = json.loads(self.path.read_text(encoding="utf-8"))["stages"] if self.path.exists() else {}
+
+    def done(self, stage: str) -> bool:
+        return self.stages.get(stage, {}).get("status") == "done"
+
+    def write(self, stage: str, status: str, result=None, error: str | None = None, seconds: float = 0.0) -> None:
+        self.stages[stage] = {"status": status, "result": result, "error": error, "seconds": round(seconds, 1)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"stages": self.stages}, indent=2), encoding="utf-8")
+
+
+def run(path: Path, serve_now: bool = True) -> dict:
+    from forgetless import api
+
+    pcfg = load(path)
+    cfg = api.load_config(
+        pcfg.train, [*pcfg.overrides, *([f"output_dir={pcfg.output_dir}"] if pcfg.output_dir else [])]
+    )
+    out = Path(cfg.output_dir)
+    record = Record(out)
+    stages = {
+        "data": lambda: _data(cfg),
+        "train": lambda: _train(cfg, out),
+        "evaluate": lambda: _evaluate(cfg, out),
+        "register": lambda: _register(pcfg, out),
+        "promote": lambda: _promote(pcfg, record),
+        "serve": lambda: _serve(pcfg, out) if pcfg.serve.enabled and serve_now else "not enabled",
+    }
+    for stage in STAGES:
+        if record.done(stage):
+            print(f"[pipeline] {stage}: done in an earlier run, skipped")
+            continue
+        print(f"[pipeline] {stage} ...", flush=True)
+        t0 = time.time()
+        try:
+            result = stages[stage]()
+        except Refused as e:
+            record.write(stage, "refused", error=str(e), seconds=time.time() - t0)
+            raise UserError(f"pipeline stopped at {stage}: {e}; rerun after changing the run or the gates") from None
+        except Exception as e:  # recorded, then one line for the user
+            record.write(
+                stage, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__, seconds=time.time() - t0
+            )
+            raise UserError(
+                f"pipeline failed at {stage}: {str(e).splitlines()[0] if str(e) else e!r}; "
+                "fix it and rerun: finished stages are skipped"
+            ) from None
+        record.write(stage, "done", result, seconds=time.time() - t0)
+        print(f"[pipeline] {stage}: done ({json.dumps(result)[:200]})")
+    return record.stages
+
+
+class Refused(Exception):
+    pass
+
+
+def _data(cfg) -> dict:
+    from forgetless import model as models
+    from forgetless.data.build import build
+
+    tokenizer = models.load_tokenizer(models.resolve(cfg.model.name))
+    data = build(cfg.data, tokenizer, cfg.train.seed)
+    return {"train_rows": len(data.train), "validation_rows": len(data.validation), "notes": data.notes()}
+
+
+def _train(cfg, out: Path) -> dict:
+    from forgetless import checkpoint
+    from forgetless.recipes import sft
+
+    if (out / "summary.json").is_file() and (out / "adapter").is_dir():
+        from forgetless.recipes.compare import same_run
+
+        if not same_run(out, cfg):
+            raise UserError(f"{out} holds a finished run with a different config; choose another output_dir")
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    else:
+        resume = checkpoint.latest(out) is not None  # a run cut off earlier continues where it stopped
+        summary = sft.run(cfg, resume=resume)
+    return {k: summary.get(k) for k in ("steps", "train_seconds", "tokens_per_s", "effective_batch")}
+
+
+def _evaluate(cfg, out: Path) -> dict:
+    from forgetless.recipes import evaluate
+
+    if not (out / "eval.json").is_file():  # training ran with its own evaluation off
+        evaluate.run(cfg, str(out / "adapter"), None, out / "eval")
+        shutil.copy(out / "eval" / "eval.json", out / "eval.json")
+    from forgetless.registry import metrics
+
+    return metrics(out)
+
+
+def _register(pcfg: PipelineConfig, out: Path) -> dict:
+    from forgetless.registry import register
+
+    return register(out, pcfg.registry.name, pcfg.registry.tracking_uri)
+
+
+def _promote(pcfg: PipelineConfig, record: Record) -> dict:
+    from forgetless.registry import promote
+
+    version = record.stages["register"]["result"]["version"]
+    failed = promote(pcfg.registry.name, version, pcfg.alias, pcfg.gates, pcfg.registry.tracking_uri)
+    if failed:
+        raise Refused(f"version {version} fails the gates: {'; '.join(failed)}")
+    return {"name": pcfg.registry.name, "version": version, "alias": pcfg.alias}
+
+
+def _serve(pcfg: PipelineConfig, out: Path) -> str:
+    import uvicorn
+
+    from forgetless import serve
+
+    key = os.environ.get("FORGETLESS_API_KEY")
+    if not key and pcfg.serve.host not in ("127.0.0.1", "localhost", "::1"):
+        raise UserError(f"serve.host {pcfg.serve.host} exposes the server: set FORGETLESS_API_KEY")
+    engine = serve.Engine(None, {pcfg.registry.name: str(out), **pcfg.serve.adapters}, 512, 2048)
+    print(f"[pipeline] serving {', '.join(engine.names)} on http://{pcfg.serve.host}:{pcfg.serve.port}/v1")
+    uvicorn.run(serve.create_app(engine, key), host=pcfg.serve.host, port=pcfg.serve.port, log_level="warning")
+    return "stopped"
