@@ -1,6 +1,6 @@
 """Typed, validated, frozen run configuration: YAML file + dotted `key=value` overrides.
 
-Every section is a pydantic model with `extra="forbid"`, so a typo is an error with a
+Every section (sections.py) is a pydantic model with `extra="forbid"`, so a typo is an error with a
 "did you mean" instead of a silently ignored setting. Defaults come from the literature and
 the field descriptions cite it; `forgetless train --help-config` prints them.
 """
@@ -9,289 +9,29 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 
 from forgetless.errors import UserError
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelConfig(BaseModel):
-    model_config = _STRICT
-    name: str = Field(
-        "smollm2-135m-instruct",
-        description="Alias (smollm2-135m-instruct), local HF directory, hub id, or a .gguf file.",
-    )
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."
-    )
-    quantization: Literal["none", "4bit", "8bit"] = Field(
-        "none",
-        description="4bit: frozen NF4 base with double quantization (QLoRA, Dettmers et al. 2023); "
-        "8bit: LLM.int8 (Dettmers et al. 2022). Both via bitsandbytes, CPU included.",
-    )
-
-
-class PeftConfig(BaseModel):
-    model_config = _STRICT
-    method: Literal["lora"] = Field("lora", description="Parameter-efficient method.")
-    r: int = Field(8, ge=1, le=1024, description="LoRA rank; 4-16 limits forgetting (QLoRA paper).")
-    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (alpha/r); 2*r is common.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout (QLoRA: 0.05 for small models).")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear",
-        description="Linear layers to adapt; all-linear = every attention and MLP projection, "
-        "which QLoRA found necessary to match full fine-tuning.",
-    )
-
-
-class DataConfig(BaseModel):
-    model_config = _STRICT
-    train: list[str] = Field(
-        default_factory=list,
-        description="Training files (.jsonl/.json/.csv/.parquet or a saved HF datasets dir); "
-        "'builtin:NAME' names a file shipped in forgetless/assets.",
-    )
-    validation: list[str] = Field(default_factory=list, description="Validation files (optional).")
-    validation_split: float = Field(
-        0.1, ge=0, lt=1, description="Share of train rows held out when no validation file is given."
-    )
-    format: Literal["auto", "instruction", "pair", "chat", "text"] = Field(
-        "auto", description="Row format; auto detects it per file from the first row's keys."
-    )
-    max_length: int = Field(1024, ge=8, description="Maximum tokens per rendered row.")
-    overlong: Literal["truncate", "drop"] = Field(
-        "truncate", description="What to do with rows longer than max_length (counted and reported)."
-    )
-    on_error: Literal["raise", "skip"] = Field(
-        "raise", description="raise: stop at the first bad row; skip: skip it and report the count."
-    )
-    loss_on: Literal["assistant", "all"] = Field(
-        "assistant", description="Tokens that carry the loss: every assistant turn, or everything."
-    )
-    system_prompt: str | None = Field(
-        None, description="System message added to rows that have none (else the template default)."
-    )
-
-    @field_validator("train", "validation", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-
-class EarlyStoppingConfig(BaseModel):
-    model_config = _STRICT
-    enabled: bool = Field(
-        False, description="Stop when overfitting is detected and keep the best checkpoint (it always warns)."
-    )
-    patience: int = Field(
-        3, ge=1, description="Validations in a row with rising validation loss while the training loss falls."
-    )
-
-
-class TrainConfig(BaseModel):
-    model_config = _STRICT
-    lr: float = Field(
-        2e-4, gt=0, le=1, description="Peak learning rate: 2e-4 for LoRA (QLoRA 2e-4..5e-4, full FT 1e-5..5e-5)."
-    )
-    epochs: float = Field(3, gt=0, description="Passes over the task data (3 is the common SFT default).")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
-    batch_size: int = Field(4, ge=1, description="Rows per micro-batch.")
-    grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step (effective batch 16).")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up (0.03).")
-    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR schedule after warm-up.")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (0.01).")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm (1.0).")
-    grad_checkpointing: Literal["auto", True, False] = Field(
-        "auto", description="auto: on when training on a GPU, off on CPU (where it only costs time)."
-    )
-    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
-        "adamw", description="adamw (torch); adamw_8bit / paged_adamw_8bit from bitsandbytes (GPU)."
-    )
-    on_oom: Literal["retry", "stop"] = Field(
-        "retry",
-        description="On a GPU out-of-memory error: retry halves the micro-batch (same effective batch), then turns "
-        "on gradient checkpointing, then stops with the planner's advice; stop: stop with the advice at once.",
-    )
-    seed: int = Field(42, description="Seed for data order, dropout and initialisation.")
-    log_every: int = Field(1, ge=1, description="Optimizer steps between metrics.jsonl lines.")
-    eval_every: int = Field(50, ge=1, description="Optimizer steps between validation passes.")
-    save_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
-    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
-    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-    mlflow: bool = Field(
-        False, description="At the end, log the run (config, metrics.jsonl, eval, adapter) as an MLflow run."
-    )
-    mlflow_tracking_uri: str | None = Field(None, description="MLflow URI; default: SQLite under runs/registry.")
-
-
-class EvalConfig(BaseModel):
-    model_config = _STRICT
-    before_after: bool = Field(True, description="Score the held-out split before and after training.")
-    metric: str = Field(
-        "exact_match",
-        description="Headline task score: exact_match, rouge1, rouge2, rouge_l, bleu, chrf, accuracy, macro_f1 "
-        "(the last two need eval.labels), or the name of a custom metric.",
-    )
-    labels: list[str] = Field(
-        default_factory=list,
-        description="Class labels for classification-style answers: enables accuracy and macro-F1, with the "
-        "label read from the generated text (the first label it names).",
-    )
-    custom_metrics: list[str] = Field(
-        default_factory=list,
-        description="Extra metrics as 'module:function', called with (predictions, references) and returning "
-        "a number or a dict of numbers.",
-    )
-    max_examples: int = Field(60, ge=1, description="Held-out rows scored by generation.")
-    max_new_tokens: int = Field(64, ge=1, description="Generation budget per answer.")
-    samples: int = Field(3, ge=0, description="Sample answers printed before and after.")
-    retention: bool = Field(
-        True, description="Measure forgetting after training: KL to the base model and greedy-answer agreement."
-    )
-    retention_prompts: str = Field(
-        "builtin:general/heldout.jsonl",
-        description="General prompts that training never sees (any task data format; answers are ignored).",
-    )
-    retention_max_prompts: int = Field(60, ge=1, description="Held-out general prompts used for retention.")
-    retention_max_new_tokens: int = Field(64, ge=1, description="Base-model answer length scored for retention.")
-    benchmarks: list[str] = Field(
-        ["builtin:general/mc.jsonl"],
-        description="Multiple-choice JSONL files scored by log-likelihood on base and fine-tuned model "
-        "(format: docs/evaluation.md); the bundled one has 60 general questions in English and Japanese.",
-    )
-    general_text: list[str] = Field(
-        default_factory=list, description="Files of general text whose perplexity is compared (base vs fine-tuned)."
-    )
-    lm_eval_tasks: list[str] = Field(
-        default_factory=list,
-        description="lm-evaluation-harness tasks to run too (needs `pip install lm-eval` and its datasets).",
-    )
-    probe_prompts: int = Field(
-        24, ge=0, description="Held-out general prompts in the retention probe run at every validation (0 = off)."
-    )
-    max_kl: float | None = Field(
-        None, gt=0, description="Forgetting budget: the probe's KL to base per token that must not be exceeded."
-    )
-    on_max_kl: Literal["warn", "stop"] = Field("warn", description="What crossing eval.max_kl does.")
-    report: bool = Field(True, description="Write report.md and report.html (with plots) into the run directory.")
-
-    @field_validator("benchmarks", "general_text", "lm_eval_tasks", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @model_validator(mode="after")
-    def _known_metric(self):
-        known = ["exact_match", "rouge1", "rouge2", "rouge_l", "bleu", "chrf"]
-        known += ["accuracy", "macro_f1"] if self.labels else []
-        known += [ref.partition(":")[2] for ref in self.custom_metrics]
-        if self.metric not in known:
-            raise ValueError(
-                f"eval.metric '{self.metric}' is not one of {', '.join(known)} (accuracy and macro_f1 need eval.labels)"
-            )
-        return self
-
-
-class LwfConfig(BaseModel):
-    model_config = _STRICT
-    weight: float = Field(0.5, ge=0, description="λ of the KL term (Learning without Forgetting; 0.5-1.0 recommended).")
-    temperature: float = Field(
-        1.0, gt=0, description="Softens both distributions before the KL; the term is scaled by T² (Hinton et al.)."
-    )
-    direction: Literal["finetuned_base", "base_finetuned"] = Field(
-        "finetuned_base",
-        description="finetuned_base: KL(p_finetuned ‖ p_base), mode-seeking, the product default; "
-        "base_finetuned: KL(p_base ‖ p_finetuned), the classic distillation direction.",
-    )
-    tokens: list[Literal["context", "rehearsal", "answers"]] = Field(
-        ["context", "rehearsal"],
-        min_length=1,
-        description="Where the KL applies: context = the task rows' non-answer tokens (system prompt, "
-        "question); rehearsal = every token of the rehearsal rows; answers = the task answers themselves, "
-        "which pulls straight against the task loss (see docs/forgetting.md for the measurement).",
-    )
-
-
-class RehearsalConfig(BaseModel):
-    model_config = _STRICT
-    ratio: float = Field(
-        0.3, gt=0, lt=1, description="Share of every batch's rows drawn from general data (0.1-0.3 in the literature)."
-    )
-    source: list[str] | Literal["self"] = Field(
-        "self",
-        description="self: the base model's own answers to the bundled general prompts (pseudo-rehearsal); "
-        "or files in any task data format with general instruction data.",
-    )
-    prompts: str = Field(
-        "builtin:general/prompts.jsonl", description="Prompts the base model answers when source=self."
-    )
-    max_new_tokens: int = Field(64, ge=1, description="Answer length the base model generates per prompt.")
-    weight: float | None = Field(
-        None,
-        ge=0,
-        description="Weight of the CE on rehearsal answers (a token-mean). Unset: 1 when rehearsal is the only "
-        "control, 0 when the LwF KL already covers the rehearsal rows (preset full): CE on the base model's "
-        "greedy answers sharpens it towards them and cost task gain and retention (docs/forgetting.md).",
-    )
-
-    @field_validator("source", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) and v != "self" else v
-
-
-class EwcConfig(BaseModel):
-    model_config = _STRICT
-    weight: float = Field(0.0, ge=0, description="λ_ewc of Σ F·(θ−θ₀)² (Kirkpatrick et al. 2017); 0 turns EWC off.")
-    samples: int = Field(64, ge=1, description="General rows used to estimate the diagonal Fisher once per run.")
-
-
-class ForgettingConfig(BaseModel):
-    model_config = _STRICT
-    preset: Literal["none", "lwf", "rehearsal", "full"] = Field(
-        "full",
-        description="none: task loss only; lwf: + KL to the base model; rehearsal: + general data in every "
-        "batch; full: both (the configuration the literature recommends).",
-    )
-    lwf: LwfConfig = LwfConfig()
-    rehearsal: RehearsalConfig = RehearsalConfig()
-    l2: float = Field(0.0, ge=0, description="Weight of Σ(θ−θ₀)² on the trainable weights; 0.1 is typical, 0 = off.")
-    ewc: EwcConfig = EwcConfig()
-
-    @property
-    def uses_lwf(self) -> bool:
-        return self.preset in ("lwf", "full") and self.lwf.weight > 0
-
-    @property
-    def uses_rehearsal(self) -> bool:
-        return self.preset in ("rehearsal", "full")
-
-    @property
-    def rehearsal_ce_weight(self) -> float:
-        return rehearsal_ce_weight(self.preset, self.rehearsal.weight, self.lwf.weight, self.lwf.tokens)
-
-
-def rehearsal_ce_weight(preset: str, weight: float | None, lwf_weight: float, lwf_tokens: list[str]) -> float:
-    """The CE weight on rehearsal rows that `forgetting.rehearsal.weight` (unset = automatic) means."""
-    if weight is not None:
-        return weight
-    distilled = preset == "full" and lwf_weight > 0 and "rehearsal" in lwf_tokens
-    return 0.0 if distilled else 1.0
-
-
-class Config(BaseModel):
-    model_config = _STRICT
-    output_dir: str = Field("runs/latest", description="Run directory: adapter, config, metrics, report.")
-    model: ModelConfig = ModelConfig()
-    peft: PeftConfig = PeftConfig()
-    data: DataConfig = DataConfig()
-    train: TrainConfig = TrainConfig()
-    forgetting: ForgettingConfig = ForgettingConfig()
-    eval: EvalConfig = EvalConfig()
+# The sections live in sections.py; they are imported here so that `forgetless.config` is the
+# one place to get any of them from.
+from forgetless.sections import (  # noqa: F401
+    Config,
+    DataConfig,
+    EarlyStoppingConfig,
+    EvalConfig,
+    EwcConfig,
+    ForgettingConfig,
+    LwfConfig,
+    ModelConfig,
+    PeftConfig,
+    RehearsalConfig,
+    TrainConfig,
+    rehearsal_ce_weight,
+)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
