@@ -1,4 +1,5 @@
-"""Command line: `forgetless train | eval | report | compare | rehearsal generate | chat | env`.
+"""Command line: `forgetless train | eval | report | compare | rehearsal generate | chat | merge | serve |
+registry | pipeline | plan | env`.
 
 Parsing only; the work happens in recipes/ and api.py.
 
@@ -43,14 +44,7 @@ def _auto_overrides(cfg) -> list[str]:
     """Plan for the detected hardware, starting from the config's model, length and batch."""
     from forgetless import planner
 
-    p = planner.plan(
-        cfg.model.name,
-        planner.detect(),
-        seq_len=cfg.data.max_length,
-        batch_size=cfg.train.batch_size,
-        grad_accum=cfg.train.grad_accum,
-        r=cfg.peft.r,
-    )
+    p = planner.plan_for(cfg)
     print(planner.render(p) + "\n")
     if not p.fits:
         raise UserError("--auto: no setting fits this hardware (see the plan above)")
@@ -214,20 +208,11 @@ def _merge(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from forgetless import serve
 
-    key = args.api_key or os.environ.get("FORGETLESS_API_KEY")
-    if not key and args.host not in ("127.0.0.1", "localhost", "::1"):
-        raise UserError(
-            f"--host {args.host} exposes the server beyond this machine: set --api-key or FORGETLESS_API_KEY"
-        )
     adapters = {}
     for i, item in enumerate(args.adapter):
         name, sep, ref = item.partition("=")
         adapters[name if sep else f"adapter{i + 1}"] = ref if sep else item
-    engine = serve.Engine(args.model, adapters, args.max_tokens, args.max_prompt_tokens)
-    import uvicorn
-
-    print(f"[forgetless] serving {', '.join(engine.names)} on http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(serve.create_app(engine, key), host=args.host, port=args.port, log_level="warning")
+    serve.run(args.model, adapters, args.host, args.port, args.api_key, args.max_tokens, args.max_prompt_tokens)
     return 0
 
 

@@ -122,12 +122,12 @@ def split_rows(batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, to
     return [{name: cut[name][i] for name in batch} for i in range(k)]
 
 
-def train_step(model, window, loss_fn: LossFn, acc: Accelerator, count_fn: CountFn, chunks: int = 1) -> dict:
+def train_step(model, window, loss_fn: LossFn, acc: Accelerator, counts: dict[str, int], chunks: int = 1) -> dict:
     """Forward/backward over one step's window (all processes'); returns the step's loss terms,
-    each a mean over its unit across the whole window."""
+    each a mean over its unit across the whole window (`counts`: the window's `step_counts`)."""
     # Every process holds the whole window, so the step-wide counts need no communication.
     # DDP averages gradients over processes, so each process normalises by 1/N of the total.
-    norms = {unit: max(t, 1) / acc.num_processes for unit, t in step_counts(window, count_fn).items()}
+    norms = {unit: max(t, 1) / acc.num_processes for unit, t in counts.items()}
     mine, weight = shard(window, acc.process_index, acc.num_processes)
     terms: dict[str, float] = defaultdict(float)
     pieces = [c for piece in parts(mine) for c in split_rows(piece, chunks)]
@@ -260,10 +260,10 @@ class Oom:
             return "gradient checkpointing on"
         return None
 
-    def step(self, model, window, loss_fn, optimizer, acc, count_fn) -> dict[str, float]:
+    def step(self, model, window, loss_fn, optimizer, acc, counts: dict[str, int]) -> dict[str, float]:
         while True:
             try:
-                return train_step(model, window, loss_fn, acc, count_fn, self.chunks)
+                return train_step(model, window, loss_fn, acc, counts, self.chunks)
             except torch.OutOfMemoryError as e:
                 optimizer.zero_grad(set_to_none=True)  # drop the failed attempt's partial gradients
                 if torch.cuda.is_available():
@@ -278,7 +278,8 @@ class Oom:
 def _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog: Progress, count_fn, oom: Oom) -> dict:
     t0 = time.perf_counter()
     window = next_window(batches, prog, cfg.grad_accum * acc.num_processes)
-    terms = oom.step(model, window, loss_fn, optimizer, acc, count_fn)
+    counts = step_counts(window, count_fn)
+    terms = oom.step(model, window, loss_fn, optimizer, acc, counts)
     loss = sum(terms.values())
     grad_norm = float(acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm))
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -296,7 +297,7 @@ def _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog: Pro
     if prog.micro >= len(batches):
         prog.epoch, prog.micro = prog.epoch + 1, 0
     prog.tokens += sum(int(b["attention_mask"].sum()) for b in parts(window))
-    prog.targets += step_counts(window, count_fn).get("targets", 0)
+    prog.targets += counts.get("targets", 0)
     prog.elapsed += time.perf_counter() - t0
     return {
         "loss": loss,
@@ -305,7 +306,7 @@ def _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog: Pro
         "grad_norm": grad_norm,
         "epoch": prog.epoch + prog.micro / len(batches),
         "tokens_per_s": prog.tokens / max(prog.elapsed, 1e-9),
-        **{"tokens": prog.tokens},
+        "tokens": prog.tokens,
     }
 
 

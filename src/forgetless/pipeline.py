@@ -17,7 +17,6 @@ refused by the gates is recorded as refused and retried on the next run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -120,13 +119,11 @@ def run(path: Path, serve_now: bool = True) -> dict:
             record.write(stage, "refused", error=str(e), seconds=time.time() - t0)
             raise UserError(f"pipeline stopped at {stage}: {e}; rerun after changing the run or the gates") from None
         except Exception as e:  # recorded, then one line for the user
-            record.write(
-                stage, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__, seconds=time.time() - t0
-            )
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            record.write(stage, "failed", error=why, seconds=time.time() - t0)
             raise UserError(
-                f"pipeline failed at {stage}: {str(e).splitlines()[0] if str(e) else e!r}; "
-                "fix it and rerun: finished stages are skipped"
-            ) from None
+                f"pipeline failed at {stage}: {why}; fix it and rerun: finished stages are skipped"
+            ) from e  # --debug shows the cause
         record.write(stage, "done", result, seconds=time.time() - t0)
         print(f"[pipeline] {stage}: done ({json.dumps(result)[:200]})")
     return record.stages
@@ -189,14 +186,7 @@ def _promote(pcfg: PipelineConfig, record: Record) -> dict:
 
 
 def _serve(pcfg: PipelineConfig, out: Path) -> str:
-    import uvicorn
-
     from forgetless import serve
 
-    key = os.environ.get("FORGETLESS_API_KEY")
-    if not key and pcfg.serve.host not in ("127.0.0.1", "localhost", "::1"):
-        raise UserError(f"serve.host {pcfg.serve.host} exposes the server: set FORGETLESS_API_KEY")
-    engine = serve.Engine(None, {pcfg.registry.name: str(out), **pcfg.serve.adapters}, 512, 2048)
-    print(f"[pipeline] serving {', '.join(engine.names)} on http://{pcfg.serve.host}:{pcfg.serve.port}/v1")
-    uvicorn.run(serve.create_app(engine, key), host=pcfg.serve.host, port=pcfg.serve.port, log_level="warning")
+    serve.run(None, {pcfg.registry.name: str(out), **pcfg.serve.adapters}, pcfg.serve.host, pcfg.serve.port)
     return "stopped"

@@ -258,9 +258,9 @@ def render(p: Plan) -> str:
     return "\n".join(lines)
 
 
-def advice(cfg) -> str:
-    """What to change after an out-of-memory stop: the plan for this config on the detected hardware."""
-    p = plan(
+def plan_for(cfg) -> Plan:
+    """The plan for a training config on the detected hardware, from its model, length, batch and rank."""
+    return plan(
         cfg.model.name,
         detect(),
         seq_len=cfg.data.max_length,
@@ -268,6 +268,11 @@ def advice(cfg) -> str:
         grad_accum=cfg.train.grad_accum,
         r=cfg.peft.r,
     )
+
+
+def advice(cfg) -> str:
+    """What to change after an out-of-memory stop: the plan for this config on the detected hardware."""
+    p = plan_for(cfg)
     if not p.fits:
         return p.reasons[-1]
     keep = [o for o in p.overrides() if not o.startswith(("model.name=", "peft.method="))]

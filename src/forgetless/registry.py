@@ -152,14 +152,14 @@ def check_gates(values: dict[str, float], gates: Gates) -> list[str]:
     return failed
 
 
-def log_run(run: Path, uri: str | None = None) -> str:
+def log_run(run: Path, uri: str | None = None, tags: dict[str, str] | None = None) -> str:
     """An MLflow run with the run's config as params, metrics.jsonl as step metrics, eval numbers,
     lineage tags and the adapter/report as artifacts; returns the MLflow run id."""
     from mlflow.entities import Metric, Param
 
     client = _client(uri)
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    mlrun = client.create_run(_experiment(client, uri), tags=lineage(run), run_name=run.name)
+    mlrun = client.create_run(_experiment(client, uri), tags=tags or lineage(run), run_name=run.name)
     rid = mlrun.info.run_id
     params = [Param(k, str(v)[:500]) for k, v in _flatten(cfg).items()]
     now = int(1000 * os.path.getmtime(run / "config.yaml"))
@@ -205,7 +205,8 @@ def register(run: Path, name: str, uri: str | None = None) -> dict:
     if not (run / "adapter").is_dir() and not (run / "merged").is_dir():
         raise UserError(f"{run} has neither adapter/ nor merged/ to register")
     client = _client(uri)
-    rid = log_run(run, uri)
+    tags = lineage(run)  # hashes every data file: once
+    rid = log_run(run, uri, tags)
     from mlflow.exceptions import MlflowException
 
     try:
@@ -214,7 +215,7 @@ def register(run: Path, name: str, uri: str | None = None) -> dict:
         client.create_registered_model(name, description="forgetless fine-tuned adapters")
     what = "merged" if (run / "merged").is_dir() else "adapter"
     source = f"{client.get_run(rid).info.artifact_uri}/{what}"
-    version = client.create_model_version(name, source, rid, tags=lineage(run))
+    version = client.create_model_version(name, source, rid, tags=tags)
     for key, value in metrics(run).items():
         client.set_model_version_tag(name, version.version, f"metric.{key}", str(value))
     return {"name": name, "version": int(version.version), "run_id": rid, "source": source}

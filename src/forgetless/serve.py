@@ -128,7 +128,8 @@ class Engine:
         self.lock = asyncio.Lock()
         self.metrics = Metrics()
 
-    def check(self, req: Sampling, prompt: str) -> tuple[dict, list[str]]:
+    def check(self, req: Sampling, prompt: str) -> tuple[dict, list[str], int]:
+        """(encoded prompt, stop strings, max new tokens), or an ApiError saying what is wrong."""
         if req.model not in self.names:
             raise ApiError(
                 404, f"model '{req.model}' does not exist; available: {', '.join(self.names)}", param="model"
@@ -147,7 +148,7 @@ class Engine:
                 param="messages",
             )
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        return enc, stops
+        return enc, stops, max_new
 
     def _adapter(self, name: str):
         """Select the request's adapter; the base is the same model with adapters switched off."""
@@ -156,11 +157,11 @@ class Engine:
         self.model.set_adapter(name)
         return nullcontext()
 
-    def _kwargs(self, req: Sampling, enc: dict, stops: list[str], streamer=None) -> dict:
+    def _kwargs(self, req: Sampling, enc: dict, stops: list[str], max_new: int, streamer=None) -> dict:
         sample = req.temperature > 0
         kwargs = {
             **{k: v.to(self.model.device) for k, v in enc.items()},
-            "max_new_tokens": req.max_tokens or min(256, self.max_tokens),
+            "max_new_tokens": max_new,
             "pad_token_id": self.tokenizer.pad_token_id,
             "do_sample": sample,
             "streamer": streamer,
@@ -179,24 +180,25 @@ class Engine:
 
     async def complete(self, req: Sampling, prompt: str) -> tuple[str, str, int, int]:
         """(text, finish_reason, prompt tokens, completion tokens)."""
-        enc, stops = self.check(req, prompt)
+        enc, stops, max_new = self.check(req, prompt)
         async with self.lock:
             t0 = time.perf_counter()
-            out = await asyncio.to_thread(self._run, req.model, self._kwargs(req, enc, stops))
+            out = await asyncio.to_thread(self._run, req.model, self._kwargs(req, enc, stops, max_new))
             self.metrics.generate_seconds += time.perf_counter() - t0
         new = out[0, enc["input_ids"].shape[1] :]
         text, stopped = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), stops)
-        limit = not stopped and new.numel() >= self._kwargs(req, enc, stops)["max_new_tokens"]
+        limit = not stopped and new.numel() >= max_new
         self.metrics.tokens += new.numel()
         return text, "length" if limit else "stop", enc["input_ids"].shape[1], int(new.numel())
 
     async def stream(self, req: Sampling, prompt: str):
         """Text pieces as they are generated (the lock is held until the last one)."""
-        enc, stops = self.check(req, prompt)
+        enc, stops, max_new = self.check(req, prompt)
         async with self.lock:
             t0 = time.perf_counter()
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            worker = threading.Thread(target=self._run, args=(req.model, self._kwargs(req, enc, stops, streamer)))
+            kwargs = self._kwargs(req, enc, stops, max_new, streamer)
+            worker = threading.Thread(target=self._run, args=(req.model, kwargs))
             worker.start()
             sent = ""
             try:
@@ -262,7 +264,7 @@ def create_app(engine: Engine, api_key: str | None):
             "data": [{"id": n, "object": "model", "created": now, "owned_by": "forgetless"} for n in engine.names],
         }
 
-    def respond(req: Sampling, prompt: str, chat: bool):
+    async def respond(req: Sampling, prompt: str, chat: bool):
         rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
         kind = "chat.completion" if chat else "text_completion"
 
@@ -276,34 +278,20 @@ def create_app(engine: Engine, api_key: str | None):
         if req.stream:
             engine.check(req, prompt)  # validate before the 200 status line goes out
 
+            head = {"id": rid, "object": kind + (".chunk" if chat else ""), "created": created, "model": req.model}
+
             async def events():
                 async for piece in engine.stream(req, prompt):
-                    chunk = {
-                        "id": rid,
-                        "object": kind + (".chunk" if chat else ""),
-                        "created": created,
-                        "model": req.model,
-                    }
-                    yield f"data: {json.dumps(chunk | {'choices': [choice(piece, None, delta=True)]})}\n\n"
-                final = {"id": rid, "object": kind + (".chunk" if chat else ""), "created": created, "model": req.model}
-                yield f"data: {json.dumps(final | {'choices': [choice(None, 'stop', delta=True)]})}\n\n"
+                    yield f"data: {json.dumps(head | {'choices': [choice(piece, None, delta=True)]})}\n\n"
+                yield f"data: {json.dumps(head | {'choices': [choice(None, 'stop', delta=True)]})}\n\n"
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
-        async def full():
-            text, finish, n_prompt, n_new = await engine.complete(req, prompt)
-            usage = {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new}
-            return {
-                "id": rid,
-                "object": kind,
-                "created": created,
-                "model": req.model,
-                "choices": [choice(text, finish)],
-                "usage": usage,
-            }
-
-        return full()
+        text, finish, n_prompt, n_new = await engine.complete(req, prompt)
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new}
+        head = {"id": rid, "object": kind, "created": created, "model": req.model}
+        return head | {"choices": [choice(text, finish)], "usage": usage}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
@@ -311,14 +299,37 @@ def create_app(engine: Engine, api_key: str | None):
         if messages[-1]["role"] == "assistant":
             raise ApiError(400, "the last message must be from the user (or system)", param="messages")
         prompt = prompt_text(engine.tokenizer, messages)
-        result = respond(req, prompt, chat=True)
-        return await result if asyncio.iscoroutine(result) else result
+        return await respond(req, prompt, chat=True)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
         if not req.prompt:
             raise ApiError(400, "prompt is empty", param="prompt")
-        result = respond(req, req.prompt, chat=False)
-        return await result if asyncio.iscoroutine(result) else result
+        return await respond(req, req.prompt, chat=False)
 
     return app
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def run(
+    base_ref: str | None,
+    adapters: dict[str, str],
+    host: str,
+    port: int,
+    api_key: str | None = None,
+    max_tokens: int = 512,
+    max_prompt_tokens: int = 2048,
+) -> None:
+    """Serve until interrupted. Without a key (argument or FORGETLESS_API_KEY) only on loopback."""
+    import os
+
+    import uvicorn
+
+    key = api_key or os.environ.get("FORGETLESS_API_KEY")
+    if not key and host not in LOOPBACK:
+        raise UserError(f"host {host} exposes the server beyond this machine: set --api-key or FORGETLESS_API_KEY")
+    engine = Engine(base_ref, adapters, max_tokens, max_prompt_tokens)
+    print(f"[forgetless] serving {', '.join(engine.names)} on http://{host}:{port}/v1", flush=True)
+    uvicorn.run(create_app(engine, key), host=host, port=port, log_level="warning")
