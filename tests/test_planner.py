@@ -89,7 +89,9 @@ def test_goal_and_need_rules_with_their_reasons():
     _, _, why = planner.choose(planner.given(24), "improve", None, False)
     assert "goal 'improve': DPO" in why
     method, _, why = planner.choose(planner.given(24), "sft", "fast-inference", False)
-    assert method == "lora" and any("IA3 is not available yet" in r for r in why)
+    assert method == "ia3" and "need 'fast-inference': ia3" in why
+    p = planner.plan("smollm2-135m-instruct", planner.given(24), need="several-tasks")
+    assert "peft.method=adapter" in p.overrides() and not any(o.startswith("peft.r=") for o in p.overrides())
     assert planner.choose(planner.given(24), "sft", "tiny-memory", False)[0] == "qlora"
     with pytest.raises(UserError, match="--goal fast: choose one of sft, improve, new-capability"):
         planner.choose(planner.given(24), "fast", None, False)

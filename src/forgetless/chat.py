@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from forgetless import adapters
 from forgetless import model as models
+from forgetless.adapters import OWN_FORMAT
 from forgetless.config import ModelConfig
 from forgetless.errors import UserError
 from forgetless.eval.generate import generate
@@ -14,13 +16,15 @@ BASE = "base"
 
 
 def adapter_dir(ref: str) -> Path:
-    """Accept an adapter directory or a run directory that holds adapter/."""
+    """Accept a result directory (PEFT's adapter_config.json or our forgetless_adapter.json) or a run
+    directory that holds adapter/."""
     path = Path(ref)
-    if (path / "adapter" / "adapter_config.json").is_file():
-        return path / "adapter"
-    if (path / "adapter_config.json").is_file():
-        return path
-    raise UserError(f"{ref} is not an adapter directory (no adapter_config.json) nor a run directory with adapter/")
+    for candidate in (path / "adapter", path):
+        if any((candidate / f).is_file() for f in ("adapter_config.json", OWN_FORMAT)):
+            return candidate
+    raise UserError(
+        f"{ref} is not an adapter directory (no adapter_config.json or {OWN_FORMAT}) nor a run directory with adapter/"
+    )
 
 
 def base_of(run_adapter: Path) -> str | None:
@@ -30,8 +34,9 @@ def base_of(run_adapter: Path) -> str | None:
         import yaml
 
         return (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("model", {}).get("name")
-    base = json.loads((run_adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    return base.get("base_model_name_or_path")
+    meta = run_adapter / OWN_FORMAT
+    meta = meta if meta.is_file() else run_adapter / "adapter_config.json"
+    return json.loads(meta.read_text(encoding="utf-8")).get("base_model_name_or_path")
 
 
 class Chat:
@@ -54,14 +59,9 @@ class Chat:
         self.names = [BASE]
         self.active = BASE
         if named:
-            from peft import PeftModel
-
-            first, path = named[0]
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=first)
-            for name, path in named[1:]:
-                self.model.load_adapter(str(path), adapter_name=name)
+            self.model = adapters.load_several(self.model, dict(named))
             self.names += [n for n, _ in named]
-            self.use(first)
+            self.use(named[0][0])
         self.system, self.max_new_tokens = system, max_new_tokens
         self.history: list[dict] = []
 
@@ -69,14 +69,14 @@ class Chat:
         if name not in self.names:
             raise UserError(f"unknown adapter '{name}'; loaded: {', '.join(self.names)}")
         if name != BASE:
-            self.model.set_adapter(name)
+            adapters.activate(self.model, name)
         self.active = name
 
     def answer(self, prompt: str, keep_history: bool = False) -> str:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
         messages = messages + [{"role": "user", "content": prompt}]
         if self.active == BASE and len(self.names) > 1:
-            with self.model.disable_adapter():
+            with adapters.base_view(self.model):
                 reply = generate(self.model, self.tokenizer, [messages], self.max_new_tokens)[0]
         else:
             reply = generate(self.model, self.tokenizer, [messages], self.max_new_tokens)[0]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from forgetless.adapters import base_view
+from forgetless.adapters import base_view, logits_of
 from forgetless.config import ForgettingConfig
 from forgetless.data.batching import collate
 from forgetless.losses import ewc_penalty, kl_sum, l2_penalty, position_masks
@@ -71,7 +71,7 @@ def estimate_fisher(model, anchor: Anchor, rows: list[dict], pad_id: int) -> lis
     model.eval()  # no dropout: the Fisher of the model as it is
     for row in tqdm(rows, desc="ewc: Fisher", unit="row"):
         batch = {k: v.to(model.device) for k, v in collate([row], pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits_of(model, batch["input_ids"], batch["attention_mask"])
         answer = batch["labels"][:, 1:] != -100
         nll = F.cross_entropy(logits[:, :-1][answer].float(), batch["labels"][:, 1:][answer])
         grads = torch.autograd.grad(nll, anchor.params, allow_unused=True)
@@ -98,7 +98,7 @@ def make_loss(cfg: ForgettingConfig, anchor: Anchor | None = None):
 
     def loss_fn(model, batch: dict, norms: dict[str, float]) -> dict[str, torch.Tensor]:
         masks = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        logits = logits_of(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
         targets = batch["labels"][:, 1:]
 
         def ce(mask):
@@ -112,7 +112,7 @@ def make_loss(cfg: ForgettingConfig, anchor: Anchor | None = None):
             kl = torch.zeros((), device=logits.device)
             if where.any():  # e.g. a task-only piece when the KL applies to rehearsal rows only
                 with torch.no_grad(), base_view(model) as base:
-                    teacher = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    teacher = logits_of(base, batch["input_ids"], batch["attention_mask"])
                     teacher = teacher[:, :-1][where]
                 kl = kl_sum(logits[where], teacher, lwf.temperature, lwf.direction)
             terms["lwf"] = lwf.weight * kl / norms["kl"]

@@ -1,8 +1,9 @@
 """`forgetless merge`: fold an adapter into its base and save a plain transformers model directory.
 
 The result loads with `AutoModelForCausalLM.from_pretrained(DIR)` and needs neither PEFT nor
-forgetless. LoRA, DoRA and IA3 can be folded into the weights; prompt/prefix tuning and
-bottleneck adapters add computation that has no weight to fold into, so they refuse.
+forgetless. LoRA, DoRA and IA3 can be folded into the weights; BitFit, selective and full
+fine-tuning changed the weights themselves, so merging writes them into the base; prompt/prefix
+tuning and bottleneck adapters add computation that has no weight to fold into, so they refuse.
 
 A QLoRA adapter was trained against the NF4-quantized base, not the original weights. It is
 merged into that same base, dequantized (to the compute dtype: fp32 on CPU, bf16/fp16 on GPU),
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import yaml
 
-from forgetless import hardware
+from forgetless import adapters, hardware
 from forgetless import model as models
 from forgetless.chat import adapter_dir, base_of
 from forgetless.config import ModelConfig
 from forgetless.errors import UserError
 
-MERGEABLE = {"LORA", "IA3"}  # DoRA is LoRA with use_dora; PEFT folds its magnitude vector too
+# DoRA is LoRA with use_dora: PEFT folds its magnitude vector too.
+MERGEABLE = {"lora", "dora", "ia3", "bitfit", "selective", "full"}
 
 
 def _run_quantization(adapter: Path) -> str:
@@ -35,14 +37,12 @@ def _run_quantization(adapter: Path) -> str:
 
 def load_merged(ref: str, base: str | None = None, precision: str = "auto"):
     """(merged model, tokenizer, facts) for an adapter or run directory."""
-    from peft import PeftConfig, PeftModel
-
     adapter = adapter_dir(ref)
-    kind = str(PeftConfig.from_pretrained(str(adapter)).peft_type).rsplit(".", 1)[-1]
+    kind = adapters.method_of(adapter)
     if kind not in MERGEABLE:
         raise UserError(
-            f"{adapter}: a {kind} adapter adds computation that cannot be folded into the weights; "
-            "serve it as an adapter instead (forgetless serve --adapter NAME=DIR)"
+            f"{adapter}: a {kind} result adds computation (virtual tokens or bottleneck layers) that cannot be "
+            "folded into the weights; use it as it is (forgetless chat/serve --adapter NAME=DIR)"
         )
     base_ref = base or base_of(adapter)
     if not base_ref:
@@ -53,7 +53,9 @@ def load_merged(ref: str, base: str | None = None, precision: str = "auto"):
     if quantized:
         dtype = hardware.resolve_dtype(precision, hardware.device())
         model = model.dequantize(dtype=dtype)  # the base the adapter was trained against, in full precision
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged = adapters.load(model, adapter)
+    if kind in adapters.PEFT_METHODS:
+        merged = merged.merge_and_unload()
     facts = {
         "adapter": str(adapter),
         "adapter_type": kind,

@@ -39,15 +39,7 @@ NEEDS = {
     "tiny-memory": "qlora",
 }
 
-# What forgetless trains today; a rule's choice outside these is reported and replaced by LoRA.
-AVAILABLE_METHODS = {"lora", "qlora", "lora_8bit"}
 AVAILABLE_RECIPES = {"sft"}
-FALLBACK_WHY = {
-    "adapter": "bottleneck adapters are not available yet; one LoRA adapter per task on a shared base serves the "
-    "same purpose (forgetless chat/serve load several)",
-    "ia3": "IA3 is not available yet; a LoRA adapter merged into the base (forgetless merge) adds no latency",
-    "prefix": "prefix tuning is not available yet; LoRA is used instead",
-}
 FITS_SHARE = 0.9  # plan to use at most 90% of the memory: the rest absorbs fragmentation and spikes
 
 
@@ -90,7 +82,7 @@ class Plan:
     model: str
     shape_source: str
     hardware: Hardware
-    method: str
+    method: str  # the memory setup: lora (full-precision base), qlora (4-bit), lora_8bit
     recipe: str
     precision: str
     setup: Setup
@@ -98,6 +90,7 @@ class Plan:
     estimate: dict[str, float]
     fits: bool
     reasons: list[str] = field(default_factory=list)
+    peft_method: str = "lora"  # what trains on that base: lora, ia3, prefix or adapter
 
     def overrides(self) -> list[str]:
         """Config overrides that realise this plan (the recipe's key joins when DPO/RLHF land)."""
@@ -106,8 +99,8 @@ class Plan:
             f"model.name={self.model}",
             f"model.precision={self.precision}",
             f"model.quantization={quant}",
-            "peft.method=lora",
-            f"peft.r={self.setup.r}",
+            f"peft.method={self.peft_method}",
+            *([f"peft.r={self.setup.r}"] if self.peft_method == "lora" else []),
             f"data.max_length={self.setup.seq_len}",
             f"train.batch_size={self.setup.batch_size}",
             f"train.grad_accum={self.grad_accum}",
@@ -135,9 +128,6 @@ def choose(hw: Hardware, goal: str, need: str | None, short_deadline: bool) -> t
     if need is not None:
         method = NEEDS[need]
         reasons.append(f"need '{need}': {method}")
-    if method not in AVAILABLE_METHODS:
-        reasons.append(FALLBACK_WHY[method])
-        method = "lora"
     recipe = GOALS[goal]
     reasons.append(f"goal '{goal}': {recipe.upper()}")
     if recipe == "rlhf" and (hw.device != "cuda" or hw.memory_gb < RLHF_MIN_GB):
@@ -206,6 +196,9 @@ def plan(
     """The plan for one device of `processes` (memory per device under `sharding`: ddp, zero2, fsdp, zero3)."""
     shape, source = memory.resolve_shape(model)
     method, recipe, reasons = choose(hw, goal, need, short_deadline)
+    # The memory estimator models base precision x LoRA; IA3, prefix and adapters train fewer
+    # parameters than LoRA r=8, so LoRA's estimate on the same base bounds theirs.
+    peft_method, method = (method, "lora") if method in ("ia3", "prefix", "adapter") else ("lora", method)
     prec, why = precision(hw)
     reasons.append(why)
     setup = Setup(
@@ -231,7 +224,7 @@ def plan(
             f"does not fit even at micro-batch 1, 4-bit, checkpointing and {setup.seq_len} tokens: needs about "
             f"{needed} GB; use a larger GPU, several GPUs with FSDP (see docs/scaling.md) or a smaller model"
         )
-    return Plan(model, source, hw, method, recipe, prec, setup, grad_accum, est, fits, reasons)
+    return Plan(model, source, hw, method, recipe, prec, setup, grad_accum, est, fits, reasons, peft_method)
 
 
 def render(p: Plan) -> str:
@@ -242,7 +235,7 @@ def render(p: Plan) -> str:
         f"{p.shape_source})",
         f"hardware  {p.hardware.name or p.hardware.device}: {p.hardware.memory_gb:g} GB"
         + (f" per device, {s.processes} devices with {s.sharding.upper()}" if s.processes > 1 else ""),
-        f"plan      {p.recipe.upper()} with {p.method.upper()} (r={s.r}), {p.precision}, micro-batch {s.batch_size} x "
+        f"plan      {p.recipe.upper()} with {_method_name(p)}, {p.precision}, micro-batch {s.batch_size} x "
         f"grad_accum {p.grad_accum}, {s.seq_len} tokens, gradient checkpointing "
         f"{'on' if s.grad_checkpointing else 'off'}, forgetting preset full (LwF + rehearsal)",
         f"fits      {'yes' if p.fits else 'NO'}: estimated peak {p.estimate['total']:.2f} GB of "
@@ -277,3 +270,10 @@ def advice(cfg) -> str:
         return p.reasons[-1]
     keep = [o for o in p.overrides() if not o.startswith(("model.name=", "peft.method="))]
     return f"the planner (forgetless plan) suggests: {' '.join(keep)}"
+
+
+def _method_name(p: Plan) -> str:
+    if p.peft_method == "lora":
+        return f"{p.method.upper()} (r={p.setup.r})"
+    base = {"qlora": ", 4-bit base", "lora_8bit": ", 8-bit base"}.get(p.method, "")
+    return f"{p.peft_method.upper()}{base}"

@@ -29,17 +29,104 @@ class ModelConfig(BaseModel):
     )
 
 
+METHODS = ("lora", "dora", "prefix", "prompt", "ia3", "adapter", "bitfit", "selective", "full")
+# The peak learning rate each method's literature uses with AdamW (train.lr unset picks it).
+DEFAULT_LR = {
+    "lora": 2e-4,  # QLoRA (Dettmers et al. 2023)
+    "dora": 2e-4,  # DoRA (Liu et al. 2024) keeps LoRA's rate
+    "prefix": 5e-3,  # prefix tuning trains only the prefix: rates 1e-3..1e-2 (PEFT's examples)
+    "prompt": 3e-2,  # soft prompts need large rates (Lester et al. 2021 used 0.3 with Adafactor)
+    "ia3": 3e-3,  # T-Few (Liu et al. 2022)
+    "adapter": 1e-3,  # Houlsby et al. 2019 swept 1e-4..1e-3
+    "bitfit": 1e-3,  # Ben Zaken et al. 2022 swept 1e-4..1e-3
+    "selective": 5e-5,  # whole weight matrices of a few blocks: near full fine-tuning's rates
+    "full": 2e-5,  # full fine-tuning 1e-5..5e-5; higher rates forget faster
+}
+# Which settings belong to which method: changing one that the chosen method ignores is an error.
+METHOD_FIELDS = {
+    "r": {"lora", "dora"},
+    "alpha": {"lora", "dora"},
+    "dropout": {"lora", "dora"},
+    "target_modules": {"lora", "dora"},
+    "virtual_tokens": {"prefix", "prompt"},
+    "prompt_init": {"prompt"},
+    "prompt_init_text": {"prompt"},
+    "prefix_projection": {"prefix"},
+    "ia3_target_modules": {"ia3"},
+    "ia3_feedforward_modules": {"ia3"},
+    "adapter_size": {"adapter"},
+    "adapter_placement": {"adapter"},
+    "adapter_activation": {"adapter"},
+    "layers": {"selective"},
+    "parts": {"selective"},
+}
+
+
 class PeftConfig(BaseModel):
     model_config = _STRICT
-    method: Literal["lora"] = Field("lora", description="Parameter-efficient method.")
-    r: int = Field(8, ge=1, le=1024, description="LoRA rank; 4-16 limits forgetting (QLoRA paper).")
-    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (alpha/r); 2*r is common.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout (QLoRA: 0.05 for small models).")
+    method: Literal[METHODS] = Field(
+        "lora",
+        description="lora | dora | prefix | prompt | ia3 | adapter | bitfit | selective | full. LoRA for light "
+        "tuning (with model.quantization=4bit: QLoRA), adapters for several tasks, IA3 when inference speed "
+        "matters, prefix for strengthening prompts, full when maximum adaptation is worth its cost and forgetting.",
+    )
+    r: int = Field(8, ge=1, le=1024, description="LoRA/DoRA rank; 4-16 limits forgetting (QLoRA paper).")
+    alpha: float = Field(16, gt=0, description="LoRA/DoRA scaling numerator (alpha/r); 2*r is common.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA/DoRA dropout (QLoRA: 0.05 for small models).")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear",
-        description="Linear layers to adapt; all-linear = every attention and MLP projection, "
+        description="LoRA/DoRA: linear layers to adapt; all-linear = every attention and MLP projection, "
         "which QLoRA found necessary to match full fine-tuning.",
     )
+    virtual_tokens: int = Field(
+        20, ge=1, le=512, description="prefix/prompt: virtual tokens (Lester et al. 2021: 20-100; Li & Liang: 10-200)."
+    )
+    prompt_init: Literal["random", "text"] = Field(
+        "random", description="prompt: start the soft prompt randomly or from the embeddings of prompt_init_text."
+    )
+    prompt_init_text: str | None = Field(
+        None, description="prompt: the text whose token embeddings initialise the soft prompt (prompt_init=text)."
+    )
+    prefix_projection: bool = Field(
+        False, description="prefix: reparametrise the prefix through an MLP (Li & Liang 2021; more parameters)."
+    )
+    ia3_target_modules: list[str] = Field(
+        ["k_proj", "v_proj", "down_proj"],
+        description="IA3: modules whose activations get a learned scale: keys, values and the MLP (Liu et al. 2022).",
+    )
+    ia3_feedforward_modules: list[str] = Field(
+        ["down_proj"], description="IA3: which of ia3_target_modules are MLP layers (scaled on their input)."
+    )
+    adapter_size: int = Field(
+        64, ge=1, description="adapter: bottleneck width of each Houlsby adapter (Houlsby et al. 2019: 8-256)."
+    )
+    adapter_placement: list[Literal["attention", "mlp"]] = Field(
+        ["attention", "mlp"], description="adapter: insert after the attention block, the MLP block, or both (Houlsby)."
+    )
+    adapter_activation: Literal["gelu", "relu", "silu"] = Field("gelu", description="adapter: the nonlinearity.")
+    layers: int | list[int] = Field(
+        2,
+        description="selective: the top N transformer blocks (an int), or a list of block indices (0 = first).",
+    )
+    parts: list[Literal["attention", "mlp", "norm", "embeddings", "head"]] = Field(
+        ["attention", "mlp", "norm"],
+        description="selective: which parameter kinds of the chosen blocks train; embeddings and head are "
+        "model-wide (with tied embeddings they are one tensor).",
+    )
+
+    @model_validator(mode="after")
+    def _settings_match_method(self) -> PeftConfig:
+        # A value equal to the default is allowed, so a LoRA config can switch method by one override.
+        for name in sorted(self.model_fields_set):
+            changed = getattr(self, name) != type(self).model_fields[name].default
+            if name in METHOD_FIELDS and self.method not in METHOD_FIELDS[name] and changed:
+                users = "/".join(sorted(METHOD_FIELDS[name]))
+                raise ValueError(f"peft.{name} is a {users} setting; peft.method is {self.method}: remove it")
+        if self.prompt_init == "text" and not self.prompt_init_text:
+            raise ValueError("peft.prompt_init=text needs peft.prompt_init_text (the text to start from)")
+        if not set(self.ia3_feedforward_modules) <= set(self.ia3_target_modules):
+            raise ValueError("peft.ia3_feedforward_modules must be a subset of peft.ia3_target_modules")
+        return self
 
 
 class DataConfig(BaseModel):
@@ -88,8 +175,12 @@ class EarlyStoppingConfig(BaseModel):
 
 class TrainConfig(BaseModel):
     model_config = _STRICT
-    lr: float = Field(
-        2e-4, gt=0, le=1, description="Peak learning rate: 2e-4 for LoRA (QLoRA 2e-4..5e-4, full FT 1e-5..5e-5)."
+    lr: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Peak learning rate; unset: the method's literature rate (LoRA 2e-4, IA3 3e-3, adapter/BitFit "
+        "1e-3, prefix 5e-3, prompt 3e-2, selective 5e-5, full 2e-5).",
     )
     epochs: float = Field(3, gt=0, description="Passes over the task data (3 is the common SFT default).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
@@ -286,3 +377,30 @@ class Config(BaseModel):
     train: TrainConfig = TrainConfig()
     forgetting: ForgettingConfig = ForgettingConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_learning_rate(cls, data: Any) -> Any:
+        """train.lr unset: the chosen method's literature rate (full fine-tuning needs a far lower one)."""
+        if not isinstance(data, dict):
+            return data
+        peft, train = data.get("peft") or {}, data.get("train") or {}
+        method = peft.get("method", "lora") if isinstance(peft, dict) else peft.method
+        if isinstance(train, dict) and train.get("lr") is None and method in DEFAULT_LR:
+            data = {**data, "train": {**train, "lr": DEFAULT_LR[method]}}
+        return data
+
+    @model_validator(mode="after")
+    def _method_fits_model(self) -> Config:
+        method, quant = self.peft.method, self.model.quantization
+        if quant != "none" and method == "full":
+            raise ValueError(
+                f"peft.method=full cannot train a {quant} base (quantized weights have no gradients); "
+                "use model.quantization=none, or peft.method=lora with the quantized base (QLoRA)"
+            )
+        if quant != "none" and method == "selective" and {"attention", "mlp"} & set(self.peft.parts):
+            raise ValueError(
+                f"peft.method=selective cannot train the attention/MLP weights of a {quant} base; "
+                "use peft.parts=[norm] (or embeddings/head), or model.quantization=none"
+            )
+        return self

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from forgetless.adapters import logits_of
 from forgetless.data.formats import resolve_path
 from forgetless.errors import UserError
 
@@ -89,9 +90,7 @@ def choice_logprobs(model, tokenizer, items: list[Item], shots: list[Item], batc
         mask = torch.zeros_like(ids)
         for r, (seq, _) in enumerate(chunk):
             ids[r, : len(seq)], mask[r, : len(seq)] = torch.tensor(seq), 1
-        logp = F.log_softmax(
-            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1
-        )
+        logp = F.log_softmax(logits_of(model, ids.to(model.device), mask.to(model.device)).float(), -1)
         for r, (seq, n_cont) in enumerate(chunk):
             positions = torch.arange(len(seq) - n_cont - 1, len(seq) - 1)
             targets = torch.tensor(seq[len(seq) - n_cont :])

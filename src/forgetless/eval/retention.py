@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from forgetless.adapters import base_view
+from forgetless.adapters import base_view, logits_of
 from forgetless.data.batching import fixed_batches
 from forgetless.data.formats import Example
 from forgetless.data.render import encode
@@ -31,13 +31,13 @@ def kl_to_base(model, tokenizer, references: list[Example], base=None, batch_siz
     for batch in fixed_batches(rows, batch_size, tokenizer.pad_token_id):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         where = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])["task_answers"]
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        student = model(**inputs).logits[:, :-1][where]
+        inputs = (batch["input_ids"], batch["attention_mask"])
+        student = logits_of(model, *inputs)[:, :-1][where]
         if base is None:
             with base_view(model) as b:
-                teacher = b(**inputs).logits[:, :-1][where]
+                teacher = logits_of(b, *inputs)[:, :-1][where]
         else:
-            teacher = base(**inputs).logits[:, :-1][where]
+            teacher = logits_of(base, *inputs)[:, :-1][where]
         total += float(kl_sum(student, teacher))
         n += int(where.sum())
     return total / max(n, 1)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from forgetless import generated
+from forgetless.adapters import logits_of
 from forgetless.config import Config
 from forgetless.data.batching import fixed_batches
 from forgetless.data.formats import read_file
@@ -34,8 +35,7 @@ def mean_nll(model, batches: list[dict]) -> float:
     model.eval()
     for b in batches:
         b = {k: v.to(model.device) for k, v in b.items()}
-        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-        total += float(ce_sum(out.logits, b["labels"]))
+        total += float(ce_sum(logits_of(model, b["input_ids"], b["attention_mask"]), b["labels"]))
         n += count_targets(b["labels"])
     model.train(was_training)
     return total / max(n, 1)

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peft import PeftModel
-
-from forgetless import config, hardware
+from forgetless import adapters, config, hardware
 from forgetless import model as models
+from forgetless.chat import adapter_dir
 from forgetless.config import Config
 from forgetless.data.build import held_out
 from forgetless.eval import report, suite
@@ -38,7 +37,7 @@ def run(cfg: Config, adapter: str | None, base_ref: str | None, out: Path) -> di
         refs = suite.references(base_cfg, base, tokenizer, base_path, dtype)
         print("[forgetless] evaluating the base model ...")
         before = suite.measure(base, tokenizer, cfg, examples, rows)
-        finetuned = PeftModel.from_pretrained(model, adapter) if adapter else model
+        finetuned = adapters.load(model, adapter_dir(adapter)) if adapter else model
         print("[forgetless] evaluating the fine-tuned model ...")
         after = suite.measure(finetuned, tokenizer, cfg, examples, rows, refs, base=None if adapter else base)
         result = suite.combine(before, after)

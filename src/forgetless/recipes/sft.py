@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-from peft import set_peft_model_state_dict
-from safetensors.torch import load_file
 from transformers import set_seed
 
 from forgetless import adapters, config, distributed, hardware, loop, planner, rehearsal
@@ -102,12 +100,18 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     set_seed(cfg.train.seed)
     quantized = cfg.model.quantization != "none"
     ckpt = adapters.use_grad_checkpointing(cfg.train.grad_checkpointing, dev)
-    model = adapters.attach(model, cfg.peft, quantized=quantized, grad_checkpointing=ckpt)
+    model = adapters.attach(model, cfg.peft, quantized=quantized, grad_checkpointing=ckpt, model_path=model_path)
     trainable, total = adapters.count_parameters(model)
     say(
         f"[forgetless] {cfg.peft.method}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.2f}%); forgetting preset: {fcfg.preset}"
     )
+    if cfg.peft.method == "full":
+        gib = 4 * total * 4 / 2**30  # weights + gradients + AdamW's two moments (fp32), before activations
+        say(
+            f"[forgetless] full fine-tuning: about {gib:.1f} GiB for weights, gradients and optimizer state, plus "
+            "a copy of the initial weights for the base view (LwF, retention); LoRA needs a fraction of this"
+        )
 
     pad = tokenizer.pad_token_id
     anchor = _anchor(model, fcfg, general, pad, out)
@@ -129,16 +133,16 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         mixed_precision=mixed,
         count_fn=lambda b: counts(b, fcfg),
         monitor=_monitor(cfg),
-        on_best=(lambda m: m.save_pretrained(out / "best")) if val else None,
+        on_best=(lambda m: adapters.save(m, out / "best", cfg.peft, cfg.model.name)) if val else None,
         oom_advice=lambda: planner.advice(cfg),
     )
     if not main:
         return summary  # the main process saves, evaluates and reports
     if summary["stopped_early"] == "overfitting" and (out / "best").is_dir():
         print(f"[forgetless] restoring the best adapter (step {summary['best_step']})")
-        set_peft_model_state_dict(model, load_file(str(out / "best" / "adapter_model.safetensors")))
+        adapters.restore(model, out / "best")
 
-    model.save_pretrained(out / "adapter")
+    adapters.save(model, out / "adapter", cfg.peft, cfg.model.name)
     tokenizer.save_pretrained(out / "adapter")
     print("[forgetless] evaluating the fine-tuned model ...")
     t_after = time.time()
