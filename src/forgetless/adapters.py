@@ -85,6 +85,12 @@ def peft_config(cfg: PeftConfig, model_path: str | None = None):
     )
 
 
+def check(model, cfg: PeftConfig) -> None:
+    """Fail before any work when the method cannot apply to this model (e.g. BitFit without biases)."""
+    if cfg.method in ("bitfit", "selective"):
+        selective.chosen_names(model, cfg.method, cfg.layers, cfg.parts)
+
+
 def attach(model, cfg: PeftConfig, *, quantized: bool, grad_checkpointing: bool, model_path: str | None = None):
     """The model with `cfg.method` attached: only the method's parameters require gradients."""
     ckpt_kwargs = {"use_reentrant": False}

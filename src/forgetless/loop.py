@@ -34,6 +34,7 @@ from transformers import get_scheduler
 from forgetless import checkpoint
 from forgetless.checkpoint import Progress
 from forgetless.config import TrainConfig
+from forgetless.sections import DEFAULT_LR
 from forgetless.data.batching import Batches
 from forgetless.errors import TrainingDiverged, UserError
 from forgetless.losses import count_targets
@@ -61,14 +62,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    # A Config resolves an unset lr from peft.method; a TrainConfig used alone gets LoRA's rate.
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR["lora"]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=lr)
     if not torch.cuda.is_available():
         raise UserError(f"train.optimizer={cfg.optimizer} needs a CUDA GPU; use train.optimizer=adamw on CPU")
     import bitsandbytes as bnb
 
     cls = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-    return cls(groups, lr=cfg.lr)
+    return cls(groups, lr=lr)
 
 
 def total_steps(cfg: TrainConfig, batches: Batches, processes: int = 1) -> int:
@@ -226,9 +229,19 @@ def fit(
         "effective_batch": effective,
         "processes": acc.num_processes,
         "stopped_early": stopped,
+        "peak_memory_gb": peak_memory_gb(acc.device),
         "best_step": monitor.best_step if monitor is not None else None,
         "best_val_loss": monitor.best_val if monitor is not None and monitor.val else None,
     }
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """CUDA: the most memory tensors held on the GPU; CPU: the process's peak resident memory so far."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # Linux reports KiB
 
 
 @dataclass

@@ -69,6 +69,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     dtype = hardware.resolve_dtype(cfg.model.precision, dev)
 
     model, tokenizer, model_path = models.load(cfg.model, dev)
+    adapters.check(model, cfg.peft)
     data = build(cfg.data, tokenizer, cfg.train.seed)
     say(f"[forgetless] data: {len(data.train)} train rows, {len(data.validation)} validation rows")
     notes = data.notes()
