@@ -53,8 +53,9 @@ def enable_grad_checkpointing(model) -> None:
     inner.enable_input_require_grads()
 
 
-def peft_config(cfg: PeftConfig, model_path: str | None = None):
-    """PEFT's config object for the PEFT-provided methods."""
+def peft_config(cfg: PeftConfig, model_path: str | None = None, task_type: str = "CAUSAL_LM"):
+    """PEFT's config object for the PEFT-provided methods. task_type SEQ_CLS (reward models) also
+    trains and saves the score head (PEFT adds it to modules_to_save)."""
     if cfg.method in ("lora", "dora"):
         return LoraConfig(
             r=cfg.r,
@@ -63,7 +64,7 @@ def peft_config(cfg: PeftConfig, model_path: str | None = None):
             target_modules=cfg.target_modules,
             use_dora=cfg.method == "dora",
             bias="none",
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
     if cfg.method == "prefix":
         return PrefixTuningConfig(
@@ -91,7 +92,15 @@ def check(model, cfg: PeftConfig) -> None:
         selective.chosen_names(model, cfg.method, cfg.layers, cfg.parts)
 
 
-def attach(model, cfg: PeftConfig, *, quantized: bool, grad_checkpointing: bool, model_path: str | None = None):
+def attach(
+    model,
+    cfg: PeftConfig,
+    *,
+    quantized: bool,
+    grad_checkpointing: bool,
+    model_path: str | None = None,
+    task_type: str = "CAUSAL_LM",
+):
     """The model with `cfg.method` attached: only the method's parameters require gradients."""
     ckpt_kwargs = {"use_reentrant": False}
     if quantized:
@@ -101,7 +110,7 @@ def attach(model, cfg: PeftConfig, *, quantized: bool, grad_checkpointing: bool,
     elif grad_checkpointing:
         enable_grad_checkpointing(model)
     if cfg.method in PEFT_METHODS:
-        return get_peft_model(model, peft_config(cfg, model_path))
+        return get_peft_model(model, peft_config(cfg, model_path, task_type))
     if cfg.method == "adapter":
         return bottleneck.attach(model, cfg.adapter_size, cfg.adapter_placement, cfg.adapter_activation)
     return selective.attach(model, cfg.method, cfg.layers, cfg.parts)

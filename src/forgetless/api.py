@@ -33,6 +33,9 @@ def train(
     from forgetless.hardware import quiet_third_party_logs
 
     quiet_third_party_logs()
-    from forgetless.recipes import sft
+    import importlib
 
-    return sft.run(load_config(cfg, overrides), resume=resume, overwrite=overwrite)
+    config = load_config(cfg, overrides)
+    # recipe name -> module forgetless.recipes.<name> with run(cfg, resume, overwrite)
+    recipe = importlib.import_module(f"forgetless.recipes.{config.recipe}")
+    return recipe.run(config, resume=resume, overwrite=overwrite)

@@ -29,6 +29,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.launch:
         return _launch(args)
     path, items = _config_and_overrides(args.items)
+    items = ([f"recipe={args.recipe}"] if args.recipe else []) + items
     cfg = api.load_config(path, items)
     if args.auto:
         cfg = api.load_config(path, _auto_overrides(cfg) + items)  # the user's own overrides still win
@@ -69,7 +70,12 @@ def launch_command(processes: int, argv: list[str]) -> list[str]:
 def _launch(args: argparse.Namespace) -> int:
     if args.launch < 1:
         raise UserError(f"--launch {args.launch}: give the number of local processes (1 or more)")
-    argv = [*args.items] + (["--resume"] if args.resume else []) + (["--overwrite"] if args.overwrite else [])
+    argv = (
+        [*args.items]
+        + ([f"recipe={args.recipe}"] if args.recipe else [])
+        + (["--resume"] if args.resume else [])
+        + (["--overwrite"] if args.overwrite else [])
+    )
     cmd = launch_command(args.launch, argv)
     print(f"[forgetless] launching {args.launch} processes: {' '.join(cmd)}", flush=True)
     return subprocess.call(cmd)
@@ -323,6 +329,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
     t.add_argument("--help-config", action="store_true", help="list every config key with default and help")
     t.add_argument("--auto", action="store_true", help="let the planner pick precision, 4-bit and batch settings")
+    t.add_argument("--recipe", choices=["sft", "dpo", "reward", "rlhf"], help="shorthand for the override recipe=NAME")
     t.add_argument(
         "--launch",
         type=int,

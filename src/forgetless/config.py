@@ -21,6 +21,7 @@ from forgetless.errors import UserError
 from forgetless.sections import (  # noqa: F401
     Config,
     DataConfig,
+    DpoConfig,
     EarlyStoppingConfig,
     EvalConfig,
     EwcConfig,
@@ -29,6 +30,7 @@ from forgetless.sections import (  # noqa: F401
     ModelConfig,
     PeftConfig,
     RehearsalConfig,
+    RlhfConfig,
     TrainConfig,
     rehearsal_ce_weight,
 )

@@ -3,6 +3,8 @@
 A recipe hands in the model, a `Batches` stream, `count_fn(batch) -> {unit: count}` and
 `loss_fn(model, batch, norms) -> {name: loss}` whose terms are already divided by their
 `norms[unit]` (how many units, e.g. target tokens, the whole optimizer step holds, per process).
+The loss is the sum of the terms. A loss_fn may also return `(terms, metrics)`: metrics (e.g.
+DPO's reward accuracy, normalised the same way) are logged beside the terms, never optimised.
 The loop owns accumulation, clipping, the schedule, validation, atomic checkpoints, exact
 resume, NaN stops and logging. It runs on accelerate so that the same code
 runs under `accelerate launch` / `torchrun`.
@@ -34,14 +36,15 @@ from transformers import get_scheduler
 from forgetless import checkpoint
 from forgetless.checkpoint import Progress
 from forgetless.config import TrainConfig
-from forgetless.sections import DEFAULT_LR
 from forgetless.data.batching import Batches
 from forgetless.errors import TrainingDiverged, UserError
 from forgetless.losses import count_targets
 from forgetless.metrics_log import MetricsLog
 from forgetless.monitor import Monitor
+from forgetless.sections import DEFAULT_LR
 
-LossFn = Callable[[torch.nn.Module, dict, dict[str, float]], dict[str, torch.Tensor]]
+Terms = dict[str, torch.Tensor]
+LossFn = Callable[[torch.nn.Module, dict, dict[str, float]], Terms | tuple[Terms, Terms]]
 CountFn = Callable[[dict], dict[str, int]]
 
 
@@ -125,14 +128,15 @@ def split_rows(batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, to
     return [{name: cut[name][i] for name in batch} for i in range(k)]
 
 
-def train_step(model, window, loss_fn: LossFn, acc: Accelerator, counts: dict[str, int], chunks: int = 1) -> dict:
-    """Forward/backward over one step's window (all processes'); returns the step's loss terms,
-    each a mean over its unit across the whole window (`counts`: the window's `step_counts`)."""
+def train_step(model, window, loss_fn: LossFn, acc: Accelerator, counts: dict[str, int], chunks: int = 1):
+    """Forward/backward over one step's window (all processes'); returns the step's loss terms and
+    metrics, each a mean over its unit across the whole window (`counts`: the window's `step_counts`)."""
     # Every process holds the whole window, so the step-wide counts need no communication.
     # DDP averages gradients over processes, so each process normalises by 1/N of the total.
     norms = {unit: max(t, 1) / acc.num_processes for unit, t in counts.items()}
     mine, weight = shard(window, acc.process_index, acc.num_processes)
     terms: dict[str, float] = defaultdict(float)
+    metrics: dict[str, float] = defaultdict(float)
     pieces = [c for piece in parts(mine) for c in split_rows(piece, chunks)]
     for i, batch in enumerate(pieces):
         batch = {k: v.to(acc.device) for k, v in batch.items()}
@@ -144,14 +148,21 @@ def train_step(model, window, loss_fn: LossFn, acc: Accelerator, counts: dict[st
             # accumulation boundary; accelerate reads that flag from its gradient state.
             acc.gradient_state._set_sync_gradients(last)
         with sync, acc.autocast():
-            losses = {name: value * weight for name, value in loss_fn(model, batch, norms).items()}
+            out = loss_fn(model, batch, norms)
+            found, seen = out if isinstance(out, tuple) else (out, {})
+            losses = {name: value * weight for name, value in found.items()}
             acc.backward(sum(losses.values()))
         for name, value in losses.items():
             terms[name] += value.detach().float().item()
+        for name, value in seen.items():
+            metrics[name] += float(value) * weight
     if acc.num_processes == 1:
-        return dict(terms)
-    reduced = acc.reduce(torch.tensor(list(terms.values()), device=acc.device), "mean").tolist()
-    return dict(zip(terms, reduced, strict=True))
+        return dict(terms), dict(metrics)
+    # Each process's sums hold 1/N of the step: the mean over processes is the step-wide value.
+    names = [*terms, *metrics]
+    reduced = acc.reduce(torch.tensor([*terms.values(), *metrics.values()], device=acc.device), "mean").tolist()
+    values = dict(zip(names, reduced, strict=True))
+    return {k: values[k] for k in terms}, {k: values[k] for k in metrics}
 
 
 def fit(
@@ -273,7 +284,7 @@ class Oom:
             return "gradient checkpointing on"
         return None
 
-    def step(self, model, window, loss_fn, optimizer, acc, counts: dict[str, int]) -> dict[str, float]:
+    def step(self, model, window, loss_fn, optimizer, acc, counts: dict[str, int]):
         while True:
             try:
                 return train_step(model, window, loss_fn, acc, counts, self.chunks)
@@ -292,7 +303,7 @@ def _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog: Pro
     t0 = time.perf_counter()
     window = next_window(batches, prog, cfg.grad_accum * acc.num_processes)
     counts = step_counts(window, count_fn)
-    terms = oom.step(model, window, loss_fn, optimizer, acc, counts)
+    terms, metrics = oom.step(model, window, loss_fn, optimizer, acc, counts)
     loss = sum(terms.values())
     grad_norm = float(acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm))
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -315,6 +326,7 @@ def _one_step(model, batches, loss_fn, optimizer, scheduler, acc, cfg, prog: Pro
     return {
         "loss": loss,
         **(terms if len(terms) > 1 else {}),
+        **metrics,
         "lr": lr,
         "grad_norm": grad_norm,
         "epoch": prog.epoch + prog.micro / len(batches),

@@ -75,3 +75,80 @@ def position_masks(labels: torch.Tensor, attention_mask: torch.Tensor, rehearsal
         "context": real & ~answer & ~reh,
         "rehearsal": real & reh,
     }
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of its label tokens, and how many there are. (B,) each."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = labels[:, 1:]
+    mask = targets != IGNORE
+    token = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token * mask).sum(-1), mask.sum(-1)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    kind: str = "sigmoid",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair DPO loss and the implicit rewards β·log(π/π_ref) of the chosen and rejected answers.
+
+    h = (log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r))
+    sigmoid (Rafailov et al. 2023): −log σ(β·h)
+    ipo     (Azar et al. 2023):      (h − 1/(2β))²   (pass length-averaged log-probabilities, as the paper does)
+    """
+    chosen = policy_chosen - ref_chosen
+    rejected = policy_rejected - ref_rejected
+    h = chosen - rejected
+    if kind == "sigmoid":
+        loss = -F.logsigmoid(beta * h)
+    elif kind == "ipo":
+        loss = (h - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss {kind!r}")
+    return loss, beta * chosen.detach(), beta * rejected.detach()
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Per-pair −log σ(r_c − r_r): the negative log-likelihood that the chosen answer wins."""
+    return -F.logsigmoid(chosen - rejected)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over (B, T) per-token rewards and values; positions with
+    mask 0 (padding after the answer) contribute nothing. Returns (advantages, returns)."""
+    mask = mask.to(values.dtype)
+    zero = torch.zeros_like(values[:, :1])
+    next_value = torch.cat([values[:, 1:] * mask[:, 1:], zero], dim=1)  # V(t+1), 0 after the answer
+    next_live = torch.cat([mask[:, 1:], zero], dim=1)
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value[:, t] - values[:, t]
+        running = (delta + gamma * lam * next_live[:, t] * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def ppo_losses(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+    value_clip: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums over the masked (answer) tokens of PPO's clipped policy loss and clipped value loss
+    (Schulman et al. 2017): policy −min(ρA, clip(ρ, 1±ε)A) with ρ = exp(logp − old_logp);
+    value ½·max((V − R)², (clip(V, V_old ± ε_v) − R)²)."""
+    ratio = torch.exp(logp - old_logp)
+    policy = -torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages)
+    clipped = old_values + torch.clamp(values - old_values, -value_clip, value_clip)
+    value = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+    return (policy * mask).sum(), (value * mask).sum()

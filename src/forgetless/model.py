@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
 from forgetless import hardware
 from forgetless.config import ModelConfig
@@ -156,8 +156,12 @@ def quantization_config(cfg: ModelConfig, dtype: torch.dtype) -> BitsAndBytesCon
     return None
 
 
-def load(cfg: ModelConfig, dev: torch.device | None = None):
-    """Return (model, tokenizer, resolved path). The model is in eval mode on `dev`."""
+def load(cfg: ModelConfig, dev: torch.device | None = None, head: str = "causal"):
+    """Return (model, tokenizer, resolved path). The model is in eval mode on `dev`.
+
+    head="score": the same base with a one-output linear head on the last token's hidden state
+    (AutoModelForSequenceClassification, num_labels=1): a reward model. The head starts random
+    (seeded by the caller) and trains with the adapters."""
     dev = dev or hardware.device()
     path = resolve(cfg.name)
     dtype = hardware.resolve_dtype(cfg.precision, dev)
@@ -166,8 +170,14 @@ def load(cfg: ModelConfig, dev: torch.device | None = None):
     if quant is not None:
         hardware.quiet_third_party_logs()
         kwargs |= {"quantization_config": quant, "device_map": {"": dev.index if dev.type == "cuda" else "cpu"}}
+    tokenizer = load_tokenizer(path)
+    if head == "score":
+        kwargs |= {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
+    auto = AutoModelForSequenceClassification if head == "score" else AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*newly initialized.*")  # the score head, expected
+            model = auto.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load model from {path}: {str(e).splitlines()[0]}") from None
     if quant is None:
@@ -175,7 +185,7 @@ def load(cfg: ModelConfig, dev: torch.device | None = None):
     else:
         keep_4bit_weights_unpacked(model)
     model.eval()
-    return model, load_tokenizer(path), path
+    return model, tokenizer, path
 
 
 def keep_4bit_weights_unpacked(model) -> None:

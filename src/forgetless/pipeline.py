@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forgetless.errors import UserError
-from forgetless.recipes.sft import PIPELINE_STATE
+from forgetless.recipes.common import PIPELINE_STATE
 from forgetless.registry import Gates
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)

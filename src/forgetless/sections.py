@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from forgetless.sections_preference import DpoConfig, RlhfConfig
+
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -221,6 +223,11 @@ class EvalConfig(BaseModel):
         description="Headline task score: exact_match, rouge1, rouge2, rouge_l, bleu, chrf, accuracy, macro_f1 "
         "(the last two need eval.labels), or the name of a custom metric.",
     )
+    behaviour_pattern: str | None = Field(
+        None,
+        description="Preference recipes: a regular expression that a preferred answer matches (e.g. polite "
+        "Japanese endings); the share of greedy answers to held-out prompts that match is reported.",
+    )
     labels: list[str] = Field(
         default_factory=list,
         description="Class labels for classification-style answers: enables accuracy and macro-F1, with the "
@@ -370,6 +377,12 @@ def rehearsal_ce_weight(preset: str, weight: float | None, lwf_weight: float, lw
 
 class Config(BaseModel):
     model_config = _STRICT
+    recipe: Literal["sft", "dpo", "reward", "rlhf"] = Field(
+        "sft",
+        description="sft: instruction tuning; dpo: preference tuning without a reward model; reward: a reward "
+        "model from preference pairs; rlhf: PPO against a reward model. DPO improves or stabilises existing "
+        "behaviour; RLHF teaches a new behaviour policy.",
+    )
     output_dir: str = Field("runs/latest", description="Run directory: adapter, config, metrics, report.")
     model: ModelConfig = ModelConfig()
     peft: PeftConfig = PeftConfig()
@@ -377,6 +390,8 @@ class Config(BaseModel):
     train: TrainConfig = TrainConfig()
     forgetting: ForgettingConfig = ForgettingConfig()
     eval: EvalConfig = EvalConfig()
+    dpo: DpoConfig = DpoConfig()
+    rlhf: RlhfConfig = RlhfConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -398,6 +413,13 @@ class Config(BaseModel):
                 f"peft.method=full cannot train a {quant} base (quantized weights have no gradients); "
                 "use model.quantization=none, or peft.method=lora with the quantized base (QLoRA)"
             )
+        if self.recipe in ("reward", "rlhf") and method not in ("lora", "dora"):
+            raise ValueError(
+                f"recipe {self.recipe} trains LoRA or DoRA adapters (a score or value head sits on the adapted "
+                f"model); peft.method is {method}: use peft.method=lora"
+            )
+        if self.recipe == "rlhf" and not self.rlhf.reward_model:
+            raise ValueError("recipe rlhf needs rlhf.reward_model: the run directory of a `recipe: reward` run")
         if quant != "none" and method == "selective" and {"attention", "mlp"} & set(self.peft.parts):
             raise ValueError(
                 f"peft.method=selective cannot train the attention/MLP weights of a {quant} base; "

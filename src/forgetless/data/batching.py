@@ -37,8 +37,9 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 class Batches:
     """Micro-batches of `rows` in a seeded order per epoch, starting at any position."""
 
-    def __init__(self, rows: list[dict], batch_size: int, seed: int, pad_id: int):
+    def __init__(self, rows: list[dict], batch_size: int, seed: int, pad_id: int, collate_fn=collate):
         self.rows, self.batch_size, self.seed, self.pad_id = rows, batch_size, seed, pad_id
+        self.collate = collate_fn  # data.preference.collate_pairs for preference pairs
 
     def __len__(self) -> int:
         return math.ceil(len(self.rows) / self.batch_size)
@@ -52,7 +53,7 @@ class Batches:
         order = self.order(epoch)
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield collate([self.rows[i] for i in idx], self.pad_id)
+            yield self.collate([self.rows[i] for i in idx], self.pad_id)
 
 
 def fixed_batches(rows: list[dict], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:

@@ -26,11 +26,20 @@ def general_per_batch(batch_size: int, ratio: float) -> int:
 
 
 class MixedBatches(Batches):
-    def __init__(self, rows: list[dict], general: list[dict], batch_size: int, ratio: float, seed: int, pad_id: int):
+    def __init__(
+        self,
+        rows: list[dict],
+        general: list[dict],
+        batch_size: int,
+        ratio: float,
+        seed: int,
+        pad_id: int,
+        collate_fn=collate,
+    ):
         if not general:
             raise UserError("rehearsal is on but there are no general rows; check forgetting.rehearsal.source")
         self.n_general = general_per_batch(batch_size, ratio)
-        super().__init__(rows, batch_size, seed, pad_id)
+        super().__init__(rows, batch_size, seed, pad_id, collate_fn)
         self.general = [{**r, "rehearsal": True} for r in general]
         self._cycles: dict[int, list[int]] = {}
 

@@ -1,0 +1,147 @@
+"""Direct preference optimisation: prefer the chosen answer over the rejected one, against the
+same model with its adapters off as the reference (no second copy).
+
+load -> pairs (+ general rows) -> score the base -> attach -> fit (DPO loss) -> save -> score again
+-> eval.json (pair scores, behaviour rate, retention) + report.
+
+The held-out scores: reward accuracy (share of pairs whose implicit reward β·log π/π_ref is
+higher for the chosen answer; the base, with all rewards 0, is at 0.5), the mean margin, the share
+of pairs whose chosen answer is likelier per token, and, with eval.behaviour_pattern, the share of
+greedy answers to held-out prompts that show the preferred behaviour.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from forgetless import adapters, distributed, loop, planner
+from forgetless.config import Config
+from forgetless.data.batching import Batches
+from forgetless.data.mixture import MixedBatches
+from forgetless.data.preference import build_pairs, collate_pairs
+from forgetless.eval import suite
+from forgetless.eval.generate import generate
+from forgetless.eval.retention import kl_to_base
+from forgetless.preference import dpo_scores, make_dpo_loss, pair_counts
+from forgetless.recipes import common
+from forgetless.recipes.sft import _monitor
+
+
+def fixed_pairs(rows: list[dict], batch_size: int, pad: int) -> list[dict]:
+    return [collate_pairs(rows[i : i + batch_size], pad) for i in range(0, len(rows), batch_size)]
+
+
+def behaviour(model, tokenizer, cfg: Config, prompts: list) -> dict | None:
+    """Share of greedy answers to held-out prompts that match eval.behaviour_pattern, with samples."""
+    if not cfg.eval.behaviour_pattern or not prompts:
+        return None
+    pattern = re.compile(cfg.eval.behaviour_pattern)
+    answers = generate(model, tokenizer, [list(p) for p in prompts], max_new_tokens=cfg.eval.max_new_tokens)
+    hits = [bool(pattern.search(a)) for a in answers]
+    shown = [
+        {"prompt": p[-1]["content"], "answer": a} for p, a in zip(prompts[: cfg.eval.samples], answers, strict=False)
+    ]
+    return {"rate": sum(hits) / len(hits), "n": len(hits), "samples": shown}
+
+
+def measure(model, tokenizer, cfg: Config, val: list[dict], prompts: list, refs, reference: bool) -> dict:
+    """One side of the evaluation: pair scores, behaviour rate, and the retention suite."""
+    side = {"task": dpo_scores(model, val, cfg.dpo.beta, reference) if val else {}}
+    rate = behaviour(model, tokenizer, cfg, prompts)
+    if rate is not None:
+        side["task"]["behaviour_rate"] = rate["rate"]
+        side["behaviour_samples"] = rate["samples"]
+    return side | suite.measure(model, tokenizer, cfg, [], [], refs)
+
+
+def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
+    r = common.start(cfg, resume, overwrite)
+    model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
+    data = build_pairs(cfg.data, tokenizer, cfg.train.seed)
+    r.say(f"data: {len(data.train)} training pairs, {len(data.validation)} held-out pairs")
+    general, more = common.general_rows(r)
+    notes = data.notes + more
+    for note in notes:
+        r.say(note)
+    pad = tokenizer.pad_token_id
+    val = fixed_pairs(data.validation, cfg.train.batch_size, pad)
+    prompts = [p.prompt for p in data.validation_pairs][: cfg.eval.max_examples]
+
+    refs = common.references(r)
+    t_base = time.time()
+    if main:
+        print("[forgetless] evaluating the base model ...")
+        with distributed.all_cores():
+            before = common.cached(
+                out / "eval_before.json", lambda: measure(model, tokenizer, cfg, val, prompts, refs, False)
+            )
+    t_base = time.time() - t_base
+
+    model, trainable, total = common.attach(r)
+    fcfg = cfg.forgetting
+    args = (cfg.train.batch_size, cfg.train.seed, pad)
+    if fcfg.uses_rehearsal:
+        batches = MixedBatches(data.train, general, args[0], fcfg.rehearsal.ratio, *args[1:], collate_pairs)
+        r.say(batches.describe())
+    else:
+        batches = Batches(data.train, *args, collate_pairs)
+    # Splitting a micro-batch's rows on out-of-memory would separate pairs: stop with advice instead.
+    train_cfg = cfg.train.model_copy(update={"on_oom": "stop"})
+    summary = loop.fit(
+        model,
+        batches,
+        make_dpo_loss(cfg.dpo, fcfg),
+        train_cfg,
+        out,
+        evaluate=_in_training_eval(cfg, tokenizer, val, refs),
+        resume=resume,
+        mixed_precision=common.mixed_precision(r),
+        count_fn=lambda b: pair_counts(b, fcfg),
+        monitor=_monitor(cfg),
+        oom_advice=lambda: planner.advice(cfg),
+    )
+    if not main:
+        return summary
+    adapters.save(model, out / "adapter", cfg.peft, cfg.model.name)
+    tokenizer.save_pretrained(out / "adapter")
+    print("[forgetless] evaluating the fine-tuned model ...")
+    t_after = time.time()
+    with distributed.all_cores():
+        after = measure(model, tokenizer, cfg, val, prompts, refs, True)
+    t_after = time.time() - t_after
+    evaluation = suite.combine(before, after)
+    evaluation["behaviour_samples"] = {
+        "base": before.get("behaviour_samples"),
+        "finetuned": after.get("behaviour_samples"),
+    }
+    summary |= {
+        "forgetting_preset": fcfg.preset,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "train_pairs": len(data.train),
+        "validation_pairs": len(data.validation),
+        "general_rows": len(general),
+        "data_notes": notes,
+        "task_before": before.get("task"),
+        "task_after": after.get("task"),
+        "retention": after.get("prompts"),
+        "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
+    }
+    return common.finish(r, evaluation, summary)
+
+
+def _in_training_eval(cfg: Config, tokenizer, val: list[dict], refs):
+    """Held-out DPO loss (for early stopping) and the retention probe."""
+    probe = (refs or [])[: cfg.eval.probe_prompts]
+
+    def evaluate(m) -> dict[str, float]:
+        result = {}
+        if val:
+            scores = dpo_scores(m, val, cfg.dpo.beta, reference=True)
+            result |= {"val_loss": scores["dpo_loss"], "val_reward_accuracy": scores["reward_accuracy"]}
+        if probe:
+            result["retention_kl"] = kl_to_base(m, tokenizer, probe)
+        return result
+
+    return evaluate if val or probe else None
