@@ -1,0 +1,126 @@
+"""RLHF: PPO of the policy (base + LoRA + a value head) against a reward model, with a per-token KL
+penalty to the reference (the same model with adapters off).
+
+load -> prompts -> reward model -> score the base's greedy answers -> attach + value head -> fit
+(rollouts, PPO) -> save -> score again -> eval.json (mean reward, KL to the reference, retention).
+Prompts come from data.train: preference rows ({prompt, ...}), prompt files or SFT rows (their
+answers are ignored); data.validation (or a seeded split) gives the held-out prompts.
+"""
+
+from __future__ import annotations
+
+import time
+
+from safetensors.torch import save_file
+
+from forgetless import adapters, distributed, loop
+from forgetless.config import Config
+from forgetless.data.build import split
+from forgetless.data.formats import Example, read_prompts
+from forgetless.errors import UserError
+from forgetless.eval import suite
+from forgetless.eval.generate import generate
+from forgetless.eval.retention import kl_to_base
+from forgetless.recipes import common
+from forgetless.recipes.reward import load_reward_model, score
+from forgetless.rl import VALUE_HEAD, Rollouts, add_value_head, make_ppo_loss, ppo_counts
+
+
+def prompts_of(refs: list[str]) -> list[tuple]:
+    return [p for ref in refs for _, p in read_prompts(ref)]
+
+
+def policy_scores(model, tokenizer, scorer, prompts: list, cfg: Config, reference: bool) -> dict:
+    """Mean reward of the greedy answers to held-out prompts and (with adapters) their KL to the reference."""
+    answers = generate(model, tokenizer, [list(p) for p in prompts], max_new_tokens=cfg.rlhf.max_new_tokens)
+    rewards = scorer([list(p) for p in prompts], answers)
+    out = {"mean_reward": sum(rewards) / len(rewards)}
+    if reference:
+        own = [
+            Example("rlhf", messages=(*p, {"role": "assistant", "content": a or "-"}))
+            for p, a in zip(prompts, answers, strict=True)
+        ]
+        out["kl_to_reference"] = kl_to_base(model, tokenizer, own)
+    samples = [
+        {"prompt": p[-1]["content"], "answer": a} for p, a in zip(prompts[: cfg.eval.samples], answers, strict=False)
+    ]
+    return {"task": out, "rlhf_samples": samples}
+
+
+def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
+    r = common.start(cfg, resume, overwrite)
+    model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
+    train = prompts_of(cfg.data.train)
+    val = prompts_of(cfg.data.validation) if cfg.data.validation else []
+    if not cfg.data.validation:
+        train, val = split(train, cfg.data.validation_split, cfg.train.seed)
+    if not train:
+        raise UserError("data.train has no prompts: give preference, prompt or SFT files")
+    val = val[: cfg.eval.max_examples]
+    r.say(f"data: {len(train)} training prompts, {len(val)} held-out prompts")
+    if cfg.forgetting.preset != "none":
+        r.say(
+            "rlhf: the KL penalty to the reference (rlhf.kl_coef) is the forgetting control; "
+            "forgetting.preset is not used"
+        )
+    reward_model, reward_tok = load_reward_model(cfg.rlhf.reward_model, r.dev)
+
+    def scorer(prompts, answers):
+        return score(reward_model, reward_tok, [(p, a or "-") for p, a in zip(prompts, answers, strict=True)])
+
+    refs = common.references(r)
+    t_base = time.time()
+    if main:
+        print("[forgetless] evaluating the base model ...")
+        with distributed.all_cores():
+            before = common.cached(
+                out / "eval_before.json",
+                lambda: (
+                    policy_scores(model, tokenizer, scorer, val, cfg, False)
+                    | suite.measure(model, tokenizer, cfg, [], [], refs)
+                ),
+            )
+    t_base = time.time() - t_base
+
+    model, trainable, total = common.attach(r)
+    add_value_head(model)
+    rollouts = Rollouts(model, tokenizer, scorer, train, cfg.rlhf, cfg.train.batch_size, cfg.train.seed)
+    summary = loop.fit(
+        model,
+        rollouts,
+        make_ppo_loss(cfg.rlhf),
+        cfg.train.model_copy(update={"on_oom": "stop"}),
+        out,
+        resume=resume,
+        mixed_precision=common.mixed_precision(r),
+        count_fn=ppo_counts,
+    )
+    if not main:
+        return summary
+    adapters.save(model, out / "adapter", cfg.peft, cfg.model.name)  # the policy: a plain PEFT adapter
+    tokenizer.save_pretrained(out / "adapter")
+    head = getattr(model, VALUE_HEAD)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(out / "value_head.safetensors")
+    )
+    print("[forgetless] evaluating the fine-tuned model ...")
+    t_after = time.time()
+    with distributed.all_cores():
+        after = policy_scores(model, tokenizer, scorer, val, cfg, True) | suite.measure(
+            model, tokenizer, cfg, [], [], refs
+        )
+    t_after = time.time() - t_after
+    evaluation = suite.combine(before, after)
+    evaluation["rlhf_samples"] = {"base": before.get("rlhf_samples"), "finetuned": after.get("rlhf_samples")}
+    summary |= {
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "train_prompts": len(train),
+        "validation_prompts": len(val),
+        "rollouts": rollouts.history,
+        "task_before": before.get("task"),
+        "task_after": after.get("task"),
+        "retention": after.get("prompts"),
+        "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
+    }
+    return common.finish(r, evaluation, summary)
