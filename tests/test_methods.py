@@ -228,3 +228,19 @@ def test_each_method_runs_the_whole_recipe_with_forgetting_controls(method, tiny
     assert adapters.method_of(run / "adapter") == method
     assert 0 < summary["trainable_parameters"] <= summary["total_parameters"]
     assert json.loads((run / "eval.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("method", ["dora", "ia3", "adapter", "prompt", "bitfit"])
+def test_methods_train_on_a_4bit_base(method, tiny_dir, biased_dir, tokenizer):
+    """QLoRA-style: the frozen base is NF4; the method's own parameters train in full precision."""
+    from forgetless import model as models
+    from forgetless.config import ModelConfig
+
+    path = _dir(method, tiny_dir, biased_dir)
+    base, _, _ = models.load(ModelConfig(name=path, quantization="4bit", precision="fp32"))
+    cfg = PeftConfig(method=method, **SETTINGS.get(method, {}))
+    model = adapters.attach(base, cfg, quantized=True, grad_checkpointing=False, model_path=path)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    losses = _train(model, tokenizer, method, steps=10)
+    assert losses[-1] < losses[0] and trainable
+    assert not any("weight" in n and p.dtype == torch.uint8 for n, p in model.named_parameters() if n in trainable)

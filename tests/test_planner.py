@@ -80,8 +80,10 @@ def test_precision_rule(hw, expected):
 
 def test_goal_and_need_rules_with_their_reasons():
     method, recipe, why = planner.choose(planner.given(80), "new-capability", None, False)
-    assert (method, recipe) == ("lora", "sft")  # RLHF is reported, the written config trains SFT
-    assert "goal 'new-capability': RLHF" in why and "RLHF is not available in forgetless yet" in why[-1]
+    assert (method, recipe) == ("lora", "rlhf")
+    assert "goal 'new-capability': RLHF" in why and "RLHF needs a reward model first" in why[-1]
+    p = planner.plan("smollm2-135m-instruct", planner.given(80), goal="new-capability")
+    assert {"recipe=rlhf", "rlhf.reward_model=runs/reward"} <= set(p.overrides())
     _, _, why = planner.choose(planner.given(40), "new-capability", None, False)
     assert any("RLHF (policy, value head, reward model) is too heavy: DPO" in r for r in why)
     _, _, why = planner.choose(planner.given(80), "new-capability", None, True)

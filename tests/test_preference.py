@@ -147,7 +147,7 @@ def test_dpo_with_rehearsal_rows(pref_overrides, tmp_path):
     assert summary["steps"] == 2 and "lwf" in summary["final"]
 
 
-def test_reward_model_beats_chance_and_scores(pref_overrides, tmp_path, tiny_dir):
+def test_reward_model_beats_chance_and_scores(pref_overrides, tmp_path, capsys):
     """Easy synthetic preferences: the chosen answer always says 'Good ... Yes', the rejected 'Bad ... no'."""
     path = write_jsonl(tmp_path / "many.jsonl", _pairs(40))
     out = tmp_path / "reward"
@@ -174,6 +174,29 @@ def test_reward_model_beats_chance_and_scores(pref_overrides, tmp_path, tiny_dir
         ),
     )
     assert scored[0]["reward_chosen"] > scored[0]["reward_rejected"]
+    from forgetless.cli import main
+
+    assert (
+        main(
+            [
+                "reward",
+                "score",
+                "--run",
+                str(out),
+                "--prompt",
+                "Rate item 98.",
+                "--answer",
+                "Good item 98. Yes",
+                "--answer",
+                "Bad 98 no",
+            ]
+        )
+        == 0
+    )
+    good, bad = (float(line.split()[0]) for line in capsys.readouterr().out.strip().splitlines()[-2:])
+    assert good > bad
+    assert main(["reward", "score", "--run", str(out)]) == 2
+    assert "give --prompt P --answer A" in capsys.readouterr().err
 
 
 def test_ppo_step_changes_only_trainable_parameters_and_starts_at_zero_kl(tiny_dir, tokenizer):

@@ -49,7 +49,7 @@ def _auto_overrides(cfg) -> list[str]:
     print(planner.render(p) + "\n")
     if not p.fits:
         raise UserError("--auto: no setting fits this hardware (see the plan above)")
-    keep = ("model.name=", "peft.method=", "forgetting.preset=")  # the config's own choices stay
+    keep = ("recipe=", "rlhf.", "model.name=", "peft.method=", "forgetting.preset=")  # the config's own choices stay
     return [o for o in p.overrides() if not o.startswith(keep)]
 
 
@@ -196,6 +196,31 @@ def _chat(args: argparse.Namespace) -> int:
         print(session.answer(args.prompt))
         return 0
     session.interactive()
+    return 0
+
+
+def _reward_score(args: argparse.Namespace) -> int:
+    from forgetless.recipes import reward
+
+    if bool(args.file) == bool(args.prompt):
+        raise UserError("reward score: give --prompt P --answer A (repeat --answer to compare), or --file F.jsonl")
+    if args.file:
+        rows = reward.score_file(args.run, Path(args.file))
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        if args.out:
+            Path(args.out).write_text(text, encoding="utf-8")
+            print(f"[forgetless] scored {len(rows)} rows -> {args.out}")
+        else:
+            print(text, end="")
+        return 0
+    if not args.answer:
+        raise UserError("reward score: --prompt needs at least one --answer")
+    model, tokenizer = reward.load_reward_model(args.run)
+    prompt = [{"role": "user", "content": args.prompt}]
+    for answer, value in zip(
+        args.answer, reward.score(model, tokenizer, [(prompt, a) for a in args.answer]), strict=True
+    ):
+        print(f"{value:+.4f}  {answer}")
     return 0
 
 
@@ -397,6 +422,16 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
     sv.add_argument("--max-prompt-tokens", type=int, default=2048, help="longest prompt accepted")
     sv.set_defaults(func=_serve)
+
+    rw = sub.add_parser("reward", help="use a reward model trained with recipe=reward")
+    rwsub = rw.add_subparsers(dest="action", required=True)
+    rws = rwsub.add_parser("score", help="score answers to a prompt, or every row of a JSONL file")
+    rws.add_argument("--run", required=True, help="the reward run directory (or its adapter directory)")
+    rws.add_argument("--prompt", default=None)
+    rws.add_argument("--answer", action="append", default=[], help="an answer to score; repeat to compare")
+    rws.add_argument("--file", default=None, help="{prompt, answer} or {prompt, chosen, rejected} rows")
+    rws.add_argument("--out", default=None, help="write the scored rows here (default: stdout)")
+    rws.set_defaults(func=_reward_score)
 
     rg = sub.add_parser("registry", help="MLflow model registry: register, list, show, promote with gates")
     rsub2 = rg.add_subparsers(dest="action", required=True)

@@ -39,7 +39,6 @@ NEEDS = {
     "tiny-memory": "qlora",
 }
 
-AVAILABLE_RECIPES = {"sft"}
 FITS_SHARE = 0.9  # plan to use at most 90% of the memory: the rest absorbs fragmentation and spikes
 
 
@@ -93,9 +92,11 @@ class Plan:
     peft_method: str = "lora"  # what trains on that base: lora, ia3, prefix or adapter
 
     def overrides(self) -> list[str]:
-        """Config overrides that realise this plan (the recipe's key joins when DPO/RLHF land)."""
+        """Config overrides that realise this plan (the training data must suit the recipe: pairs for DPO)."""
         quant = {"qlora": "4bit", "lora_8bit": "8bit"}.get(self.method, "none")
         return [
+            f"recipe={self.recipe}",
+            *(["rlhf.reward_model=runs/reward"] if self.recipe == "rlhf" else []),
             f"model.name={self.model}",
             f"model.precision={self.precision}",
             f"model.quantization={quant}",
@@ -136,9 +137,8 @@ def choose(hw: Hardware, goal: str, need: str | None, short_deadline: bool) -> t
     elif recipe == "rlhf" and short_deadline:
         recipe = "dpo"
         reasons.append("short deadline: DPO (no reward model to train first)")
-    if recipe not in AVAILABLE_RECIPES:
-        reasons.append(f"{recipe.upper()} is not available in forgetless yet: the written config trains SFT")
-        recipe = "sft"
+    if recipe == "rlhf":
+        reasons.append("RLHF needs a reward model first: forgetless train configs/reward.yaml output_dir=runs/reward")
     return method, recipe, reasons
 
 
@@ -268,7 +268,7 @@ def advice(cfg) -> str:
     p = plan_for(cfg)
     if not p.fits:
         return p.reasons[-1]
-    keep = [o for o in p.overrides() if not o.startswith(("model.name=", "peft.method="))]
+    keep = [o for o in p.overrides() if not o.startswith(("model.name=", "peft.method=", "recipe=", "rlhf."))]
     return f"the planner (forgetless plan) suggests: {' '.join(keep)}"
 
 
