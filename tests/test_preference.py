@@ -143,8 +143,12 @@ def test_dpo_steps_raise_the_margin_and_report(pref_overrides, tmp_path):
 
 
 def test_dpo_with_rehearsal_rows(pref_overrides, tmp_path):
-    summary = forgetless.train({}, [*pref_overrides, "recipe=dpo", "forgetting.preset=full", "train.max_steps=2"])
+    retention = ["eval.retention=true", "eval.retention_max_prompts=3", "eval.retention_max_new_tokens=4"]
+    summary = forgetless.train(
+        {}, [*pref_overrides, "recipe=dpo", "forgetting.preset=full", "train.max_steps=2", *retention]
+    )
     assert summary["steps"] == 2 and "lwf" in summary["final"]
+    assert summary["retention"]["kl_per_token"] >= 0  # measured against the adapters-off model
 
 
 def test_reward_model_beats_chance_and_scores(pref_overrides, tmp_path, capsys):
@@ -258,6 +262,9 @@ def test_rlhf_recipe_runs_against_a_reward_run(pref_overrides, tmp_path):
             "train.max_steps=2",
             "train.batch_size=2",
             "train.grad_accum=2",
+            "eval.retention=true",
+            "eval.retention_max_prompts=3",
+            "eval.retention_max_new_tokens=4",
         ],
     )
     assert summary["steps"] == 2 and len(summary["rollouts"]) >= 1

@@ -52,7 +52,8 @@ def measure(model, tokenizer, cfg: Config, val: list[dict], prompts: list, refs,
     if rate is not None:
         side["task"]["behaviour_rate"] = rate["rate"]
         side["behaviour_samples"] = rate["samples"]
-    return side | suite.measure(model, tokenizer, cfg, [], [], refs)
+    # The base side passes no references: its KL to itself is 0 by definition.
+    return side | suite.measure(model, tokenizer, cfg, [], [], refs if reference else None)
 
 
 def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:

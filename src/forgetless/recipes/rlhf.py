@@ -77,7 +77,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
                 out / "eval_before.json",
                 lambda: (
                     policy_scores(model, tokenizer, scorer, val, cfg, False)
-                    | suite.measure(model, tokenizer, cfg, [], [], refs)
+                    | suite.measure(model, tokenizer, cfg, [], [], None)  # no KL of the base to itself
                 ),
             )
     t_base = time.time() - t_base
