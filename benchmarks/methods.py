@@ -54,20 +54,56 @@ def train(method: str, base: list[str], root: Path) -> dict | str:
     return json.loads((Path(vcfg.output_dir) / "summary.json").read_text(encoding="utf-8"))
 
 
+def step_seconds(method: str, steps: int = 4, warmup: int = 2) -> float:
+    """Seconds per training step of `method` on quickstart micro-batches (4 task rows, LwF on), timed
+    in this process alone: the full runs' train seconds depend on whatever else shares the CPU."""
+    import time
+
+    import torch
+
+    from forgetless import adapters, loop
+    from forgetless import model as models
+    from forgetless.data.batching import Batches
+    from forgetless.data.build import build
+    from forgetless.forgetting import counts, make_loss
+
+    cfg = api.load_config("configs/quickstart.yaml", overrides_for(method) + ["forgetting.preset=lwf"])
+    torch.manual_seed(0)
+    model, tok, path = models.load(cfg.model)
+    model = adapters.attach(model, cfg.peft, quantized=False, grad_checkpointing=False, model_path=path)
+    rows = build(cfg.data, tok, 0).train
+    batches = list(Batches(rows, 4, 0, tok.pad_token_id).epoch(0))[: warmup + steps]
+    opt = loop.make_optimizer(model, cfg.train)
+    loss_fn = make_loss(cfg.forgetting)
+    model.train()
+    for i, b in enumerate(batches):
+        if i == warmup:
+            start = time.perf_counter()
+        norms = {k: max(v, 1) for k, v in counts(b, cfg.forgetting).items()}
+        sum(loss_fn(model, b, norms).values()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return (time.perf_counter() - start) / steps
+
+
 def row(method: str, s: dict | str, metric: str) -> dict:
     if isinstance(s, str):
         return {"method": method, "refused": s}
     r = compare.row(method, s, metric)
     steps = max(s["steps"], 1)
-    return r | {
-        "method": method,
-        "lr": DEFAULT_LR[method] * QUICKSTART_FACTOR,
-        "trainable": s["trainable_parameters"],
-        "share": s["trainable_parameters"] / s["total_parameters"],
-        "peak_memory_gb": s.get("peak_memory_gb"),
-        "step_seconds": s["train_seconds"] / steps,
-        "tokens_per_s": s["tokens_per_s"],
-    } | _choice(Path(s["output_dir"]))
+    return (
+        r
+        | {
+            "method": method,
+            "lr": DEFAULT_LR[method] * QUICKSTART_FACTOR,
+            "trainable": s["trainable_parameters"],
+            "share": s["trainable_parameters"] / s["total_parameters"],
+            "peak_memory_gb": s.get("peak_memory_gb"),
+            "step_seconds": s["train_seconds"] / steps,
+            "tokens_per_s": s["tokens_per_s"],
+        }
+        | _choice(Path(s["output_dir"]))
+    )
 
 
 def _choice(run: Path) -> dict:
@@ -79,7 +115,7 @@ def _choice(run: Path) -> dict:
 
 def table(rows: list[dict], metric: str) -> str:
     lines = [
-        f"| method | lr | trainable params | share | peak RSS GB | s / step | {metric} before → after "
+        f"| method | lr | trainable params | share | peak RSS GB | s / step (run; isolated) | {metric} before → after "
         "| KL to base / token | unchanged greedy answers | multiple choice base → after |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -89,10 +125,14 @@ def table(rows: list[dict], metric: str) -> str:
             continue
         lines.append(
             f"| {r['method']} | {r['lr']:g} | {r['trainable']:,} | {100 * r['share']:.3f}% "
-            f"| {r['peak_memory_gb']:.2f} | {r['step_seconds']:.2f} | {r['before']:.3f} → {r['after']:.3f} "
+            f"| {r['peak_memory_gb']:.2f} | {r['step_seconds']:.2f}; {_iso(r)} | {r['before']:.3f} → {r['after']:.3f} "
             f"| {r['kl_per_token']:.4f} | {100 * r['agreement']:.0f}% | {r['mc_base']:.3f} → {r['mc_after']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def _iso(r: dict) -> str:
+    return f"{r['isolated_step_seconds']:.2f}" if "isolated_step_seconds" in r else "–"
 
 
 def write(out: Path, text: str) -> None:
@@ -108,9 +148,13 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default="docs/methods.md")
     ap.add_argument("--root", default="runs/methods")
+    ap.add_argument("--timing", action="store_true", help="also time steps per method with nothing else running")
     args, base = ap.parse_known_args(argv)
     metric = api.load_config("configs/quickstart.yaml", base).eval.metric
     rows = [row(m, train(m, base, Path(args.root)), metric) for m in args.methods.split(",")]
+    for r in rows:
+        if args.timing and "refused" not in r:
+            r["isolated_step_seconds"] = step_seconds(r["method"])
     text = table(rows, metric)
     print(text)
     Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
