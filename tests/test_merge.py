@@ -34,5 +34,5 @@ def test_merged_equals_adapter_model(tiny_overrides, tmp_path, quantization, cap
     assert not torch.allclose(expected, plain, atol=1e-3)  # the adapter changed something worth merging
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     facts = json.loads((out / "forgetless_merge.json").read_text())
-    assert facts["adapter_type"] == "LORA" and (quantization == "none") == (facts["merged_into"] == "the base weights")
+    assert facts["adapter_type"] == "lora" and (quantization == "none") == (facts["merged_into"] == "the base weights")
     assert main(["merge", str(run), "--out", str(out)]) == 2  # never overwrites

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from forgetless import adapters
 from forgetless import model as models
-from forgetless.adapters import OWN_FORMAT
+from forgetless.adapters import OWN_FORMAT, activate, base_view, load_several
 from forgetless.config import ModelConfig
 from forgetless.errors import UserError
 from forgetless.eval.generate import generate
@@ -59,7 +58,7 @@ class Chat:
         self.names = [BASE]
         self.active = BASE
         if named:
-            self.model = adapters.load_several(self.model, dict(named))
+            self.model = load_several(self.model, dict(named))
             self.names += [n for n, _ in named]
             self.use(named[0][0])
         self.system, self.max_new_tokens = system, max_new_tokens
@@ -69,14 +68,14 @@ class Chat:
         if name not in self.names:
             raise UserError(f"unknown adapter '{name}'; loaded: {', '.join(self.names)}")
         if name != BASE:
-            adapters.activate(self.model, name)
+            activate(self.model, name)
         self.active = name
 
     def answer(self, prompt: str, keep_history: bool = False) -> str:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
         messages = messages + [{"role": "user", "content": prompt}]
         if self.active == BASE and len(self.names) > 1:
-            with adapters.base_view(self.model):
+            with base_view(self.model):
                 reply = generate(self.model, self.tokenizer, [messages], self.max_new_tokens)[0]
         else:
             reply = generate(self.model, self.tokenizer, [messages], self.max_new_tokens)[0]

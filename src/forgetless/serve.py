@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from forgetless import adapters
+from forgetless.adapters import activate, base_view, load_several
 from forgetless.chat import BASE, adapter_dir, base_of
 from forgetless.data.render import prompt_text
 from forgetless.errors import UserError
@@ -117,7 +117,7 @@ class Engine:
         base_ref = base_ref or (base_of(next(iter(dirs.values()))) if dirs else None) or "smollm2-135m-instruct"
         self.model, self.tokenizer, _ = models.load(ModelConfig(name=base_ref))
         if dirs:
-            self.model = adapters.load_several(self.model, dirs)
+            self.model = load_several(self.model, dirs)
         self.model.eval()
         self.base_ref, self.names = base_ref, [BASE, *dirs]
         self.max_tokens, self.max_prompt_tokens = max_tokens, max_prompt_tokens
@@ -149,8 +149,8 @@ class Engine:
     def _adapter(self, name: str):
         """Select the request's adapter; the base is the same model with adapters switched off."""
         if name == BASE:
-            return adapters.base_view(self.model) if len(self.names) > 1 else nullcontext()
-        adapters.activate(self.model, name)
+            return base_view(self.model) if len(self.names) > 1 else nullcontext()
+        activate(self.model, name)
         return nullcontext()
 
     def _kwargs(self, req: Sampling, enc: dict, stops: list[str], max_new: int, streamer=None) -> dict:
