@@ -203,7 +203,7 @@ def test_reward_model_beats_chance_and_scores(pref_overrides, tmp_path, capsys):
     assert "give --prompt P --answer A" in capsys.readouterr().err
 
 
-def test_ppo_step_changes_only_trainable_parameters_and_starts_at_zero_kl(tiny_dir, tokenizer):
+def test_ppo_step_changes_only_trainable_parameters_and_starts_at_zero_kl(tiny_dir, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from forgetless import loop
@@ -232,18 +232,12 @@ def test_ppo_step_changes_only_trainable_parameters_and_starts_at_zero_kl(tiny_d
         stream,
         make_ppo_loss(cfg),
         TrainConfig(max_steps=2, grad_accum=2, lr=1e-2),
-        __import__("pathlib").Path(tempfile_dir()),
+        tmp_path,
         count_fn=ppo_counts,
     )
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= trainable and summary["steps"] == 2
     assert {"policy", "value", "reward", "kl", "clip_fraction"} <= set(summary["final"])
-
-
-def tempfile_dir() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp()
 
 
 def test_rlhf_recipe_runs_against_a_reward_run(pref_overrides, tmp_path):

@@ -116,10 +116,6 @@ def collate_pairs(pairs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return collate([row for p in pairs for row in (p["chosen"], p["rejected"])], pad_id)
 
 
-def prompts_of(pairs: list[Preference]) -> list[tuple[dict, ...]]:
-    return [p.prompt for p in pairs]
-
-
 @dataclass
 class PairData:
     train: list[dict]  # {"chosen": row, "rejected": row}

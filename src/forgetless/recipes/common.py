@@ -146,3 +146,14 @@ def finish(run: Run, evaluation: dict, summary: dict) -> dict:
 
         print(f"[forgetless] logged to MLflow as run {registry.log_run(out, cfg.train.mlflow_tracking_uri)}")
     return summary
+
+
+def score_base(run: Run, compute) -> tuple[dict, float]:
+    """The base model's scores (main process, all cores; cached in the run for --resume) and seconds taken."""
+    if not run.main:
+        return {}, 0.0  # only the main process evaluates
+    started = time.time()
+    print("[forgetless] evaluating the base model ...")
+    with distributed.all_cores():
+        before = cached(run.out / "eval_before.json", compute)
+    return before, time.time() - started

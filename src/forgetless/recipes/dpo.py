@@ -70,14 +70,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     prompts = [p.prompt for p in data.validation_pairs][: cfg.eval.max_examples]
 
     refs = common.references(r)
-    t_base = time.time()
-    if main:
-        print("[forgetless] evaluating the base model ...")
-        with distributed.all_cores():
-            before = common.cached(
-                out / "eval_before.json", lambda: measure(model, tokenizer, cfg, val, prompts, refs, False)
-            )
-    t_base = time.time() - t_base
+    before, t_base = common.score_base(r, lambda: measure(model, tokenizer, cfg, val, prompts, refs, False))
 
     model, trainable, total = common.attach(r)
     fcfg = cfg.forgetting

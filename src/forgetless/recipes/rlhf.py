@@ -69,18 +69,13 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         return score(reward_model, reward_tok, [(p, a or "-") for p, a in zip(prompts, answers, strict=True)])
 
     refs = common.references(r)
-    t_base = time.time()
-    if main:
-        print("[forgetless] evaluating the base model ...")
-        with distributed.all_cores():
-            before = common.cached(
-                out / "eval_before.json",
-                lambda: (
-                    policy_scores(model, tokenizer, scorer, val, cfg, False)
-                    | suite.measure(model, tokenizer, cfg, [], [], None)  # no KL of the base to itself
-                ),
-            )
-    t_base = time.time() - t_base
+    before, t_base = common.score_base(
+        r,
+        lambda: (
+            policy_scores(model, tokenizer, scorer, val, cfg, False)
+            | suite.measure(model, tokenizer, cfg, [], [], None)  # no KL of the base to itself
+        ),
+    )
 
     model, trainable, total = common.attach(r)
     add_value_head(model)

@@ -38,14 +38,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     refs = common.references(r)
     scored = data.validation_examples if cfg.eval.before_after else []
     scored_rows = data.validation if cfg.eval.before_after else []
-    t_base = time.time()
-    if main:
-        print("[forgetless] evaluating the base model ...")
-        with distributed.all_cores():
-            before = common.cached(
-                out / "eval_before.json", lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows)
-            )
-    t_base = time.time() - t_base
+    before, t_base = common.score_base(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows))
 
     model, trainable, total = common.attach(r)
     fcfg = cfg.forgetting
