@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.forgetless-installed
 TEST_STAMP := $(VENV)/.forgetless-test-installed
 
-.PHONY: install demo test lint format data
+.PHONY: install demo test lint format data bench
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,3 +42,8 @@ data: install
 	$(PY) scripts/make_quickstart_data.py
 	$(PY) scripts/make_general_prompts.py
 	$(PY) scripts/make_general_mc.py
+
+# Training speed and memory against TRL SFTTrainer + PEFT (docs/performance.md); ~30 min on 2 cores.
+bench: install
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/speed.py --before 5ac4346

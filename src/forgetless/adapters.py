@@ -122,10 +122,26 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def logits_of(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def apply_liger(model, dev: torch.device) -> None:
+    """`train.liger`: swap RMSNorm, RoPE and the SwiGLU MLP for Liger's fused Triton kernels. The loss
+    kernels stay off: forgetless computes its losses on selected positions itself (`outputs`)."""
+    if dev.type != "cuda":
+        raise UserError("train.liger needs a CUDA GPU (Liger's kernels are written in Triton); set train.liger=false")
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        raise UserError("train.liger needs liger-kernel: pip install liger-kernel") from None
+    _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
+
+
+def logits_of(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None) -> torch.Tensor:
     """(B, T, V) next-token logits aligned with input_ids. Prompt tuning prepends its virtual tokens
-    to the sequence and returns their positions too: only the last T positions are the input's."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    to the sequence and returns their positions too: only the last T positions are the input's.
+    Packed batches (`data.packing`) pass position ids instead of the attention mask."""
+    # Without a KV cache: with one, transformers would not read packed rows from the position ids.
+    where = {"attention_mask": attention_mask} if position_ids is None else {"position_ids": position_ids}
+    where["use_cache"] = False
+    out = model(input_ids=input_ids, **where).logits
     return out[:, -input_ids.shape[1] :]
 
 

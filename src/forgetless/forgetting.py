@@ -21,10 +21,20 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from forgetless import outputs
 from forgetless.adapters import base_view, logits_of
 from forgetless.config import ForgettingConfig
 from forgetless.data.batching import collate
-from forgetless.losses import ewc_penalty, kl_sum, l2_penalty, position_masks
+from forgetless.losses import (
+    ce_sum_chunked,
+    chunked_sum,
+    ewc_penalty,
+    kl_sum_chunked,
+    kl_topk_sum,
+    l2_penalty,
+    position_masks,
+)
+from forgetless.teacher_cache import TeacherCache
 
 
 def kl_positions(masks: dict[str, torch.Tensor], tokens: list[str]) -> torch.Tensor:
@@ -37,7 +47,7 @@ def kl_positions(masks: dict[str, torch.Tensor], tokens: list[str]) -> torch.Ten
 
 def counts(batch: dict, cfg: ForgettingConfig) -> dict[str, int]:
     """How many units each loss term averages over, for the loop's step-wide normalisation."""
-    m = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])
+    m = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"], batch.get("position_ids"))
     out = {"targets": int(m["task_answers"].sum()), "rehearsal": int(m["rehearsal_answers"].sum()), "batches": 1}
     if cfg.uses_lwf:
         out["kl"] = int(kl_positions(m, cfg.lwf.tokens).sum())
@@ -92,29 +102,34 @@ def fisher_cached(model, anchor: Anchor, rows: list[dict], pad_id: int, path: Pa
     return fisher
 
 
-def make_loss(cfg: ForgettingConfig, anchor: Anchor | None = None):
-    """loss_fn(model, batch, norms) -> {term: tensor} for `loop.fit`; terms are logged separately."""
+def make_loss(
+    cfg: ForgettingConfig, anchor: Anchor | None = None, teacher: TeacherCache | None = None, chunk: int = 1024
+):
+    """loss_fn(model, batch, norms) -> {term: tensor} for `loop.fit`; terms are logged separately.
+
+    The output head runs only on the positions a term counts, `chunk` positions at a time
+    (`outputs.hidden`); with `teacher` (a cached top-k teacher) there is no teacher forward pass.
+    """
     lwf = cfg.lwf
 
     def loss_fn(model, batch: dict, norms: dict[str, float]) -> dict[str, torch.Tensor]:
-        masks = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])
-        logits = logits_of(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
-        targets = batch["labels"][:, 1:]
+        masks = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"], batch.get("position_ids"))
+        out = outputs.hidden(model, batch)
+        states, targets = out.states[:, :-1], batch["labels"][:, 1:]
 
         def ce(mask):
-            return F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum")
+            return ce_sum_chunked(states[mask], targets[mask], out.head, chunk)
 
         terms = {"ce": ce(masks["task_answers"]) / norms["targets"]}
         if cfg.uses_rehearsal and cfg.rehearsal_ce_weight > 0:
             terms["ce_rehearsal"] = cfg.rehearsal_ce_weight * ce(masks["rehearsal_answers"]) / norms["rehearsal"]
         if cfg.uses_lwf:
             where = kl_positions(masks, lwf.tokens)
-            kl = torch.zeros((), device=logits.device)
-            if where.any():  # e.g. a task-only piece when the KL applies to rehearsal rows only
-                with torch.no_grad(), base_view(model) as base:
-                    teacher = logits_of(base, batch["input_ids"], batch["attention_mask"])
-                    teacher = teacher[:, :-1][where]
-                kl = kl_sum(logits[where], teacher, lwf.temperature, lwf.direction)
+            kl = torch.zeros((), device=states.device)  # stays 0 for e.g. a task-only piece under tokens=[rehearsal]
+            if where.any() and teacher is not None:
+                kl = _cached_kl(teacher, batch, out, states[where], where, lwf, chunk)
+            elif where.any():
+                kl = _online_kl(model, batch, out, states[where], where, lwf, chunk)
             terms["lwf"] = lwf.weight * kl / norms["kl"]
         if anchor is not None and cfg.l2 > 0:
             terms["l2"] = cfg.l2 * l2_penalty(anchor.params, anchor.initial) / norms["batches"]
@@ -123,3 +138,31 @@ def make_loss(cfg: ForgettingConfig, anchor: Anchor | None = None):
         return terms
 
     return loss_fn
+
+
+def _online_kl(model, batch, out: outputs.Outputs, student: torch.Tensor, where: torch.Tensor, lwf, chunk: int):
+    """The KL against the base model's forward pass on the same batch (adapters off, no gradient).
+
+    When the output head is frozen (LoRA, DoRA, IA3, adapters) the teacher's hidden states go
+    through it a slice at a time, like the student's. When training changes the head (full,
+    selective), the teacher's logits must come from inside `base_view`: they are made there.
+    """
+    with torch.no_grad(), base_view(model) as base:
+        t_out = outputs.hidden(base, batch)
+        t_states = t_out.states[:, :-1][where]
+        head_trained = t_out.head is not None and any(p.requires_grad for p in t_out.head.parameters())
+        if head_trained:
+            t_states = torch.cat([t_out.head(t_states[s : s + chunk]) for s in range(0, t_states.shape[0], chunk)])
+    teacher_head = None if (t_out.head is None or head_trained) else t_out.head
+    return kl_sum_chunked(student, t_states, lwf.temperature, lwf.direction, out.head, teacher_head, chunk)
+
+
+def _cached_kl(teacher: TeacherCache, batch, out: outputs.Outputs, student, where, lwf, chunk: int):
+    """The KL against the cached top-k teacher: no teacher forward pass."""
+    idx, logp, tail = (t[where] for t in teacher.lookup(batch))
+
+    def term(s, i, lp, tl):
+        logits = s if out.head is None else out.head(s)
+        return kl_topk_sum(logits, i, lp, tl, lwf.temperature, lwf.direction)
+
+    return chunked_sum(term, chunk, student, idx, logp, tail)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 IGNORE = -100
 
@@ -28,6 +29,22 @@ def ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(flat_logits.float(), targets, ignore_index=IGNORE, reduction="sum")
 
 
+def soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 logits / T; at T = 1 no division (a full pass over a vocabulary-wide tensor and its
+    backward, measurable in the LwF step)."""
+    logits = logits.float()
+    return logits if temperature == 1 else logits / temperature
+
+
+def kl_of_log_probs(log_s: torch.Tensor, log_t: torch.Tensor, direction: str) -> torch.Tensor:
+    """Per-row KL between distributions given as log-probabilities, in the chosen direction."""
+    if direction == "finetuned_base":
+        return (log_s.exp() * (log_s - log_t)).sum(-1)
+    if direction == "base_finetuned":
+        return (log_t.exp() * (log_t - log_s)).sum(-1)
+    raise ValueError(f"unknown KL direction {direction!r}")
+
+
 def kl_sum(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, direction: str = "finetuned_base"):
     """Sum over rows of KL between the next-token distributions of (N, V) logits, times T².
 
@@ -37,15 +54,80 @@ def kl_sum(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.
     size does not shrink as T grows (Hinton et al. 2015). Only the rows passed in are converted to
     float32: callers select the positions that count before calling.
     """
-    log_s = F.log_softmax(student.float() / temperature, dim=-1)
-    log_t = F.log_softmax(teacher.float() / temperature, dim=-1)
-    if direction == "finetuned_base":
-        per_row = (log_s.exp() * (log_s - log_t)).sum(-1)
-    elif direction == "base_finetuned":
-        per_row = (log_t.exp() * (log_t - log_s)).sum(-1)
-    else:
-        raise ValueError(f"unknown KL direction {direction!r}")
-    return per_row.sum() * temperature**2
+    log_s = F.log_softmax(soften(student, temperature), dim=-1)
+    log_t = F.log_softmax(soften(teacher, temperature), dim=-1)
+    return kl_of_log_probs(log_s, log_t, direction).sum() * temperature**2
+
+
+def chunked_sum(term, chunk: int, *rows: torch.Tensor) -> torch.Tensor:
+    """Σ term(*slices) over slices of at most `chunk` rows of the given (N, ...) tensors.
+
+    With more than one slice, each slice runs under activation checkpointing: its vocabulary-wide
+    float32 intermediates are freed after the forward pass and recomputed in backward, so peak
+    memory holds one slice's logits, not N rows'. One slice is computed directly (no recompute).
+    """
+    n = rows[0].shape[0]
+    if n <= chunk or not torch.is_grad_enabled():
+        return torch.stack([term(*(t[s : s + chunk] for t in rows)) for s in range(0, max(n, 1), chunk)]).sum()
+    parts = [checkpoint(term, *(t[s : s + chunk] for t in rows), use_reentrant=False) for s in range(0, n, chunk)]
+    return torch.stack(parts).sum()
+
+
+def ce_sum_chunked(states: torch.Tensor, targets: torch.Tensor, head=None, chunk: int = 1024) -> torch.Tensor:
+    """`ce_sum` on (N, H) hidden states of the selected positions: the (N, V) logits are made by
+    `head` one slice at a time (head None: `states` already are logits)."""
+
+    def term(s, t):
+        logits = s if head is None else head(s)
+        return F.cross_entropy(logits.float(), t, reduction="sum")
+
+    return chunked_sum(term, chunk, states, targets)
+
+
+def kl_sum_chunked(
+    states: torch.Tensor,
+    teacher: torch.Tensor,
+    temperature: float = 1.0,
+    direction: str = "finetuned_base",
+    head=None,
+    teacher_head=None,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """`kl_sum` on (N, H) student hidden states and (N, H) teacher hidden states (or logits when the
+    head is None), a slice at a time. The teacher's head runs without gradient."""
+
+    def term(s, t):
+        if teacher_head is not None:
+            with torch.no_grad():
+                t = teacher_head(t)
+        return kl_sum(s if head is None else head(s), t, temperature, direction)
+
+    return chunked_sum(term, chunk, states, teacher)
+
+
+def kl_topk_sum(
+    student: torch.Tensor,
+    teacher_idx: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    teacher_tail: torch.Tensor,
+    temperature: float = 1.0,
+    direction: str = "finetuned_base",
+) -> torch.Tensor:
+    """`kl_sum` against a cached teacher that kept only its top-k tokens per position.
+
+    Both distributions are coarsened to k + 1 outcomes: the teacher's k most likely tokens and
+    "any other token" (the tail, mass 1 − Σ top-k). student: (N, V) logits; teacher_idx/logp:
+    (N, k) token ids and log-probabilities at `temperature`; teacher_tail: (N,) log of the tail
+    mass. The coarsened KL never exceeds the exact one (data-processing inequality) and equals it
+    when the tails agree token by token; docs/performance.md measures the gap.
+    """
+    log_s_full = F.log_softmax(soften(student, temperature), dim=-1)
+    log_s = log_s_full.gather(-1, teacher_idx.long())
+    # log(1 − Σ p_k), computed stably; clamp keeps it finite when the top-k hold all the mass.
+    s_tail = torch.log1p(-log_s.exp().sum(-1).clamp(max=1 - 1e-6))
+    log_s = torch.cat([log_s, s_tail[:, None]], dim=-1)
+    log_t = torch.cat([teacher_logp.float(), teacher_tail.float()[:, None]], dim=-1)
+    return kl_of_log_probs(log_s, log_t, direction).sum() * temperature**2
 
 
 def l2_penalty(params: list[torch.Tensor], initial: list[torch.Tensor]) -> torch.Tensor:
@@ -59,16 +141,27 @@ def ewc_penalty(params: list[torch.Tensor], initial: list[torch.Tensor], fisher:
     return sum((f * (p - p0) ** 2).sum() for p, p0, f in zip(params, initial, fisher, strict=True))
 
 
-def position_masks(labels: torch.Tensor, attention_mask: torch.Tensor, rehearsal: torch.Tensor) -> dict:
+def position_masks(
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor,
+    rehearsal: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> dict:
     """Boolean (B, T-1) masks over shifted positions (position t predicts token t+1).
 
     task_answers: targets of the task loss; rehearsal_answers: targets of the rehearsal CE;
     context: task rows' real tokens that are not answers; rehearsal: every real token of a
     rehearsal row. The KL term picks its positions from the last three plus task_answers.
+    `rehearsal` is per row (B,) or, in packed batches, per token (B, T). In packed batches
+    (`position_ids` given) a token at position 0 starts a new row: predicting it from the
+    previous row's last token counts for nothing.
     """
     real = attention_mask[:, 1:].bool()
-    answer = labels[:, 1:] != IGNORE
-    reh = rehearsal.bool()[:, None].expand_as(answer)
+    if position_ids is not None:
+        real = real & (position_ids[:, 1:] != 0)
+    answer = (labels[:, 1:] != IGNORE) & real
+    reh = rehearsal.bool()
+    reh = reh[:, None].expand_as(answer) if reh.dim() == 1 else reh[:, 1:]
     return {
         "task_answers": answer & ~reh,
         "rehearsal_answers": answer & reh,

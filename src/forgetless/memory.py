@@ -130,6 +130,7 @@ class Setup:
     r: int = 8
     lora_dropout: bool = True  # dropout > 0 keeps a dropped copy of every adapted input
     lwf: bool = False  # the teacher's logits (adapters off) live next to the student's
+    loss_chunk: int = 1024  # train.loss_chunk: positions whose logits exist at once
     attention: Literal["sdpa", "eager"] = "sdpa"  # eager keeps the heads × S × S scores
     device: Literal["cuda", "cpu"] = "cuda"
     processes: int = 1
@@ -142,9 +143,9 @@ def _activations(shape: Shape, s: Setup) -> float:
     Per block, what autograd saves (counted with saved-tensor hooks on the embedded model): the
     inputs of the norms, projections and MLP products (8H + 2·kv + 4I values per token); LoRA's
     dropout adds a dropped copy of every adapted input and its mask (6H + I values, plus a byte
-    each), and its rank-r intermediates. The loss: the logits in the compute dtype plus two
-    float32 copies (the cross-entropy runs in float32: the log-probabilities it saves, and the
-    gradient its backward produces).
+    each), and its rank-r intermediates. The loss: the logits of at most loss_chunk positions in
+    the compute dtype plus two float32 copies (the cross-entropy runs in float32: the
+    log-probabilities it saves, and the gradient its backward produces).
     """
     tokens = s.batch_size * s.seq_len
     h, kv, i, b = shape.hidden, shape.kv_dim, shape.intermediate, s.dtype_bytes
@@ -156,7 +157,8 @@ def _activations(shape: Shape, s: Setup) -> float:
         if s.lora_dropout:
             block += tokens * (6 * h + i) * (b + 1)
     kept = shape.layers * tokens * h * b + block if s.grad_checkpointing else shape.layers * block
-    logits = tokens * shape.vocab * (b + 2 * 4 + (b if s.lwf else 0))  # (+ the teacher's logits under LwF)
+    # The losses make vocabulary-wide logits for at most loss_chunk positions at a time (outputs.py).
+    logits = min(tokens, s.loss_chunk) * shape.vocab * (b + 2 * 4 + (b if s.lwf else 0))  # (+ the teacher's)
     return kept + logits
 
 

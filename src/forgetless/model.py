@@ -156,6 +156,18 @@ def quantization_config(cfg: ModelConfig, dtype: torch.dtype) -> BitsAndBytesCon
     return None
 
 
+def attention(choice: str, dev: torch.device) -> str:
+    """model.attention: FlashAttention-2 only on CUDA with flash-attn installed; SDPA otherwise."""
+    has_flash = dev.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    if choice == "flash_attention_2" and not has_flash:
+        raise UserError(
+            "model.attention=flash_attention_2 needs a CUDA GPU and the flash-attn package; use model.attention=sdpa"
+        )
+    if choice == "auto":
+        return "flash_attention_2" if has_flash else "sdpa"
+    return choice
+
+
 def load(cfg: ModelConfig, dev: torch.device | None = None, head: str = "causal"):
     """Return (model, tokenizer, resolved path). The model is in eval mode on `dev`.
 
@@ -166,7 +178,7 @@ def load(cfg: ModelConfig, dev: torch.device | None = None, head: str = "causal"
     path = resolve(cfg.name)
     dtype = hardware.resolve_dtype(cfg.precision, dev)
     quant = quantization_config(cfg, dtype)
-    kwargs: dict = {"dtype": dtype}
+    kwargs: dict = {"dtype": dtype, "attn_implementation": attention(cfg.attention, dev)}
     if quant is not None:
         hardware.quiet_third_party_logs()
         kwargs |= {"quantization_config": quant, "device_map": {"": dev.index if dev.type == "cuda" else "cpu"}}

@@ -29,6 +29,11 @@ class ModelConfig(BaseModel):
         description="4bit: frozen NF4 base with double quantization (QLoRA, Dettmers et al. 2023); "
         "8bit: LLM.int8 (Dettmers et al. 2022). Both via bitsandbytes, CPU included.",
     )
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention kernel: auto = FlashAttention-2 on a CUDA GPU when flash-attn is installed, "
+        "else PyTorch SDPA (which picks its own flash/memory-efficient kernel).",
+    )
 
 
 METHODS = ("lora", "dora", "prefix", "prompt", "ia3", "adapter", "bitfit", "selective", "full")
@@ -158,6 +163,15 @@ class DataConfig(BaseModel):
     system_prompt: str | None = Field(
         None, description="System message added to rows that have none (else the template default)."
     )
+    packing: Literal["auto", True, False] = Field(
+        "auto",
+        description="Training batches without padding: a micro-batch's rows packed into sequences of up to "
+        "max_length tokens, attention kept inside each row (auto: on, except for prompt/prefix tuning, whose "
+        "virtual tokens assume one row per sequence).",
+    )
+    group_by_length: bool = Field(
+        False, description="Micro-batches of rows of similar length (less padding when packing is off)."
+    )
 
     @field_validator("train", "validation", mode="before")
     @classmethod
@@ -197,6 +211,15 @@ class TrainConfig(BaseModel):
     )
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
         "adamw", description="adamw (torch); adamw_8bit / paged_adamw_8bit from bitsandbytes (GPU)."
+    )
+    loss_chunk: int = Field(
+        1024,
+        ge=1,
+        description="Positions whose vocabulary-wide logits are made at once by the loss (the output head runs "
+        "only where a loss term counts, a chunk at a time, recomputed in backward when there are several).",
+    )
+    liger: bool = Field(
+        False, description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU) on a CUDA GPU; needs liger-kernel."
     )
     on_oom: Literal["retry", "stop"] = Field(
         "retry",
@@ -306,6 +329,13 @@ class LwfConfig(BaseModel):
         "question); rehearsal = every token of the rehearsal rows; answers = the task answers themselves, "
         "which pulls straight against the task loss (see docs/forgetting.md for the measurement).",
     )
+    teacher: Literal["online", "cached"] = Field(
+        "online",
+        description="online: the base model's forward pass on every batch (exact KL); cached: its top-k "
+        "log-probabilities per training row, computed once before training and saved with the run "
+        "(no teacher pass per step; accuracy and disk cost in docs/performance.md).",
+    )
+    top_k: int = Field(32, ge=1, description="Tokens per position kept by the cached teacher (plus the tail mass).")
 
 
 class RehearsalConfig(BaseModel):
@@ -420,6 +450,11 @@ class Config(BaseModel):
             )
         if self.recipe == "rlhf" and not self.rlhf.reward_model:
             raise ValueError("recipe rlhf needs rlhf.reward_model: the run directory of a `recipe: reward` run")
+        if self.data.packing is True and method in ("prompt", "prefix"):
+            raise ValueError(
+                f"data.packing=true does not work with peft.method={method} (its virtual tokens assume one row "
+                "per sequence); use data.packing=auto or false"
+            )
         if quant != "none" and method == "selective" and {"attention", "mlp"} & set(self.peft.parts):
             raise ValueError(
                 f"peft.method=selective cannot train the attention/MLP weights of a {quant} base; "

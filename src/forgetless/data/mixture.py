@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import torch
 
 from forgetless.data.batching import Batches, collate
+from forgetless.data.packing import together
 from forgetless.errors import UserError
 
 
@@ -35,11 +36,12 @@ class MixedBatches(Batches):
         seed: int,
         pad_id: int,
         collate_fn=collate,
+        **layout,
     ):
         if not general:
             raise UserError("rehearsal is on but there are no general rows; check forgetting.rehearsal.source")
         self.n_general = general_per_batch(batch_size, ratio)
-        super().__init__(rows, batch_size, seed, pad_id, collate_fn)
+        super().__init__(rows, batch_size, seed, pad_id, collate_fn, **layout)
         self.general = [{**r, "rehearsal": True} for r in general]
         self._cycles: dict[int, list[int]] = {}
 
@@ -57,10 +59,26 @@ class MixedBatches(Batches):
             self._cycles = {cycle: torch.randperm(len(self.general), generator=g).tolist()}
         return self._cycles[cycle][offset]
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[dict[str, torch.Tensor]]]:
-        """[task batch, general batch] per micro-batch; the task batches equal `Batches.epoch`'s."""
-        first = (epoch * len(self) + start) * self.n_general
-        for task in super().epoch(epoch, start):
-            general = [self.general[self._general_index(first + k)] for k in range(self.n_general)]
-            first += self.n_general
-            yield [task, collate(general, self.pad_id)]
+    def _general_rows(self, epoch: int, micro: int) -> list[dict]:
+        first = (epoch * len(self) + micro) * self.n_general
+        return [self.general[self._general_index(first + k)] for k in range(self.n_general)]
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]]:
+        """Per micro-batch [task batch, general batch] (the task batches equal `Batches.epoch`'s), or,
+        packed, one batch holding both when that computes less (`packing.together`)."""
+        for micro, idx in enumerate(self.micro_batches(epoch)[start:], start):
+            task, general = [self.rows[i] for i in idx], self._general_rows(epoch, micro)
+            lengths = [[len(r["input_ids"]) for r in task], [len(r["input_ids"]) for r in general]]
+            if self.pack is not None and together(lengths, self.pack, self.pack_cost):
+                yield self.collate(task + general, self.pad_id)
+            elif self.pack is not None:
+                yield [self.collate(task, self.pad_id), self.collate(general, self.pad_id)]
+            else:
+                yield [self.collate(task, self.pad_id), collate(general, self.pad_id)]
+
+    def lengths(self, epoch: int = 0) -> list[list[list[int]]]:
+        out = []
+        for micro, idx in enumerate(self.micro_batches(epoch)):
+            general = [len(r["input_ids"]) for r in self._general_rows(epoch, micro)]
+            out.append([[len(self.rows[i]["input_ids"]) for i in idx], general])
+        return out

@@ -100,6 +100,8 @@ def attach(run: Run, task_type: str = "CAUSAL_LM") -> tuple[object, int, int]:
     """The method on the base, seeded right before its initialisation: converting a GGUF on first use
     draws random numbers, and the initialisation must not depend on whether the cache was warm."""
     cfg = run.cfg
+    if cfg.train.liger:
+        adapters.apply_liger(run.model, run.dev)
     set_seed(cfg.train.seed)
     ckpt = adapters.use_grad_checkpointing(cfg.train.grad_checkpointing, run.dev)
     quantized = cfg.model.quantization != "none"

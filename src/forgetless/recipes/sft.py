@@ -12,16 +12,18 @@ import random
 import time
 from pathlib import Path
 
-from forgetless import adapters, distributed, loop, planner
+from forgetless import adapters, distributed, loop, planner, teacher_cache
 from forgetless.config import Config, ForgettingConfig
 from forgetless.data.batching import Batches, fixed_batches
 from forgetless.data.build import build
 from forgetless.data.mixture import MixedBatches
+from forgetless.data.packing import attention_cost
 from forgetless.eval import suite
 from forgetless.eval.retention import kl_to_base
 from forgetless.forgetting import Anchor, counts, fisher_cached, make_anchor, make_loss
 from forgetless.monitor import Monitor
 from forgetless.recipes import common
+from forgetless.teacher_cache import TeacherCache
 
 
 def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
@@ -40,20 +42,29 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     scored_rows = data.validation if cfg.eval.before_after else []
     before, t_base = common.score_base(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows))
 
-    model, trainable, total = common.attach(r)
     fcfg = cfg.forgetting
     pad = tokenizer.pad_token_id
+    teacher = _teacher(r, data.train + general)
+    model, trainable, total = common.attach(r)
     anchor = _anchor(model, fcfg, general, pad, out)
+    layout = {"pack": None, "group_by_length": cfg.data.group_by_length}
+    if packing(cfg):
+        attention = getattr(r.model.config, "_attn_implementation", "sdpa")
+        layout |= {"pack": 4 * cfg.data.max_length, "pack_cost": attention_cost(r.model.config, attention)}
     if fcfg.uses_rehearsal:
-        batches = MixedBatches(data.train, general, cfg.train.batch_size, fcfg.rehearsal.ratio, cfg.train.seed, pad)
+        batches = MixedBatches(
+            data.train, general, cfg.train.batch_size, fcfg.rehearsal.ratio, cfg.train.seed, pad, **layout
+        )
         r.say(batches.describe())
     else:
-        batches = Batches(data.train, cfg.train.batch_size, cfg.train.seed, pad)
+        batches = Batches(data.train, cfg.train.batch_size, cfg.train.seed, pad, **layout)
+    padding_note, padding = batches.padding_note()
+    r.say(padding_note)
     val = fixed_batches(data.validation, cfg.train.batch_size, pad)
     summary = loop.fit(
         model,
         batches,
-        make_loss(fcfg, anchor),
+        make_loss(fcfg, anchor, teacher, cfg.train.loss_chunk),
         cfg.train,
         out,
         evaluate=_in_training_eval(cfg, tokenizer, val, refs),
@@ -85,12 +96,38 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         "validation_rows": len(data.validation),
         "general_rows": len(general),
         "data_notes": notes,
+        **padding,
         "task_before": before.get("task"),
         "task_after": after.get("task"),
         "retention": after.get("prompts"),
         "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
     }
     return common.finish(r, suite.combine(before, after), summary)
+
+
+def packing(cfg: Config) -> bool:
+    """data.packing: auto packs unless prompt/prefix tuning's virtual tokens need one row per sequence."""
+    if cfg.data.packing == "auto":
+        return cfg.peft.method not in ("prompt", "prefix")
+    return bool(cfg.data.packing)
+
+
+def _teacher(r: common.Run, rows: list[dict]) -> TeacherCache | None:
+    """lwf.teacher=cached: the base model's top-k log-probs for every training row, made once (before
+    the adapters exist, so the model is the base) and kept in the run for resumes."""
+    lwf = r.cfg.forgetting.lwf
+    if not (r.cfg.forgetting.uses_lwf and lwf.teacher == "cached"):
+        return None
+    t0 = time.time()
+    with distributed.state().main_process_first():
+        cache = teacher_cache.cached(
+            r.model, rows, r.tokenizer.pad_token_id, lwf.top_k, lwf.temperature, r.out / "teacher_topk.safetensors"
+        )
+    r.say(
+        f"lwf: cached teacher, top-{lwf.top_k} log-probs at {cache.idx.shape[0]:,} positions of {len(cache.keys)} "
+        f"rows, {cache.nbytes() / 2**20:.1f} MiB ({time.time() - t0:.0f} s)"
+    )
+    return cache
 
 
 def _in_training_eval(cfg: Config, tokenizer, val: list[dict], refs):

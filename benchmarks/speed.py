@@ -1,0 +1,451 @@
+"""Training speed and memory: forgetless against TRL's SFTTrainer + PEFT, measured in one run.
+
+Both train the embedded SmolLM2-135M-Instruct with LoRA r=8 (alpha 16, dropout 0.05, all linear
+layers), batch 4, max length 256, lr 1e-3, no gradient checkpointing, on the very same token
+rows (forgetless renders them; TRL gets the token ids and completion masks), alternating runs,
+each in its own process (so that peak memory is the run's own). Two length mixes: `uniform`
+(every row 256 tokens) and `longtail` (log-normal lengths, median ~90 tokens, clipped to 24-256,
+like instruction data). Cases: LoRA, QLoRA (4-bit NF4), and forgetless's LoRA + LwF + rehearsal
+(online teacher, and the cached top-k teacher). `--before REF` also runs forgetless at a git ref
+(a worktree), to measure what a change bought.
+
+Reported per run: median step time, tokens/s (real tokens, padding excluded), peak memory (RSS
+on CPU, CUDA max allocated on GPU), the padding share, and model FLOPs utilisation: 4 × parameters
+× tokens per second (forward 2, backward through the frozen weights 2) over the fp32 matmul peak
+this script measures on the same machine, before and after the runs. The targets are ratios.
+
+Run: make bench   (or python benchmarks/speed.py [--steps 4] [--warmup 1] [--mixes uniform,longtail]
+     [--before REF])   -> docs/performance.json and the table in docs/performance.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = "<!-- speed-table -->"
+MAX_LEN, BATCH, LR = 256, 4, 1e-3
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
+CASES = {  # forgetless overrides of each case (the quickstart config underneath)
+    "lora": ["forgetting.preset=none"],
+    "qlora": ["forgetting.preset=none", "model.quantization=4bit"],
+    "lwf_rehearsal": ["forgetting.preset=full"],
+    "lwf_rehearsal_cached": ["forgetting.preset=full", "forgetting.lwf.teacher=cached"],
+    "lora_padded": ["forgetting.preset=none", "data.packing=false"],
+}
+
+
+# ---------------------------------------------------------------- the machine's matmul peak
+def matmul_peak(seconds: float = 3.0) -> float:
+    """Best fp32 GFLOP/s of square matmuls (1024-2048) on this machine's torch threads."""
+    best = 0.0
+    for n in (1024, 1536, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b  # warm-up
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 3:
+            a @ b
+            reps += 1
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+# ---------------------------------------------------------------- data: two length mixes
+def lengths(mix: str, n: int, seed: int = 0) -> list[int]:
+    if mix == "uniform":
+        return [MAX_LEN] * n
+    rng = random.Random(seed)
+    return [min(MAX_LEN, max(24, round(rng.lognormvariate(math.log(90), 0.6)))) for _ in range(n)]
+
+
+def write_rows(mix: str, path: Path, n: int) -> None:
+    """Instruction rows whose rendered length follows the mix: text windows of real tokens (the
+    bundled general answers and quickstart rows), two thirds prompt and one third answer; rows
+    rendered longer than 256 tokens are truncated by forgetless (data.max_length)."""
+    from forgetless import model as models
+
+    tok = models.load_tokenizer(models.resolve("smollm2-135m-instruct"))
+    assets = ROOT / "src/forgetless/assets"
+    text = " ".join(
+        v
+        for f in sorted(assets.glob("*/*.jsonl"))
+        for line in f.read_text(encoding="utf-8").splitlines()
+        for v in json.loads(line).values()
+        if isinstance(v, str)
+    )
+    stream = tok(text, add_special_tokens=False)["input_ids"]
+    overhead = len(tok.apply_chat_template([{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]))
+    at, rows = 0, []
+    for target in lengths(mix, n):
+        body = max(8, target - overhead + (64 if mix == "uniform" else 0))  # uniform: overshoot, then truncate
+        p = body * 2 // 3
+        if at + body > len(stream):
+            at = 0
+        rows.append({"instruction": tok.decode(stream[at : at + p]), "output": tok.decode(stream[at + p : at + body])})
+        at += body
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def rendered(data_file: Path) -> list[dict]:
+    """The token rows forgetless trains on (same seed and split): what TRL gets too."""
+    from forgetless import api
+    from forgetless import model as models
+    from forgetless.data.build import build
+
+    cfg = api.load_config(ROOT / "configs/quickstart.yaml", data_overrides(data_file))
+    tok = models.load_tokenizer(models.resolve(cfg.model.name))
+    return build(cfg.data, tok, cfg.train.seed).train
+
+
+def data_overrides(data_file: Path) -> list[str]:
+    return [f"data.train={data_file}", "data.validation=[]", "data.validation_split=0", f"data.max_length={MAX_LEN}"]
+
+
+# ---------------------------------------------------------------- one forgetless run (the CLI)
+def run_forgetless(case: str, data_file: Path, out: Path, steps: int, src: Path | None = None) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "forgetless",
+        "train",
+        str(ROOT / "configs/quickstart.yaml"),
+        *data_overrides(data_file),
+    ]
+    cmd += [f"train.max_steps={steps}", f"train.batch_size={BATCH}", "train.grad_accum=1", f"train.lr={LR}"]
+    cmd += ["train.save_every=100000", "train.eval_every=100000", "train.grad_checkpointing=false"]
+    cmd += ["eval.before_after=false", "eval.retention=false", "eval.benchmarks=[]", "eval.report=false"]
+    cmd += [*CASES[case], f"output_dir={out}", "--overwrite"]
+    env = os.environ | ({"PYTHONPATH": str(src)} if src else {})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"forgetless {case} failed:\n{proc.stderr[-3000:]}")
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [x for x in lines if "tokens_per_s" in x]
+    elapsed = [x["tokens"] / x["tokens_per_s"] for x in lines]
+    step_s = [b - a for a, b in zip([0.0, *elapsed], elapsed, strict=False)]
+    tokens = [b - a for a, b in zip([0, *[x["tokens"] for x in lines]], [x["tokens"] for x in lines], strict=False)]
+    summary = json.loads((out / "summary.json").read_text())
+    return {
+        "step_s": step_s,
+        "tokens": tokens,
+        "peak_gb": summary["peak_memory_gb"],
+        "padding_share": summary.get("padding_share"),
+        "log": proc.stdout[-2000:],
+    }
+
+
+# ---------------------------------------------------------------- one TRL run (a worker process)
+def trl_worker(rows_file: Path, case: str, steps: int, out: Path) -> None:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from forgetless import model as models
+
+    torch.manual_seed(0)
+    path = models.resolve("smollm2-135m-instruct")
+    kwargs: dict = {"dtype": torch.float32}
+    if case == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        )
+        kwargs["device_map"] = "cpu"
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    rows = [json.loads(x) for x in rows_file.read_text().splitlines()]
+    data = Dataset.from_list(rows)
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    args = SFTConfig(
+        output_dir=str(out / "trl"),
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        learning_rate=LR,
+        lr_scheduler_type="cosine",
+        max_length=MAX_LEN,
+        completion_only_loss=True,
+        gradient_checkpointing=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=data, peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA)
+    )
+    seen: list[tuple[int, int]] = []
+    inner = trainer.data_collator
+
+    def recording(features):
+        batch = inner(features)
+        seen.append((int(batch["attention_mask"].sum()), batch["attention_mask"].numel()))
+        return batch
+
+    trainer.data_collator = recording
+    trainer.add_callback(Clock())
+    trainer.train()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    real, total = sum(s[0] for s in seen[:steps]), sum(s[1] for s in seen[:steps])
+    result = {
+        "step_s": times,
+        "tokens": [s[0] for s in seen[: len(times)]],
+        "peak_gb": round(peak, 3),
+        "padding_share": round(1 - real / max(total, 1), 4),
+    }
+    (out / "trl.json").write_text(json.dumps(result))
+
+
+def run_trl(case: str, rows_file: Path, out: Path, steps: int) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        case,
+        "--rows",
+        str(rows_file),
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"TRL {case} failed:\n{proc.stderr[-3000:]}")
+    return json.loads((out / "trl.json").read_text())
+
+
+# ---------------------------------------------------------------- numbers
+def measured(r: dict, warmup: int, params: int, peak_gflops: float) -> dict:
+    """Median step time and throughput over the steps after the warm-up."""
+    step_s, tokens = r["step_s"][warmup:], r["tokens"][warmup : len(r["step_s"])]
+    tps = sum(tokens) / sum(step_s)
+    return {
+        "step_s": round(statistics.median(step_s), 3),
+        "tokens_per_s": round(tps, 1),
+        "tokens_per_step": round(sum(tokens) / len(tokens), 1),
+        "peak_gb": r["peak_gb"],
+        "padding_share": r.get("padding_share"),
+        "mfu": round(4 * params * tps / (peak_gflops * 1e9), 3),
+        "steps_measured": len(step_s),
+    }
+
+
+def planner_estimate(case: str, mix_rows: int) -> float:
+    """The planner's peak estimate (GB) for the run's settings on this CPU."""
+    from forgetless import memory
+
+    shape, _ = memory.resolve_shape("smollm2-135m-instruct")
+    lwf = case.startswith("lwf")
+    setup = memory.Setup(
+        method="qlora" if case == "qlora" else "lora",
+        dtype_bytes=4,
+        batch_size=mix_rows,
+        seq_len=MAX_LEN,
+        lwf=lwf,
+        device="cpu",
+    )
+    return memory.estimate(shape, setup)["total"]
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=5, help="measured optimizer steps per run")
+    ap.add_argument("--warmup", type=int, default=1, help="steps not measured at the start of each run")
+    ap.add_argument("--mixes", default="uniform,longtail")
+    ap.add_argument("--cases", default="lora,qlora,lwf_rehearsal,lwf_rehearsal_cached,lora_padded")
+    ap.add_argument("--trl", default="lora,qlora", help="cases also run through TRL SFTTrainer + PEFT")
+    ap.add_argument("--before", default=None, help="a git ref: also run forgetless's lora and lwf cases there")
+    ap.add_argument("--out", default="docs/performance.md")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--rows", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return trl_worker(Path(args.rows), args.worker, args.steps, Path(args.out))
+
+    from forgetless import model as models
+
+    params = sum(p.numel() for p in models.load(models_cfg())[0].parameters())
+    total = args.warmup + args.steps
+    peak = [matmul_peak()]
+    work = Path(tempfile.mkdtemp(prefix="forgetless-speed-"))
+    before_src = checkout(args.before, work) if args.before else None
+    results: dict = {"mixes": {}}
+    for mix in args.mixes.split(","):
+        data_file, rows_file = work / f"{mix}.jsonl", work / f"{mix}.tokens.jsonl"
+        write_rows(mix, data_file, n=BATCH * total * 2)
+        token_rows = rendered(data_file)
+        rows_file.write_text(
+            "".join(
+                json.dumps({"input_ids": r["input_ids"], "completion_mask": [int(x != -100) for x in r["labels"]]})
+                + "\n"
+                for r in token_rows
+            )
+        )
+        lens = sorted(len(r["input_ids"]) for r in token_rows)
+        runs: dict = {}
+        plan = []
+        for case in args.cases.split(","):
+            plan.append(("forgetless", case, None))
+            if case in args.trl.split(","):
+                plan.append(("trl", case, None))
+            if before_src is not None and case in ("lora", "lwf_rehearsal"):
+                plan.append(("before", case, before_src))
+        for tool, case, src in plan:
+            name = f"{tool}:{case}"
+            print(f"[speed] {mix} {name} ...", flush=True)
+            out = work / mix / tool / case
+            raw = (
+                run_trl(case, rows_file, out, total)
+                if tool == "trl"
+                else run_forgetless(case, data_file, out, total, src)
+            )
+            runs[name] = measured(raw, args.warmup, params, peak[0])
+            if tool == "forgetless":
+                rows_per_batch = BATCH + (1 if case.startswith("lwf") else 0)  # quickstart: 1 rehearsal row
+                runs[name]["planner_gb"] = planner_estimate(case, rows_per_batch)
+            print(f"[speed] {mix} {name}: {json.dumps(runs[name])}", flush=True)
+        results["mixes"][mix] = {
+            "rows": len(lens),
+            "length_p50": lens[len(lens) // 2],
+            "length_p90": lens[int(0.9 * len(lens))],
+            "length_max": lens[-1],
+            "runs": runs,
+        }
+    peak.append(matmul_peak())
+    results |= {
+        "matmul_peak_gflops": round(max(peak), 1),
+        "matmul_peak_gflops_runs": [round(p, 1) for p in peak],
+        "model_parameters": params,
+        "settings": {"batch": BATCH, "max_length": MAX_LEN, "lr": LR, "lora": LORA, "steps": args.steps},
+        "warmup": args.warmup,
+        "before": args.before,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "targets": targets(results["mixes"], max(peak)),
+    }
+    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    text = table(results)
+    print(text)
+    write(Path(args.out), text)
+
+
+def models_cfg():
+    from forgetless.config import ModelConfig
+
+    return ModelConfig()
+
+
+def checkout(ref: str, work: Path) -> Path:
+    """A worktree of `ref`; its src/ goes first on PYTHONPATH for the `before` runs."""
+    tree = work / "before"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], check=True, cwd=ROOT, capture_output=True)
+    return tree / "src"
+
+
+def targets(mixes: dict, peak: float) -> list[dict]:
+    """The issue's targets as measured ratios, per length mix."""
+    out = []
+    for mix, m in mixes.items():
+        r = m["runs"]
+
+        def ratio(a, b, key="tokens_per_s", r=r):
+            return round(r[a][key] / r[b][key], 3) if a in r and b in r else None
+
+        checks = [
+            ("LoRA tokens/s vs TRL", ratio("forgetless:lora", "trl:lora"), ">= 3", lambda v: v >= 3),
+            ("QLoRA tokens/s vs TRL", ratio("forgetless:qlora", "trl:qlora"), ">= 3", lambda v: v >= 3),
+            ("LoRA MFU", r.get("forgetless:lora", {}).get("mfu"), ">= 0.60", lambda v: v >= 0.6),
+            (
+                "LwF + rehearsal step / LoRA step",
+                ratio("forgetless:lwf_rehearsal", "forgetless:lora", "step_s"),
+                "<= 1.25",
+                lambda v: v <= 1.25,
+            ),
+            (
+                "cached-teacher LwF step / LoRA step",
+                ratio("forgetless:lwf_rehearsal_cached", "forgetless:lora", "step_s"),
+                "<= 1.05",
+                lambda v: v <= 1.05,
+            ),
+            ("padding share", r.get("forgetless:lora", {}).get("padding_share"), "< 0.05", lambda v: v < 0.05),
+            (
+                "QLoRA peak / LoRA peak",
+                ratio("forgetless:qlora", "forgetless:lora", "peak_gb"),
+                "< 1",
+                lambda v: v < 1,
+            ),
+        ]
+        for case in ("lora", "qlora", "lwf_rehearsal"):
+            run = r.get(f"forgetless:{case}")
+            if run and run.get("planner_gb"):
+                err = round(run["planner_gb"] / run["peak_gb"] - 1, 3)
+                checks.append((f"planner estimate vs peak ({case})", err, "within ±0.20", lambda v: abs(v) <= 0.2))
+        for name, value, goal, ok in checks:
+            if value is not None:
+                out.append({"mix": mix, "target": name, "measured": value, "goal": goal, "met": bool(ok(value))})
+    return out
+
+
+def table(res: dict) -> str:
+    lines = [
+        f"Matmul peak (fp32, measured before and after): {res['matmul_peak_gflops_runs']} GFLOP/s; MFU = 4 × "
+        f"{res['model_parameters']:,} parameters × tokens/s over the higher one.",
+        "",
+        "| mix | run | s / step | tokens / step | tokens/s | MFU | padding | peak GB | planner GB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mix, m in res["mixes"].items():
+        for name, r in m["runs"].items():
+            pad = "–" if r.get("padding_share") is None else f"{100 * r['padding_share']:.1f}%"
+            plan = f"{r['planner_gb']:.2f}" if r.get("planner_gb") else "–"
+            lines.append(
+                f"| {mix} (p50 {m['length_p50']}, p90 {m['length_p90']}) | {name} | {r['step_s']:.2f} "
+                f"| {r['tokens_per_step']:.0f} | {r['tokens_per_s']:.1f} | {100 * r['mfu']:.1f}% | {pad} "
+                f"| {r['peak_gb']:.2f} | {plan} |"
+            )
+    lines += ["", "| mix | target | goal | measured | met |", "|---|---|---|---|---|"]
+    for t in res["targets"]:
+        lines.append(f"| {t['mix']} | {t['target']} | {t['goal']} | {t['measured']} | {'yes' if t['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def write(out: Path, text: str) -> None:
+    doc = out.read_text(encoding="utf-8") if out.exists() else f"# Performance\n\n{MARK}\n{MARK}\n"
+    head, _, rest = doc.partition(MARK)
+    _, _, tail = rest.partition(MARK)
+    out.write_text(f"{head}{MARK}\n{text}\n{MARK}{tail}", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
