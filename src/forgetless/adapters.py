@@ -138,9 +138,10 @@ def logits_of(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, posi
     """(B, T, V) next-token logits aligned with input_ids. Prompt tuning prepends its virtual tokens
     to the sequence and returns their positions too: only the last T positions are the input's.
     Packed batches (`data.packing`) pass position ids instead of the attention mask."""
-    # Without a KV cache: with one, transformers would not read packed rows from the position ids.
-    where = {"attention_mask": attention_mask} if position_ids is None else {"position_ids": position_ids}
-    where["use_cache"] = False
+    # Packed rows need no KV cache: with one, transformers would not read the rows from the position ids.
+    where = {"attention_mask": attention_mask}
+    if position_ids is not None:
+        where = {"position_ids": position_ids, "use_cache": False}
     out = model(input_ids=input_ids, **where).logits
     return out[:, -input_ids.shape[1] :]
 

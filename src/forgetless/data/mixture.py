@@ -68,13 +68,12 @@ class MixedBatches(Batches):
         packed, one batch holding both when that computes less (`packing.together`)."""
         for micro, idx in enumerate(self.micro_batches(epoch)[start:], start):
             task, general = [self.rows[i] for i in idx], self._general_rows(epoch, micro)
-            lengths = [[len(r["input_ids"]) for r in task], [len(r["input_ids"]) for r in general]]
-            if self.pack is not None and together(lengths, self.pack, self.pack_cost):
-                yield self.collate(task + general, self.pad_id)
-            elif self.pack is not None:
-                yield [self.collate(task, self.pad_id), self.collate(general, self.pad_id)]
-            else:
+            if self.pack is None:  # task rows may be preference pairs (collate_fn): general rows are plain
                 yield [self.collate(task, self.pad_id), collate(general, self.pad_id)]
+            elif together([[len(r["input_ids"]) for r in part] for part in (task, general)], self.pack, self.pack_cost):
+                yield self.collate(task + general, self.pad_id)
+            else:
+                yield [self.collate(task, self.pad_id), self.collate(general, self.pad_id)]
 
     def lengths(self, epoch: int = 0) -> list[list[list[int]]]:
         out = []
