@@ -43,7 +43,7 @@ def _general(tmp_path):
     return write_jsonl(tmp_path / "general.jsonl", rows)
 
 
-def test_cached_teacher_trains_end_to_end_and_is_reused_on_resume(tiny_overrides, tmp_path, monkeypatch):
+def test_cached_teacher_trains_end_to_end(tiny_overrides, tmp_path, monkeypatch):
     monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
     overrides = [
         *tiny_overrides,

@@ -43,7 +43,10 @@ class TeacherCache:
     def row(self, ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         key = row_key(ids)
         if key not in self.keys:
-            raise KeyError("a training row is missing from the cached teacher; delete teacher_topk.safetensors")
+            # `cached` rebuilds a cache that does not cover the rows, so this is a bug, not bad input.
+            raise KeyError(
+                "a training row is missing from the cached teacher; delete the run's teacher_topk.safetensors"
+            )
         r = self.keys[key]
         a, b = int(self.offsets[r]), int(self.offsets[r + 1])
         return self.idx[a:b], self.logp[a:b], self.tail[a:b]
