@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.forgetless-installed
 TEST_STAMP := $(VENV)/.forgetless-test-installed
 
-.PHONY: install demo test lint format data bench
+.PHONY: install demo test lint format data bench wheel-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: install
 test: $(TEST_STAMP)
 	$(PY) -m ruff check src tests scripts benchmarks
 	$(PY) -m pytest -q
+
+# Build the wheel, install it in a fresh virtualenv outside the checkout, run --help and one training step.
+wheel-check: install
+	scripts/wheel_check.sh $(PY)
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check src tests scripts benchmarks

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 
 from forgetless import api
-from forgetless.hardware import quiet_third_party_logs
+from forgetless.model.hardware import quiet_third_party_logs
 from forgetless.recipes import compare
 
 VARIANTS = {

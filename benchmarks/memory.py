@@ -82,8 +82,8 @@ def _load(model_name: str, method: str):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from forgetless import model as models
-    from forgetless.config import ModelConfig
+    from forgetless.config.schema import ModelConfig
+    from forgetless.model import loader as models
 
     if model_name == "tiny":
         import tempfile
@@ -104,9 +104,11 @@ def run_case(model_name: str, method: str, batch: int, seq: int, steps: int) -> 
 
     import torch
 
-    from forgetless import adapters, loop, memory
-    from forgetless.config import ForgettingConfig, PeftConfig, TrainConfig
-    from forgetless.forgetting import make_loss
+    from forgetless.adapters import methods
+    from forgetless.config.schema import ForgettingConfig, PeftConfig, TrainConfig
+    from forgetless.objectives.sft import objective
+    from forgetless.plan import memory
+    from forgetless.training import loop
 
     torch.manual_seed(0)
     model, path = _load(model_name, method)
@@ -114,10 +116,10 @@ def run_case(model_name: str, method: str, batch: int, seq: int, steps: int) -> 
         for p in model.parameters():
             p.requires_grad_(True)
     else:
-        model = adapters.attach(model, PeftConfig(), quantized=method == "qlora", grad_checkpointing=False)
+        model = methods.attach(model, PeftConfig(), quantized=method == "qlora", grad_checkpointing=False)
     model.train()
     optimizer = loop.make_optimizer(model, TrainConfig())
-    loss_fn = make_loss(ForgettingConfig(preset="none"))
+    loss_fn = objective(ForgettingConfig(preset="none")).loss
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (batch, seq))
     data = {
@@ -158,7 +160,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case in this process
     args = ap.parse_args(argv)
     if args.case:
-        from forgetless.hardware import quiet_third_party_logs
+        from forgetless.model.hardware import quiet_third_party_logs
 
         quiet_third_party_logs()
         print(json.dumps(run_case(*json.loads(args.case), args.steps)))

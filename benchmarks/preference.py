@@ -18,7 +18,7 @@ from pathlib import Path
 from forgetless import api
 from forgetless.recipes import compare
 
-CONFIGS = ["configs/dpo.yaml", "configs/reward.yaml", "configs/rlhf.yaml"]
+CONFIGS = ["dpo", "reward", "rlhf"]
 MARK = "<!-- preference-table -->"
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "src" / "forgetless" / "configs" / "quickstart.yaml"
 MARK = "<!-- speed-table -->"
 MAX_LEN, BATCH, LR = 256, 4, 1e-3
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
@@ -76,7 +77,7 @@ def write_rows(mix: str, path: Path, n: int) -> None:
     """Instruction rows whose rendered length follows the mix: text windows of real tokens (the
     bundled general answers and quickstart rows), two thirds prompt and one third answer; rows
     rendered longer than 256 tokens are truncated by forgetless (data.max_length)."""
-    from forgetless import model as models
+    from forgetless.model import loader as models
 
     tok = models.load_tokenizer(models.resolve("smollm2-135m-instruct"))
     assets = ROOT / "src/forgetless/assets"
@@ -103,10 +104,10 @@ def write_rows(mix: str, path: Path, n: int) -> None:
 def rendered(data_file: Path) -> list[dict]:
     """The token rows forgetless trains on (same seed and split): what TRL gets too."""
     from forgetless import api
-    from forgetless import model as models
     from forgetless.data.build import build
+    from forgetless.model import loader as models
 
-    cfg = api.load_config(ROOT / "configs/quickstart.yaml", data_overrides(data_file))
+    cfg = api.load_config(QUICKSTART, data_overrides(data_file))
     tok = models.load_tokenizer(models.resolve(cfg.model.name))
     return build(cfg.data, tok, cfg.train.seed).train
 
@@ -122,7 +123,7 @@ def run_forgetless(case: str, data_file: Path, out: Path, steps: int, src: Path 
         "-m",
         "forgetless",
         "train",
-        str(ROOT / "configs/quickstart.yaml"),
+        str(QUICKSTART),  # a path: forgetless at an older --before ref knows no recipe names
         *data_overrides(data_file),
     ]
     cmd += [f"train.max_steps={steps}", f"train.batch_size={BATCH}", "train.grad_accum=1", f"train.lr={LR}"]
@@ -154,7 +155,7 @@ def trl_worker(rows_file: Path, case: str, steps: int, out: Path) -> None:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from forgetless import model as models
+    from forgetless.model import loader as models
 
     torch.manual_seed(0)
     path = models.resolve("smollm2-135m-instruct")
@@ -262,7 +263,7 @@ def measured(r: dict, warmup: int, params: int, peak_gflops: float) -> dict:
 
 def planner_estimate(case: str, mix_rows: int) -> float:
     """The planner's peak estimate (GB) for the run's settings on this CPU."""
-    from forgetless import memory
+    from forgetless.plan import memory
 
     shape, _ = memory.resolve_shape("smollm2-135m-instruct")
     lwf = case.startswith("lwf")
@@ -292,7 +293,7 @@ def main(argv: list[str]) -> None:
     if args.worker:
         return trl_worker(Path(args.rows), args.worker, args.steps, Path(args.out))
 
-    from forgetless import memory
+    from forgetless.plan import memory
 
     params = memory.resolve_shape("smollm2-135m-instruct")[0].params()  # = the loaded model's count (tested)
     total = args.warmup + args.steps

@@ -4,9 +4,9 @@ Takes a trained run (default: the quickstart's, `make demo`), its training rows 
 self-rehearsal rows, and computes on the LwF positions (context and rehearsal tokens) the exact
 KL(p_finetuned ‖ p_base) and the KL against the base's cached top-k (k = 8, 32, 128) with the
 tail mass, as `forgetting.lwf.teacher: cached` trains with it. Prints and writes
-docs/teacher_cache.json; docs/performance.md quotes it.
+docs/topk.json; docs/performance.md quotes it.
 
-Run: python benchmarks/teacher_cache.py [--run runs/quickstart] [--rows 48]
+Run: python benchmarks/topk.py [--run runs/quickstart] [--rows 48]
 """
 
 from __future__ import annotations
@@ -18,20 +18,23 @@ from pathlib import Path
 
 import torch
 
-from forgetless import adapters, api, teacher_cache
-from forgetless import model as models
+from forgetless import api
+from forgetless.adapters import methods, saved
 from forgetless.data.batching import collate
 from forgetless.data.build import build
-from forgetless.forgetting import kl_positions
-from forgetless.losses import kl_sum, kl_topk_sum, position_masks
-from forgetless.rehearsal import general_rows
+from forgetless.model import forward
+from forgetless.model import loader as models
+from forgetless.objectives.losses import kl_sum, kl_topk_sum, position_masks
+from forgetless.objectives.sft import kl_positions
+from forgetless.reference import topk
+from forgetless.reference.rehearsal import general_rows
 
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="runs/quickstart")
     ap.add_argument("--rows", type=int, default=48)
-    ap.add_argument("--out", default="docs/teacher_cache.json")
+    ap.add_argument("--out", default="docs/topk.json")
     args = ap.parse_args(argv)
     cfg = api.load_config(Path(args.run) / "config.yaml")
     base, tok, path = models.load(cfg.model)
@@ -39,10 +42,8 @@ def main(argv: list[str]) -> None:
     rows = build(cfg.data, tok, cfg.train.seed).train[: args.rows] + [
         {**r, "rehearsal": True} for r in general[: args.rows // 4]
     ]
-    caches = {
-        k: teacher_cache.build(base, rows, tok.pad_token_id, k, cfg.forgetting.lwf.temperature) for k in (8, 32, 128)
-    }
-    model = adapters.load(base, Path(args.run) / "adapter").eval()
+    caches = {k: topk.build(base, rows, tok.pad_token_id, k, cfg.forgetting.lwf.temperature) for k in (8, 32, 128)}
+    model = saved.load(base, Path(args.run) / "adapter").eval()
     exact, approx, positions = 0.0, dict.fromkeys(caches, 0.0), 0
     with torch.no_grad():
         for i in range(0, len(rows), 8):
@@ -50,9 +51,9 @@ def main(argv: list[str]) -> None:
             where = kl_positions(
                 position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"]), cfg.forgetting.lwf.tokens
             )
-            student = adapters.logits_of(model, batch["input_ids"], batch["attention_mask"])[:, :-1][where]
-            with adapters.base_view(model) as b:
-                teacher = adapters.logits_of(b, batch["input_ids"], batch["attention_mask"])[:, :-1][where]
+            student = forward.logits_of(model, batch["input_ids"], batch["attention_mask"])[:, :-1][where]
+            with methods.base_view(model) as b:
+                teacher = forward.logits_of(b, batch["input_ids"], batch["attention_mask"])[:, :-1][where]
             exact += float(kl_sum(student, teacher))
             for k, cache in caches.items():
                 idx, logp, tail = (t[where] for t in cache.lookup(batch))

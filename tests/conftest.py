@@ -13,7 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from forgetless import model as models
+from forgetless.adapters import methods
+from forgetless.config.schema import PeftConfig
+from forgetless.data.render import IGNORE
+from forgetless.model import loader as models
 
 ROWS = [
     {
@@ -88,3 +91,27 @@ def tiny_overrides(tiny_dir, train_file, tmp_path) -> list[str]:
         "train.save_every=3",
         "peft.r=4",
     ]
+
+
+def lora_model(tiny_dir: str, seed: int = 0):
+    """The tiny model with LoRA (r=4) whose B matrices are moved off zero, so the adapter changes
+    the output and the base view differs from the adapted model."""
+    torch.manual_seed(seed)
+    model = methods.attach(
+        AutoModelForCausalLM.from_pretrained(tiny_dir), PeftConfig(r=4), quantized=False, grad_checkpointing=False
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
+def token_rows(lengths: list[int], start: int = 0, rehearsal: bool = False) -> list[dict]:
+    """Token rows of the given lengths: prompt tokens masked, the last third as the answer."""
+    out = []
+    for j, n in enumerate(lengths):
+        ids = [(7 * (start + j) + 3 * t) % 900 + 10 for t in range(n)]
+        cut = n - max(1, n // 3)
+        out.append({"input_ids": ids, "labels": [IGNORE] * cut + ids[cut:], "rehearsal": rehearsal})
+    return out

@@ -1,4 +1,5 @@
-"""The command line: one-line errors, the documented short run on the real model, chat."""
+"""The command line: parsing in any order, one-line errors, --launch, the documented short run on the
+real model, chat, compare, shipped recipes by name."""
 
 import json
 import subprocess
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import forgetless
-from forgetless.cli import main
+from forgetless import api, commands
+from forgetless.cli import main, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +31,7 @@ def test_help_config_lists_keys(capsys):
 
 
 def test_chat_answers_with_one_or_two_adapters(tiny_dir, tiny_overrides, tmp_path):
-    from forgetless.chat import Chat
+    from forgetless.deploy.chat import Chat
 
     forgetless.train({}, tiny_overrides)
     run = tmp_path / "run"
@@ -44,7 +46,7 @@ def test_chat_answers_with_one_or_two_adapters(tiny_dir, tiny_overrides, tmp_pat
 
 @pytest.mark.slow
 def test_short_quickstart_run_through_the_cli(tmp_path):
-    """The documented smoke run: `forgetless train configs/quickstart.yaml train.max_steps=3 output_dir=DIR`."""
+    """The documented smoke run: `forgetless train quickstart train.max_steps=3 output_dir=DIR`."""
     out = tmp_path / "qs"
     proc = subprocess.run(
         [
@@ -52,7 +54,7 @@ def test_short_quickstart_run_through_the_cli(tmp_path):
             "-m",
             "forgetless",
             "train",
-            str(ROOT / "configs" / "quickstart.yaml"),
+            "quickstart",
             "train.max_steps=3",
             f"output_dir={out}",
             "eval.max_examples=6",
@@ -126,3 +128,54 @@ def test_rehearsal_generate_writes_both_files(tiny_dir, tmp_path, monkeypatch):
     names = sorted(p.name.split("-")[0] for p in out.glob("*.jsonl"))
     assert names == ["rehearsal", "retention"]
     assert all(json.loads(p.read_text())["rows"] == 2 for p in out.glob("*.meta.json"))
+
+
+@pytest.mark.parametrize(
+    "argv, items, flags",
+    [
+        (["train", "my.yaml", "--resume", "train.max_steps=2"], ["my.yaml", "train.max_steps=2"], {"resume": True}),
+        (["train", "my.yaml", "--launch", "2", "train.max_steps=2"], ["my.yaml", "train.max_steps=2"], {"launch": 2}),
+        (["train", "--overwrite", "my.yaml", "a=1", "--auto", "b=2"], ["my.yaml", "a=1", "b=2"], {"auto": True}),
+        (["eval", "cfg.yaml", "--run", "r", "eval.max_examples=2"], ["cfg.yaml", "eval.max_examples=2"], {"run": "r"}),
+        (["compare", "q", "--variants", "none", "x=1"], ["q", "x=1"], {"variants": "none"}),
+        (["train", "q", "--debug", "x=1"], ["q", "x=1"], {"debug": True}),
+    ],
+)
+def test_options_and_overrides_mix_in_any_order(argv, items, flags):
+    """Defect: overrides after a flag failed with "unrecognized arguments"."""
+    args = parse(argv)
+    assert args.items == items
+    assert all(getattr(args, k) == v for k, v in flags.items())
+
+
+def test_report_runs_and_unknown_options_after_positionals():
+    assert parse(["report", "a", "--out", "x", "b"]).runs == ["a", "b"]
+    with pytest.raises(SystemExit):
+        parse(["train", "q", "x=1", "--no-such-flag"])
+
+
+def test_launch_hands_every_other_flag_to_the_processes(monkeypatch):
+    """Defect: `--launch N --auto` (and --debug) were silently dropped from the launched command."""
+    seen = []
+    monkeypatch.setattr(commands.subprocess, "call", lambda cmd: seen.append(cmd) or 0)
+    argv = ["--debug", "train", "my.yaml", "--launch", "2", "--auto", "train.max_steps=2", "--resume"]
+    assert commands.cmd_train(parse(argv)) == 0
+    tail = seen[0][seen[0].index("forgetless") + 1 :]
+    assert tail == ["--debug", "train", "my.yaml", "--auto", "train.max_steps=2", "--resume"]
+    assert commands.without_launch(["train", "--launch=2", "q"]) == ["train", "q"]
+
+
+def test_help_answers_without_loading_torch():
+    """`forgetless --help` parses only: torch and transformers load after parsing."""
+    code = "import sys; from forgetless.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+    code += "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip().endswith("False")
+
+
+def test_shipped_recipes_load_by_name_from_any_directory(tmp_path, monkeypatch):
+    """The recipes are package data: an installed wheel has them (the CI wheel step runs one)."""
+    monkeypatch.chdir(tmp_path)
+    assert {"quickstart", "dpo", "reward", "rlhf"} <= set(api.shipped_configs())
+    assert api.load_config("dpo").recipe == "dpo" and api.load_config().output_dir == "runs/quickstart"
+    assert main(["train", "no-such-recipe"]) == 2

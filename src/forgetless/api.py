@@ -1,26 +1,57 @@
-"""The Python API; each function mirrors a CLI subcommand."""
+"""The Python API; each function mirrors a CLI subcommand.
+
+A recipe is named by `recipe:` in the config and found in the plain dict `recipes()` returns; shipped
+configs (src/forgetless/configs/*.yaml) are package data, so `load_config("dpo")` works from an
+installed wheel as from a checkout.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from forgetless import config
-from forgetless.config import Config
+from forgetless.config import loader
+from forgetless.config.schema import Config
+from forgetless.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-QUICKSTART = REPO_ROOT / "configs" / "quickstart.yaml"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+QUICKSTART = CONFIGS / "quickstart.yaml"
+
+
+def recipes() -> dict[str, Callable[..., dict]]:
+    """recipe name -> its run(cfg, resume, overwrite)."""
+    from forgetless.recipes import dpo, reward, rlhf, sft  # torch & transformers: not at `import forgetless`
+
+    return {"sft": sft.run, "dpo": dpo.run, "reward": reward.run, "rlhf": rlhf.run}
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped recipes (`forgetless train NAME`)."""
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem != "pipeline")
+
+
+def config_path(ref: str | Path | None) -> Path:
+    """A config file: a path, or the name of a shipped recipe (quickstart, dpo, reward, rlhf)."""
+    if ref is None:
+        return QUICKSTART
+    path = Path(ref)
+    if path.is_file():
+        return path
+    if str(ref) in shipped_configs():
+        return CONFIGS / f"{ref}.yaml"
+    raise UserError(
+        f"config file not found: {ref}; give a YAML file or a shipped recipe ({', '.join(shipped_configs())})"
+    )
 
 
 def load_config(cfg: str | Path | Config | dict | None = None, overrides: list[str] | None = None) -> Config:
-    """A Config from a YAML path, a dict, or an existing Config, plus `key=value` overrides.
-
-    With no file, the shipped quickstart recipe is the base, as for `forgetless train`.
-    """
+    """A Config from a YAML path or shipped recipe name, a dict, or an existing Config, plus `key=value`
+    overrides. With no file, the shipped quickstart recipe is the base, as for `forgetless train`."""
     if isinstance(cfg, Config):
         cfg = cfg.model_dump(mode="json")
     if isinstance(cfg, dict):
-        return config.validate(cfg, overrides)
-    return config.load(cfg if cfg is not None else QUICKSTART, overrides)
+        return loader.validate(cfg, overrides)
+    return loader.load(config_path(cfg), overrides)
 
 
 def train(
@@ -30,12 +61,15 @@ def train(
     overwrite: bool = False,
 ) -> dict:
     """Train as `forgetless train` does and return the run summary (also in output_dir/summary.json)."""
-    from forgetless.hardware import quiet_third_party_logs
+    from forgetless.model.hardware import quiet_third_party_logs  # torch: not at `import forgetless`
 
     quiet_third_party_logs()
-    import importlib
-
     config = load_config(cfg, overrides)
-    # recipe name -> module forgetless.recipes.<name> with run(cfg, resume, overwrite)
-    recipe = importlib.import_module(f"forgetless.recipes.{config.recipe}")
-    return recipe.run(config, resume=resume, overwrite=overwrite)
+    return recipes()[config.recipe](config, resume=resume, overwrite=overwrite)
+
+
+def compare_presets(cfg: Config, variants: dict[str, list[str]], overwrite: bool = False) -> list[dict]:
+    """`forgetless compare`: train (or reuse) each variant and return the table rows."""
+    from forgetless.recipes import compare  # as above
+
+    return compare.run(cfg, variants, recipes()[cfg.recipe], overwrite=overwrite)

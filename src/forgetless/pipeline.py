@@ -24,9 +24,16 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from forgetless import api
+from forgetless.data.build import build
+from forgetless.deploy import serve
+from forgetless.deploy.registry import Gates, metrics, promote, register
 from forgetless.errors import UserError
-from forgetless.recipes.common import PIPELINE_STATE
-from forgetless.registry import Gates
+from forgetless.model import loader as models
+from forgetless.recipes import evaluate, sft
+from forgetless.recipes.compare import same_run
+from forgetless.recipes.runtime import PIPELINE_STATE
+from forgetless.training import checkpoint
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -91,7 +98,6 @@ class Record:
 
 
 def run(path: Path, serve_now: bool = True) -> dict:
-    from forgetless import api
 
     pcfg = load(path)
     cfg = api.load_config(
@@ -134,8 +140,6 @@ class Refused(Exception):
 
 
 def _data(cfg) -> dict:
-    from forgetless import model as models
-    from forgetless.data.build import build
 
     tokenizer = models.load_tokenizer(models.resolve(cfg.model.name))
     data = build(cfg.data, tokenizer, cfg.train.seed)
@@ -143,12 +147,8 @@ def _data(cfg) -> dict:
 
 
 def _train(cfg, out: Path) -> dict:
-    from forgetless import checkpoint
-    from forgetless.recipes import sft
 
     if (out / "summary.json").is_file() and (out / "adapter").is_dir():
-        from forgetless.recipes.compare import same_run
-
         if not same_run(out, cfg):
             raise UserError(f"{out} holds a finished run with a different config; choose another output_dir")
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -159,24 +159,20 @@ def _train(cfg, out: Path) -> dict:
 
 
 def _evaluate(cfg, out: Path) -> dict:
-    from forgetless.recipes import evaluate
 
     if not (out / "eval.json").is_file():  # training ran with its own evaluation off
         evaluate.run(cfg, str(out / "adapter"), None, out / "eval")
         shutil.copy(out / "eval" / "eval.json", out / "eval.json")
-    from forgetless.registry import metrics
 
     return metrics(out)
 
 
 def _register(pcfg: PipelineConfig, out: Path) -> dict:
-    from forgetless.registry import register
 
     return register(out, pcfg.registry.name, pcfg.registry.tracking_uri)
 
 
 def _promote(pcfg: PipelineConfig, record: Record) -> dict:
-    from forgetless.registry import promote
 
     version = record.stages["register"]["result"]["version"]
     failed = promote(pcfg.registry.name, version, pcfg.alias, pcfg.gates, pcfg.registry.tracking_uri)
@@ -186,7 +182,6 @@ def _promote(pcfg: PipelineConfig, record: Record) -> dict:
 
 
 def _serve(pcfg: PipelineConfig, out: Path) -> str:
-    from forgetless import serve
 
     serve.run(None, {pcfg.registry.name: str(out), **pcfg.serve.adapters}, pcfg.serve.host, pcfg.serve.port)
     return "stopped"

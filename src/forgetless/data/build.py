@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from forgetless.config import DataConfig
+from forgetless.config.schema import DataConfig
 from forgetless.data.formats import Example, ReadReport, read_file
 from forgetless.data.render import RenderReport, encode_all
 from forgetless.errors import UserError

@@ -101,7 +101,7 @@ def _iter_table(rows: Any) -> Iterator[tuple[int, Any]]:
 
 def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
     if path.is_dir():
-        from datasets import load_from_disk
+        from datasets import load_from_disk  # slow to import; only for saved HF datasets
 
         try:
             ds = load_from_disk(str(path))
@@ -117,7 +117,7 @@ def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
     elif suffix == ".csv":
         yield from _iter_csv(path)
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # only for .parquet files
 
         yield from _iter_table(pq.read_table(path).to_pylist())
     else:

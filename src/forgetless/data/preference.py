@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from forgetless.data.batching import collate
+from forgetless.data.build import split
 from forgetless.data.formats import Example, ReadReport, RowError, _check_chat, iter_rows, resolve_path
-from forgetless.data.render import RenderReport, encode
+from forgetless.data.render import IGNORE, RenderReport, encode
 from forgetless.errors import UserError
 
 
@@ -30,7 +31,7 @@ class Preference:
     rejected: str
 
 
-def _prompt(value) -> tuple[dict, ...]:
+def prompt_of(value) -> tuple[dict, ...]:
     if isinstance(value, str):
         if not value.strip():
             raise RowError("field 'prompt' is empty")
@@ -40,7 +41,7 @@ def _prompt(value) -> tuple[dict, ...]:
     raise RowError("field 'prompt' must be a string or chat messages that end with a user turn")
 
 
-def _answer(row: dict, key: str) -> str:
+def answer_of(row: dict, key: str) -> str:
     if key not in row or row[key] is None:
         raise RowError(f"field '{key}' is missing")
     value = row[key]
@@ -64,7 +65,7 @@ def to_preference(row, where: str) -> Preference:
         raise RowError(
             f"field 'prompt' is missing (preference rows are {{prompt, chosen, rejected}}; got {sorted(row)})"
         )
-    pair = Preference(where, _prompt(row["prompt"]), _answer(row, "chosen"), _answer(row, "rejected"))
+    pair = Preference(where, prompt_of(row["prompt"]), answer_of(row, "chosen"), answer_of(row, "rejected"))
     if pair.chosen == pair.rejected:
         raise RowError("fields 'chosen' and 'rejected' are identical: the pair says nothing")
     return pair
@@ -104,7 +105,7 @@ def encode_pair(
         if len(row["input_ids"]) > max_length:
             report.truncated += 1
             row = {k: v[:max_length] for k, v in row.items()}
-        if all(label == -100 for label in row["labels"][1:]):
+        if all(label == IGNORE for label in row["labels"][1:]):
             report.dropped.append(f"{pair.where}: the prompt alone fills data.max_length={max_length}")
             return None
         rows[side] = row
@@ -126,7 +127,6 @@ class PairData:
 
 def build_pairs(cfg, tokenizer, seed: int) -> PairData:
     """data.train (and data.validation, or a seeded data.validation_split) as encoded pairs."""
-    from forgetless.data.build import split
 
     if not cfg.train:
         raise UserError("data.train is empty: give one or more preference files ({prompt, chosen, rejected} rows)")
@@ -154,3 +154,8 @@ def build_pairs(cfg, tokenizer, seed: int) -> PairData:
     if not train_rows:
         raise UserError("no training pairs are left after validation and truncation; see the messages above")
     return PairData(train_rows, val_rows, val_pairs, notes)
+
+
+def fixed_pairs(rows: list[dict], batch_size: int, pad: int) -> list[dict]:
+    """Held-out pairs as fixed micro-batches (no shuffling), for scoring."""
+    return [collate_pairs(rows[i : i + batch_size], pad) for i in range(0, len(rows), batch_size)]

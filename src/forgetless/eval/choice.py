@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from forgetless.adapters import logits_of
 from forgetless.data.formats import resolve_path
 from forgetless.errors import UserError
+from forgetless.model.forward import logits_of
 
 
 @dataclass(frozen=True)

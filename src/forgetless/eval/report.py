@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt
+import yaml
 
 
 def _read(run: Path) -> dict:
@@ -30,8 +31,6 @@ def _read(run: Path) -> dict:
         metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
     cfg = {}
     if (run / "config.yaml").exists():
-        import yaml
-
         cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
     return {
         "name": run.name,

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from forgetless.adapters import base_view, logits_of
+from forgetless.adapters.methods import base_view
 from forgetless.data.batching import fixed_batches
 from forgetless.data.formats import Example
 from forgetless.data.render import encode
-from forgetless.eval.generate import generate
 from forgetless.eval.metrics import normalize
 from forgetless.eval.stats import bootstrap_ci, mean
-from forgetless.losses import kl_sum, position_masks
+from forgetless.model.forward import logits_of
+from forgetless.model.generate import generate
+from forgetless.objectives.losses import kl_sum, position_masks
 
 
 @torch.no_grad()

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import torch
 
-from forgetless import generated
-from forgetless.adapters import logits_of
-from forgetless.config import Config
+from forgetless.config.schema import Config
 from forgetless.data.batching import fixed_batches
 from forgetless.data.formats import read_file
 from forgetless.data.render import encode_all
@@ -24,7 +22,9 @@ from forgetless.errors import UserError
 from forgetless.eval import choice, stats
 from forgetless.eval.retention import retention
 from forgetless.eval.task import task_eval
-from forgetless.losses import ce_sum, count_targets
+from forgetless.model.forward import logits_of
+from forgetless.objectives.losses import ce_sum, count_targets
+from forgetless.reference import answers
 
 
 @torch.no_grad()
@@ -50,8 +50,8 @@ def text_perplexity(model, tokenizer, ref: str, max_length: int, pad: int) -> fl
 def lm_eval_scores(model, tokenizer, tasks: list[str]) -> dict[str, float]:
     """Optional: lm-evaluation-harness tasks through the same report (accuracy per task)."""
     try:
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
+        from lm_eval import simple_evaluate  # optional: pip install lm-eval
+        from lm_eval.models.huggingface import HFLM  # optional, as above
     except ImportError:
         raise UserError("eval.lm_eval_tasks needs lm-evaluation-harness: pip install 'lm-eval[hf]'") from None
     try:
@@ -97,7 +97,7 @@ def references(cfg: Config, model, tokenizer, model_path: str, dtype) -> list | 
     e = cfg.eval
     if not e.retention:
         return None
-    path, _ = generated.ensure(
+    path, _ = answers.ensure(
         "retention",
         model,
         tokenizer,
@@ -107,7 +107,7 @@ def references(cfg: Config, model, tokenizer, model_path: str, dtype) -> list | 
         e.retention_prompts,
         e.retention_max_new_tokens,
     )
-    return generated.read_answers(path, e.retention_max_prompts)[0]
+    return answers.read_answers(path, e.retention_max_prompts)[0]
 
 
 def _pair(base: float | None, finetuned: float | None) -> dict:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from forgetless.config import Config
+from forgetless.config.schema import Config
 from forgetless.data.formats import Example
-from forgetless.eval.generate import generate, split_prompt
 from forgetless.eval.metrics import score
+from forgetless.model.generate import generate, split_prompt
 
 
 def task_eval(model, tokenizer, examples: list[Example], cfg: Config) -> dict:

@@ -9,15 +9,15 @@ comparison continues where it stopped. The table goes to stdout, compare.md and 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from forgetless import config
-from forgetless.config import Config, rehearsal_ce_weight
+from forgetless.config import loader
+from forgetless.config.schema import Config, rehearsal_ce_weight
 from forgetless.errors import UserError
 from forgetless.eval import report
-from forgetless.recipes import sft
 
 PRESETS = ("none", "lwf", "rehearsal", "full")
 
@@ -34,7 +34,7 @@ def preset_variants(names: list[str]) -> dict[str, list[str]]:
 
 def variant_config(cfg: Config, label: str, overrides: list[str]) -> Config:
     tree = cfg.model_dump(mode="json")
-    return config.validate(tree, [*overrides, f"output_dir={Path(cfg.output_dir) / label}"])
+    return loader.validate(tree, [*overrides, f"output_dir={Path(cfg.output_dir) / label}"])
 
 
 def effective(tree: dict) -> dict:
@@ -59,7 +59,7 @@ def same_run(out: Path, cfg: Config) -> bool:
     if not saved.is_file():
         return False
     try:  # validating fills settings added since the run with their defaults
-        before = config.validate(yaml.safe_load(saved.read_text(encoding="utf-8"))).model_dump(mode="json")
+        before = loader.validate(yaml.safe_load(saved.read_text(encoding="utf-8"))).model_dump(mode="json")
     except UserError:  # written by a version whose settings no longer exist
         return False
     return effective(before) == effective(cfg.model_dump(mode="json"))
@@ -72,15 +72,16 @@ def _finished(vcfg: Config) -> dict | None:
     return None
 
 
-def run(cfg: Config, variants: dict[str, list[str]], overwrite: bool = False) -> list[dict]:
-    """Train (or reuse) each variant = label -> overrides on top of `cfg`; returns the table rows."""
+def run(cfg: Config, variants: dict[str, list[str]], train: Callable[..., dict], overwrite: bool = False) -> list[dict]:
+    """Train (or reuse) each variant = label -> overrides on top of `cfg` with `train` (the config's
+    recipe, from api.RECIPES: a recipe never imports another); returns the table rows."""
     rows = []
     for v, overrides in variants.items():
         vcfg = variant_config(cfg, v, overrides)
         summary = _finished(vcfg)
         if summary is None:
             print(f"\n[forgetless] compare: training variant '{v}' -> {vcfg.output_dir}")
-            summary = sft.run(vcfg, overwrite=overwrite)
+            summary = train(vcfg, overwrite=overwrite)
         else:
             print(f"[forgetless] compare: reusing the finished run of '{v}' in {vcfg.output_dir}")
         rows.append(row(v, summary, cfg.eval.metric))

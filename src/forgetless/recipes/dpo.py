@@ -13,23 +13,18 @@ greedy answers to held-out prompts that show the preferred behaviour.
 from __future__ import annotations
 
 import re
-import time
 
-from forgetless import adapters, distributed, loop, planner
-from forgetless.config import Config
+from forgetless.config.schema import Config
 from forgetless.data.batching import Batches
 from forgetless.data.mixture import MixedBatches
-from forgetless.data.preference import build_pairs, collate_pairs
+from forgetless.data.preference import build_pairs, collate_pairs, fixed_pairs
 from forgetless.eval import suite
-from forgetless.eval.generate import generate
 from forgetless.eval.retention import kl_to_base
-from forgetless.preference import dpo_scores, make_dpo_loss, pair_counts
-from forgetless.recipes import common
-from forgetless.recipes.sft import _monitor
-
-
-def fixed_pairs(rows: list[dict], batch_size: int, pad: int) -> list[dict]:
-    return [collate_pairs(rows[i : i + batch_size], pad) for i in range(0, len(rows), batch_size)]
+from forgetless.model.generate import generate
+from forgetless.objectives.preference import dpo_objective, dpo_scores
+from forgetless.plan import planner
+from forgetless.recipes import runtime
+from forgetless.training import loop
 
 
 def behaviour(model, tokenizer, cfg: Config, prompts: list) -> dict | None:
@@ -57,22 +52,22 @@ def measure(model, tokenizer, cfg: Config, val: list[dict], prompts: list, refs,
 
 
 def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
-    r = common.start(cfg, resume, overwrite)
+    r = runtime.start(cfg, resume, overwrite)
     model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
     data = build_pairs(cfg.data, tokenizer, cfg.train.seed)
     r.say(f"data: {len(data.train)} training pairs, {len(data.validation)} held-out pairs")
-    general, more = common.general_rows(r)
+    general, more = runtime.general_rows(r)
     notes = data.notes + more
     for note in notes:
         r.say(note)
+
     pad = tokenizer.pad_token_id
     val = fixed_pairs(data.validation, cfg.train.batch_size, pad)
     prompts = [p.prompt for p in data.validation_pairs][: cfg.eval.max_examples]
+    refs = runtime.references(r)
+    before, t_base = runtime.score_base(r, lambda: measure(model, tokenizer, cfg, val, prompts, refs, False))
 
-    refs = common.references(r)
-    before, t_base = common.score_base(r, lambda: measure(model, tokenizer, cfg, val, prompts, refs, False))
-
-    model, trainable, total = common.attach(r)
+    model, trainable, total = runtime.attach(r)
     fcfg = cfg.forgetting
     args = (cfg.train.batch_size, cfg.train.seed, pad)
     if fcfg.uses_rehearsal:
@@ -80,30 +75,22 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         r.say(batches.describe())
     else:
         batches = Batches(data.train, *args, collate_pairs)
-    # Splitting a micro-batch's rows on out-of-memory would separate pairs: stop with advice instead.
-    train_cfg = cfg.train.model_copy(update={"on_oom": "stop"})
     summary = loop.fit(
         model,
         batches,
-        make_dpo_loss(cfg.dpo, fcfg),
-        train_cfg,
+        dpo_objective(cfg.dpo, fcfg),
+        runtime.train_settings(cfg, on_oom="stop"),  # splitting a micro-batch's rows would separate pairs
         out,
         evaluate=_in_training_eval(cfg, tokenizer, val, refs),
         resume=resume,
-        mixed_precision=common.mixed_precision(r),
-        count_fn=lambda b: pair_counts(b, fcfg),
-        monitor=_monitor(cfg),
+        mixed_precision=runtime.mixed_precision(r),
+        monitor=runtime.monitor(cfg),
         oom_advice=lambda: planner.advice(cfg),
     )
     if not main:
         return summary
-    adapters.save(model, out / "adapter", cfg.peft, cfg.model.name)
-    tokenizer.save_pretrained(out / "adapter")
-    print("[forgetless] evaluating the fine-tuned model ...")
-    t_after = time.time()
-    with distributed.all_cores():
-        after = measure(model, tokenizer, cfg, val, prompts, refs, True)
-    t_after = time.time() - t_after
+    runtime.save_result(r, model)
+    after, t_after = runtime.score_finetuned(r, lambda: measure(model, tokenizer, cfg, val, prompts, refs, True))
     evaluation = suite.combine(before, after)
     evaluation["behaviour_samples"] = {
         "base": before.get("behaviour_samples"),
@@ -122,7 +109,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         "retention": after.get("prompts"),
         "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
     }
-    return common.finish(r, evaluation, summary)
+    return runtime.finish(r, evaluation, summary)
 
 
 def _in_training_eval(cfg: Config, tokenizer, val: list[dict], refs):

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from forgetless import adapters, config, hardware
-from forgetless import model as models
-from forgetless.chat import adapter_dir
-from forgetless.config import Config
+from forgetless.adapters import saved
+from forgetless.adapters.saved import adapter_dir
+from forgetless.config import loader
+from forgetless.config.schema import Config
 from forgetless.data.build import held_out
 from forgetless.eval import report, suite
+from forgetless.model import hardware
+from forgetless.model import loader as models
 
 
 def run(cfg: Config, adapter: str | None, base_ref: str | None, out: Path) -> dict:
@@ -32,12 +34,12 @@ def run(cfg: Config, adapter: str | None, base_ref: str | None, out: Path) -> di
     else:
         base_cfg, base, base_path = cfg, model, model_path
         if base_ref is not None:  # a merged model: the base is a second model in memory
-            base_cfg = config.validate(cfg.model_dump(mode="json"), [f"model.name={base_ref}"])
+            base_cfg = loader.validate(cfg.model_dump(mode="json"), [f"model.name={base_ref}"])
             base, _, base_path = models.load(base_cfg.model, dev)
         refs = suite.references(base_cfg, base, tokenizer, base_path, dtype)
         print("[forgetless] evaluating the base model ...")
         before = suite.measure(base, tokenizer, cfg, examples, rows)
-        finetuned = adapters.load(model, adapter_dir(adapter)) if adapter else model
+        finetuned = saved.load(model, adapter_dir(adapter)) if adapter else model
         print("[forgetless] evaluating the fine-tuned model ...")
         after = suite.measure(finetuned, tokenizer, cfg, examples, rows, refs, base=None if adapter else base)
         result = suite.combine(before, after)

@@ -9,21 +9,19 @@ answers are ignored); data.validation (or a seeded split) gives the held-out pro
 
 from __future__ import annotations
 
-import time
-
 from safetensors.torch import save_file
 
-from forgetless import adapters, distributed, loop
-from forgetless.config import Config
+from forgetless.config.schema import Config
 from forgetless.data.build import split
 from forgetless.data.formats import Example, read_prompts
+from forgetless.deploy.reward import load_reward_model, score
 from forgetless.errors import UserError
 from forgetless.eval import suite
-from forgetless.eval.generate import generate
 from forgetless.eval.retention import kl_to_base
-from forgetless.recipes import common
-from forgetless.recipes.reward import load_reward_model, score
-from forgetless.rl import VALUE_HEAD, Rollouts, add_value_head, make_ppo_loss, ppo_counts
+from forgetless.model.generate import generate
+from forgetless.objectives.ppo import VALUE_HEAD, Rollouts, add_value_head, ppo_objective
+from forgetless.recipes import runtime
+from forgetless.training import loop
 
 
 def prompts_of(refs: list[str]) -> list[tuple]:
@@ -47,64 +45,60 @@ def policy_scores(model, tokenizer, scorer, prompts: list, cfg: Config, referenc
     return {"task": out, "rlhf_samples": samples}
 
 
-def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
-    r = common.start(cfg, resume, overwrite)
-    model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
+def _prompts(cfg: Config) -> tuple[list, list]:
+    """Training and held-out prompts (held out: data.validation, else a data.validation_split share)."""
     train = prompts_of(cfg.data.train)
     val = prompts_of(cfg.data.validation) if cfg.data.validation else []
     if not cfg.data.validation:
         train, val = split(train, cfg.data.validation_split, cfg.train.seed)
     if not train:
         raise UserError("data.train has no prompts: give preference, prompt or SFT files")
-    val = val[: cfg.eval.max_examples]
+    return train, val[: cfg.eval.max_examples]
+
+
+def measure(model, tokenizer, scorer, prompts: list, cfg: Config, refs) -> dict:
+    """One side of the evaluation: rewards of greedy answers, and the retention suite against `refs`
+    (None on the base side: its KL to itself is 0)."""
+    return policy_scores(model, tokenizer, scorer, prompts, cfg, refs is not None) | suite.measure(
+        model, tokenizer, cfg, [], [], refs
+    )
+
+
+def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
+    r = runtime.start(cfg, resume, overwrite)
+    model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
+    train, val = _prompts(cfg)
     r.say(f"data: {len(train)} training prompts, {len(val)} held-out prompts")
     if cfg.forgetting.preset != "none":
-        r.say(
-            "rlhf: the KL penalty to the reference (rlhf.kl_coef) is the forgetting control; "
-            "forgetting.preset is not used"
-        )
+        r.say("rlhf: the KL penalty to the reference (rlhf.kl_coef) is the forgetting control, not forgetting.preset")
     reward_model, reward_tok = load_reward_model(cfg.rlhf.reward_model, r.dev)
 
     def scorer(prompts, answers):
         return score(reward_model, reward_tok, [(p, a or "-") for p, a in zip(prompts, answers, strict=True)])
 
-    refs = common.references(r)
-    before, t_base = common.score_base(
-        r,
-        lambda: (
-            policy_scores(model, tokenizer, scorer, val, cfg, False)
-            | suite.measure(model, tokenizer, cfg, [], [], None)  # no KL of the base to itself
-        ),
-    )
+    refs = runtime.references(r)
+    before, t_base = runtime.score_base(r, lambda: measure(model, tokenizer, scorer, val, cfg, None))
 
-    model, trainable, total = common.attach(r)
+    model, trainable, total = runtime.attach(r)
     add_value_head(model)
     rollouts = Rollouts(model, tokenizer, scorer, train, cfg.rlhf, cfg.train.batch_size, cfg.train.seed)
     summary = loop.fit(
         model,
         rollouts,
-        make_ppo_loss(cfg.rlhf),
-        cfg.train.model_copy(update={"on_oom": "stop"}),
+        ppo_objective(cfg.rlhf),
+        runtime.train_settings(cfg, on_oom="stop"),  # rollouts are whole micro-batches
         out,
         resume=resume,
-        mixed_precision=common.mixed_precision(r),
-        count_fn=ppo_counts,
+        mixed_precision=runtime.mixed_precision(r),
     )
     if not main:
         return summary
-    adapters.save(model, out / "adapter", cfg.peft, cfg.model.name)  # the policy: a plain PEFT adapter
-    tokenizer.save_pretrained(out / "adapter")
+    runtime.save_result(r, model)  # the policy: a plain PEFT adapter
     head = getattr(model, VALUE_HEAD)
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(out / "value_head.safetensors")
     )
-    print("[forgetless] evaluating the fine-tuned model ...")
-    t_after = time.time()
-    with distributed.all_cores():
-        after = policy_scores(model, tokenizer, scorer, val, cfg, True) | suite.measure(
-            model, tokenizer, cfg, [], [], refs
-        )
-    t_after = time.time() - t_after
+    after, t_after = runtime.score_finetuned(r, lambda: measure(model, tokenizer, scorer, val, cfg, refs))
     evaluation = suite.combine(before, after)
     evaluation["rlhf_samples"] = {"base": before.get("rlhf_samples"), "finetuned": after.get("rlhf_samples")}
     summary |= {
@@ -118,4 +112,4 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         "retention": after.get("prompts"),
         "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
     }
-    return common.finish(r, evaluation, summary)
+    return runtime.finish(r, evaluation, summary)

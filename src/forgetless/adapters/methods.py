@@ -1,0 +1,155 @@
+"""Attach a fine-tuning method to a loaded base model, save its result, load it back.
+
+One config key (`peft.method`) chooses:
+  PEFT's   lora, dora (LoRA with a learned magnitude), prefix, prompt, ia3   -> PEFT's format
+  ours     adapter (Houlsby bottlenecks, bottleneck.py)                      -> safetensors + JSON
+           bitfit, selective (some of the base's own weights, selective.py)  -> safetensors + JSON
+           full (every weight)                                              -> a whole HF model
+Our own layout is a directory with `forgetless_adapter.json` (method, base model, settings) and
+`trained.safetensors` (the trained tensors under the base model's own parameter names); `load`
+reads it back. With a quantized base, PEFT's `prepare_model_for_kbit_training` casts the few
+non-quantized parts (norms) to fp32 for stable training and hooks input gradients so that
+checkpointing works.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from peft import (
+    IA3Config,
+    LoraConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PromptTuningInit,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+)
+
+from forgetless.adapters import bottleneck, selective
+from forgetless.config.schema import PeftConfig
+from forgetless.errors import UserError
+
+PEFT_METHODS = {"lora", "dora", "prefix", "prompt", "ia3"}
+OWN_FORMAT = "forgetless_adapter.json"
+TRAINED = "trained.safetensors"
+
+
+def use_grad_checkpointing(setting, dev: torch.device) -> bool:
+    """auto: on for GPUs (memory is the limit there), off on CPU (it only costs time)."""
+    return dev.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def enable_grad_checkpointing(model) -> None:
+    """Recompute each block's activations in backward. Non-reentrant: works with frozen inputs and DDP.
+    Also used mid-run by the loop's out-of-memory fallback (on a PEFT model or a plain one)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    inner.enable_input_require_grads()
+
+
+def peft_config(cfg: PeftConfig, model_path: str | None = None, task_type: str = "CAUSAL_LM"):
+    """PEFT's config object for the PEFT-provided methods. task_type SEQ_CLS (reward models) also
+    trains and saves the score head (PEFT adds it to modules_to_save)."""
+    if cfg.method in ("lora", "dora"):
+        return LoraConfig(
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=cfg.target_modules,
+            use_dora=cfg.method == "dora",
+            bias="none",
+            task_type=task_type,
+        )
+    if cfg.method == "prefix":
+        return PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=cfg.virtual_tokens, prefix_projection=cfg.prefix_projection
+        )
+    if cfg.method == "prompt":
+        from_text = cfg.prompt_init == "text"
+        return PromptTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=cfg.virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT if from_text else PromptTuningInit.RANDOM,
+            prompt_tuning_init_text=cfg.prompt_init_text if from_text else None,
+            tokenizer_name_or_path=model_path if from_text else None,
+        )
+    return IA3Config(
+        task_type="CAUSAL_LM",
+        target_modules=cfg.ia3_target_modules,
+        feedforward_modules=cfg.ia3_feedforward_modules,
+    )
+
+
+def check(model, cfg: PeftConfig) -> None:
+    """Fail before any work when the method cannot apply to this model (e.g. BitFit without biases)."""
+    if cfg.method in ("bitfit", "selective"):
+        selective.chosen_names(model, cfg.method, cfg.layers, cfg.parts)
+
+
+def attach(
+    model,
+    cfg: PeftConfig,
+    *,
+    quantized: bool,
+    grad_checkpointing: bool,
+    model_path: str | None = None,
+    task_type: str = "CAUSAL_LM",
+):
+    """The model with `cfg.method` attached: only the method's parameters require gradients."""
+    ckpt_kwargs = {"use_reentrant": False}
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=grad_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs
+        )
+    elif grad_checkpointing:
+        enable_grad_checkpointing(model)
+    if cfg.method in PEFT_METHODS:
+        return get_peft_model(model, peft_config(cfg, model_path, task_type))
+    if cfg.method == "adapter":
+        return bottleneck.attach(model, cfg.adapter_size, cfg.adapter_placement, cfg.adapter_activation)
+    return selective.attach(model, cfg.method, cfg.layers, cfg.parts)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def apply_liger(model, dev: torch.device) -> None:
+    """`train.liger`: swap RMSNorm, RoPE and the SwiGLU MLP for Liger's fused Triton kernels. The loss
+    kernels stay off: forgetless computes its losses on selected positions itself (model/forward.py)."""
+    if dev.type != "cuda":
+        raise UserError("train.liger needs a CUDA GPU (Liger's kernels are written in Triton); set train.liger=false")
+    try:
+        # optional (CUDA only): pip install liger-kernel
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        raise UserError("train.liger needs liger-kernel: pip install liger-kernel") from None
+    _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
+
+
+@contextmanager
+def base_view(model):
+    """The base model from the same weights (the LwF teacher, the retention and DPO reference).
+
+    No second copy of the model exists: PEFT routes the forward pass around its adapter layers,
+    our bottleneck adapters pass their input through, and bitfit/selective/full swap their
+    trained tensors back to the initial values for the duration. `model` may be wrapped by
+    accelerate/DDP. Use under no_grad.
+    """
+    inner = extract_model_from_parallel(model)
+    if hasattr(inner, "disable_adapter"):
+        with inner.disable_adapter():
+            yield inner
+    elif bottleneck.present(inner):
+        with bottleneck.disabled(inner):
+            yield inner
+    elif hasattr(inner, selective.INITIAL):
+        with selective.initial_weights(inner):
+            yield inner
+    else:
+        raise UserError("this needs the base model's predictions, but the model has no method attached to switch off")

@@ -1,0 +1,346 @@
+"""What each `forgetless` subcommand does, once cli.py has parsed its arguments: one small function
+per subcommand (COMMANDS maps the names). The work itself happens in api.py, the recipes and the
+components; this module turns their results into what the terminal shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from forgetless import api, pipeline
+from forgetless.adapters.merge import merge
+from forgetless.config import loader
+from forgetless.deploy import registry, reward, serve
+from forgetless.deploy.chat import Chat
+from forgetless.errors import UserError
+from forgetless.eval import report
+from forgetless.eval.report import print_tables
+from forgetless.model import hardware
+from forgetless.model import loader as models
+from forgetless.model.hardware import quiet_third_party_logs  # noqa: F401  (cli.main calls it)
+from forgetless.plan import planner
+from forgetless.recipes import compare, evaluate
+from forgetless.reference import answers, rehearsal
+from forgetless.training import distributed
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.help_config:
+        print(loader.describe())
+        return 0
+    if args.launch:
+        return launch(args)
+    path, items = _config_and_overrides(args.items)
+    items = ([f"recipe={args.recipe}"] if args.recipe else []) + items
+    cfg = api.load_config(path, items)
+    if args.auto:
+        cfg = api.load_config(path, _auto_overrides(cfg) + items)  # the user's own overrides still win
+    if distributed.is_main():  # once, not per launched process
+        print(f"[forgetless] config: {api.config_path(path)}; output_dir: {cfg.output_dir}")
+    summary = api.train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if "output_dir" in summary:  # under a launcher, only the main process has the full summary
+        print_summary(summary)
+    return 0
+
+
+def _auto_overrides(cfg) -> list[str]:
+    """Plan for the detected hardware, starting from the config's model, length and batch."""
+    p = planner.plan_for(cfg)
+    if distributed.is_main():
+        print(planner.render(p) + "\n")
+    if not p.fits:
+        raise UserError("--auto: no setting fits this hardware (see the plan above)")
+    keep = ("recipe=", "rlhf.", "model.name=", "peft.method=", "forgetting.preset=")  # the config's own choices stay
+    return [o for o in p.overrides() if not o.startswith(keep)]
+
+
+def launch_command(processes: int, argv: list[str]) -> list[str]:
+    """`accelerate launch` with `processes` local processes running `forgetless ARGV` (ARGV: the whole
+    command line, global flags and `train` included).
+
+    accelerate's multi-process launcher (`--multi_gpu`) also serves CPU-only machines: each process
+    then trains on the CPU and they talk over gloo. The port is chosen free so that two runs can coexist.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"]
+    options = ["--num_processes", str(processes), "--main_process_port", str(port), "--mixed_precision", "no"]
+    return [*launcher, *options, "--dynamo_backend", "no", "-m", "forgetless", *argv]
+
+
+def without_launch(argv: list[str]) -> list[str]:
+    """The `forgetless train` arguments as the user typed them, less `--launch N` (every other flag,
+    --auto and --debug included, reaches the launched processes)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--launch":
+            skip = True
+        elif not a.startswith("--launch="):
+            out.append(a)
+    return out
+
+
+def launch(args: argparse.Namespace) -> int:
+    if args.launch < 1:
+        raise UserError(f"--launch {args.launch}: give the number of local processes (1 or more)")
+    cmd = launch_command(args.launch, without_launch(args.argv))
+    print(f"[forgetless] launching {args.launch} processes: {' '.join(cmd)}", flush=True)
+    return subprocess.call(cmd)
+
+
+def print_summary(s: dict) -> None:
+    print(
+        f"\n[forgetless] trained {s['steps']} steps in {s['train_seconds']:.0f} s "
+        f"({s['tokens_per_s']:.0f} tokens/s, effective batch {s['effective_batch']}); "
+        f"wall time {s['wall_seconds']:.0f} s"
+        + (f"; stopped early ({s['stopped_early']})" if s.get("stopped_early") else "")
+    )
+    for note in s.get("data_notes", []):
+        print(f"[forgetless] data: {note}")
+    ev_path = Path(s["output_dir"]) / "eval.json"
+    if not ev_path.exists():
+        return
+    ev = json.loads(ev_path.read_text(encoding="utf-8"))
+    print_tables(ev)
+    for i, smp in enumerate(ev.get("task", {}).get("samples", []), start=1):
+        print(f"\n--- sample {i}: {smp['prompt'][:300]}")
+        print(f"expected : {smp['reference']}")
+        print(f"before   : {smp['answer_base'][:300]}")
+        print(f"after    : {smp['answer'][:300]}")
+    if (Path(s["output_dir"]) / "report.html").exists():
+        print(f"\n[forgetless] report: {s['output_dir']}/report.md and report.html")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    path, items = _config_and_overrides(args.items)
+    adapter, out = args.adapter, args.out
+    if args.run:
+        run = Path(args.run)
+        if not (run / "config.yaml").is_file():
+            raise UserError(f"{run} is not a run directory (no config.yaml); give --adapter DIR instead")
+        path = path or str(run / "config.yaml")
+        adapter = adapter or str(run / "adapter")
+        out = out or str(run / "eval")
+    cfg = api.load_config(path, items)
+    result = evaluate.run(cfg, adapter, args.base, Path(out or "runs/eval"))
+    print_tables(result)
+    print(f"\n[forgetless] eval.json and report written to {out or 'runs/eval'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    runs = [Path(r) for r in args.runs]
+    for r in runs:
+        if not (r / "summary.json").is_file() and not (r / "eval.json").is_file():
+            raise UserError(f"{r} has no summary.json or eval.json; is it a forgetless run directory?")
+    out = Path(args.out) if args.out else (runs[0] if len(runs) == 1 else Path("runs/report"))
+    md, page = report.write(runs, out)
+    print(f"[forgetless] report: {md} and {page}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    path, items = _config_and_overrides(args.items)
+    cfg = api.load_config(path, items)
+    variants = compare.preset_variants([v.strip() for v in args.variants.split(",") if v.strip()])
+    rows = api.compare_presets(cfg, variants, overwrite=args.overwrite)
+    print(f"\n{compare.table(rows, cfg.eval.metric)}\n\n[forgetless] table written to {cfg.output_dir}/compare.md")
+    return 0
+
+
+def cmd_rehearsal(args: argparse.Namespace) -> int:
+    """Generate (or find) the base model's answers that training would otherwise generate on first use."""
+
+    path, items = _config_and_overrides(args.items)
+    cfg = api.load_config(path, items)
+    dev = hardware.device()
+    dtype = str(hardware.resolve_dtype(cfg.model.precision, dev))
+    model, tokenizer, model_path = models.load(cfg.model, dev)
+    out = Path(args.out) if args.out else None
+    made, found = rehearsal.self_rehearsal_file(cfg, model, tokenizer, model_path, dtype, out_dir=out, force=args.force)
+    print(f"[forgetless] self-rehearsal data ({'generated' if found else 'cached'}): {made}")
+    e = cfg.eval
+    made, found = answers.ensure(
+        "retention",
+        model,
+        tokenizer,
+        cfg.model,
+        model_path,
+        dtype,
+        e.retention_prompts,
+        e.retention_max_new_tokens,
+        out_dir=out,
+        force=args.force,
+    )
+    print(f"[forgetless] retention reference answers ({'generated' if found else 'cached'}): {made}")
+    return 0
+
+
+def _config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    items = list(items)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    return path, items
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    session = Chat(args.model, args.adapter, args.system, args.max_new_tokens, args.quantization)
+    if args.prompt is not None:
+        print(session.answer(args.prompt))
+        return 0
+    session.interactive()
+    return 0
+
+
+def cmd_reward(args: argparse.Namespace) -> int:
+    if bool(args.file) == bool(args.prompt):
+        raise UserError("reward score: give --prompt P --answer A (repeat --answer to compare), or --file F.jsonl")
+    if args.file:
+        rows = reward.score_file(args.run, Path(args.file))
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        if args.out:
+            Path(args.out).write_text(text, encoding="utf-8")
+            print(f"[forgetless] scored {len(rows)} rows -> {args.out}")
+        else:
+            print(text, end="")
+        return 0
+    if not args.answer:
+        raise UserError("reward score: --prompt needs at least one --answer")
+    model, tokenizer = reward.load_reward_model(args.run)
+    prompt = [{"role": "user", "content": args.prompt}]
+    for answer, value in zip(
+        args.answer, reward.score(model, tokenizer, [(prompt, a) for a in args.answer]), strict=True
+    ):
+        print(f"{value:+.4f}  {answer}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    facts = merge(args.adapter, Path(args.out), args.base, args.precision)
+    print(
+        f"[forgetless] merged the {facts['adapter_type']} adapter {facts['adapter']} into {facts['merged_into']} "
+        f"({facts['base_model']}, {facts['dtype']}); saved to {args.out} "
+        "(loads with AutoModelForCausalLM.from_pretrained)"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    adapters = {}
+    for i, item in enumerate(args.adapter):
+        name, sep, ref = item.partition("=")
+        adapters[name if sep else f"adapter{i + 1}"] = ref if sep else item
+    serve.run(args.model, adapters, args.host, args.port, args.api_key, args.max_tokens, args.max_prompt_tokens)
+    return 0
+
+
+def _gates(args: argparse.Namespace):
+    tree: dict = {}
+    if args.gates:
+        tree = yaml.safe_load(Path(args.gates).read_text(encoding="utf-8")) or {}
+    for item in args.min_task:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--min-task {item}: write METRIC=VALUE, e.g. exact_match=0.6")
+        tree.setdefault("min_task", {})[name] = float(value)
+    if args.max_kl is not None:
+        tree["max_kl"] = args.max_kl
+    if args.max_benchmark_drop is not None:
+        tree["max_benchmark_drop"] = args.max_benchmark_drop
+    try:
+        return registry.Gates(**tree)
+    except Exception as e:  # pydantic's message names the key
+        raise UserError(f"gates: {str(e).splitlines()[0]} ({' '.join(str(e).split())[:200]})") from None
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    uri = args.tracking_uri
+    if args.action == "register":
+        r = registry.register(Path(args.run), args.name, uri)
+        print(f"[forgetless] registered {r['name']} version {r['version']} (MLflow run {r['run_id']}): {r['source']}")
+    elif args.action in ("list", "show"):
+        rows = registry.versions(args.name, uri)
+        if args.action == "show" and args.version is not None:
+            rows = [r for r in rows if r["version"] == args.version]
+            if not rows:
+                raise UserError(f"registry: {args.name} has no version {args.version}")
+        if args.action == "show":
+            print(json.dumps(rows, indent=2))
+        for r in rows if args.action == "list" else []:
+            task = {k: round(v, 4) for k, v in r["metrics"].items() if k.startswith("task.") or "kl" in k}
+            print(f"{r['name']} v{r['version']} {','.join(r['aliases']) or '-'} base={r['base_model']} {task}")
+    elif args.action == "promote":
+        failed = registry.promote(args.name, args.version, args.alias, _gates(args), uri)
+        if failed:
+            print(f"[forgetless] refused: {args.name} v{args.version} fails {'; '.join(failed)}", file=sys.stderr)
+            return 1
+        print(f"[forgetless] {args.name} v{args.version} is now '{args.alias}'")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    shipped = api.CONFIGS / f"{args.file}.yaml"
+    stages = pipeline.run(shipped if not Path(args.file).is_file() and shipped.is_file() else Path(args.file))
+    done = ", ".join(f"{name} {entry['status']}" for name, entry in stages.items())
+    print(f"[forgetless] pipeline finished: {done}")
+    return 0
+
+
+def _parse_gb(text: str) -> float:
+    try:
+        return float(text.strip().upper().removesuffix("GB").removesuffix("G"))
+    except ValueError:
+        raise UserError(f"--gpu-memory {text}: give a size such as 8GB or 24") from None
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    hw = planner.given(_parse_gb(args.gpu_memory), not args.no_bf16) if args.gpu_memory else planner.detect()
+    p = planner.plan(
+        args.model,
+        hw,
+        goal=args.goal,
+        need=args.need,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        short_deadline=args.short_deadline,
+        processes=args.processes,
+        sharding=args.sharding,
+    )
+    print(planner.render(p))
+    if args.write:
+        cfg = api.load_config(None, p.overrides())
+        loader.dump(cfg, Path(args.write))
+        print(f"\n[forgetless] config written to {args.write}; train it with: forgetless train {args.write}")
+    return 0 if p.fits else 1
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    print(api.CONFIGS if args.configs else json.dumps(hardware.summary(), indent=2))
+    return 0
+
+
+# subcommand name (cli.py's parsers) -> handler
+COMMANDS = {
+    "train": cmd_train,
+    "chat": cmd_chat,
+    "eval": cmd_eval,
+    "report": cmd_report,
+    "compare": cmd_compare,
+    "rehearsal": cmd_rehearsal,
+    "merge": cmd_merge,
+    "serve": cmd_serve,
+    "reward": cmd_reward,
+    "registry": cmd_registry,
+    "pipeline": cmd_pipeline,
+    "plan": cmd_plan,
+    "env": cmd_env,
+}

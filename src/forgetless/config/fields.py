@@ -1,0 +1,22 @@
+"""What every config section shares: unknown keys are errors, values are frozen, and file-path
+fields say so in the schema itself (the loader resolves them relative to the YAML file that set them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ConfigDict, Field
+
+STRICT = ConfigDict(extra="forbid", frozen=True)
+PATH = "path"  # json_schema_extra marker of a field that holds file paths
+
+
+def path_field(*args: Any, **kw: Any) -> Any:
+    """A Field holding a file path (or a list of them): relative paths in a YAML file are relative to
+    that file; `self` and `builtin:NAME` are kept as they are."""
+    return Field(*args, json_schema_extra={PATH: True}, **kw)
+
+
+def is_path(field) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get(PATH))

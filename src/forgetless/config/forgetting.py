@@ -1,0 +1,103 @@
+"""The forgetting section: LwF, rehearsal, L2 and EWC, and the presets that combine them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from forgetless.config.fields import STRICT, path_field
+
+
+class LwfConfig(BaseModel):
+    model_config = STRICT
+    weight: float = Field(0.5, ge=0, description="λ of the KL term (Learning without Forgetting; 0.5-1.0 recommended).")
+    temperature: float = Field(
+        1.0, gt=0, description="Softens both distributions before the KL; the term is scaled by T² (Hinton et al.)."
+    )
+    direction: Literal["finetuned_base", "base_finetuned"] = Field(
+        "finetuned_base",
+        description="finetuned_base: KL(p_finetuned ‖ p_base), mode-seeking, the product default; "
+        "base_finetuned: KL(p_base ‖ p_finetuned), the classic distillation direction.",
+    )
+    tokens: list[Literal["context", "rehearsal", "answers"]] = Field(
+        ["context", "rehearsal"],
+        min_length=1,
+        description="Where the KL applies: context = the task rows' non-answer tokens (system prompt, "
+        "question); rehearsal = every token of the rehearsal rows; answers = the task answers themselves, "
+        "which pulls straight against the task loss (see docs/forgetting.md for the measurement).",
+    )
+    teacher: Literal["online", "cached"] = Field(
+        "online",
+        description="online: the base model's forward pass on every batch (exact KL); cached: its top-k "
+        "log-probabilities per training row, computed once before training and saved with the run "
+        "(no teacher pass per step; accuracy and disk cost in docs/performance.md).",
+    )
+    top_k: int = Field(32, ge=1, description="Tokens per position kept by the cached teacher (plus the tail mass).")
+
+
+class RehearsalConfig(BaseModel):
+    model_config = STRICT
+    ratio: float = Field(
+        0.3, gt=0, lt=1, description="Share of every batch's rows drawn from general data (0.1-0.3 in the literature)."
+    )
+    source: list[str] | Literal["self"] = path_field(
+        "self",
+        description="self: the base model's own answers to the bundled general prompts (pseudo-rehearsal); "
+        "or files in any task data format with general instruction data.",
+    )
+    prompts: str = path_field(
+        "builtin:general/prompts.jsonl", description="Prompts the base model answers when source=self."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Answer length the base model generates per prompt.")
+    weight: float | None = Field(
+        None,
+        ge=0,
+        description="Weight of the CE on rehearsal answers (a token-mean). Unset: 1 when rehearsal is the only "
+        "control, 0 when the LwF KL already covers the rehearsal rows (preset full): CE on the base model's "
+        "greedy answers sharpens it towards them and cost task gain and retention (docs/forgetting.md).",
+    )
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) and v != "self" else v
+
+
+class EwcConfig(BaseModel):
+    model_config = STRICT
+    weight: float = Field(0.0, ge=0, description="λ_ewc of Σ F·(θ−θ₀)² (Kirkpatrick et al. 2017); 0 turns EWC off.")
+    samples: int = Field(64, ge=1, description="General rows used to estimate the diagonal Fisher once per run.")
+
+
+class ForgettingConfig(BaseModel):
+    model_config = STRICT
+    preset: Literal["none", "lwf", "rehearsal", "full"] = Field(
+        "full",
+        description="none: task loss only; lwf: + KL to the base model; rehearsal: + general data in every "
+        "batch; full: both (the configuration the literature recommends).",
+    )
+    lwf: LwfConfig = LwfConfig()
+    rehearsal: RehearsalConfig = RehearsalConfig()
+    l2: float = Field(0.0, ge=0, description="Weight of Σ(θ−θ₀)² on the trainable weights; 0.1 is typical, 0 = off.")
+    ewc: EwcConfig = EwcConfig()
+
+    @property
+    def uses_lwf(self) -> bool:
+        return self.preset in ("lwf", "full") and self.lwf.weight > 0
+
+    @property
+    def uses_rehearsal(self) -> bool:
+        return self.preset in ("rehearsal", "full")
+
+    @property
+    def rehearsal_ce_weight(self) -> float:
+        return rehearsal_ce_weight(self.preset, self.rehearsal.weight, self.lwf.weight, self.lwf.tokens)
+
+
+def rehearsal_ce_weight(preset: str, weight: float | None, lwf_weight: float, lwf_tokens: list[str]) -> float:
+    """The CE weight on rehearsal rows that `forgetting.rehearsal.weight` (unset = automatic) means."""
+    if weight is not None:
+        return weight
+    distilled = preset == "full" and lwf_weight > 0 and "rehearsal" in lwf_tokens
+    return 0.0 if distilled else 1.0

@@ -1,0 +1,184 @@
+"""Typed, validated, frozen run configuration: YAML file + dotted `key=value` overrides.
+
+Every section (schema.py and the files it imports) is a pydantic model with `extra="forbid"`, so a
+typo is an error with a "did you mean" instead of a silently ignored setting. Defaults come from the
+literature and the field descriptions cite it; `forgetless train --help-config` prints them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from forgetless.config.fields import is_path
+from forgetless.config.schema import Config
+from forgetless.errors import UserError
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`a.b=1 c=x` -> nested dict; values are parsed as YAML scalars (1e-4 and true work)."""
+    tree: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{item}' is not key=value (for example train.lr=1e-4)")
+        # YAML scalars: 3 -> int, true -> bool; "1e-4" stays a string that pydantic's
+        # lax mode turns into a float for float fields.
+        value = yaml.safe_load(raw) if raw else ""
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _yaml_lines(path: Path) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML file to its 1-based line, for error messages."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = prefix + (str(key_node.value),)
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+
+    walk(yaml.compose(path.read_text(encoding="utf-8")), ())
+    return lines
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not _is_section(field.annotation):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _explain(err: dict, where: dict[tuple[str, ...], int], source: str) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc)
+    # a list item (eval.labels.0) has no line of its own: the nearest enclosing key's
+    line = next((where[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in where), None)
+    place = f"{source}:{line}: " if line else (f"{source}: " if source else "")
+    if err["type"] == "extra_forbidden":
+        fields = _section_fields(loc)
+        # close spelling first, then abbreviations such as rank -> r
+        guess = difflib.get_close_matches(loc[-1], fields, n=1) or [f for f in fields if loc[-1].startswith(f)][:1]
+        hint = f"; did you mean '{'.'.join(loc[:-1] + (guess[0],))}'?" if guess else ""
+        return f"{place}unknown key '{key}'{hint}"
+    if err["type"] == "value_error":  # our own cross-field checks already name the key
+        return f"{place}{err['msg'].removeprefix('Value error, ')}"
+    if err["type"] == "string_type" and isinstance(err.get("input"), bool):
+        return (
+            f"{place}{key}: got the boolean {err['input']}: yes/no, on/off and true/false are booleans in YAML; "
+            "quote them ('yes') to mean the text"
+        )
+    return f"{place}{key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (optional) and overrides into a frozen Config; raise UserError on bad input."""
+    tree: dict = {}
+    where: dict[tuple[str, ...], int] = {}
+    source = ""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+        if not isinstance(tree, dict):
+            raise UserError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
+        where, source = _yaml_lines(path), str(path)
+        tree = _resolve_paths(tree, path.parent)
+    return validate(tree, overrides, where, source)
+
+
+def validate(tree: dict, overrides: list[str] | None = None, where: dict | None = None, source: str = "") -> Config:
+    """A Config from nested dicts plus `key=value` overrides; UserError names every bad key."""
+    tree = _merge(tree, parse_overrides(overrides or []))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise UserError("; ".join(_explain(err, where or {}, source) for err in e.errors())) from None
+
+
+def path_keys(model: type[BaseModel] = Config, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key the schema marks as a file path (`fields.path_field`), as a key path."""
+    out = []
+    for name, field in model.model_fields.items():
+        if _is_section(field.annotation):
+            out += path_keys(field.annotation, (*prefix, name))
+        elif is_path(field):
+            out.append((*prefix, name))
+    return out
+
+
+def _resolve_paths(tree: dict, base: Path) -> dict:
+    """Relative paths in a YAML file are relative to that file, not to the current dir."""
+    for keys in path_keys():
+        node = tree
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or keys[-1] not in node:
+            continue
+        value = node[keys[-1]]
+        fixed = [_rel(p, base) for p in value] if isinstance(value, list) else _rel(value, base)
+        tree = _merge(tree, _nest(keys, fixed))
+    return tree
+
+
+def _nest(keys: tuple[str, ...], value: Any) -> dict:
+    for k in reversed(keys):
+        value = {k: value}
+    return value
+
+
+def _rel(p: Any, base: Path) -> Any:
+    if not isinstance(p, str) or p == "self" or p.startswith("builtin:") or Path(p).is_absolute():
+        return p
+    return str((base / p).resolve())
+
+
+def dump(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+def describe(model: type[BaseModel] = Config, prefix: str = "") -> str:
+    """Every key with its default and help text, for `forgetless train --help-config`."""
+    out = []
+    for name, field in model.model_fields.items():
+        if _is_section(field.annotation):
+            out.append(describe(field.annotation, f"{prefix}{name}."))
+        else:
+            default = field.default_factory() if field.default_factory else field.default
+            out.append(f"{prefix}{name} = {default!r}\n    {field.description}")
+    return "\n".join(out)

@@ -1,0 +1,84 @@
+"""What a training forward pass returns: final hidden states and the output head, not logits.
+
+The losses need next-token distributions only where a loss term counts (answer tokens, the KL
+positions), so the recipes take the last hidden states of the whole batch and apply the output
+head to the selected positions, a slice at a time (`losses.ce_sum_chunked`, `kl_sum_chunked`).
+Full-vocabulary logits for the whole batch are never made; with a 49k-token vocabulary they are
+the largest tensor of a small model's step.
+
+The model is still called through its own forward (so DDP's gradient hooks, PEFT's adapter
+switches and the quantized layers behave as usual), with `logits_to_keep=1`; a forward hook on
+the decoder captures its output. Architectures whose head does more than a linear map (Gemma-2's
+logit soft-capping, Granite's logit scaling, ...) and PEFT methods that prepend virtual tokens
+(prompt, prefix tuning) get their logits the plain way: `Outputs.head` is then None and
+`Outputs.states` are logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+
+# Decoder-only families whose logits are exactly lm_head(final hidden state).
+PLAIN_HEAD = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "olmo2", "smollm3"}
+
+
+@dataclass
+class Outputs:
+    states: torch.Tensor  # (B, T, H) final hidden states, or (B, T, V) logits when head is None
+    head: torch.nn.Module | None
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keyword arguments of a training forward pass. Packed batches pass position ids and no attention
+    mask: transformers derives the per-row (block-diagonal) causal mask from the position ids, but
+    only without a KV cache, which the model would otherwise create (use_cache defaults to true)."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+
+
+def _unwrapped(model):
+    inner = extract_model_from_parallel(model)
+    return inner, (inner.get_base_model() if hasattr(inner, "get_base_model") else inner)
+
+
+def lean(model) -> bool:
+    """Whether `hidden` can hand out hidden states and a linear head for this model."""
+    inner, base = _unwrapped(model)
+    config = getattr(inner, "peft_config", {}).get(getattr(inner, "active_adapter", None))
+    if config is not None and getattr(config, "is_prompt_learning", False):
+        return False
+    return getattr(base.config, "model_type", None) in PLAIN_HEAD
+
+
+def hidden(model, batch: dict[str, torch.Tensor]) -> Outputs:
+    """Final hidden states and the output head of `model` on `batch` (logits and None when not `lean`)."""
+    if not lean(model):
+        return Outputs(logits_of(model, batch["input_ids"], batch["attention_mask"], batch.get("position_ids")), None)
+    _, base = _unwrapped(model)
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(_module, _args, out):
+        seen["h"] = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    handle = base.get_decoder().register_forward_hook(grab)
+    try:
+        model(**model_inputs(batch), logits_to_keep=1)
+    finally:
+        handle.remove()
+    return Outputs(seen["h"], base.get_output_embeddings())
+
+
+def logits_of(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None) -> torch.Tensor:
+    """(B, T, V) next-token logits aligned with input_ids. Prompt tuning prepends its virtual tokens
+    to the sequence and returns their positions too: only the last T positions are the input's.
+    Packed batches (`data.packing`) pass position ids instead of the attention mask."""
+    # Packed rows need no KV cache: with one, transformers would not read the rows from the position ids.
+    where = {"attention_mask": attention_mask}
+    if position_ids is not None:
+        where = {"position_ids": position_ids, "use_cache": False}
+    out = model(input_ids=input_ids, **where).logits
+    return out[:, -input_ids.shape[1] :]

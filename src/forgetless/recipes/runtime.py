@@ -1,0 +1,191 @@
+"""The steps every training recipe shares: the run directory, the base model, the general rows,
+the retention references, the base model's score, and the files a finished run leaves.
+
+Each recipe (sft.py, dpo.py, reward.py, rlhf.py) still reads top to bottom; these are the calls.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from forgetless.adapters import methods, saved
+from forgetless.config import loader
+from forgetless.config.schema import Config, TrainConfig
+from forgetless.deploy import registry
+from forgetless.errors import UserError
+from forgetless.eval import report, suite
+from forgetless.model import hardware
+from forgetless.model import loader as models
+from forgetless.reference import rehearsal
+from forgetless.training import distributed
+from forgetless.training.monitor import Monitor
+
+PIPELINE_STATE = "pipeline.json"
+
+
+def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        return
+    # Files a pipeline keeps beside its run (its stage record) do not make the directory a run.
+    if out.exists() and any(p.name != PIPELINE_STATE for p in out.iterdir()):
+        if not overwrite:
+            raise UserError(
+                f"output_dir {out} already holds a run; pass --resume to continue it, "
+                "--overwrite to replace it, or choose another output_dir=..."
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def cached(path: Path, compute):
+    """Reuse a before-training score on resume: the base model has not changed."""
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    value = compute()
+    path.write_text(json.dumps(value, ensure_ascii=False, indent=2), encoding="utf-8")
+    return value
+
+
+@dataclass
+class Run:
+    """What a recipe knows once the base model is loaded."""
+
+    cfg: Config
+    out: Path
+    main: bool
+    dev: object
+    dtype: object
+    model: object
+    tokenizer: object
+    model_path: str
+    started: float = field(default_factory=time.time)
+
+    def say(self, text: str) -> None:
+        distributed.state().print(f"[forgetless] {text}")
+
+
+def start(cfg: Config, resume: bool, overwrite: bool, head: str = "causal") -> Run:
+    """Run directory and config (main process only), seed, device, base model; the method is checked
+    against the model before any slow work."""
+    out = Path(cfg.output_dir)
+    main = distributed.is_main()  # under a launcher, only the main process writes files and logs
+    if main:
+        prepare_output_dir(out, resume, overwrite)
+        loader.dump(cfg, out / "config.yaml")
+    distributed.barrier()
+    set_seed(cfg.train.seed)
+    dev = hardware.device()
+    dtype = hardware.resolve_dtype(cfg.model.precision, dev)
+    model, tokenizer, model_path = models.load(cfg.model, dev, head=head)
+    methods.check(model, cfg.peft)
+    return Run(cfg, out, main, dev, dtype, model, tokenizer, model_path)
+
+
+def general_rows(run: Run) -> tuple[list[dict], list[str]]:
+    """Rehearsal rows (user-given or the base model's own answers, cached) when the controls use them."""
+    fcfg = run.cfg.forgetting
+    if not (fcfg.uses_rehearsal or fcfg.ewc.weight > 0):
+        return [], []
+    with distributed.state().main_process_first():  # generates the self-rehearsal cache once
+        return rehearsal.general_rows(run.cfg, run.model, run.tokenizer, run.model_path, str(run.dtype))
+
+
+def references(run: Run):
+    """The base model's answers to the retention prompts (before any adapter exists)."""
+    with distributed.state().main_process_first():
+        return suite.references(run.cfg, run.model, run.tokenizer, run.model_path, run.dtype)
+
+
+def attach(run: Run, task_type: str = "CAUSAL_LM") -> tuple[object, int, int]:
+    """The method on the base, seeded right before its initialisation: converting a GGUF on first use
+    draws random numbers, and the initialisation must not depend on whether the cache was warm."""
+    cfg = run.cfg
+    if cfg.train.liger:
+        methods.apply_liger(run.model, run.dev)
+    set_seed(cfg.train.seed)
+    ckpt = methods.use_grad_checkpointing(cfg.train.grad_checkpointing, run.dev)
+    quantized = cfg.model.quantization != "none"
+    model = methods.attach(
+        run.model,
+        cfg.peft,
+        quantized=quantized,
+        grad_checkpointing=ckpt,
+        model_path=run.model_path,
+        task_type=task_type,
+    )
+    trainable, total = methods.count_parameters(model)
+    run.say(
+        f"{cfg.peft.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
+        f"forgetting preset: {cfg.forgetting.preset}"
+    )
+    if cfg.peft.method == "full":
+        gib = 4 * total * 4 / 2**30  # weights + gradients + AdamW's two moments (fp32), before activations
+        run.say(
+            f"full fine-tuning: about {gib:.1f} GiB for weights, gradients and optimizer state, plus a copy of "
+            "the initial weights for the base view (LwF, retention); LoRA needs a fraction of this"
+        )
+    run.model = model
+    return model, trainable, total
+
+
+def train_settings(cfg: Config, **changes) -> TrainConfig:
+    """The train section as the loop uses it: the learning rate resolved from the final method (Config.lr)."""
+    return cfg.train.model_copy(update={"lr": cfg.lr, **changes})
+
+
+def mixed_precision(run: Run) -> str:
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(run.dtype, "no")
+
+
+def finish(run: Run, evaluation: dict, summary: dict) -> dict:
+    """eval.json, summary.json (with the wall time), the report, and the MLflow run when asked for."""
+    out, cfg = run.out, run.cfg
+    (out / "eval.json").write_text(json.dumps(evaluation, ensure_ascii=False, indent=2), encoding="utf-8")
+    summary |= {"output_dir": str(out), "recipe": cfg.recipe, "model": cfg.model.name, "model_path": run.model_path}
+    summary["wall_seconds"] = round(time.time() - run.started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    if cfg.eval.report:
+        report.write([out], out)
+    if cfg.train.mlflow:
+        print(f"[forgetless] logged to MLflow as run {registry.log_run(out, cfg.train.mlflow_tracking_uri)}")
+    return summary
+
+
+def save_result(run: Run, model) -> None:
+    """adapter/: the trained result and the tokenizer beside it (chat, serve, merge and eval read both)."""
+    saved.save(model, run.out / "adapter", run.cfg.peft, run.cfg.model.name)
+    run.tokenizer.save_pretrained(run.out / "adapter")
+
+
+def score_finetuned(run: Run, compute) -> tuple[dict, float]:
+    """The trained model's scores (main process, all cores) and the seconds they took."""
+    started = time.time()
+    print("[forgetless] evaluating the fine-tuned model ...")
+    with distributed.all_cores():
+        after = compute()
+    return after, time.time() - started
+
+
+def score_base(run: Run, compute) -> tuple[dict, float]:
+    """The base model's scores (main process, all cores; cached in the run for --resume) and seconds taken."""
+    if not run.main:
+        return {}, 0.0  # only the main process evaluates
+    started = time.time()
+    print("[forgetless] evaluating the base model ...")
+    with distributed.all_cores():
+        before = cached(run.out / "eval_before.json", compute)
+    return before, time.time() - started
+
+
+def monitor(cfg: Config) -> Monitor:
+    """Early stopping (train.early_stopping) and the forgetting budget (eval.max_kl) as the loop checks them."""
+    es = cfg.train.early_stopping
+    return Monitor(es.patience, es.enabled, cfg.eval.max_kl, cfg.eval.on_max_kl == "stop")

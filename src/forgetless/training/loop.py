@@ -1,0 +1,360 @@
+"""The one training loop: every recipe (SFT, DPO, reward model, PPO) trains through `fit`.
+
+A recipe hands in the model, a batch stream (`Batches`, or PPO's rollouts) and an `Objective`
+(objectives/objective.py): its loss function and the units the loss terms are normalised by. The
+loop owns accumulation, clipping, the finite check, the optimizer and schedule steps, validation,
+atomic checkpoints, exact resume, the out-of-memory fallback and logging; `_one_step` shows one
+optimizer step in that order. It runs on accelerate so that the same code runs under
+`accelerate launch` / `torchrun`.
+
+With N processes every process walks the same seeded data stream; an optimizer step takes the
+next `grad_accum × N` micro-batches and process r trains on every N-th of them, starting at r.
+So each row is seen once per epoch across processes, the effective batch is
+`batch_size × grad_accum × N`, and N processes compute the same update as one process with
+N times the accumulation.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, extract_model_from_parallel
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from forgetless.adapters.methods import enable_grad_checkpointing
+from forgetless.config.schema import DEFAULT_LR, TrainConfig
+from forgetless.data.batching import Batches
+from forgetless.errors import TrainingDiverged, UserError
+from forgetless.objectives.objective import CountFn, LossFn, Objective
+from forgetless.training import checkpoint
+from forgetless.training.checkpoint import Progress
+from forgetless.training.metrics_log import MetricsLog
+from forgetless.training.monitor import Monitor
+
+EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay only on matrices (not on biases and norms), as in GPT-2/nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("the model has no trainable parameters; check peft settings")
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # Recipes pass Config.lr (train.lr, or the final method's literature rate); a TrainConfig used
+    # alone, as in tests, gets LoRA's rate.
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR["lora"]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if not torch.cuda.is_available():
+        raise UserError(f"train.optimizer={cfg.optimizer} needs a CUDA GPU; use train.optimizer=adamw on CPU")
+    import bitsandbytes as bnb  # 8-bit optimizers: CUDA only, checked above
+
+    cls = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+    return cls(groups, lr=lr)
+
+
+def total_steps(cfg: TrainConfig, batches: Batches, processes: int = 1) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = math.ceil(len(batches) / (cfg.grad_accum * processes))
+    return max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+def next_window(batches: Batches, prog: Progress, size: int) -> list[dict]:
+    """The micro-batches of the next optimizer step (all processes'); an epoch's last may be shorter."""
+    window = list(islice(batches.epoch(prog.epoch, prog.micro), size))
+    if not window:
+        prog.epoch, prog.micro = prog.epoch + 1, 0
+        window = list(islice(batches.epoch(prog.epoch, 0), size))
+    return window
+
+
+def shard(window: list, rank: int, processes: int) -> tuple[list, float]:
+    """This process's micro-batches of a step's window, and the weight of its loss (1, or 0).
+
+    When an epoch's last window holds fewer micro-batches than processes, a process without one
+    still runs a forward/backward (DDP waits for every process's gradients), on the window's first
+    micro-batch with its loss multiplied by 0.
+    """
+    mine = window[rank::processes]
+    return (mine, 1.0) if mine else (window[:1], 0.0)
+
+
+def parts(window: list) -> list[dict]:
+    """A micro-batch is one padded batch, or a list of them that form one unit of data (task rows and
+    rehearsal rows, padded separately so that short task rows are not padded to long general rows)."""
+    return [p for item in window for p in (item if isinstance(item, list) else [item])]
+
+
+def step_counts(window: list, count_fn: CountFn) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for b in parts(window):
+        for unit, n in count_fn(b).items():
+            counts[unit] += n
+    return dict(counts)
+
+
+def split_rows(batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, torch.Tensor]]:
+    """A micro-batch as `chunks` smaller ones (row slices): the out-of-memory fallback's smaller batch.
+    The loss terms are sums over positions normalised by step-wide counts, so the update is unchanged."""
+    k = min(chunks, batch["input_ids"].shape[0])
+    if k == 1:
+        return [batch]
+    cut = {name: torch.tensor_split(t, k) for name, t in batch.items()}
+    return [{name: cut[name][i] for name in batch} for i in range(k)]
+
+
+def train_step(model, window, loss_fn: LossFn, acc: Accelerator, counts: dict[str, int], chunks: int = 1):
+    """Forward/backward over one step's window (all processes'); returns the step's loss terms and
+    metrics, each a mean over its unit across the whole window (`counts`: the window's `step_counts`)."""
+    # Every process holds the whole window, so the step-wide counts need no communication.
+    # DDP averages gradients over processes, so each process normalises by 1/N of the total.
+    norms = {unit: max(t, 1) / acc.num_processes for unit, t in counts.items()}
+    mine, weight = shard(window, acc.process_index, acc.num_processes)
+    terms: dict[str, float] = defaultdict(float)
+    metrics: dict[str, float] = defaultdict(float)
+    pieces = [c for piece in parts(mine) for c in split_rows(piece, chunks)]
+    for i, batch in enumerate(pieces):
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        # Gradients are all-reduced once per step: after the last piece's backward.
+        last = i == len(pieces) - 1
+        sync = nullcontext() if last else acc.no_sync(model)
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed steps its optimizer inside backward unless told that this is not the
+            # accumulation boundary; accelerate reads that flag from its gradient state.
+            acc.gradient_state._set_sync_gradients(last)
+        with sync, acc.autocast():
+            out = loss_fn(model, batch, norms)
+            found, seen = out if isinstance(out, tuple) else (out, {})
+            losses = {name: value * weight for name, value in found.items()}
+            acc.backward(sum(losses.values()))
+        for name, value in losses.items():
+            terms[name] += value.detach().float().item()
+        for name, value in seen.items():
+            metrics[name] += float(value) * weight
+    if acc.num_processes == 1:
+        return dict(terms), dict(metrics)
+    # Each process's sums hold 1/N of the step: the mean over processes is the step-wide value.
+    names = [*terms, *metrics]
+    reduced = acc.reduce(torch.tensor([*terms.values(), *metrics.values()], device=acc.device), "mean").tolist()
+    values = dict(zip(names, reduced, strict=True))
+    return {k: values[k] for k in terms}, {k: values[k] for k in metrics}
+
+
+def fit(
+    model,
+    batches: Batches,
+    objective: Objective,
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    evaluate: EvalFn | None = None,
+    resume: bool = False,
+    mixed_precision: str = "no",
+    monitor: Monitor | None = None,
+    on_best: Callable[[torch.nn.Module], None] | None = None,
+    oom_advice: Callable[[], str] | None = None,
+) -> dict:
+    """Train `model` on `batches` for the configured steps; returns the run's training facts."""
+    acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    steps = total_steps(cfg, batches, acc.num_processes)
+    optimizer = make_optimizer(model, cfg)
+    warmup = math.ceil(cfg.warmup_ratio * steps)
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    effective = cfg.batch_size * cfg.grad_accum * acc.num_processes
+    acc.print(
+        f"[forgetless] effective batch {effective} = batch_size {cfg.batch_size} × grad_accum {cfg.grad_accum} "
+        f"× {acc.num_processes} process(es); {steps} optimizer steps"
+    )
+    prog = checkpoint.restore(out_dir, acc.unwrap_model(model), optimizer, scheduler) if resume else Progress()
+    log = MetricsLog(out_dir, enabled=acc.is_main_process, resume_step=prog.step)
+    if monitor is not None and resume:
+        monitor.replay(log.path)
+    run = Bookkeeping(acc, cfg, steps, out_dir, log, evaluate, monitor, on_best, optimizer, scheduler)
+    model.train()
+    bar = tqdm(total=steps, initial=prog.step, disable=not acc.is_main_process, desc="train", unit="step")
+    oom = Oom(cfg.on_oom == "retry" and acc.num_processes == 1, oom_advice)
+    last: dict[str, float] = {}
+    try:
+        while prog.step < steps and not run.stopped:
+            last = _one_step(model, batches, objective, optimizer, scheduler, acc, cfg, prog, oom)
+            bar.update(1)
+            bar.set_postfix(_postfix(last))
+            run.after_step(model, prog, last)
+    finally:
+        bar.close()
+        log.close()
+    return {
+        "steps": prog.step,
+        "epochs_completed": prog.epoch + prog.micro / max(len(batches), 1),
+        "tokens": prog.tokens,
+        "target_tokens": prog.targets,
+        "train_seconds": round(prog.elapsed, 2),
+        "tokens_per_s": round(prog.tokens / max(prog.elapsed, 1e-9), 1),
+        "final": last,
+        "effective_batch": effective,
+        "processes": acc.num_processes,
+        "stopped_early": run.stopped,
+        "peak_memory_gb": peak_memory_gb(acc.device),
+        "best_step": monitor.best_step if monitor is not None else None,
+        "best_val_loss": monitor.best_val if monitor is not None and monitor.val else None,
+    }
+
+
+@dataclass
+class Bookkeeping:
+    """What happens between optimizer steps: the metrics line, validation (with early stopping and
+    the forgetting budget), and the checkpoint."""
+
+    acc: Accelerator
+    cfg: TrainConfig
+    steps: int
+    out_dir: Path
+    log: MetricsLog
+    evaluate: EvalFn | None
+    monitor: Monitor | None
+    on_best: Callable[[torch.nn.Module], None] | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    stopped: str | None = None
+
+    def after_step(self, model, prog: Progress, last: dict[str, float]) -> None:
+        cfg, acc, final = self.cfg, self.acc, prog.step == self.steps
+        if prog.step % cfg.log_every == 0 or final:
+            self.log.write(prog.step, last)
+        if self.monitor is not None:
+            self.monitor.train_loss(last.get("ce", last["loss"]))  # the task loss, not the forgetting terms
+        epoch_end = prog.micro == 0
+        if self.evaluate and (prog.step % cfg.eval_every == 0 or epoch_end or final):
+            result = _validate(model, self.evaluate, acc)
+            self.log.write(prog.step, result)
+            if self.monitor is not None:
+                improved, self.stopped = self.monitor.update(prog.step, result)
+                if improved and self.on_best is not None and acc.is_main_process:
+                    self.on_best(acc.unwrap_model(model))
+        if self.stopped or prog.step % cfg.save_every == 0 or epoch_end or final:
+            self.save(model, prog)
+
+    def save(self, model, prog: Progress) -> None:
+        if self.acc.is_main_process:
+            unwrapped = self.acc.unwrap_model(model)
+            checkpoint.save(self.out_dir, unwrapped, self.optimizer, self.scheduler, prog, self.cfg.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """CUDA: the most memory tensors held on the GPU; CPU: the process's peak resident memory so far."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # Linux reports KiB
+
+
+@dataclass
+class Oom:
+    """`train.on_oom`: on an out-of-memory error, step down and retry the step, or stop with advice.
+
+    The step-downs hold for the rest of the run: first halve the rows per forward pass (each
+    micro-batch runs as row slices: same effective batch, same update), down to one row; then
+    gradient checkpointing; then stop with the planner's advice.
+    """
+
+    retry: bool  # one process only: under DDP the other processes would wait in the all-reduce
+    advice: Callable[[], str] | None
+    chunks: int = 1
+    checkpointing: bool = False
+
+    def escalate(self, model, window: list) -> str | None:
+        rows = max(p["input_ids"].shape[0] for p in parts(window))
+        now = math.ceil(rows / self.chunks)
+        if now > 1:
+            self.chunks *= 2
+            later = math.ceil(rows / self.chunks)
+            return f"micro-batch {now} -> {later} rows with twice the accumulation (same effective batch)"
+        if not self.checkpointing:
+            enable_grad_checkpointing(extract_model_from_parallel(model))
+            self.checkpointing = True
+            return "gradient checkpointing on"
+        return None
+
+    def step(self, model, window, loss_fn, optimizer, acc, counts: dict[str, int]):
+        while True:
+            try:
+                return train_step(model, window, loss_fn, acc, counts, self.chunks)
+            except torch.OutOfMemoryError as e:
+                optimizer.zero_grad(set_to_none=True)  # drop the failed attempt's partial gradients
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                change = self.escalate(model, window) if self.retry else None
+                if change is None:
+                    advice = self.advice() if self.advice else "lower train.batch_size or data.max_length"
+                    raise UserError(f"out of memory ({str(e).splitlines()[0][:120]}); {advice}") from None
+                acc.print(f"[forgetless] out of memory: {change}; retrying the step")
+
+
+def _one_step(model, batches, objective: Objective, optimizer, scheduler, acc, cfg, prog: Progress, oom: Oom) -> dict:
+    """One optimizer step: accumulate over the window -> clip -> finite check -> step -> schedule -> zero."""
+    t0 = time.perf_counter()
+    window = next_window(batches, prog, cfg.grad_accum * acc.num_processes)
+    counts = step_counts(window, objective.count)
+    terms, metrics = oom.step(model, window, objective.loss, optimizer, acc, counts)
+    loss = sum(terms.values())
+    grad_norm = float(acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm))
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(
+            f"loss became {loss} (grad norm {grad_norm}) at step {prog.step + 1}; the last good checkpoint in "
+            "output_dir/checkpoints is intact. Lower train.lr, or check the data for broken rows."
+        )
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    prog.step += 1
+    prog.micro += len(window)
+    if prog.micro >= len(batches):
+        prog.epoch, prog.micro = prog.epoch + 1, 0
+    prog.tokens += sum(int(b["attention_mask"].sum()) for b in parts(window))
+    prog.targets += counts.get("targets", 0)
+    prog.elapsed += time.perf_counter() - t0
+    return {
+        "loss": loss,
+        **(terms if len(terms) > 1 else {}),
+        **metrics,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "epoch": prog.epoch + prog.micro / len(batches),
+        "tokens_per_s": prog.tokens / max(prog.elapsed, 1e-9),
+        "tokens": prog.tokens,
+    }
+
+
+def _postfix(last: dict) -> dict[str, str]:
+    """Progress bar: the total loss, each loss term when there are several, lr and speed."""
+    terms = [k for k in last if k not in ("loss", "lr", "grad_norm", "epoch", "tokens_per_s", "tokens")]
+    out = {"loss": f"{last['loss']:.4f}", **{k: f"{last[k]:.4f}" for k in terms}}
+    return out | {"lr": f"{last['lr']:.2e}", "tok_s": f"{last['tokens_per_s']:.0f}"}
+
+
+def _validate(model, evaluate: EvalFn, acc: Accelerator) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        result = evaluate(acc.unwrap_model(model))
+    model.train()
+    return result

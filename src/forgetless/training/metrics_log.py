@@ -1,0 +1,46 @@
+"""metrics.jsonl (one JSON object per logged step) and TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, out_dir: Path, enabled: bool = True, resume_step: int = 0):
+        self.enabled = enabled
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        self._drop_after(resume_step)
+        try:
+            # tensorboard takes seconds to import: only when a run logs
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=resume_step or None)
+        except ImportError:  # tensorboard is a dependency, but a broken install should not stop training
+            print("[forgetless] tensorboard is not importable; writing metrics.jsonl only")
+
+    def _drop_after(self, step: int) -> None:
+        """On resume, lines logged after the checkpoint belong to the lost future: remove them."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        self.path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+    def write(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

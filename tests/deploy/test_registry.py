@@ -1,0 +1,122 @@
+"""Registry on a real SQLite MLflow store in a temporary directory, and the pipeline end to end
+on the tiny model, including resume after an injected failure."""
+
+import json
+
+import pytest
+import yaml
+
+import forgetless
+from forgetless.cli import main
+from forgetless.config import loader
+from forgetless.deploy import registry
+
+
+@pytest.fixture
+def scored_overrides(tiny_overrides, tmp_path):
+    """A tiny run that also scores held-out rows and retention, so the gates have numbers."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"instruction": "Say hi."}\n{"instruction": "Say bye."}\n')
+    return [
+        *tiny_overrides,
+        "eval.before_after=true",
+        "eval.max_new_tokens=4",
+        "eval.samples=1",
+        "eval.retention=true",
+        f"eval.retention_prompts={prompts}",
+        "eval.retention_max_new_tokens=4",
+    ]
+
+
+def test_register_list_show_and_gated_promotion(scored_overrides, tmp_path, capsys):
+    forgetless.train({}, scored_overrides)
+    run, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'reg' / 'mlflow.db'}"
+    (tmp_path / "reg").mkdir()
+    assert main(["registry", "register", str(run), "--name", "triage", "--tracking-uri", uri]) == 0
+    assert "registered triage version 1" in capsys.readouterr().out
+    assert main(["registry", "register", str(run), "--name", "triage", "--tracking-uri", uri]) == 0
+    capsys.readouterr()
+    rows = registry.versions("triage", uri)
+    assert [r["version"] for r in rows] == [1, 2]
+    v = rows[0]
+    assert v["base_model"].endswith("tiny-llama0") and "task.exact_match" in v["metrics"]
+    assert v["tags"]["data.train.0"].split(" sha256:")[1] and v["tags"]["code_version"].startswith("forgetless")
+    assert (tmp_path / "reg" / "artifacts").is_dir()  # artifacts beside the SQLite database
+    assert main(["registry", "show", "triage", "1", "--tracking-uri", uri]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["version"] == 1
+    assert main(["registry", "promote", "triage", "1", "--min-task", "exact_match=1.5", "--tracking-uri", uri]) == 1
+    assert "fails task exact_match" in capsys.readouterr().err
+    gates = tmp_path / "gates.yaml"
+    gates.write_text("min_task: {exact_match: 0.0}\nmax_kl: 1000\nmax_benchmark_drop: 1.0\n")
+    assert main(["registry", "promote", "triage", "2", "--gates", str(gates), "--tracking-uri", uri]) == 0
+    assert registry.versions("triage", uri)[1]["aliases"] == ["production"]
+    assert main(["registry", "list", "--tracking-uri", uri]) == 0
+    assert "triage v2 production" in capsys.readouterr().out
+
+
+def test_gates_by_hand():
+    values = {"task.exact_match": 0.7, "retention.kl_per_token": 0.05, "retention.mc.jsonl.acc_diff": -0.1}
+    assert registry.check_gates(values, registry.Gates(min_task={"exact_match": 0.6}, max_kl=0.1)) == []
+    failed = registry.check_gates(
+        values, registry.Gates(min_task={"rouge_l": 0.5}, max_kl=0.01, max_benchmark_drop=0.05)
+    )
+    assert failed == [
+        "task rouge_l missing < 0.5",
+        "KL to base 0.05 > 0.01",
+        "retention.mc.jsonl dropped 0.100 > 0.05",
+    ]
+
+
+def test_pipeline_end_to_end_resumes_after_failure(scored_overrides, tmp_path, capsys):
+    train_cfg = tmp_path / "train.yaml"
+    loader.dump(forgetless.load_config({}, scored_overrides), train_cfg)
+    out = tmp_path / "pipe-run"
+    (tmp_path / "a-file").write_text("not a directory")
+    spec = {
+        "train": str(train_cfg),
+        "output_dir": str(out),
+        "registry": {"name": "triage", "tracking_uri": f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"},
+        "gates": {"min_task": {"exact_match": 1.5}},
+    }
+    pipe = tmp_path / "pipeline.yaml"
+    pipe.write_text(yaml.safe_dump(spec))
+    assert main(["pipeline", str(pipe)]) == 2  # injected failure: the registry cannot be reached
+    assert "pipeline failed at register" in capsys.readouterr().err
+    state = json.loads((out / "pipeline.json").read_text())["stages"]
+    assert [state[s]["status"] for s in ("data", "train", "evaluate", "register")] == ["done"] * 3 + ["failed"]
+    trained = (out / "summary.json").stat().st_mtime
+
+    (tmp_path / "reg").mkdir()
+    spec["registry"]["tracking_uri"] = f"sqlite:///{tmp_path / 'reg' / 'mlflow.db'}"
+    pipe.write_text(yaml.safe_dump(spec))
+    assert main(["pipeline", str(pipe)]) == 2  # the gate refuses promotion
+    captured = capsys.readouterr()
+    assert "train: done in an earlier run, skipped" in captured.out and "fails the gates" in captured.err
+    assert (out / "summary.json").stat().st_mtime == trained  # not retrained
+
+    spec["gates"] = {"min_task": {"exact_match": 0.0}}
+    pipe.write_text(yaml.safe_dump(spec))
+    assert main(["pipeline", str(pipe)]) == 0
+    state = json.loads((out / "pipeline.json").read_text())["stages"]
+    assert state["register"]["result"]["version"] == 1 and state["promote"]["status"] == "done"
+    assert registry.versions("triage", spec["registry"]["tracking_uri"])[0]["aliases"] == ["production"]
+
+
+def test_pipeline_file_errors_name_the_key(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("train: x.yaml\nregistry: {name: a}\nstages: 3\n")
+    with pytest.raises(forgetless.UserError, match=r"p.yaml: stages: Extra inputs are not permitted"):
+        from forgetless import pipeline
+
+        pipeline.load(bad)
+
+
+def test_training_logs_to_mlflow_when_enabled(tiny_overrides, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    forgetless.train({}, [*tiny_overrides, "train.mlflow=true", f"train.mlflow_tracking_uri={uri}"])
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("forgetless").experiment_id])
+    assert run.data.params["train.max_steps"] == "6" and "loss" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 6

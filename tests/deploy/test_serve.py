@@ -1,0 +1,148 @@
+"""`forgetless serve` through the official openai client against a live server on 127.0.0.1.
+
+Two adapters with different (random, non-zero) LoRA weights on the tiny model answer
+differently; under concurrent load each request must still get its own adapter's answer.
+"""
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import torch
+import uvicorn
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from forgetless.deploy import serve
+
+KEY = "test-key"
+CHAT = [{"role": "user", "content": "Say something."}]
+
+
+def _adapter(tiny_dir, path, seed):
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_dir),
+        LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, lora_alpha=64),
+    )
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    adapters = {"a": _adapter(tiny_dir, root / "a", 1), "b": _adapter(tiny_dir, root / "b", 2)}
+    engine = serve.Engine(tiny_dir, adapters, max_tokens=32, max_prompt_tokens=64)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(serve.create_app(engine, KEY), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def client(url, key=KEY):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def ask(url, model, max_tokens=8):
+    r = client(url).chat.completions.create(model=model, messages=CHAT, max_tokens=max_tokens, temperature=0)
+    return r.choices[0].message.content
+
+
+def test_models_chat_completions_and_usage(server):
+    c = client(server)
+    assert [m.id for m in c.models.list().data] == ["base", "a", "b"]
+    r = c.chat.completions.create(model="a", messages=CHAT, max_tokens=6, temperature=0)
+    assert r.object == "chat.completion" and r.choices[0].finish_reason in ("length", "stop")
+    assert r.usage.completion_tokens <= 6 and r.usage.prompt_tokens > 0
+    t = c.completions.create(model="b", prompt="Hello", max_tokens=5, temperature=0)
+    assert t.object == "text_completion" and isinstance(t.choices[0].text, str)
+    sampled = c.chat.completions.create(model="a", messages=CHAT, max_tokens=5, temperature=0.8, top_p=0.9)
+    assert sampled.choices[0].message.content is not None
+
+
+def test_adapters_answer_differently_and_never_cross_talk(server):
+    alone = {m: ask(server, m) for m in ("base", "a", "b")}
+    assert len(set(alone.values())) == 3  # the three models answer differently
+    jobs = ["a", "b", "base"] * 6
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda m: (m, ask(server, m)), jobs))
+    assert all(text == alone[m] for m, text in answers)
+
+
+def test_streaming_matches_the_full_answer(server):
+    full = ask(server, "a", max_tokens=10)
+    stream = client(server).chat.completions.create(model="a", messages=CHAT, max_tokens=10, temperature=0, stream=True)
+    pieces = [ch.choices[0].delta.content or "" for ch in stream]
+    assert len(pieces) > 2 and "".join(pieces) == full
+    text = client(server).completions.create(model="b", prompt="Hi", max_tokens=6, temperature=0, stream=True)
+    assert sum(1 for _ in text) >= 2
+
+
+def test_stop_sequences_cut_the_answer(server):
+    full = ask(server, "a", max_tokens=16)
+    stop = full[3:6]
+    assert stop  # the tiny model's answer is long enough to cut
+    r = client(server).chat.completions.create(model="a", messages=CHAT, max_tokens=16, temperature=0, stop=[stop])
+    assert r.choices[0].message.content == full[: full.index(stop)] and r.choices[0].finish_reason == "stop"
+
+
+def test_auth(server):
+    with pytest.raises(openai.AuthenticationError):
+        client(server, key="wrong").models.list()
+    req = urllib.request.Request(f"{server}/v1/models")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req)
+    assert e.value.code == 401 and json.loads(e.value.read())["error"]["type"] == "authentication_error"
+    assert json.loads(urllib.request.urlopen(f"{server}/health").read())["status"] == "ok"
+
+
+def _post(url, body: bytes, path="/v1/chat/completions"):
+    req = urllib.request.Request(
+        url + path, data=body, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (json.dumps({"model": "nope", "messages": CHAT}).encode(), 404, "model 'nope' does not exist"),
+        (json.dumps({"model": "a", "messages": []}).encode(), 400, "messages"),
+        (json.dumps({"model": "a", "messages": CHAT, "max_tokens": 999}).encode(), 400, "above this server's limit"),
+        (
+            json.dumps({"model": "a", "messages": [{"role": "user", "content": "word " * 200}]}).encode(),
+            400,
+            "at most 64",
+        ),
+        (json.dumps({"model": "a", "messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, "role"),
+        (json.dumps({"model": "a", "messages": CHAT, "temperature": 5}).encode(), 400, "temperature"),
+        (json.dumps({"messages": CHAT}).encode(), 400, "model"),
+    ],
+)
+def test_malformed_requests_get_4xx_with_openai_error_body(server, body, status, says):
+    code, payload = _post(server, body)
+    assert code == status and says in payload["error"]["message"], payload
+
+
+def test_metrics_count_requests_and_latency(server):
+    ask(server, "a")
+    m = json.loads(urllib.request.urlopen(f"{server}/metrics").read())
+    assert m["requests"] >= 1 and m["completion_tokens"] > 0 and m["latency_ms"]["p50"] > 0

@@ -1,0 +1,83 @@
+"""Batching without waste and lean losses: packing, length grouping, chunked CE/KL, the cached teacher.
+
+Every lean path is checked against the plain computation it replaces (values and gradients).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from forgetless.adapters import methods
+from forgetless.config.schema import ForgettingConfig, PeftConfig
+from forgetless.data.batching import collate
+from forgetless.data.packing import bins, collate_packed
+from forgetless.data.render import IGNORE
+from forgetless.model import forward
+from forgetless.objectives.losses import ce_sum, kl_sum
+from forgetless.objectives.sft import counts, objective
+from tests.conftest import lora_model, token_rows
+
+
+def test_packed_rows_see_exactly_their_padded_logits(tiny_dir):
+    model = lora_model(tiny_dir).eval()
+    rows = token_rows([9, 4, 6, 3])
+    padded, packed = collate(rows, 0), collate_packed(rows, 0, capacity=16)
+    with torch.no_grad():
+        a = model(**forward.model_inputs(padded)).logits
+        b = model(**forward.model_inputs(packed)).logits
+    got = b[packed["attention_mask"].bool()]  # real tokens in packed order
+    order = [i for g in bins([9, 4, 6, 3], 16) for i in g]
+    want = torch.cat([a[i, : len(rows[i]["input_ids"])] for i in order])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["full", "lwf", "none"])
+def test_loss_terms_and_gradients_equal_on_packed_and_padded_batches(tiny_dir, preset):
+    cfg = ForgettingConfig(preset=preset, rehearsal={"weight": 0.5} if preset == "full" else {})
+    rows = token_rows([12, 5, 8]) + token_rows([10, 7], start=50, rehearsal=True)
+    results = []
+    for batch in (collate(rows, 0), collate_packed(rows, 0, capacity=24)):
+        model = lora_model(tiny_dir).eval()
+        norms = {k: float(v) for k, v in counts(batch, cfg).items()}
+        terms = objective(cfg, chunk=7).loss(model, batch, norms)  # chunk 7: several checkpointed slices
+        sum(terms.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((counts(batch, cfg), {k: v.item() for k, v in terms.items()}, grads))
+    (c1, t1, g1), (c2, t2, g2) = results
+    assert c1 == c2
+    assert t1.keys() == t2.keys() and all(t1[k] == pytest.approx(t2[k], rel=1e-4, abs=1e-6) for k in t1)
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-3, atol=1e-5)
+
+
+def test_lean_loss_equals_the_plain_full_logits_loss(tiny_dir):
+    """The hidden-state path (head on selected positions) against CE/KL on full logits by hand."""
+    model = lora_model(tiny_dir).eval()
+    cfg = ForgettingConfig(preset="lwf")
+    batch = collate(token_rows([12, 6, 9]), 0)
+    norms = {k: float(v) for k, v in counts(batch, cfg).items()}
+    terms = objective(cfg, chunk=5).loss(model, batch, norms)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    with torch.no_grad(), methods.base_view(model) as base:
+        t_logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ce = ce_sum(logits, batch["labels"]) / norms["targets"]
+    real = batch["attention_mask"][:, 1:].bool() & (batch["labels"][:, 1:] == IGNORE)
+    kl = 0.5 * kl_sum(logits[:, :-1][real], t_logits[:, :-1][real]) / norms["kl"]
+    assert terms["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
+    assert terms["lwf"].item() == pytest.approx(kl.item(), rel=1e-5)
+
+
+def test_prompt_tuning_falls_back_to_logits(tiny_dir):
+    torch.manual_seed(0)
+    model = methods.attach(
+        AutoModelForCausalLM.from_pretrained(tiny_dir),
+        PeftConfig(method="prompt", virtual_tokens=4),
+        quantized=False,
+        grad_checkpointing=False,
+    )
+    assert not forward.lean(model)
+    batch = collate(token_rows([6, 4]), 0)
+    out = forward.hidden(model, batch)
+    assert out.head is None and out.states.shape == (2, 6, model.config.vocab_size)

@@ -1,0 +1,36 @@
+"""The SFT recipe end to end on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import forgetless
+from tests.conftest import write_jsonl
+
+
+def test_full_preset_trains_with_every_term_and_reports_retention(tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
+    general = [{"instruction": f"Tell me fact {i}.", "output": f"Fact {i} is true."} for i in range(6)]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": f"Say {w}."} for w in ("yes", "no", "hi")])
+    summary = forgetless.train(
+        {},
+        [
+            *tiny_overrides,
+            "forgetting.preset=full",
+            f"forgetting.rehearsal.source={write_jsonl(tmp_path / 'general.jsonl', general)}",
+            "forgetting.l2=0.1",
+            "forgetting.rehearsal.weight=0.5",
+            "forgetting.ewc.weight=1.0",
+            "forgetting.ewc.samples=4",
+            "eval.retention=true",
+            f"eval.retention_prompts={prompts}",
+            "eval.retention_max_new_tokens=6",
+        ],
+    )
+    run = tmp_path / "run"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert {"ce", "ce_rehearsal", "lwf", "l2", "ewc"} <= set(lines[-1])
+    assert (run / "ewc_fisher.safetensors").is_file()
+    assert summary["general_rows"] == 6 and summary["forgetting_preset"] == "full"
+    r = summary["retention"]
+    assert r["n"] == 3 and r["kl_per_token"] > 0 and 0 <= r["agreement"] <= 1
