@@ -62,6 +62,25 @@ def tiny_dir(tmp_path_factory, tokenizer) -> str:
     return str(out)
 
 
+def tiny_args(tiny_dir: str, data: Path, out: Path, *more: str) -> list[str]:
+    """Overrides of a seconds-long run of the tiny model: 2 steps, a checkpoint every step, no evaluation."""
+    return [
+        f"model.name={tiny_dir}",
+        f"data.train={data}",
+        "data.validation_split=0.25",
+        f"output_dir={out}",
+        "eval.before_after=false",
+        "eval.retention=false",
+        "forgetting.preset=none",
+        "train.batch_size=2",
+        "train.grad_accum=1",
+        "train.max_steps=2",
+        "train.save_every=1",
+        "peft.r=4",
+        *more,
+    ]
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -8,6 +8,7 @@ installed wheel as from a checkout.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from forgetless.config import loader
@@ -19,7 +20,7 @@ QUICKSTART = CONFIGS / "quickstart.yaml"
 
 
 def recipes() -> dict[str, Callable[..., dict]]:
-    """recipe name -> its run(cfg, resume, overwrite)."""
+    """recipe name -> its run(cfg, resume); the output directory is claimed by run_recipe."""
     from forgetless.recipes import dpo, reward, rlhf, sft  # torch & transformers: not at `import forgetless`
 
     return {"sft": sft.run, "dpo": dpo.run, "reward": reward.run, "rlhf": rlhf.run}
@@ -64,12 +65,35 @@ def train(
     from forgetless.model.hardware import quiet_third_party_logs  # torch: not at `import forgetless`
 
     quiet_third_party_logs()
-    config = load_config(cfg, overrides)
-    return recipes()[config.recipe](config, resume=resume, overwrite=overwrite)
+    return run_recipe(load_config(cfg, overrides), resume=resume, overwrite=overwrite)
+
+
+def run_recipe(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
+    """The config's recipe in its output_dir, after checking what can be checked without training:
+    the files the config names exist and the model reference resolves. The main process claims the
+    directory first (lock; an --overwrite'n run is kept until the new one can stand alone)."""
+    from forgetless.model import loader as models  # torch & transformers, as above
+    from forgetless.training import distributed, rundir  # as above
+
+    for keys in loader.path_keys():
+        for ref in _values(cfg, keys):
+            if ref != "self" and not ref.startswith("builtin:") and not Path(ref).exists():
+                raise UserError(f"{'.'.join(keys)}: file not found: {ref}")
+    models.resolve(cfg.model.name)
+    claim = rundir.claim(Path(cfg.output_dir), cfg, resume, overwrite) if distributed.is_main() else nullcontext()
+    with claim:
+        return recipes()[cfg.recipe](cfg, resume=resume)
+
+
+def _values(cfg: Config, keys: tuple[str, ...]) -> list[str]:
+    node = cfg
+    for k in keys:
+        node = getattr(node, k)
+    return [node] if isinstance(node, str) else list(node)
 
 
 def compare_presets(cfg: Config, variants: dict[str, list[str]], overwrite: bool = False) -> list[dict]:
     """`forgetless compare`: train (or reuse) each variant and return the table rows."""
     from forgetless.recipes import compare  # as above
 
-    return compare.run(cfg, variants, recipes()[cfg.recipe], overwrite=overwrite)
+    return compare.run(cfg, variants, run_recipe, overwrite=overwrite)

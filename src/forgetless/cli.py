@@ -284,3 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nforgetless: interrupted; resume with --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `forgetless train --help-config | head`: the reader left, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0

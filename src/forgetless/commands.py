@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from forgetless import api, pipeline
 from forgetless.adapters.merge import merge
 from forgetless.config import loader
@@ -22,6 +20,7 @@ from forgetless.deploy.chat import Chat
 from forgetless.errors import UserError
 from forgetless.eval import report
 from forgetless.eval.report import print_tables
+from forgetless.files import read_yaml
 from forgetless.model import hardware
 from forgetless.model import loader as models
 from forgetless.model.hardware import quiet_third_party_logs  # noqa: F401  (cli.main calls it)
@@ -246,7 +245,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _gates(args: argparse.Namespace):
     tree: dict = {}
     if args.gates:
-        tree = yaml.safe_load(Path(args.gates).read_text(encoding="utf-8")) or {}
+        tree = read_yaml(Path(args.gates))[0] or {}
     for item in args.min_task:
         name, sep, value = item.partition("=")
         if not sep:

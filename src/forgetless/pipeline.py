@@ -21,7 +21,6 @@ import shutil
 import time
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forgetless import api
@@ -29,11 +28,12 @@ from forgetless.data.build import build
 from forgetless.deploy import serve
 from forgetless.deploy.registry import Gates, metrics, promote, register
 from forgetless.errors import UserError
+from forgetless.files import read_yaml
 from forgetless.model import loader as models
-from forgetless.recipes import evaluate, sft
+from forgetless.recipes import evaluate
 from forgetless.recipes.compare import same_run
-from forgetless.recipes.runtime import PIPELINE_STATE
 from forgetless.training import checkpoint
+from forgetless.training.rundir import PIPELINE_STATE
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -67,14 +67,16 @@ STAGES = ["data", "train", "evaluate", "register", "promote", "serve"]
 
 
 def load(path: Path) -> PipelineConfig:
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such pipeline file")
+    tree, lines = read_yaml(Path(path))
     try:
-        tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        cfg = PipelineConfig(**tree)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such pipeline file") from None
+        cfg = PipelineConfig(**(tree or {}))
     except ValidationError as e:
         err = e.errors()[0]
-        raise UserError(f"{path}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+        loc = tuple(str(x) for x in err["loc"])
+        where = f"{path}:{lines[loc[:1]]}" if loc[:1] in lines else str(path)
+        raise UserError(f"{where}: {'.'.join(loc)}: {err['msg']}") from None
     train = Path(cfg.train)
     if not train.is_absolute() and not train.exists():
         train = Path(path).parent / train
@@ -154,7 +156,7 @@ def _train(cfg, out: Path) -> dict:
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     else:
         resume = checkpoint.latest(out) is not None  # a run cut off earlier continues where it stopped
-        summary = sft.run(cfg, resume=resume)
+        summary = api.run_recipe(cfg, resume=resume)
     return {k: summary.get(k) for k in ("steps", "train_seconds", "tokens_per_s", "effective_batch")}
 
 

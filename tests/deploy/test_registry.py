@@ -105,7 +105,7 @@ def test_pipeline_end_to_end_resumes_after_failure(scored_overrides, tmp_path, c
 def test_pipeline_file_errors_name_the_key(tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text("train: x.yaml\nregistry: {name: a}\nstages: 3\n")
-    with pytest.raises(forgetless.UserError, match=r"p.yaml: stages: Extra inputs are not permitted"):
+    with pytest.raises(forgetless.UserError, match=r"p.yaml:3: stages: Extra inputs are not permitted"):
         from forgetless import pipeline
 
         pipeline.load(bad)

@@ -16,6 +16,7 @@ import torch
 import yaml
 from accelerate.utils import extract_model_from_parallel
 from peft import PeftModel, set_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from forgetless.adapters import bottleneck, selective
@@ -33,10 +34,27 @@ def adapter_dir(ref: str) -> Path:
     path = Path(ref)
     for candidate in (path / "adapter", path):
         if any((candidate / f).is_file() for f in ("adapter_config.json", OWN_FORMAT)):
+            check_readable(candidate)
             return candidate
     raise UserError(
         f"{ref} is not an adapter directory (no adapter_config.json or {OWN_FORMAT}) nor a run directory with adapter/"
     )
+
+
+def check_readable(directory: Path) -> None:
+    """Every weight file opens and every JSON parses: a copy cut short (a full disk, an interrupted
+    transfer) is a one-line error here instead of a traceback from deep inside the loader."""
+    for f in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt") as weights:
+                weights.keys()
+        except Exception as e:  # SafetensorError and OSError
+            raise UserError(f"{f} is damaged or incomplete ({e}); copy it again, or retrain") from None
+    for f in sorted(directory.glob("*.json")):
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{f} is damaged or incomplete ({e}); copy it again, or retrain") from None
 
 
 def base_of(run_adapter: Path) -> str | None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from forgetless.config.fields import is_path
 from forgetless.config.schema import Config
 from forgetless.errors import UserError
+from forgetless.files import read_yaml
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -51,21 +52,6 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _yaml_lines(path: Path) -> dict[tuple[str, ...], int]:
-    """Map each key path in a YAML file to its 1-based line, for error messages."""
-    lines: dict[tuple[str, ...], int] = {}
-
-    def walk(node: Any, prefix: tuple[str, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = prefix + (str(key_node.value),)
-                lines[key] = key_node.start_mark.line + 1
-                walk(value_node, key)
-
-    walk(yaml.compose(path.read_text(encoding="utf-8")), ())
-    return lines
-
-
 def _is_section(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
@@ -80,12 +66,16 @@ def _section_fields(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _explain(err: dict, where: dict[tuple[str, ...], int], source: str) -> str:
+def _explain(err: dict, where: dict[tuple[str, ...], int], source: str, typed: dict[tuple[str, ...], str]) -> str:
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(loc)
-    # a list item (eval.labels.0) has no line of its own: the nearest enclosing key's
+    # a list item (eval.labels.0) has no place of its own: the nearest enclosing key's
+    given = next((typed[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in typed), None)
     line = next((where[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in where), None)
-    place = f"{source}:{line}: " if line else (f"{source}: " if source else "")
+    if given is not None:
+        place = f"command line '{given}': "
+    else:
+        place = f"{source}:{line}: " if line else (f"{source}: " if source else "")
     if err["type"] == "extra_forbidden":
         fields = _section_fields(loc)
         # close spelling first, then abbreviations such as rank -> r
@@ -111,24 +101,24 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+        tree, where = read_yaml(path)
+        tree = tree or {}
         if not isinstance(tree, dict):
             raise UserError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
-        where, source = _yaml_lines(path), str(path)
+        source = str(path)
         tree = _resolve_paths(tree, path.parent)
     return validate(tree, overrides, where, source)
 
 
 def validate(tree: dict, overrides: list[str] | None = None, where: dict | None = None, source: str = "") -> Config:
-    """A Config from nested dicts plus `key=value` overrides; UserError names every bad key."""
+    """A Config from nested dicts plus `key=value` overrides; UserError names every bad key, and where
+    it was set: file:line, or the command line for an override (which wins over the file)."""
     tree = _merge(tree, parse_overrides(overrides or []))
+    typed = {tuple(item.partition("=")[0].split(".")): item for item in overrides or []}
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise UserError("; ".join(_explain(err, where or {}, source) for err in e.errors())) from None
+        raise UserError("; ".join(_explain(err, where or {}, source, typed) for err in e.errors())) from None
 
 
 def path_keys(model: type[BaseModel] = Config, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -166,6 +156,17 @@ def _rel(p: Any, base: Path) -> Any:
     if not isinstance(p, str) or p == "self" or p.startswith("builtin:") or Path(p).is_absolute():
         return p
     return str((base / p).resolve())
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}: dotted keys, as overrides and messages name them."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out |= flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def dump(cfg: Config, path: Path) -> None:

@@ -16,6 +16,7 @@ data.on_error is "skip". Nothing is dropped silently.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetless.errors import UserError
+from forgetless.files import read_text
 
 ROLES = ("system", "user", "assistant")
 
@@ -62,8 +64,15 @@ def resolve_path(ref: str) -> Path:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    # Bytes, decoded line by line: a line that is not UTF-8 is one bad row (skippable), not a crash.
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM is read, not rejected
+            except UnicodeDecodeError as e:
+                bad = f"byte {raw[e.start]:#04x} at column {e.start + 1}"
+                yield lineno, RowError(f"not valid UTF-8 ({bad}); save the file as UTF-8")
+                continue
             if not line.strip():
                 continue
             try:
@@ -74,7 +83,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); a .json file must hold a list of rows") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -85,7 +94,7 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         for row in reader:
             if None in row:
@@ -119,7 +128,11 @@ def iter_rows(path: Path) -> Iterator[tuple[int, Any]]:
     elif suffix == ".parquet":
         import pyarrow.parquet as pq  # only for .parquet files
 
-        yield from _iter_table(pq.read_table(path).to_pylist())
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for damaged files
+            raise UserError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:160]})") from None
+        yield from _iter_table(table.to_pylist())
     else:
         raise UserError(f"{path}: unsupported file type '{suffix}'; use .jsonl, .json, .csv, .parquet or a dataset dir")
 
@@ -145,7 +158,7 @@ def detect_format(row: Any) -> str:
 def _text(row: dict, key: str, required: bool = True) -> str:
     if key not in row or row[key] is None:
         if required:
-            raise RowError(f"field '{key}' is missing")
+            raise RowError(f"field '{key}' is {'missing' if key not in row else 'null'}")
         return ""
     value = row[key]
     if not isinstance(value, str):

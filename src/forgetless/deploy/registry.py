@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from forgetless.config import loader
 from forgetless.data.formats import resolve_path
 from forgetless.errors import UserError
 
@@ -160,7 +161,7 @@ def log_run(run: Path, uri: str | None = None, tags: dict[str, str] | None = Non
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     mlrun = client.create_run(_experiment(client, uri), tags=tags or lineage(run), run_name=run.name)
     rid = mlrun.info.run_id
-    params = [Param(k, str(v)[:500]) for k, v in _flatten(cfg).items()]
+    params = [Param(k, str(v)[:500]) for k, v in loader.flat(cfg).items()]
     now = int(1000 * os.path.getmtime(run / "config.yaml"))
     series = []
     if (run / "metrics.jsonl").is_file():
@@ -184,16 +185,6 @@ def log_run(run: Path, uri: str | None = None, tags: dict[str, str] | None = Non
             client.log_artifact(rid, str(run / name))
     client.set_terminated(rid)
     return rid
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out |= _flatten(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def register(run: Path, name: str, uri: str | None = None) -> dict:

@@ -148,7 +148,8 @@ def text_table(rows: list[list[str]]) -> str:
 
 
 def print_tables(ev: dict) -> None:
-    print("\n" + text_table(task_table(ev)))
+    if len(task_table(ev)) > 1:  # no header over nothing (eval.before_after=false scores no task rows)
+        print("\n" + text_table(task_table(ev)))
     if len(retention_table(ev)) > 1:
         print("\n" + text_table(retention_table(ev)))
 

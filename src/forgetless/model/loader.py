@@ -57,8 +57,14 @@ def _convert_gguf(gguf: Path, out: Path, hub_id: str | None) -> None:
     print(f"[forgetless] converting {gguf.name} to safetensors once (about 30 s); cached in {out}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except Exception as e:  # the gguf reader raises ValueError, KeyError, struct errors ... on damaged files
+            first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+            raise UserError(
+                f"{gguf}: not a readable GGUF model ({type(e).__name__}: {first}); is the file complete?"
+            ) from None
     config = loaded.config
     # The GGUF quantization marker makes save_pretrained refuse; the weights are already
     # dequantized to float32, so rebuild a plain model around them.

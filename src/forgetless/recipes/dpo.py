@@ -51,8 +51,8 @@ def measure(model, tokenizer, cfg: Config, val: list[dict], prompts: list, refs,
     return side | suite.measure(model, tokenizer, cfg, [], [], refs if reference else None)
 
 
-def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
-    r = runtime.start(cfg, resume, overwrite)
+def run(cfg: Config, resume: bool = False) -> dict:
+    r = runtime.start(cfg)
     model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
     data = build_pairs(cfg.data, tokenizer, cfg.train.seed)
     r.say(f"data: {len(data.train)} training pairs, {len(data.validation)} held-out pairs")

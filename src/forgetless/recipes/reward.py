@@ -18,8 +18,8 @@ from forgetless.recipes import runtime
 from forgetless.training import loop
 
 
-def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
-    r = runtime.start(cfg, resume, overwrite, head="score")
+def run(cfg: Config, resume: bool = False) -> dict:
+    r = runtime.start(cfg, head="score")
     model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
     data = build_pairs(cfg.data, tokenizer, cfg.train.seed)
     r.say(f"data: {len(data.train)} training pairs, {len(data.validation)} held-out pairs")

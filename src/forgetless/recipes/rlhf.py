@@ -64,8 +64,8 @@ def measure(model, tokenizer, scorer, prompts: list, cfg: Config, refs) -> dict:
     )
 
 
-def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
-    r = runtime.start(cfg, resume, overwrite)
+def run(cfg: Config, resume: bool = False) -> dict:
+    r = runtime.start(cfg)
     model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
     train, val = _prompts(cfg)
     r.say(f"data: {len(train)} training prompts, {len(val)} held-out prompts")

@@ -7,7 +7,6 @@ Each recipe (sft.py, dpo.py, reward.py, rlhf.py) still reads top to bottom; thes
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,29 +18,12 @@ from forgetless.adapters import methods, saved
 from forgetless.config import loader
 from forgetless.config.schema import Config, TrainConfig
 from forgetless.deploy import registry
-from forgetless.errors import UserError
 from forgetless.eval import report, suite
 from forgetless.model import hardware
 from forgetless.model import loader as models
 from forgetless.reference import rehearsal
 from forgetless.training import distributed
 from forgetless.training.monitor import Monitor
-
-PIPELINE_STATE = "pipeline.json"
-
-
-def prepare_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        return
-    # Files a pipeline keeps beside its run (its stage record) do not make the directory a run.
-    if out.exists() and any(p.name != PIPELINE_STATE for p in out.iterdir()):
-        if not overwrite:
-            raise UserError(
-                f"output_dir {out} already holds a run; pass --resume to continue it, "
-                "--overwrite to replace it, or choose another output_dir=..."
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def cached(path: Path, compute):
@@ -71,13 +53,13 @@ class Run:
         distributed.state().print(f"[forgetless] {text}")
 
 
-def start(cfg: Config, resume: bool, overwrite: bool, head: str = "causal") -> Run:
-    """Run directory and config (main process only), seed, device, base model; the method is checked
-    against the model before any slow work."""
+def start(cfg: Config, head: str = "causal") -> Run:
+    """config.yaml (main process only), seed, device, base model; the method is checked against the
+    model before any slow work."""
     out = Path(cfg.output_dir)
     main = distributed.is_main()  # under a launcher, only the main process writes files and logs
-    if main:
-        prepare_output_dir(out, resume, overwrite)
+    if main:  # the directory is claimed (locked, cleared or checked for --resume) by api.run_recipe
+        out.mkdir(parents=True, exist_ok=True)
         loader.dump(cfg, out / "config.yaml")
     distributed.barrier()
     set_seed(cfg.train.seed)
@@ -174,12 +156,12 @@ def score_finetuned(run: Run, compute) -> tuple[dict, float]:
     return after, time.time() - started
 
 
-def score_base(run: Run, compute) -> tuple[dict, float]:
+def score_base(run: Run, compute, what: str = "") -> tuple[dict, float]:
     """The base model's scores (main process, all cores; cached in the run for --resume) and seconds taken."""
     if not run.main:
         return {}, 0.0  # only the main process evaluates
     started = time.time()
-    print("[forgetless] evaluating the base model ...")
+    print(f"[forgetless] evaluating the base model{f' ({what})' if what else ''} ...")
     with distributed.all_cores():
         before = cached(run.out / "eval_before.json", compute)
     return before, time.time() - started

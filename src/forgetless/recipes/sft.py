@@ -29,8 +29,8 @@ from forgetless.reference.topk import TeacherCache
 from forgetless.training import distributed, loop
 
 
-def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
-    r = runtime.start(cfg, resume, overwrite)
+def run(cfg: Config, resume: bool = False) -> dict:
+    r = runtime.start(cfg)
     model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
     data = build(cfg.data, tokenizer, cfg.train.seed)
     r.say(f"data: {len(data.train)} train rows, {len(data.validation)} validation rows")
@@ -43,7 +43,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
     refs = runtime.references(r)
     scored = data.validation_examples if cfg.eval.before_after else []
     scored_rows = data.validation if cfg.eval.before_after else []
-    before, t_base = runtime.score_base(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows))
+    before, t_base = _score_base(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows))
 
     fcfg = cfg.forgetting
     pad = tokenizer.pad_token_id
@@ -107,6 +107,16 @@ def _batches(r: runtime.Run, train: list[dict], general: list[dict]) -> tuple[Ba
     padding_note, padding = batches.padding_note()
     r.say(padding_note)
     return batches, padding
+
+
+def _score_base(r: runtime.Run, compute) -> tuple[dict, float]:
+    """The base side: task scores (eval.before_after) and the retention baseline (eval.retention); with
+    neither there is nothing to score, and nothing is said."""
+    e = r.cfg.eval
+    if not (e.before_after or e.retention):
+        return {}, 0.0
+    what = "task and retention baseline" if e.before_after else "retention baseline only: eval.before_after=false"
+    return runtime.score_base(r, compute, what if e.retention else "task")
 
 
 def packing(cfg: Config) -> bool:

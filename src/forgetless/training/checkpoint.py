@@ -31,6 +31,7 @@ class Progress:
     tokens: int = 0  # non-padding input tokens processed
     targets: int = 0  # tokens that carried the loss
     elapsed: float = 0.0  # seconds spent in training steps
+    planned: int = 0  # the run's total optimizer steps when this was saved (a resume may change it)
 
 
 def rng_state() -> dict:
@@ -84,6 +85,12 @@ def save(out_dir: Path, model, optimizer, scheduler, prog: Progress, keep: int) 
     return final
 
 
+def remove_strays(out_dir: Path) -> None:
+    """Temporary folders of checkpoint writes that were killed half-way (never a valid checkpoint)."""
+    for tmp in (Path(out_dir) / "checkpoints").glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def latest(out_dir: Path) -> Path | None:
     found = sorted((Path(out_dir) / "checkpoints").glob(f"{PREFIX}*"))
     return found[-1] if found else None
@@ -93,15 +100,21 @@ def restore(out_dir: Path, model, optimizer, scheduler) -> Progress:
     ckpt = latest(out_dir)
     if ckpt is None:
         raise UserError(f"--resume: no checkpoint in {Path(out_dir) / 'checkpoints'}; start without --resume")
-    weights = load_file(str(ckpt / "trainable.safetensors"))
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != expected:
+    try:
+        weights = load_file(str(ckpt / "trainable.safetensors"))
+        state = torch.load(ckpt / "state.pt", weights_only=False)  # our own file: RNG states are tuples
+    except Exception as e:  # a damaged file: checkpoints are written atomically, so a disk or copy problem
+        raise UserError(f"--resume: {ckpt} cannot be read ({str(e).splitlines()[0][:160]})") from None
+    expected = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    found = {n: tuple(w.shape) for n, w in weights.items()}
+    if found != expected:
+        differ = sorted(n for n in set(found) | set(expected) if found.get(n) != expected.get(n))
         raise UserError(
-            f"--resume: {ckpt} does not match this model's trainable parameters; "
+            f"--resume: {ckpt} does not match this model's trainable parameters ({len(differ)} differ, e.g. "
+            f"{differ[0]}: saved {found.get(differ[0])}, now {expected.get(differ[0])}); "
             "was the config (peft.*, model.*) changed since the run started?"
         )
     model.load_state_dict(weights, strict=False)
-    state = torch.load(ckpt / "state.pt", weights_only=False)  # our own file: RNG states are tuples
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])

@@ -18,21 +18,22 @@ from __future__ import annotations
 
 import math
 import resource
+import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, extract_model_from_parallel
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from forgetless.adapters.methods import enable_grad_checkpointing
 from forgetless.config.schema import DEFAULT_LR, TrainConfig
 from forgetless.data.batching import Batches
 from forgetless.errors import TrainingDiverged, UserError
@@ -41,6 +42,7 @@ from forgetless.training import checkpoint
 from forgetless.training.checkpoint import Progress
 from forgetless.training.metrics_log import MetricsLog
 from forgetless.training.monitor import Monitor
+from forgetless.training.oom import Oom
 
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
 
@@ -65,6 +67,13 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
     cls = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
     return cls(groups, lr=lr)
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, steps: int):
+    """Linear warm-up over train.warmup_ratio of the steps, then cosine, linear or constant."""
+    warmup = math.ceil(cfg.warmup_ratio * steps)
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
 def total_steps(cfg: TrainConfig, batches: Batches, processes: int = 1) -> int:
@@ -173,16 +182,16 @@ def fit(
     acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     steps = total_steps(cfg, batches, acc.num_processes)
     optimizer = make_optimizer(model, cfg)
-    warmup = math.ceil(cfg.warmup_ratio * steps)
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    scheduler = make_scheduler(optimizer, cfg, steps)
     model, optimizer = acc.prepare(model, optimizer)
     effective = cfg.batch_size * cfg.grad_accum * acc.num_processes
     acc.print(
         f"[forgetless] effective batch {effective} = batch_size {cfg.batch_size} × grad_accum {cfg.grad_accum} "
         f"× {acc.num_processes} process(es); {steps} optimizer steps"
     )
-    prog = checkpoint.restore(out_dir, acc.unwrap_model(model), optimizer, scheduler) if resume else Progress()
+    prog = Progress(planned=steps)
+    if resume:
+        prog = _resume(out_dir, acc.unwrap_model(model), optimizer, scheduler, steps)
     log = MetricsLog(out_dir, enabled=acc.is_main_process, resume_step=prog.step)
     if monitor is not None and resume:
         monitor.replay(log.path)
@@ -197,9 +206,17 @@ def fit(
             bar.update(1)
             bar.set_postfix(_postfix(last))
             run.after_step(model, prog, last)
+    except KeyboardInterrupt:
+        run.interrupted(model, prog)
+        raise
     finally:
         bar.close()
         log.close()
+    return _facts(prog, batches, last, effective, acc, run.stopped, monitor)
+
+
+def _facts(prog: Progress, batches, last: dict, effective: int, acc, stopped, monitor) -> dict:
+    """What the loop reports about the run (the recipe adds its own and writes summary.json)."""
     return {
         "steps": prog.step,
         "epochs_completed": prog.epoch + prog.micro / max(len(batches), 1),
@@ -210,7 +227,7 @@ def fit(
         "final": last,
         "effective_batch": effective,
         "processes": acc.num_processes,
-        "stopped_early": run.stopped,
+        "stopped_early": stopped,
         "peak_memory_gb": peak_memory_gb(acc.device),
         "best_step": monitor.best_step if monitor is not None else None,
         "best_val_loss": monitor.best_val if monitor is not None and monitor.val else None,
@@ -233,6 +250,7 @@ class Bookkeeping:
     optimizer: torch.optim.Optimizer
     scheduler: object
     stopped: str | None = None
+    saved: int = -1  # the step of the last checkpoint this run wrote
 
     def after_step(self, model, prog: Progress, last: dict[str, float]) -> None:
         cfg, acc, final = self.cfg, self.acc, prog.step == self.steps
@@ -256,6 +274,28 @@ class Bookkeeping:
             unwrapped = self.acc.unwrap_model(model)
             checkpoint.save(self.out_dir, unwrapped, self.optimizer, self.scheduler, prog, self.cfg.keep_checkpoints)
         self.acc.wait_for_everyone()
+        self.saved = prog.step
+
+    def interrupted(self, model, prog: Progress) -> None:
+        """Ctrl-C: save the last finished step (atomically, as always), so that --resume has it."""
+        if prog.step == 0 or prog.step == self.saved or not self.acc.is_main_process:
+            return
+        unwrapped = self.acc.unwrap_model(model)
+        checkpoint.save(self.out_dir, unwrapped, self.optimizer, self.scheduler, prog, self.cfg.keep_checkpoints)
+        self.saved = prog.step
+        print(f"\n[forgetless] interrupted: saved a checkpoint at step {prog.step}")
+
+
+def _resume(out_dir: Path, model, optimizer, scheduler, steps: int) -> Progress:
+    """The checkpoint's state; when the run's length changed (train.max_steps or epochs), the learning
+    rate follows the schedule recomputed for the new length from the next step on."""
+    prog = checkpoint.restore(out_dir, model, optimizer, scheduler)
+    if prog.planned and prog.planned != steps:
+        scheduler.last_epoch -= 1  # step() recomputes this step's rate from the new length's schedule
+        scheduler.step()
+        print(f"[forgetless] resume: {prog.planned} -> {steps} optimizer steps; the schedule is recomputed for {steps}")
+    prog.planned = steps
+    return prog
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -266,54 +306,14 @@ def peak_memory_gb(device: torch.device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # Linux reports KiB
 
 
-@dataclass
-class Oom:
-    """`train.on_oom`: on an out-of-memory error, step down and retry the step, or stop with advice.
-
-    The step-downs hold for the rest of the run: first halve the rows per forward pass (each
-    micro-batch runs as row slices: same effective batch, same update), down to one row; then
-    gradient checkpointing; then stop with the planner's advice.
-    """
-
-    retry: bool  # one process only: under DDP the other processes would wait in the all-reduce
-    advice: Callable[[], str] | None
-    chunks: int = 1
-    checkpointing: bool = False
-
-    def escalate(self, model, window: list) -> str | None:
-        rows = max(p["input_ids"].shape[0] for p in parts(window))
-        now = math.ceil(rows / self.chunks)
-        if now > 1:
-            self.chunks *= 2
-            later = math.ceil(rows / self.chunks)
-            return f"micro-batch {now} -> {later} rows with twice the accumulation (same effective batch)"
-        if not self.checkpointing:
-            enable_grad_checkpointing(extract_model_from_parallel(model))
-            self.checkpointing = True
-            return "gradient checkpointing on"
-        return None
-
-    def step(self, model, window, loss_fn, optimizer, acc, counts: dict[str, int]):
-        while True:
-            try:
-                return train_step(model, window, loss_fn, acc, counts, self.chunks)
-            except torch.OutOfMemoryError as e:
-                optimizer.zero_grad(set_to_none=True)  # drop the failed attempt's partial gradients
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                change = self.escalate(model, window) if self.retry else None
-                if change is None:
-                    advice = self.advice() if self.advice else "lower train.batch_size or data.max_length"
-                    raise UserError(f"out of memory ({str(e).splitlines()[0][:120]}); {advice}") from None
-                acc.print(f"[forgetless] out of memory: {change}; retrying the step")
-
-
 def _one_step(model, batches, objective: Objective, optimizer, scheduler, acc, cfg, prog: Progress, oom: Oom) -> dict:
     """One optimizer step: accumulate over the window -> clip -> finite check -> step -> schedule -> zero."""
     t0 = time.perf_counter()
     window = next_window(batches, prog, cfg.grad_accum * acc.num_processes)
     counts = step_counts(window, objective.count)
-    terms, metrics = oom.step(model, window, objective.loss, optimizer, acc, counts)
+    rows = max(p["input_ids"].shape[0] for p in parts(window))
+    step = lambda chunks: train_step(model, window, objective.loss, acc, counts, chunks)  # noqa: E731
+    terms, metrics = oom.step(step, model, rows, optimizer, acc.print)
     loss = sum(terms.values())
     grad_norm = float(acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm))
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -323,16 +323,17 @@ def _one_step(model, batches, objective: Objective, optimizer, scheduler, acc, c
             "output_dir/checkpoints is intact. Lower train.lr, or check the data for broken rows."
         )
     lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    prog.step += 1
-    prog.micro += len(window)
-    if prog.micro >= len(batches):
-        prog.epoch, prog.micro = prog.epoch + 1, 0
-    prog.tokens += sum(int(b["attention_mask"].sum()) for b in parts(window))
-    prog.targets += counts.get("targets", 0)
-    prog.elapsed += time.perf_counter() - t0
+    with _uninterrupted():  # weights, optimizer, schedule and progress change together, or not at all
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        prog.step += 1
+        prog.micro += len(window)
+        if prog.micro >= len(batches):
+            prog.epoch, prog.micro = prog.epoch + 1, 0
+        prog.tokens += sum(int(b["attention_mask"].sum()) for b in parts(window))
+        prog.targets += counts.get("targets", 0)
+        prog.elapsed += time.perf_counter() - t0
     return {
         "loss": loss,
         **(terms if len(terms) > 1 else {}),
@@ -343,6 +344,23 @@ def _one_step(model, batches, objective: Objective, optimizer, scheduler, acc, c
         "tokens_per_s": prog.tokens / max(prog.elapsed, 1e-9),
         "tokens": prog.tokens,
     }
+
+
+@contextmanager
+def _uninterrupted():
+    """Hold Ctrl-C (SIGINT) until the block is done, then raise it: an interrupt never leaves the
+    weights updated and the progress counter not (the checkpoint saved on interrupt must be exact)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _postfix(last: dict) -> dict[str, str]:

@@ -1,0 +1,60 @@
+"""`train.on_oom`: what the loop does when a step runs out of GPU memory.
+
+retry: step down and run the same step again (same effective batch, same update); stop: stop at once
+with the planner's advice for this config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+
+from forgetless.adapters.methods import enable_grad_checkpointing
+from forgetless.errors import UserError
+
+
+@dataclass
+class Oom:
+    """`train.on_oom`: on an out-of-memory error, step down and retry the step, or stop with advice.
+
+    The step-downs hold for the rest of the run: first halve the rows per forward pass (each
+    micro-batch runs as row slices: same effective batch, same update), down to one row; then
+    gradient checkpointing; then stop with the planner's advice.
+    """
+
+    retry: bool  # one process only: under DDP the other processes would wait in the all-reduce
+    advice: Callable[[], str] | None
+    chunks: int = 1
+    checkpointing: bool = False
+
+    def escalate(self, model, rows: int) -> str | None:
+        now = math.ceil(rows / self.chunks)
+        if now > 1:
+            self.chunks *= 2
+            later = math.ceil(rows / self.chunks)
+            return f"micro-batch {now} -> {later} rows with twice the accumulation (same effective batch)"
+        if not self.checkpointing:
+            enable_grad_checkpointing(extract_model_from_parallel(model))
+            self.checkpointing = True
+            return "gradient checkpointing on"
+        return None
+
+    def step(self, run: Callable[[int], tuple], model, rows: int, optimizer, say: Callable[[str], None]):
+        """`run(chunks)`: the step's forward/backward with each micro-batch split into `chunks` row
+        slices; `rows`: the most rows of any micro-batch."""
+        while True:
+            try:
+                return run(self.chunks)
+            except torch.OutOfMemoryError as e:
+                optimizer.zero_grad(set_to_none=True)  # drop the failed attempt's partial gradients
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                change = self.escalate(model, rows) if self.retry else None
+                if change is None:
+                    advice = self.advice() if self.advice else "lower train.batch_size or data.max_length"
+                    raise UserError(f"out of memory ({str(e).splitlines()[0][:120]}); {advice}") from None
+                say(f"[forgetless] out of memory: {change}; retrying the step")

@@ -1,0 +1,55 @@
+"""A pinned trajectory: 5 steps of the shipped quickstart recipe (LoRA, preset full: LwF + rehearsal,
+packing) on the tiny model, every logged loss pinned, so that a silent numeric change (a normalisation,
+a mask, the data order, the schedule) fails here even when every unit test still passes.
+
+The values were produced by the code before the layout change and reproduced by the code after it
+(identical to 6 decimals); tolerances allow for float differences between CPUs (AVX2 vs AVX-512).
+If a change is meant to move these numbers, say so in its commit and re-pin.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import forgetless
+from tests.conftest import write_jsonl
+
+PINNED = [  # (loss, ce, lwf, grad_norm) per optimizer step
+    (12.014546, 12.014546, 0.0, 2.703902),
+    (12.574804, 12.574804, 0.0, 2.644268),
+    (12.127546, 12.127416, 0.00013, 2.556157),
+    (12.084166, 12.083738, 0.000427, 2.774374),
+    (12.311882, 12.311256, 0.000626, 2.663806),
+]
+
+
+def test_quickstart_recipe_trajectory_is_pinned(tiny_dir, tmp_path):
+    general = write_jsonl(
+        tmp_path / "general.jsonl",
+        [{"instruction": f"Name a colour, number {i}.", "output": f"Colour {i}: blue."} for i in range(8)],
+    )
+    out = tmp_path / "run"
+    forgetless.train(
+        "quickstart",
+        [
+            f"model.name={tiny_dir}",
+            f"output_dir={out}",
+            "train.max_steps=5",
+            "train.eval_every=100",
+            "train.save_every=100",
+            f"forgetting.rehearsal.source={general}",
+            "eval.before_after=false",
+            "eval.retention=false",
+            "eval.benchmarks=[]",
+            "eval.report=false",
+            "eval.probe_prompts=0",
+        ],
+    )
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [(x["loss"], x["ce"], x["lwf"], x["grad_norm"]) for x in lines if "loss" in x]
+    assert len(steps) == len(PINNED)
+    for got, want in zip(steps, PINNED, strict=True):
+        assert got[0] == pytest.approx(want[0], rel=1e-4) and got[1] == pytest.approx(want[1], rel=1e-4)
+        assert got[2] == pytest.approx(want[2], abs=2e-6) and got[3] == pytest.approx(want[3], rel=1e-3)

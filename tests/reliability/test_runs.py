@@ -1,0 +1,121 @@
+"""What a run does with the user's files when things go wrong: --overwrite never loses the old run to a
+failed start, one run per output_dir, --resume only with the run's settings (more steps allowed),
+Ctrl-C saves a checkpoint, bad rows skipped are counted, a BOM is read, a closed pipe is no error."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import forgetless
+from forgetless.cli import main
+from forgetless.errors import UserError
+from tests.conftest import ROWS, tiny_args, write_jsonl
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_jsonl(tmp_path / "train.jsonl", ROWS)
+
+
+def _snapshot(run) -> dict:
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails(tiny_dir, data, tmp_path, capsys):
+    """Defect: `--overwrite` deleted the old run, then failed on a missing data file."""
+    run = tmp_path / "victim"
+    assert main(["train", *tiny_args(tiny_dir, data, run)]) == 0
+    before = _snapshot(run)
+    assert main(["train", *tiny_args(tiny_dir, tmp_path / "missing.jsonl", run), "--overwrite"]) == 2
+    assert "data.train: file not found" in capsys.readouterr().err
+    assert _snapshot(run) == before  # checked before the directory was touched
+    bad = write_jsonl(tmp_path / "bad.jsonl", [*ROWS, {"instruction": "x", "output": None}])
+    assert main(["train", *tiny_args(tiny_dir, bad, run), "--overwrite"]) == 2  # fails after the claim
+    assert "the previous run in" in capsys.readouterr().out and _snapshot(run) == before
+    assert not list(tmp_path.glob(".victim.*")), "no lock or moved-aside run is left behind"
+    assert main(["train", *tiny_args(tiny_dir, data, run, "train.max_steps=1"), "--overwrite"]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 1 and not list(tmp_path.glob(".victim.*"))
+
+
+def test_one_run_per_output_dir_and_stale_locks_are_taken_over(tiny_dir, data, tmp_path, capsys):
+    run = tmp_path / "run"
+    lock = tmp_path / ".run.lock"
+    lock.write_text(json.dumps({"pid": 1, "host": os.uname().nodename, "since": "earlier"}))  # PID 1 is alive
+    assert main(["train", *tiny_args(tiny_dir, data, run)]) == 2
+    assert "is in use by another forgetless run (PID 1" in capsys.readouterr().err
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "since": "earlier"}))
+    assert main(["train", *tiny_args(tiny_dir, data, run)]) == 0
+    assert "removing a stale lock" in capsys.readouterr().out and not lock.exists()
+
+
+def test_resume_may_extend_the_run_and_cleans_up_killed_writes(tiny_dir, data, tmp_path, capsys):
+    """Defect: --resume with a new max_steps trained at lr 0 from the restored schedule."""
+    run = tmp_path / "run"
+    assert main(["train", *tiny_args(tiny_dir, data, run)]) == 0
+    stray = run / "checkpoints" / ".tmp-9-12345"
+    stray.mkdir()
+    assert main(["train", *tiny_args(tiny_dir, data, run, "train.max_steps=4"), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "2 -> 4 optimizer steps; the schedule is recomputed for 4" in out and not stray.exists()
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4] and steps[2]["lr"] > 0
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tiny_dir, data, tmp_path):
+    """Defect: Ctrl-C said "resume with --resume" but saved nothing before the first save_every."""
+    run = tmp_path / "run"
+    args = tiny_args(tiny_dir, data, run, "train.max_steps=100000", "train.save_every=100000")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forgetless", "train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not (
+        (run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 3
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    saved = sorted((run / "checkpoints").glob("step-*"))
+    assert len(saved) == 1 and "interrupted: saved a checkpoint at step" in stdout
+    step = int(saved[0].name.removeprefix("step-"))
+    assert step >= 3
+    assert main(["train", *tiny_args(tiny_dir, data, run, f"train.max_steps={step + 1}"), "--resume"]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == step + 1
+
+
+def test_skipped_rows_are_counted_and_a_bom_is_read(tiny_dir, tmp_path, capsys):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in ROWS).encode())
+    with bom.open("ab") as f:
+        f.write(b'{"instruction": "a", "output": "\xff"}\n')  # not UTF-8
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(b"\xef\xbb\xbfdata:\n  on_error: skip\n")
+    summary = forgetless.train(str(cfg), tiny_args(tiny_dir, bom, tmp_path / "run"))
+    notes = " ".join(summary["data_notes"])
+    assert "skipped 1 bad row(s)" in notes and "bom.jsonl:9: not valid UTF-8" in notes
+    assert summary["train_rows"] + summary["validation_rows"] == len(ROWS)
+
+
+def test_no_base_evaluation_message_or_empty_table_without_before_after(tiny_dir, data, tmp_path, capsys):
+    assert main(["train", *tiny_args(tiny_dir, data, tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "evaluating the base model" not in out and "task metric" not in out
+
+
+def test_a_closed_pipe_is_no_error_and_debug_keeps_tracebacks(tmp_path):
+    proc = subprocess.run(
+        f"{sys.executable} -m forgetless train --help-config | head -1", shell=True, capture_output=True, text=True
+    )
+    assert proc.stdout.startswith("recipe = ") and proc.stderr == ""
+    with pytest.raises(UserError, match="config file not found"):
+        main(["--debug", "train", str(tmp_path / "nope.yaml")])
