@@ -237,7 +237,31 @@ def _env(sub) -> None:
     e.add_argument("--configs", action="store_true", help="print the folder of the shipped configs instead")
 
 
-SUBCOMMANDS = [_train, _chat, _eval, _report, _compare, _rehearsal, _merge, _serve, _reward, _registry]
+def _data(sub) -> None:
+    d = sub.add_parser("data", parents=[_COMMON], help="check a training set; remove duplicates or held-out rows")
+    dsub = d.add_subparsers(dest="action", required=True)
+    c = dsub.add_parser("check", parents=[_COMMON], help="rows, errors, lengths, languages, duplicates, leakage")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("--against", nargs="+", default=[], metavar="EVAL_FILE", help="held-out files to look for")
+    c.add_argument("--near", type=float, default=0.85, help="character 5-gram Jaccard of a near duplicate")
+    c.add_argument("--model", default="smollm2-135m-instruct", help="whose tokenizer counts tokens")
+    c.add_argument("--max-length", type=int, default=1024, help="data.max_length to compare lengths with")
+    c.add_argument("--json", default=None, metavar="OUT.json", help="also write the report as JSON")
+    c.add_argument("--strict", action="store_true", help="a warning is an error (exit 2)")
+    tools = {
+        "dedup": "keep one row of every exact or near duplicate",
+        "decontaminate": "drop rows also in held-out files",
+    }
+    for name, what in tools.items():
+        x = dsub.add_parser(name, parents=[_COMMON], help=what + "; removed rows are logged beside --out")
+        x.add_argument("file", metavar="FILE")
+        if name == "decontaminate":
+            x.add_argument("--against", nargs="+", required=True, metavar="EVAL_FILE")
+        x.add_argument("--out", required=True, metavar="OUT.jsonl")
+        x.add_argument("--near", type=float, default=0.85, help="character 5-gram Jaccard of a near duplicate")
+
+
+SUBCOMMANDS = [_train, _chat, _eval, _report, _compare, _rehearsal, _merge, _serve, _reward, _registry, _data]
 SUBCOMMANDS += [_pipeline, _plan, _env]
 
 
@@ -256,7 +280,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     or run directories) they belong to. Unknown options stay errors."""
     p = parser()
     args, extra = p.parse_known_args(argv)
-    target = next((name for name in ("items", "runs") if isinstance(getattr(args, name, None), list)), None)
+    lists = ("items", "runs", "files")
+    target = next((name for name in lists if isinstance(getattr(args, name, None), list)), None)
     if extra and (target is None or any(a.startswith("-") for a in extra)):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:

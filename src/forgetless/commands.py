@@ -15,6 +15,7 @@ from pathlib import Path
 from forgetless import api, pipeline
 from forgetless.adapters.merge import merge
 from forgetless.config import loader
+from forgetless.data import check
 from forgetless.deploy import registry, reward, serve
 from forgetless.deploy.chat import Chat
 from forgetless.errors import UserError
@@ -327,6 +328,29 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    if not 0 < args.near <= 1:
+        raise UserError(f"--near {args.near}: give a Jaccard similarity in (0, 1], e.g. 0.85")
+    if args.action == "dedup":
+        kept, removed = check.dedup(args.file, Path(args.out), args.near)
+    elif args.action == "decontaminate":
+        kept, removed = check.decontaminate(args.file, args.against, Path(args.out), args.near)
+    else:
+        tokenizer = models.load_tokenizer(models.resolve(args.model))
+        result = check.check(args.files, args.against, args.near, tokenizer, args.max_length)
+        print(check.render(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+        if args.strict and result["warnings"]:
+            raise UserError(
+                f"data check --strict: {len(result['warnings'])} warning(s); first: {result['warnings'][0]}"
+            )
+        return 0
+    log = Path(args.out).with_suffix(".removed.jsonl")
+    print(f"[forgetless] {args.action}: kept {kept} row(s), removed {removed} -> {args.out} (why: {log})")
+    return 0
+
+
 # subcommand name (cli.py's parsers) -> handler
 COMMANDS = {
     "train": cmd_train,
@@ -342,4 +366,5 @@ COMMANDS = {
     "pipeline": cmd_pipeline,
     "plan": cmd_plan,
     "env": cmd_env,
+    "data": cmd_data,
 }

@@ -12,6 +12,7 @@ refused by the gates is recorded as refused and retried on the next run.
     gates: {min_task: {exact_match: 0.6}, max_kl: 0.1, max_benchmark_drop: 0.05}
     alias: production
     serve: {enabled: false, port: 8000, adapters: {}}
+    data_check: {against: [], near: 0.85, strict: false}   # `forgetless data check` in the data stage
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forgetless import api
+from forgetless.data import check
 from forgetless.data.build import build
 from forgetless.deploy import serve
 from forgetless.deploy.registry import Gates, metrics, promote, register
@@ -33,7 +35,7 @@ from forgetless.model import loader as models
 from forgetless.recipes import evaluate
 from forgetless.recipes.compare import same_run
 from forgetless.training import checkpoint
-from forgetless.training.rundir import PIPELINE_STATE
+from forgetless.training.rundir import DATA_CHECK, PIPELINE_STATE
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,6 +54,15 @@ class ServeStage(BaseModel):
     adapters: dict[str, str] = Field(default_factory=dict, description="Other adapters to serve beside this one.")
 
 
+class DataCheckStage(BaseModel):
+    model_config = _STRICT
+    against: list[str] = Field(
+        default_factory=list, description="Held-out files to look for in training (data.validation is always included)."
+    )
+    near: float = Field(0.85, gt=0, le=1, description="Character 5-gram Jaccard of a near duplicate.")
+    strict: bool = Field(False, description="A warning of `forgetless data check` stops the pipeline.")
+
+
 class PipelineConfig(BaseModel):
     model_config = _STRICT
     train: str = Field(description="Training config file (path relative to this pipeline file).")
@@ -61,6 +72,7 @@ class PipelineConfig(BaseModel):
     gates: Gates = Gates()
     alias: str = "production"
     serve: ServeStage = ServeStage()
+    data_check: DataCheckStage = DataCheckStage()
 
 
 STAGES = ["data", "train", "evaluate", "register", "promote", "serve"]
@@ -100,7 +112,6 @@ class Record:
 
 
 def run(path: Path, serve_now: bool = True) -> dict:
-
     pcfg = load(path)
     cfg = api.load_config(
         pcfg.train, [*pcfg.overrides, *([f"output_dir={pcfg.output_dir}"] if pcfg.output_dir else [])]
@@ -108,7 +119,7 @@ def run(path: Path, serve_now: bool = True) -> dict:
     out = Path(cfg.output_dir)
     record = Record(out)
     stages = {
-        "data": lambda: _data(cfg),
+        "data": lambda: _data(cfg, pcfg.data_check, out),
         "train": lambda: _train(cfg, out),
         "evaluate": lambda: _evaluate(cfg, out),
         "register": lambda: _register(pcfg, out),
@@ -141,15 +152,25 @@ class Refused(Exception):
     pass
 
 
-def _data(cfg) -> dict:
-
+def _data(cfg, stage: DataCheckStage, out: Path) -> dict:
+    """The training data as training will read it, and `forgetless data check` on it (report in
+    OUTPUT_DIR/data_check.json); with data_check.strict a warning stops the pipeline here."""
     tokenizer = models.load_tokenizer(models.resolve(cfg.model.name))
     data = build(cfg.data, tokenizer, cfg.train.seed)
-    return {"train_rows": len(data.train), "validation_rows": len(data.validation), "notes": data.notes()}
+    report = check.check(
+        cfg.data.train, [*cfg.data.validation, *stage.against], stage.near, tokenizer, cfg.data.max_length
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DATA_CHECK).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    for warning in report["warnings"]:
+        print(f"[forgetless] data check: {warning}")
+    if stage.strict and report["warnings"]:
+        raise UserError(f"data check (strict): {report['warnings'][0]}; see {out / DATA_CHECK}")
+    facts = {"train_rows": len(data.train), "validation_rows": len(data.validation), "notes": data.notes()}
+    return facts | {"check_warnings": report["warnings"]}
 
 
 def _train(cfg, out: Path) -> dict:
-
     if (out / "summary.json").is_file() and (out / "adapter").is_dir():
         if not same_run(out, cfg):
             raise UserError(f"{out} holds a finished run with a different config; choose another output_dir")
@@ -161,7 +182,6 @@ def _train(cfg, out: Path) -> dict:
 
 
 def _evaluate(cfg, out: Path) -> dict:
-
     if not (out / "eval.json").is_file():  # training ran with its own evaluation off
         evaluate.run(cfg, str(out / "adapter"), None, out / "eval")
         shutil.copy(out / "eval" / "eval.json", out / "eval.json")
@@ -170,12 +190,10 @@ def _evaluate(cfg, out: Path) -> dict:
 
 
 def _register(pcfg: PipelineConfig, out: Path) -> dict:
-
     return register(out, pcfg.registry.name, pcfg.registry.tracking_uri)
 
 
 def _promote(pcfg: PipelineConfig, record: Record) -> dict:
-
     version = record.stages["register"]["result"]["version"]
     failed = promote(pcfg.registry.name, version, pcfg.alias, pcfg.gates, pcfg.registry.tracking_uri)
     if failed:
@@ -184,6 +202,5 @@ def _promote(pcfg: PipelineConfig, record: Record) -> dict:
 
 
 def _serve(pcfg: PipelineConfig, out: Path) -> str:
-
     serve.run(None, {pcfg.registry.name: str(out), **pcfg.serve.adapters}, pcfg.serve.host, pcfg.serve.port)
     return "stopped"

@@ -84,6 +84,7 @@ def test_pipeline_end_to_end_resumes_after_failure(scored_overrides, tmp_path, c
     assert "pipeline failed at register" in capsys.readouterr().err
     state = json.loads((out / "pipeline.json").read_text())["stages"]
     assert [state[s]["status"] for s in ("data", "train", "evaluate", "register")] == ["done"] * 3 + ["failed"]
+    assert json.loads((out / "data_check.json").read_text())["valid"] == 8  # the data stage's check report
     trained = (out / "summary.json").stat().st_mtime
 
     (tmp_path / "reg").mkdir()
@@ -100,6 +101,23 @@ def test_pipeline_end_to_end_resumes_after_failure(scored_overrides, tmp_path, c
     state = json.loads((out / "pipeline.json").read_text())["stages"]
     assert state["register"]["result"]["version"] == 1 and state["promote"]["status"] == "done"
     assert registry.versions("triage", spec["registry"]["tracking_uri"])[0]["aliases"] == ["production"]
+
+
+def test_a_strict_data_check_stops_the_pipeline_before_training(scored_overrides, tmp_path, capsys):
+    rows = [{"instruction": "Same question?", "output": "Same answer."}] * 4 + [
+        {"instruction": f"Question {i}?", "output": f"Answer {i}."} for i in range(4)
+    ]
+    data = tmp_path / "dup.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_cfg = tmp_path / "train.yaml"
+    loader.dump(forgetless.load_config({}, [*scored_overrides, f"data.train={data}"]), train_cfg)
+    out = tmp_path / "strict-run"
+    spec = {"train": str(train_cfg), "output_dir": str(out), "registry": {"name": "x"}, "data_check": {"strict": True}}
+    pipe = tmp_path / "pipeline.yaml"
+    pipe.write_text(yaml.safe_dump(spec))
+    assert main(["pipeline", str(pipe)]) == 2
+    assert "data check (strict): 3 exact duplicates (38% of the rows)" in capsys.readouterr().err
+    assert not (out / "adapter").exists()
 
 
 def test_pipeline_file_errors_name_the_key(tmp_path):

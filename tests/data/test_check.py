@@ -1,0 +1,123 @@
+"""Data tools: similarity by hand, and `data check | dedup | decontaminate` finding what is planted
+(English and Japanese) without inventing what is not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from forgetless.cli import main
+from forgetless.data import check, similarity
+from tests.conftest import write_jsonl
+
+EN = [
+    {
+        "instruction": "Summarise the meeting notes about the Q3 budget review and list the decisions taken.",
+        "output": "Budget approved.",
+    },
+    {
+        "instruction": "Translate the greeting 'good morning, dear colleagues' into French.",
+        "output": "Bonjour, chers collègues.",
+    },
+    {"instruction": "List three uses of a paperclip besides holding paper.", "output": "Lock pick, hook, reset pin."},
+    {"instruction": "Explain why the sky looks blue on a clear day.", "output": "Rayleigh scattering."},
+    {"instruction": "Write a haiku about autumn leaves falling slowly.", "output": "Red leaves drift down..."},
+    {"instruction": "Give a synonym for the word 'happy' that fits a formal letter.", "output": "Content."},
+]
+JA = [
+    {
+        "instruction": "昨日の営業会議の議事録を三行で要約し、決まったことと次の担当者を書いてください。",
+        "output": "予算が承認されました。",
+    },
+    {
+        "instruction": "東京から大阪までの新幹線の所要時間と、指定席の料金の目安を教えてください。",
+        "output": "約二時間半です。",
+    },
+]
+
+
+def test_shingle_jaccard_by_hand():
+    """'abcdef' -> {abcde, bcdef}; 'abcdeg' -> {abcde, bcdeg}: one shared of three = 1/3."""
+    assert similarity.shingles("ABCDEF") == {"abcde", "bcdef"}
+    a, b = similarity.shingles("abcdef"), similarity.shingles("abcdeg")
+    assert similarity.jaccard(a, b) == pytest.approx(1 / 3)
+    assert similarity.normalize("  Ｈｅｌｌｏ\n  World ") == "hello world"  # NFKC, case, spaces
+
+
+def test_language_and_diversity():
+    assert similarity.language("会議の議事録を要約してください") == "ja"
+    assert similarity.language("Summarise the notes") == "en" and similarity.language("12345 !!") == "other"
+    assert similarity.distinct_n(["a b c", "a b d"], 2) == pytest.approx(3 / 4)  # ab, bc, ab, bd
+
+
+def test_check_finds_planted_duplicates_and_leakage(tmp_path):
+    near = {  # one letter changed: s -> z
+        "instruction": "Summarize the meeting notes about the Q3 budget review and list the decisions taken.",
+        "output": "Budget approved.",
+    }
+    ja_near = {
+        "instruction": "昨日の営業会議の議事録を三行で要約し、決まったことと次の担当者を書いて下さい。",
+        "output": "予算が承認されました。",
+    }
+    train = write_jsonl(tmp_path / "train.jsonl", [*EN, EN[1], near, *JA, ja_near, {"instruction": "x"}])
+    test = write_jsonl(
+        tmp_path / "test.jsonl", [EN[3], {"instruction": "Name a prime number above 100.", "output": "101"}]
+    )
+    report = check.check([str(train)], [str(test)], near=0.85)
+    assert report["rows"] == 12 and report["valid"] == 11 and report["errors"]["count"] == 1
+    assert report["exact_duplicates"]["rows"] == 1
+    assert report["exact_duplicates"]["groups"] == [[f"{train}:2", f"{train}:7"]]
+    assert report["near_duplicates"]["rows"] == 2  # the English and the Japanese near copy
+    assert report["languages"] == {"en": 8, "ja": 3}
+    leak = report["leakage"][str(test)]
+    assert leak["rows"] == 1 and leak["of"] == 2 and f"{train}:4" in leak["examples"][0]
+    assert all(v["rows"] == 0 for k, v in report["leakage"].items() if k.startswith("builtin:"))
+    assert any("appear in training" in w for w in report["warnings"])
+
+
+def test_dedup_and_decontaminate_write_kept_rows_and_a_log(tmp_path):
+    rows = [
+        *EN,
+        EN[0],
+        {
+            "instruction": "Hello, translate the greeting 'good morning, dear colleagues' into French.",
+            "output": "Bonjour, chers collègues.",
+        },
+    ]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    kept, removed = check.dedup(str(train), tmp_path / "dedup.jsonl")
+    assert (kept, removed) == (6, 2)
+    assert [json.loads(x) for x in (tmp_path / "dedup.jsonl").read_text().splitlines()] == EN
+    log = [json.loads(x) for x in (tmp_path / "dedup.removed.jsonl").read_text().splitlines()]
+    assert [(x["line"], x["reason"], x["of_line"]) for x in log] == [
+        (7, "exact duplicate", 1),
+        (8, "near duplicate", 2),
+    ]
+    test = write_jsonl(tmp_path / "test.jsonl", [EN[2]])
+    assert check.decontaminate(str(train), [str(test)], tmp_path / "clean.jsonl") == (7, 1)
+    assert json.loads((tmp_path / "clean.removed.jsonl").read_text())["line"] == 3
+
+
+def test_cli_strict_and_bad_input(tmp_path, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", [*EN, EN[0]])
+    assert main(["data", "check", str(train), "--json", str(tmp_path / "r.json")]) == 0
+    assert "exact duplicates: 1 row(s)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["exact_duplicates"]["rows"] == 1
+    assert main(["data", "check", str(train), "--strict"]) == 2
+    assert "data check --strict: 1 warning(s); first: 1 exact duplicates (14% of the rows)" in capsys.readouterr().err
+    assert main(["data", "dedup", str(train), "--out", str(tmp_path / "o.jsonl"), "--near", "2"]) == 2
+    assert "--near 2.0: give a Jaccard similarity in (0, 1]" in capsys.readouterr().err
+    assert main(["data", "check", str(tmp_path / "missing.jsonl")]) == 2
+    assert "data file not found" in capsys.readouterr().err
+
+
+def test_bundled_quickstart_split_names_its_near_copies():
+    """The quickstart's test file holds 5 tickets that are near copies of training tickets (the same
+    text with a greeting added, the same answer; a brute-force Jaccard over all 60 x 400 pairs finds
+    the same 5); the general retention sets do not leak."""
+    train, test = "builtin:quickstart/train.jsonl", "builtin:quickstart/test.jsonl"
+    report = check.check([train], [test])
+    assert report["leakage"][test]["rows"] == 5
+    assert all(report["leakage"][ref]["rows"] == 0 for ref in check.RETENTION_SETS)
+    assert report["exact_duplicates"]["rows"] == 0
