@@ -121,3 +121,4 @@ def test_bundled_quickstart_split_names_its_near_copies():
     assert report["leakage"][test]["rows"] == 5
     assert all(report["leakage"][ref]["rows"] == 0 for ref in check.RETENTION_SETS)
     assert report["exact_duplicates"]["rows"] == 0
+    assert report["near_duplicates"]["rows"] == 30 and report["near_duplicates"]["cluster_count"] == 17

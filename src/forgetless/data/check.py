@@ -115,6 +115,7 @@ def _duplicates(ex: list[Example], near: float) -> dict:
         "near_duplicates": {
             "threshold": near,
             "rows": sum(len(g) - 1 for g in groups),
+            "cluster_count": len(groups),
             "clusters": [
                 {"size": len(g), "examples": [f"{ex[i].where}: {texts[i][:80]!r}" for i in g[:3]]} for g in groups[:10]
             ],
@@ -171,7 +172,7 @@ def render(report: dict) -> str:
         lines.append(f"labels: {report['labels']}")
     lines.append(f"exact duplicates: {report['exact_duplicates']['rows']} row(s)")
     nd = report["near_duplicates"]
-    lines.append(f"near duplicates (≥{nd['threshold']}): {nd['rows']} row(s) in {len(nd['clusters'])} cluster(s)")
+    lines.append(f"near duplicates (≥{nd['threshold']}): {nd['rows']} row(s) in {nd['cluster_count']} cluster(s)")
     lines += [f"  {e}" for c in nd["clusters"][:3] for e in c["examples"][:2]]
     for source, leak in report["leakage"].items():
         lines.append(f"leakage from {source}: {leak['rows']} of {leak['of']} rows")

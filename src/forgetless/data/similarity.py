@@ -14,6 +14,7 @@ import re
 import unicodedata
 
 from datasketch import MinHash, MinHashLSH
+from tqdm.auto import tqdm
 
 SHINGLE = {"ja": 3}  # characters per shingle by language; 5 for the others
 PERMUTATIONS = 128
@@ -48,11 +49,12 @@ def near_pairs(texts: list[str], others: list[str] | None, threshold: float) -> 
     sets = [shingles(t) for t in texts]
     # Candidates from a looser LSH weighted against misses; the exact Jaccard below keeps precision.
     lsh = MinHashLSH(threshold=max(0.3, threshold - 0.15), num_perm=PERMUTATIONS, weights=(0.2, 0.8))
-    for j, sh in enumerate(sets):
+    quiet = len(texts) + len(others or []) < 5000  # a bar only where it takes seconds
+    for j, sh in enumerate(tqdm(sets, desc="similarity: index", unit="row", disable=quiet)):
         lsh.insert(j, _minhash(sh))
     queries = sets if others is None else [shingles(t) for t in others]
     out = []
-    for i, sh in enumerate(queries):
+    for i, sh in enumerate(tqdm(queries, desc="similarity: compare", unit="row", disable=quiet)):
         for j in lsh.query(_minhash(sh)):
             if others is None and j >= i:
                 continue
