@@ -357,8 +357,8 @@ def _uninterrupted():
     previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
     try:
         yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    finally:  # None: the old handler was set outside Python; the default is the closest to it
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     if caught:
         raise KeyboardInterrupt
 
