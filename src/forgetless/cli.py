@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from forgetless import commands  # torch and transformers load here, after parsing: --help stays instant
 
-        commands.quiet_third_party_logs()
+        commands.hardware.quiet_third_party_logs()
         return commands.COMMANDS[args.command](args)
     except UserError as e:
         if args.debug:

@@ -24,7 +24,6 @@ from forgetless.eval.report import print_tables
 from forgetless.files import read_yaml
 from forgetless.model import hardware
 from forgetless.model import loader as models
-from forgetless.model.hardware import quiet_third_party_logs  # noqa: F401  (cli.main calls it)
 from forgetless.plan import planner
 from forgetless.recipes import compare, evaluate
 from forgetless.reference import answers, rehearsal

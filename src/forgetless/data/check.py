@@ -17,9 +17,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from forgetless.data import similarity
 from forgetless.data.formats import Example, ReadReport, detect_format, iter_rows, read_file, read_prompts, resolve_path
 from forgetless.errors import UserError
+from forgetless.files import read_text
 
 # The held-out sets of the retention suite: a training row equal to one of them hides forgetting.
 RETENTION_SETS = ["builtin:general/heldout.jsonl", "builtin:general/mc.jsonl"]
@@ -86,7 +89,8 @@ def check(files: list[str], against: list[str], near: float = 0.85, tokenizer=No
     report: dict = {"files": files, "rows": rows.read.rows, "valid": len(ex), "formats": dict(rows.formats)}
     report["errors"] = {"count": len(rows.read.skipped), "first": rows.read.skipped[:5]}
     if tokenizer is not None:
-        lengths = [len(tokenizer(whole(e), add_special_tokens=False)["input_ids"]) for e in ex]
+        rows = tqdm(ex, desc="data check: tokens", unit="row", disable=len(ex) < 5000)  # a bar where it takes seconds
+        lengths = [len(tokenizer(whole(e), add_special_tokens=False)["input_ids"]) for e in rows]
         over = sum(n > max_length for n in lengths)
         report["tokens"] = _percentiles(lengths) | {"max_length": max_length, "over_max_length": over}
     report["answer_chars"] = _percentiles([len(answer_of(e)) for e in ex])
@@ -186,7 +190,7 @@ def _write(src: str, drop: dict[int, dict], out: Path) -> tuple[int, int]:
     path = resolve_path(src)
     if path.suffix.lower() != ".jsonl":
         raise UserError(f"{path}: dedup and decontaminate write JSONL; convert the file to .jsonl first")
-    lines = path.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    lines = read_text(path).splitlines(keepends=True)
     kept = [line for n, line in enumerate(lines, start=1) if n not in drop and line.strip()]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(kept), encoding="utf-8")
