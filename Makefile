@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# The tests also need the dev tools and the optional registry extra (MLflow).
+# The tests also need the dev tools and the optional extras they test (MLflow, augmentation).
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,registry]"
+	$(PY) -m pip install -q -e ".[dev,registry,augment]"
 	touch $(TEST_STAMP)
 
 demo: install

@@ -238,7 +238,9 @@ def _env(sub) -> None:
 
 
 def _data(sub) -> None:
-    d = sub.add_parser("data", parents=[_COMMON], help="check a training set; remove duplicates or held-out rows")
+    d = sub.add_parser(
+        "data", parents=[_COMMON], help="check a training set; remove duplicates or held-out rows; augment"
+    )
     dsub = d.add_subparsers(dest="action", required=True)
     c = dsub.add_parser("check", parents=[_COMMON], help="rows, errors, lengths, languages, duplicates, leakage")
     c.add_argument("files", nargs="+", metavar="FILE")
@@ -259,6 +261,17 @@ def _data(sub) -> None:
             x.add_argument("--against", nargs="+", required=True, metavar="EVAL_FILE")
         x.add_argument("--out", required=True, metavar="OUT.jsonl")
         x.add_argument("--near", type=float, default=0.85, help="character 5-gram Jaccard of a near duplicate")
+    a = dsub.add_parser("augment", parents=[_COMMON], help="new rows by paraphrase, back-translation or synonyms")
+    a.add_argument("file", metavar="FILE")
+    a.add_argument("--out", required=True, metavar="OUT.jsonl", help="the original rows, then the kept variants")
+    a.add_argument("--method", required=True, help="paraphrase | backtranslate | synonyms")
+    a.add_argument("--n", type=int, default=2, help="variants tried per row")
+    a.add_argument("--model", default="smollm2-135m-instruct", help="the instruct model that rewrites")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--answers", action="store_true", help="rewrite the expected answers too (off: labels stay)")
+    a.add_argument("--rate", type=float, default=0.15, help="synonyms: share of the replaceable words replaced")
+    a.add_argument("--max-drift", type=float, default=0.5, help="reject when the answer's NLL rises more (nats)")
+    a.add_argument("--language", default="auto", help="auto | en | ja")
 
 
 SUBCOMMANDS = [_train, _chat, _eval, _report, _compare, _rehearsal, _merge, _serve, _reward, _registry, _data]

@@ -15,7 +15,7 @@ from pathlib import Path
 from forgetless import api, pipeline
 from forgetless.adapters.merge import merge
 from forgetless.config import loader
-from forgetless.data import check
+from forgetless.data import augment, check
 from forgetless.deploy import registry, reward, serve
 from forgetless.deploy.chat import Chat
 from forgetless.errors import UserError
@@ -26,7 +26,7 @@ from forgetless.model import hardware
 from forgetless.model import loader as models
 from forgetless.plan import planner
 from forgetless.recipes import compare, evaluate
-from forgetless.reference import answers, rehearsal
+from forgetless.reference import answers, rehearsal, rewrite
 from forgetless.training import distributed
 
 
@@ -328,6 +328,17 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.action == "augment":
+        settings = augment.Settings(
+            args.method, args.n, args.model, args.seed, args.answers, args.rate, args.max_drift, args.language
+        )
+        stats = rewrite.augment_file(args.file, Path(args.out), settings)
+        print(
+            f"[forgetless] augment ({args.method}): {stats['rows']} row(s) -> {stats['written']} new of "
+            f"{stats['candidates']} candidates, rejected {stats['rejected'] or 'none'} -> {args.out} "
+            f"(counts: {Path(args.out).with_suffix('.augment.json')})"
+        )
+        return 0
     if not 0 < args.near <= 1:
         raise UserError(f"--near {args.near}: give a Jaccard similarity in (0, 1], e.g. 0.85")
     if args.action == "dedup":

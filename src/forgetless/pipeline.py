@@ -13,6 +13,10 @@ refused by the gates is recorded as refused and retried on the next run.
     alias: production
     serve: {enabled: false, port: 8000, adapters: {}}
     data_check: {against: [], near: 0.85, strict: false}   # `forgetless data check` in the data stage
+    data_prep: {dedup: false, decontaminate: false, augment: null}   # before the check; see DataPrep
+
+With data_prep steps the data stage writes the prepared training files to OUTPUT_DIR/data/ (each
+step's removal log or counts beside them) and the run trains on those.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forgetless import api
-from forgetless.data import check
+from forgetless.data import augment, check
 from forgetless.data.build import build
+from forgetless.data.formats import resolve_path
 from forgetless.deploy import serve
 from forgetless.deploy.registry import Gates, metrics, promote, register
 from forgetless.errors import UserError
@@ -34,8 +39,9 @@ from forgetless.files import read_yaml
 from forgetless.model import loader as models
 from forgetless.recipes import evaluate
 from forgetless.recipes.compare import same_run
+from forgetless.reference import rewrite
 from forgetless.training import checkpoint
-from forgetless.training.rundir import DATA_CHECK, PIPELINE_STATE
+from forgetless.training.rundir import DATA_CHECK, PIPELINE_STATE, PREPARED_DATA
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -63,6 +69,25 @@ class DataCheckStage(BaseModel):
     strict: bool = Field(False, description="A warning of `forgetless data check` stops the pipeline.")
 
 
+class AugmentStep(BaseModel):
+    model_config = _STRICT
+    method: str = Field(description="paraphrase | backtranslate | synonyms.")
+    n: int = Field(2, ge=1, description="Variants tried per row.")
+    model: str | None = Field(None, description="The rewriting model; default: the run's base model.")
+    seed: int = 0
+    answers: bool = Field(False, description="Rewrite the expected answers too.")
+
+
+class DataPrep(BaseModel):
+    model_config = _STRICT
+    dedup: bool = Field(False, description="Drop exact and near duplicates (at data_check.near).")
+    decontaminate: bool = Field(False, description="Drop training rows found in data.validation or data_check.against.")
+    augment: AugmentStep | None = Field(None, description="`forgetless data augment` on the cleaned rows.")
+
+    def any(self) -> bool:
+        return self.dedup or self.decontaminate or self.augment is not None
+
+
 class PipelineConfig(BaseModel):
     model_config = _STRICT
     train: str = Field(description="Training config file (path relative to this pipeline file).")
@@ -73,6 +98,7 @@ class PipelineConfig(BaseModel):
     alias: str = "production"
     serve: ServeStage = ServeStage()
     data_check: DataCheckStage = DataCheckStage()
+    data_prep: DataPrep = DataPrep()
 
 
 STAGES = ["data", "train", "evaluate", "register", "promote", "serve"]
@@ -118,8 +144,11 @@ def run(path: Path, serve_now: bool = True) -> dict:
     )
     out = Path(cfg.output_dir)
     record = Record(out)
+    source = cfg
+    if pcfg.data_prep.any():  # every later stage trains and evaluates on the prepared files
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": _prepared(cfg, out)})})
     stages = {
-        "data": lambda: _data(cfg, pcfg.data_check, out),
+        "data": lambda: _data(source, pcfg, out),
         "train": lambda: _train(cfg, out),
         "evaluate": lambda: _evaluate(cfg, out),
         "register": lambda: _register(pcfg, out),
@@ -152,9 +181,48 @@ class Refused(Exception):
     pass
 
 
-def _data(cfg, stage: DataCheckStage, out: Path) -> dict:
-    """The training data as training will read it, and `forgetless data check` on it (report in
-    OUTPUT_DIR/data_check.json); with data_check.strict a warning stops the pipeline here."""
+def _prepared(cfg, out: Path) -> list[str]:
+    return [str(out / PREPARED_DATA / f"{i}-{Path(ref).stem}.jsonl") for i, ref in enumerate(cfg.data.train)]
+
+
+def _prepare(cfg, pcfg: PipelineConfig, out: Path) -> tuple[list[str], dict]:
+    """dedup -> decontaminate -> augment on each training file; returns the files and what each step did."""
+    prep, near = pcfg.data_prep, pcfg.data_check.near
+    held_out = [*cfg.data.validation, *pcfg.data_check.against]
+    files, steps = [], {}
+    for ref, target in zip(cfg.data.train, _prepared(cfg, out), strict=True):
+        current, target = ref, Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if prep.dedup:
+            steps[f"{ref}: dedup"] = dict(zip(("kept", "removed"), check.dedup(current, target, near), strict=True))
+            current = str(target)
+        if prep.decontaminate and held_out:
+            kept_removed = check.decontaminate(current, held_out, target, near)
+            steps[f"{ref}: decontaminate"] = dict(zip(("kept", "removed"), kept_removed, strict=True))
+            current = str(target)
+        if prep.augment is not None:
+            a = prep.augment
+            settings = augment.Settings(a.method, a.n, a.model or cfg.model.name, a.seed, a.answers)
+            stats = rewrite.augment_file(current, target.with_suffix(".tmp.jsonl"), settings)
+            target.with_suffix(".tmp.jsonl").replace(target)
+            target.with_suffix(".tmp.augment.json").replace(target.with_suffix(".augment.json"))
+            steps[f"{ref}: augment"] = {k: stats[k] for k in ("rows", "written", "rejected")}
+            current = str(target)
+        if current == ref:  # no step touched this file (decontaminate without held-out files)
+            shutil.copy(resolve_path(ref), target)
+        files.append(str(target))
+    return files, steps
+
+
+def _data(cfg, pcfg: PipelineConfig, out: Path) -> dict:
+    """The optional preparation steps, then the training data as training will read it and
+    `forgetless data check` on it (report in OUTPUT_DIR/data_check.json); with data_check.strict a
+    warning stops the pipeline here."""
+    stage = pcfg.data_check
+    steps = {}
+    if pcfg.data_prep.any():
+        files, steps = _prepare(cfg, pcfg, out)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": files})})
     tokenizer = models.load_tokenizer(models.resolve(cfg.model.name))
     data = build(cfg.data, tokenizer, cfg.train.seed)
     report = check.check(
@@ -167,7 +235,7 @@ def _data(cfg, stage: DataCheckStage, out: Path) -> dict:
     if stage.strict and report["warnings"]:
         raise UserError(f"data check (strict): {report['warnings'][0]}; see {out / DATA_CHECK}")
     facts = {"train_rows": len(data.train), "validation_rows": len(data.validation), "notes": data.notes()}
-    return facts | {"check_warnings": report["warnings"]}
+    return facts | {"check_warnings": report["warnings"]} | ({"prepared": steps} if steps else {})
 
 
 def _train(cfg, out: Path) -> dict:

@@ -138,3 +138,36 @@ def test_training_logs_to_mlflow_when_enabled(tiny_overrides, tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("forgetless").experiment_id])
     assert run.data.params["train.max_steps"] == "6" and "loss" in run.data.metrics
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 6
+
+
+def test_pipeline_prepares_the_data_and_trains_on_the_prepared_file(scored_overrides, tmp_path):
+    """data_prep: dedup drops the copies, decontaminate the held-out row, augment adds synonym
+    variants; the train stage reads OUTPUT_DIR/data/, and config.yaml says so."""
+    rows = [{"instruction": "Please refund my broken kettle quickly.", "output": "refund"}] * 3 + [
+        {"instruction": "Where is the parcel I ordered last week?", "output": "shipping"},
+        {"instruction": "How do I change the password of my account?", "output": "account"},
+    ]
+    data, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held.write_text(json.dumps(rows[3]) + "\n")
+    train_cfg = tmp_path / "train.yaml"
+    loader.dump(forgetless.load_config({}, [*scored_overrides, f"data.train={data}"]), train_cfg)
+    out = tmp_path / "prep-run"
+    spec = {
+        "train": str(train_cfg),
+        "output_dir": str(out),
+        "registry": {"name": "prep", "tracking_uri": f"sqlite:///{tmp_path}/prep.db"},
+        "data_check": {"against": [str(held)]},
+        "data_prep": {"dedup": True, "decontaminate": True, "augment": {"method": "synonyms", "n": 1}},
+    }
+    pipe = tmp_path / "pipeline.yaml"
+    pipe.write_text(yaml.safe_dump(spec))
+    main(["pipeline", str(pipe)])  # the gates may refuse promotion: the stages before it are what is tested
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    prepared = out / "data" / "0-train.jsonl"
+    kept = [json.loads(x) for x in prepared.read_text().splitlines()]
+    assert [r["output"] for r in kept[:2]] == ["refund", "account"]  # 2 copies and the held-out row removed
+    assert len(kept) == 2 + stages["data"]["result"]["prepared"][f"{data}: augment"]["written"] >= 3
+    assert stages["train"]["status"] == "done"
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["train"] == [str(prepared)]
+    assert json.loads((out / "data_check.json").read_text())["augmented"]["rows"] == len(kept) - 2

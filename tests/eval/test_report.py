@@ -51,6 +51,10 @@ def test_train_report_and_separate_eval_agree(tiny_overrides, tmp_path, monkeypa
     # the report: markdown with linked plots, HTML with the same PNGs embedded
     md, page = (run / "report.md").read_text(), (run / "report.html").read_text()
     assert "KL to base per token" in md and "plots/loss.png" in md and "retention_probe.png" in md
+    # the training data as `forgetless data check` saw it, in the report and in data_check.json
+    found = json.loads((run / "data_check.json").read_text())
+    assert "### training data" in md and f"| rows (valid / read) | {found['valid']} / {found['rows']} |" in md
+    assert "<h3>training data</h3>" in page
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
     assert len(images) >= 2 and all(base64.b64decode(i).startswith(PNG) for i in images)
     assert "http" not in page.replace("http-equiv", "")  # nothing to fetch: renders offline

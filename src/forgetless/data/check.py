@@ -51,17 +51,23 @@ class Rows:
     examples: list[Example] = field(default_factory=list)
     read: ReadReport = field(default_factory=ReadReport)
     formats: Counter = field(default_factory=Counter)
+    origin: dict[str, str] = field(default_factory=dict)  # where -> where of the row it was augmented from
+    methods: Counter = field(default_factory=Counter)  # augmentation methods of the augmented rows
 
 
 def read(files: list[str]) -> Rows:
     rows = Rows()
     for ref in files:
         rows.examples += read_file(ref, on_error="skip", report=rows.read)
-        for _, raw in iter_rows(resolve_path(ref)):
+        path = resolve_path(ref)
+        for line, raw in iter_rows(path):
             try:
                 rows.formats[detect_format(raw)] += 1
             except ValueError:  # RowError: already counted by read_file
-                pass
+                continue
+            if isinstance(raw.get("augmented_from"), int):  # written by `forgetless data augment`
+                rows.origin[f"{path}:{line}"] = f"{path}:{raw['augmented_from']}"
+                rows.methods[str(raw.get("method"))] += 1
     return rows
 
 
@@ -88,9 +94,12 @@ def check(files: list[str], against: list[str], near: float = 0.85, tokenizer=No
     ex = rows.examples
     report: dict = {"files": files, "rows": rows.read.rows, "valid": len(ex), "formats": dict(rows.formats)}
     report["errors"] = {"count": len(rows.read.skipped), "first": rows.read.skipped[:5]}
+    report["augmented"] = {"rows": sum(rows.methods.values()), "methods": dict(rows.methods)}
     if tokenizer is not None:
-        rows = tqdm(ex, desc="data check: tokens", unit="row", disable=len(ex) < 5000)  # a bar where it takes seconds
-        lengths = [len(tokenizer(whole(e), add_special_tokens=False)["input_ids"]) for e in rows]
+        counted = tqdm(
+            ex, desc="data check: tokens", unit="row", disable=len(ex) < 5000
+        )  # a bar where it takes seconds
+        lengths = [len(tokenizer(whole(e), add_special_tokens=False)["input_ids"]) for e in counted]
         over = sum(n > max_length for n in lengths)
         report["tokens"] = _percentiles(lengths) | {"max_length": max_length, "over_max_length": over}
     report["answer_chars"] = _percentiles([len(answer_of(e)) for e in ex])
@@ -98,18 +107,21 @@ def check(files: list[str], against: list[str], near: float = 0.85, tokenizer=No
     answers = Counter(answer_of(e).strip() for e in ex)
     if ex and len(answers) <= max(2, min(20, len(ex) // 5)):  # few distinct answers: classification-style
         report["labels"] = dict(answers.most_common())
-    report |= _duplicates(ex, near)
+    report |= _duplicates(ex, near, rows.origin)
     report["leakage"] = _leakage(ex, against, near)
     report["diversity_distinct_2"] = round(similarity.distinct_n([whole(e) for e in ex], 2), 4)
     report["warnings"] = warnings(report)
     return report
 
 
-def _duplicates(ex: list[Example], near: float) -> dict:
+def _duplicates(ex: list[Example], near: float, origin: dict[str, str]) -> dict:
+    """Exact and near duplicates; an augmented row and its original (or two variants of one original)
+    are alike by design and are not counted."""
     texts = [whole(e) for e in ex]
     exact = similarity.exact_groups(texts)
     exact_keys = {similarity.normalize(texts[g[0]]) for g in exact}
-    pairs = similarity.near_pairs(texts, None, near)
+    family = [origin.get(e.where, e.where) for e in ex]
+    pairs = [(i, j, sim) for i, j, sim in similarity.near_pairs(texts, None, near) if family[i] != family[j]]
     groups = [g for g in similarity.clusters(len(ex), pairs) if similarity.normalize(texts[g[0]]) not in exact_keys]
     return {
         "exact_duplicates": {
@@ -163,6 +175,9 @@ def warnings(report: dict) -> list[str]:
 
 def render(report: dict) -> str:
     lines = [f"rows: {report['rows']} read, {report['valid']} valid; formats {report['formats']}"]
+    if report["augmented"]["rows"]:
+        aug = report["augmented"]
+        lines.append(f"augmented rows: {aug['rows']} {aug['methods']} (not counted as duplicates of their originals)")
     if "tokens" in report:
         t = report["tokens"]
         lines.append(

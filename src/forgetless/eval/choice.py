@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from forgetless.data.formats import resolve_path
 from forgetless.errors import UserError
@@ -83,7 +84,8 @@ def choice_logprobs(model, tokenizer, items: list[Item], shots: list[Item], batc
     pairs = [encode_pair(tokenizer, prompt(it, shots), " " + c) for it in items for c in it.choices]
     scores: list[float] = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for i in range(0, len(pairs), batch_size):
+    starts = range(0, len(pairs), batch_size)
+    for i in tqdm(starts, desc="eval: multiple choice", unit="batch", disable=len(starts) < 2):
         chunk = pairs[i : i + batch_size]
         width = max(len(ids) for ids, _ in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)

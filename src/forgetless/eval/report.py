@@ -37,6 +37,7 @@ def _read(run: Path) -> dict:
         "dir": run,
         "summary": load("summary.json"),
         "eval": load("eval.json"),
+        "data": load("data_check.json"),
         "metrics": metrics,
         "metric": cfg.get("eval", {}).get("metric", "exact_match"),
     }
@@ -154,6 +155,27 @@ def print_tables(ev: dict) -> None:
         print("\n" + text_table(retention_table(ev)))
 
 
+def data_blocks(d: dict) -> list[tuple]:
+    """The training data as `forgetless data check` found it."""
+    nd, tokens = d["near_duplicates"], d.get("tokens", {})
+    rows = [
+        ["rows (valid / read)", f"{d['valid']} / {d['rows']}"],
+        ["invalid rows", str(d["errors"]["count"])],
+        ["augmented rows", str(d.get("augmented", {}).get("rows", 0))],
+        ["tokens p50 / max", f"{tokens.get('p50', '–')} / {tokens.get('max', '–')}"],
+        ["over data.max_length", str(tokens.get("over_max_length", "–"))],
+        ["languages", ", ".join(f"{k} {v}" for k, v in d["languages"].items())],
+        ["exact duplicates", str(d["exact_duplicates"]["rows"])],
+        [f"near duplicates (≥{nd['threshold']})", f"{nd['rows']} in {nd['cluster_count']} cluster(s)"],
+        ["diversity (distinct bigrams)", str(d["diversity_distinct_2"])],
+    ]
+    rows += [[f"leakage from {Path(src).name}", f"{x['rows']} of {x['of']}"] for src, x in d["leakage"].items()]
+    out: list[tuple] = [("h3", "training data"), ("table", [["data check", "found"], *rows])]
+    if d["warnings"]:
+        out.append(("p", "warnings: " + "; ".join(d["warnings"])))
+    return out
+
+
 def blocks(runs: list[dict], plots: dict[str, Path]) -> list[tuple]:
     out: list[tuple] = [("h1", "forgetless report")]
     for r in runs:
@@ -168,6 +190,8 @@ def blocks(runs: list[dict], plots: dict[str, Path]) -> list[tuple]:
                     + (f"; stopped early: {s['stopped_early']}" if s.get("stopped_early") else ""),
                 )
             )
+        if r["data"]:
+            out += data_blocks(r["data"])
         if r["eval"]:
             out += [("table", task_table(r["eval"])), ("table", retention_table(r["eval"]))]
             for i, smp in enumerate(r["eval"].get("task", {}).get("samples", []), start=1):
@@ -202,8 +226,8 @@ def blocks(runs: list[dict], plots: dict[str, Path]) -> list[tuple]:
 def to_markdown(bl: list[tuple], base: Path) -> str:
     lines = []
     for b in bl:
-        if b[0] in ("h1", "h2"):
-            lines += [("# " if b[0] == "h1" else "## ") + b[1], ""]
+        if b[0] in ("h1", "h2", "h3"):
+            lines += ["#" * int(b[0][1]) + " " + b[1], ""]
         elif b[0] == "p":
             lines += [b[1], ""]
         elif b[0] == "pre":
@@ -226,7 +250,7 @@ def to_html(bl: list[tuple]) -> str:
         "white-space:pre-wrap}</style></head><body>",
     ]
     for b in bl:
-        if b[0] in ("h1", "h2"):
+        if b[0] in ("h1", "h2", "h3"):
             parts.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
         elif b[0] == "p":
             parts.append(f"<p>{e(b[1])}</p>")

@@ -12,6 +12,7 @@ The base model's predictions come from the same weights with adapters switched o
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from forgetless.adapters.methods import base_view
 from forgetless.data.batching import fixed_batches
@@ -29,7 +30,8 @@ def kl_to_base(model, tokenizer, references: list[Example], base=None, batch_siz
     """Mean KL(p_model ‖ p_base) per reference-answer token; `base` defaults to adapters-off."""
     rows = [encode(tokenizer, ex) for ex in references]
     total, n = 0.0, 0
-    for batch in fixed_batches(rows, batch_size, tokenizer.pad_token_id):
+    batches = fixed_batches(rows, batch_size, tokenizer.pad_token_id)
+    for batch in tqdm(batches, desc="eval: retention KL", unit="batch", disable=len(batches) < 2):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         where = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])["task_answers"]
         inputs = (batch["input_ids"], batch["attention_mask"])
@@ -47,7 +49,7 @@ def kl_to_base(model, tokenizer, references: list[Example], base=None, batch_siz
 def agreement(model, tokenizer, references: list[Example], max_new_tokens: int) -> tuple[list[float], list[str]]:
     """Per prompt 1.0 where the model's greedy answer equals the base model's (else 0.0), and the answers."""
     prompts = [list(ex.messages[:-1]) for ex in references]
-    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, desc="eval: retention answers")
     same = [
         float(normalize(a) == normalize(ex.messages[-1]["content"])) for a, ex in zip(answers, references, strict=True)
     ]

@@ -10,9 +10,12 @@ compare the fine-tuned model with the base model directly (adapters off, same we
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from forgetless.config.schema import Config
 from forgetless.data.batching import fixed_batches
@@ -28,12 +31,12 @@ from forgetless.reference import answers
 
 
 @torch.no_grad()
-def mean_nll(model, batches: list[dict]) -> float:
+def mean_nll(model, batches: list[dict], desc: str | None = None) -> float:
     """Mean next-token negative log-likelihood over the label tokens of the batches."""
     total, n = 0.0, 0
     was_training = model.training
     model.eval()
-    for b in batches:
+    for b in tqdm(batches, desc=desc, unit="batch", disable=desc is None or len(batches) < 2):
         b = {k: v.to(model.device) for k, v in b.items()}
         total += float(ce_sum(logits_of(model, b["input_ids"], b["attention_mask"]), b["labels"]))
         n += count_targets(b["labels"])
@@ -44,7 +47,7 @@ def mean_nll(model, batches: list[dict]) -> float:
 def text_perplexity(model, tokenizer, ref: str, max_length: int, pad: int) -> float:
     """Perplexity of every token of a general-text file (any data format; all tokens count)."""
     rows = encode_all(tokenizer, read_file(ref), max_length, "truncate", loss_on="all")
-    return math.exp(mean_nll(model, fixed_batches(rows, 4, pad)))
+    return math.exp(mean_nll(model, fixed_batches(rows, 4, pad), desc=f"eval: perplexity of {Path(ref).name}"))
 
 
 def lm_eval_scores(model, tokenizer, tasks: list[str]) -> dict[str, float]:
@@ -72,24 +75,53 @@ def measure(model, tokenizer, cfg: Config, examples, val_rows: list[dict], refer
     e = cfg.eval
     pad = tokenizer.pad_token_id
     side: dict = {}
+    clock = Parts()
     if examples:
-        side["task"] = task_eval(model, tokenizer, examples, cfg)
+        with clock("task answers"):
+            side["task"] = task_eval(model, tokenizer, examples, cfg)
     if val_rows:
-        side.setdefault("task", {})["perplexity"] = math.exp(mean_nll(model, fixed_batches(val_rows, 4, pad)))
+        with clock("task perplexity"):
+            nll = mean_nll(model, fixed_batches(val_rows, 4, pad), desc="eval: task perplexity")
+            side.setdefault("task", {})["perplexity"] = math.exp(nll)
     if e.retention:
         side["benchmarks"] = {}
-        for ref in e.benchmarks:
-            items, shots = choice.read_items(ref)
-            scored = choice.score_items(model, tokenizer, items, shots)
-            side["benchmarks"][Path(ref.removeprefix("builtin:")).name] = scored
-        side["general_text"] = {
-            Path(ref).name: text_perplexity(model, tokenizer, ref, cfg.data.max_length, pad) for ref in e.general_text
-        }
+        with clock("multiple choice"):
+            for ref in e.benchmarks:
+                items, shots = choice.read_items(ref)
+                scored = choice.score_items(model, tokenizer, items, shots)
+                side["benchmarks"][Path(ref.removeprefix("builtin:")).name] = scored
+        with clock("general-text perplexity"):
+            side["general_text"] = {
+                Path(ref).name: text_perplexity(model, tokenizer, ref, cfg.data.max_length, pad)
+                for ref in e.general_text
+            }
         if e.lm_eval_tasks:
-            side["lm_eval"] = lm_eval_scores(model, tokenizer, e.lm_eval_tasks)
+            with clock("lm-eval"):
+                side["lm_eval"] = lm_eval_scores(model, tokenizer, e.lm_eval_tasks)
         if references is not None:
-            side["prompts"] = retention(model, tokenizer, references, e.retention_max_new_tokens, base=base)
+            with clock("retention KL and answers"):
+                side["prompts"] = retention(model, tokenizer, references, e.retention_max_new_tokens, base=base)
+    clock.report()
     return side
+
+
+class Parts:
+    """Seconds per part of an evaluation, said in one line at the end (where the time went)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        started = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.time() - started
+
+    def report(self) -> None:
+        if self.seconds:
+            print("[forgetless] evaluation took " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
 
 
 def references(cfg: Config, model, tokenizer, model_path: str, dtype) -> list | None:

@@ -13,7 +13,9 @@ def task_eval(model, tokenizer, examples: list[Example], cfg: Config) -> dict:
     if not chats:
         return {}
     pairs = [split_prompt(e.messages, cfg.data.system_prompt) for e in chats]
-    answers = generate(model, tokenizer, [p for p, _ in pairs], max_new_tokens=cfg.eval.max_new_tokens)
+    answers = generate(
+        model, tokenizer, [p for p, _ in pairs], max_new_tokens=cfg.eval.max_new_tokens, desc="eval: task answers"
+    )
     refs = [r for _, r in pairs]
     samples = [
         {"prompt": p[-1]["content"], "reference": r, "answer": a}

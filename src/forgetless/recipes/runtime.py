@@ -17,13 +17,15 @@ from transformers import set_seed
 from forgetless.adapters import methods, saved
 from forgetless.config import loader
 from forgetless.config.schema import Config, TrainConfig
+from forgetless.data import check
 from forgetless.deploy import registry
-from forgetless.eval import report, suite
+from forgetless.eval import base_cache, report, suite
 from forgetless.model import hardware
 from forgetless.model import loader as models
 from forgetless.reference import rehearsal
 from forgetless.training import distributed
 from forgetless.training.monitor import Monitor
+from forgetless.training.rundir import DATA_CHECK
 
 
 def cached(path: Path, compute):
@@ -127,6 +129,19 @@ def mixed_precision(run: Run) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(run.dtype, "no")
 
 
+def check_data(run: Run) -> None:
+    """`forgetless data check` on the training files against the validation files: data_check.json,
+    a section of the report, and its warnings in the log (training goes on: `pipeline` with
+    data_check.strict is the place to stop on them)."""
+    if not run.main:
+        return
+    cfg = run.cfg
+    found = check.check(cfg.data.train, cfg.data.validation, tokenizer=run.tokenizer, max_length=cfg.data.max_length)
+    (run.out / DATA_CHECK).write_text(json.dumps(found, ensure_ascii=False, indent=2), encoding="utf-8")
+    for warning in found["warnings"]:
+        run.say(f"data check: {warning}")
+
+
 def finish(run: Run, evaluation: dict, summary: dict) -> dict:
     """eval.json, summary.json (with the wall time), the report, and the MLflow run when asked for."""
     out, cfg = run.out, run.cfg
@@ -156,14 +171,20 @@ def score_finetuned(run: Run, compute) -> tuple[dict, float]:
     return after, time.time() - started
 
 
-def score_base(run: Run, compute, what: str = "") -> tuple[dict, float]:
-    """The base model's scores (main process, all cores; cached in the run for --resume) and seconds taken."""
+def score_base(run: Run, compute, what: str = "", shared: str | None = None) -> tuple[dict, float]:
+    """The base model's scores (main process, all cores) and the seconds taken: kept in the run for
+    --resume and, with `shared` (a eval/base_cache file name), reused across runs."""
     if not run.main:
         return {}, 0.0  # only the main process evaluates
     started = time.time()
-    print(f"[forgetless] evaluating the base model{f' ({what})' if what else ''} ...")
+    if shared is not None and base_cache.lookup(shared) is not None:
+        print(f"[forgetless] base model scores: reused {base_cache.lookup(shared)} (same model, eval set, settings)")
+    else:
+        print(f"[forgetless] evaluating the base model{f' ({what})' if what else ''} ...")
     with distributed.all_cores():
-        before = cached(run.out / "eval_before.json", compute)
+        before = cached(
+            run.out / "eval_before.json", lambda: base_cache.reuse(shared, compute)[0] if shared else compute()
+        )
     return before, time.time() - started
 
 

@@ -18,7 +18,7 @@ from forgetless.data.batching import Batches, fixed_batches
 from forgetless.data.build import build
 from forgetless.data.mixture import MixedBatches
 from forgetless.data.packing import attention_cost
-from forgetless.eval import suite
+from forgetless.eval import base_cache, suite
 from forgetless.eval.retention import kl_to_base
 from forgetless.objectives import sft
 from forgetless.plan import planner
@@ -34,6 +34,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
     model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
     data = build(cfg.data, tokenizer, cfg.train.seed)
     r.say(f"data: {len(data.train)} train rows, {len(data.validation)} validation rows")
+    runtime.check_data(r)
     general, more = runtime.general_rows(r)
     notes = data.notes() + more
     for note in notes:
@@ -43,7 +44,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
     refs = runtime.references(r)
     scored = data.validation_examples if cfg.eval.before_after else []
     scored_rows = data.validation if cfg.eval.before_after else []
-    before, t_base = _score_base(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows))
+    before, t_base = _score_base(r, scored, scored_rows)
 
     fcfg = cfg.forgetting
     pad = tokenizer.pad_token_id
@@ -109,14 +110,17 @@ def _batches(r: runtime.Run, train: list[dict], general: list[dict]) -> tuple[Ba
     return batches, padding
 
 
-def _score_base(r: runtime.Run, compute) -> tuple[dict, float]:
-    """The base side: task scores (eval.before_after) and the retention baseline (eval.retention); with
-    neither there is nothing to score, and nothing is said."""
-    e = r.cfg.eval
+def _score_base(r: runtime.Run, scored: list, scored_rows: list[dict]) -> tuple[dict, float]:
+    """The base side: task scores (eval.before_after) and the retention baseline (eval.retention),
+    reused from eval/base_cache when an earlier run scored the same; with neither there is nothing to
+    score, and nothing is said."""
+    cfg, e = r.cfg, r.cfg.eval
+    shared = base_cache.file_name(cfg, base_cache.key(cfg, r.model_path, str(r.dtype), r.dev.type, scored, scored_rows))
+    compute = lambda: suite.measure(r.model, r.tokenizer, cfg, scored, scored_rows)  # noqa: E731
     if not (e.before_after or e.retention):
         return {}, 0.0
     what = "task and retention baseline" if e.before_after else "retention baseline only: eval.before_after=false"
-    return runtime.score_base(r, compute, what if e.retention else "task")
+    return runtime.score_base(r, compute, what if e.retention else "task", shared)
 
 
 def packing(cfg: Config) -> bool:

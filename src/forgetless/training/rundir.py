@@ -33,6 +33,7 @@ from forgetless.training import checkpoint
 
 PIPELINE_STATE = "pipeline.json"  # a pipeline's stage record beside its run does not make a run
 DATA_CHECK = "data_check.json"  # nor does the report of its data stage
+PREPARED_DATA = "data"  # nor the training files its data stage prepared
 # Settings a resumed run may change: how long it trains and how it is evaluated, not what it trains.
 RESUMABLE = (
     "output_dir",
@@ -130,7 +131,7 @@ def _clear(out: Path, overwrite: bool) -> Path | None:
         print(
             f"[forgetless] note: {stray} holds a run an interrupted --overwrite moved aside; move it back or delete it"
         )
-    if out.exists() and any(p.name not in (PIPELINE_STATE, DATA_CHECK) for p in out.iterdir()):
+    if out.exists() and any(p.name not in (PIPELINE_STATE, DATA_CHECK, PREPARED_DATA) for p in out.iterdir()):
         if not overwrite:
             raise UserError(
                 f"output_dir {out} already holds a run; pass --resume to continue it, "

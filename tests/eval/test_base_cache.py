@@ -1,0 +1,44 @@
+"""The base side of the evaluation is computed once per model, eval set and settings, and reused:
+a second run reads it (the same numbers to the last digit), a changed input computes it again."""
+
+from __future__ import annotations
+
+import json
+
+import forgetless
+from forgetless.eval import suite
+from tests.eval.test_report import _eval_overrides
+
+
+def test_a_second_run_reuses_the_base_side_and_a_changed_eval_set_recomputes(
+    tiny_overrides, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
+    calls = []
+    measure = suite.measure
+    # True for a base-side call: the fine-tuned side passes the base model's reference answers
+    monkeypatch.setattr(suite, "measure", lambda *a, **k: calls.append(len(a) < 6) or measure(*a, **k))
+    overrides = [*tiny_overrides, *_eval_overrides(tmp_path)]
+    forgetless.train({}, [*overrides, f"output_dir={tmp_path / 'a'}"])
+    assert calls == [True, False]  # base side, fine-tuned side
+    assert "evaluating the base model" in capsys.readouterr().out
+    stored = list((tmp_path / "cache" / "eval").glob("base-eval-model-*.json"))
+    assert len(stored) == 1
+
+    # another run (another learning rate): the base side comes from the cache, to the last digit
+    forgetless.train({}, [*overrides, "train.lr=3e-3", f"output_dir={tmp_path / 'b'}"])
+    assert calls == [True, False, False]
+    assert "base model scores: reused" in capsys.readouterr().out
+    before = [json.loads((tmp_path / run / "eval_before.json").read_text()) for run in ("a", "b")]
+    assert before[0] == before[1]
+    a, b = (json.loads((tmp_path / run / "eval.json").read_text()) for run in ("a", "b"))
+    assert a["task"]["exact_match"]["base"] == b["task"]["exact_match"]["base"]
+    assert (
+        a["retention"]["benchmarks"]["mc.jsonl"]["acc"]["base"]
+        == b["retention"]["benchmarks"]["mc.jsonl"]["acc"]["base"]
+    )
+
+    # a changed eval setting is another key: computed again, stored beside the first
+    forgetless.train({}, [*overrides, "eval.max_new_tokens=5", f"output_dir={tmp_path / 'c'}"])
+    assert calls == [True, False, False, True, False]
+    assert len(list((tmp_path / "cache" / "eval").glob("base-eval-model-*.json"))) == 2
