@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -72,33 +73,67 @@ def train(name: str, train_file: str, test_file: str, steps: int, root: Path) ->
     }
 
 
+def cpu() -> str:
+    """The CPU model and whether it has AVX-512 (machines of one kind differ about 2x in speed)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("model name")), "")
+    avx = "AVX-512" if "avx512" in info else "AVX2, no AVX-512" if "avx2" in info else "no AVX2"
+    return f"{name or platform.processor()}, {os.cpu_count()} cores, {avx}"
+
+
+def table(result: dict) -> str:
+    """The markdown table docs/data.md shows."""
+    lines = [
+        "| task | training rows | train rows used | exact match (base → tuned) | chrF (base → tuned) "
+        "| KL to base / token | unchanged answers | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lang in ("en", "ja"):
+        for r in result.get(lang, {}).get("runs", []):
+            lines.append(
+                f"| {lang} | {r['run']} | {r['train_rows']} | {r['exact_match_base']:.3f} → {r['exact_match']:.3f} "
+                f"| {r['chrf_base']:.1f} → {r['chrf']:.1f} | {r['kl_to_base']:.4f} | {r['agreement']:.3f} "
+                f"| {r['seconds']:.0f} |"
+            )
+    lines += ["", "| task | method | rows | candidates | written | rejected |", "|---|---|---|---|---|---|"]
+    for lang in ("en", "ja"):
+        for method, a in result.get(lang, {}).get("augmentation", {}).items():
+            rejected = ", ".join(f"{k} {v}" for k, v in a["rejected"].items()) or "none"
+            lines.append(f"| {lang} | {method} | {a['rows']} | {a['candidates']} | {a['written']} | {rejected} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--render", action="store_true", help="only print the table of an earlier --out file")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--languages", nargs="+", default=["en", "ja"])
     ap.add_argument("--root", default="runs/bench-augment")
     ap.add_argument("--out", default="docs/augment.json")
     args = ap.parse_args()
+    if args.render:
+        print(table(json.loads(Path(args.out).read_text(encoding="utf-8"))))
+        return
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    result = {"command": f"python benchmarks/augment.py --steps {args.steps}", "cpu": platform.processor()}
+    result = {"command": f"python benchmarks/augment.py --steps {args.steps}", "cpu": cpu()}
     for lang in args.languages:
         t = TASKS[lang]
         rows = _rows(t["train"])
         test = _write(root / f"{lang}-test.jsonl", _rows(t["test"]))
         small = _write(root / f"{lang}-small.jsonl", rows[: t["small"]])
-        table = [train(f"{lang}-small", small, test, args.steps, root)]
+        runs = [train(f"{lang}-small", small, test, args.steps, root)]
         augmented = {}
         for method in METHODS[lang]:
             out = root / f"{lang}-small-{method}.jsonl"
             stats = rewrite.augment_file(small, out, augment.Settings(method, n=2, seed=0))
             augmented[method] = {k: stats[k] for k in ("rows", "candidates", "written", "rejected")}
-            table.append(train(f"{lang}-small+{method}", str(out), test, args.steps, root))
+            runs.append(train(f"{lang}-small+{method}", str(out), test, args.steps, root))
         large = _write(root / f"{lang}-large.jsonl", rows[: t["large"]])
-        table.append(train(f"{lang}-real-x3", large, test, args.steps, root))
-        result[lang] = {"runs": table, "augmentation": augmented}
+        runs.append(train(f"{lang}-real-x3", large, test, args.steps, root))
+        result[lang] = {"runs": runs, "augmentation": augmented}
         Path(args.out).write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(json.dumps(result, ensure_ascii=False, indent=2))
+    print(table(result))
 
 
 if __name__ == "__main__":

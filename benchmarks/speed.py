@@ -14,7 +14,7 @@ on CPU, CUDA max allocated on GPU), the padding share, and model FLOPs utilisati
 × tokens per second (forward 2, backward through the frozen weights 2) over the fp32 matmul peak
 this script measures on the same machine, before and after the runs. The targets are ratios.
 
-Run: make bench   (or python benchmarks/speed.py [--steps 4] [--warmup 1] [--mixes uniform,longtail]
+Run: make bench   (or python benchmarks/speed.py [--steps 5] [--warmup 1] [--mixes uniform,longtail]
      [--before REF])   -> docs/performance.json and the table in docs/performance.md
 """
 
@@ -246,13 +246,22 @@ def run_trl(case: str, rows_file: Path, out: Path, steps: int) -> dict:
 
 
 # ---------------------------------------------------------------- numbers
+def spread(values: list[float], digits: int) -> list[float]:
+    return [round(min(values), digits), round(statistics.median(values), digits), round(max(values), digits)]
+
+
 def measured(r: dict, warmup: int, params: int, peak_gflops: float) -> dict:
-    """Median step time and throughput over the steps after the warm-up."""
+    """One statistic for both numbers: the median over the steps after the warm-up, of the step time
+    and of each step's own tokens/s (a mean of tokens over time would let one disturbed step pull
+    the two apart); min/median/max beside them show how steady the machine was."""
     step_s, tokens = r["step_s"][warmup:], r["tokens"][warmup : len(r["step_s"])]
-    tps = sum(tokens) / sum(step_s)
+    per_step = [t / s for t, s in zip(tokens, step_s, strict=True)]
+    tps = statistics.median(per_step)
     return {
         "step_s": round(statistics.median(step_s), 3),
+        "step_s_spread": spread(step_s, 3),
         "tokens_per_s": round(tps, 1),
+        "tokens_per_s_spread": spread(per_step, 1),
         "tokens_per_step": round(sum(tokens) / len(tokens), 1),
         "peak_gb": r["peak_gb"],
         "padding_share": r.get("padding_share"),
@@ -278,6 +287,17 @@ def planner_estimate(case: str, mix_rows: int) -> float:
     return memory.estimate(shape, setup)["total"]
 
 
+def busy_share(seconds: float = 1.0) -> float:
+    """Share of the CPU time other processes used over `seconds` (called while none of ours runs)."""
+
+    def sample():
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    (t0, i0), _, (t1, i1) = sample(), time.sleep(seconds), sample()
+    return 1 - (i1 - i0) / max(t1 - t0, 1)
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="measured optimizer steps per run")
@@ -301,6 +321,7 @@ def main(argv: list[str]) -> None:
     work = Path(tempfile.mkdtemp(prefix="forgetless-speed-"))
     before_src = checkout(args.before, work) if args.before else None
     results: dict = {"mixes": {}}
+    warnings: list[str] = []
     for mix in args.mixes.split(","):
         data_file, rows_file = work / f"{mix}.jsonl", work / f"{mix}.tokens.jsonl"
         write_rows(mix, data_file, n=BATCH * total * 2)
@@ -323,6 +344,9 @@ def main(argv: list[str]) -> None:
                 plan.append(("before", case, before_src))
         for tool, case, src in plan:
             name = f"{tool}:{case}"
+            busy = busy_share()
+            if busy > 0.25:  # another job shares the cores: this run's numbers are not comparable
+                warnings.append(f"{mix} {name}: the CPU was {busy:.0%} busy with other work before the run")
             print(f"[speed] {mix} {name} ...", flush=True)
             out = work / mix / tool / case
             raw = (
@@ -343,7 +367,12 @@ def main(argv: list[str]) -> None:
             "runs": runs,
         }
     peak.append(matmul_peak())
+    if abs(peak[1] - peak[0]) > 0.15 * max(peak):
+        warnings.append(f"the matmul peak moved from {peak[0]:.0f} to {peak[1]:.0f} GFLOP/s during the runs")
+    for w in warnings:
+        print(f"[speed] WARNING: {w}", flush=True)
     results |= {
+        "warnings": warnings,
         "matmul_peak_gflops": round(max(peak), 1),
         "matmul_peak_gflops_runs": [round(p, 1) for p in peak],
         "model_parameters": params,
@@ -411,10 +440,16 @@ def targets(mixes: dict, peak: float) -> list[dict]:
     return out
 
 
+def _range(spread: list | None) -> str:
+    return "–" if not spread else f"{spread[0]:g}–{spread[2]:g}"
+
+
 def table(res: dict) -> str:
     lines = [
         f"Matmul peak (fp32, measured before and after): {res['matmul_peak_gflops_runs']} GFLOP/s; MFU = 4 × "
         f"{res['model_parameters']:,} parameters × tokens/s over the higher one.",
+        "",
+        "Step time and tokens/s: the median over the measured steps (min–max in brackets).",
         "",
         "| mix | run | s / step | tokens / step | tokens/s | MFU | padding | peak GB | planner GB |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -425,9 +460,11 @@ def table(res: dict) -> str:
             plan = f"{r['planner_gb']:.2f}" if r.get("planner_gb") else "–"
             lines.append(
                 f"| {mix} (p50 {m['length_p50']}, p90 {m['length_p90']}) | {name} | {r['step_s']:.2f} "
-                f"| {r['tokens_per_step']:.0f} | {r['tokens_per_s']:.1f} | {100 * r['mfu']:.1f}% | {pad} "
+                f"({_range(r.get('step_s_spread'))}) | {r['tokens_per_step']:.0f} | {r['tokens_per_s']:.1f} "
+                f"({_range(r.get('tokens_per_s_spread'))}) | {100 * r['mfu']:.1f}% | {pad} "
                 f"| {r['peak_gb']:.2f} | {plan} |"
             )
+    lines += ["", *(f"**Warning**: {w}" for w in res.get("warnings", []))]
     lines += ["", "| mix | target | goal | measured | met |", "|---|---|---|---|---|"]
     for t in res["targets"]:
         lines.append(f"| {t['mix']} | {t['target']} | {t['goal']} | {t['measured']} | {'yes' if t['met'] else 'no'} |")

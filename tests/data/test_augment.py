@@ -156,3 +156,24 @@ def test_a_row_in_another_language_is_named(tmp_path, capsys):
     src = write_jsonl(tmp_path / "t.jsonl", [{"instruction": "Привет, как дела?", "output": "x"}])
     assert main(["data", "augment", str(src), "--out", str(tmp_path / "o.jsonl"), "--method", "synonyms"]) == 2
     assert "t.jsonl:1: the row is in neither English nor Japanese" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_augmentation_on_the_embedded_model_in_both_languages(tmp_path):
+    """The real instruct model paraphrases an English and a Japanese row (its Japanese is weak: a
+    rejection is a valid outcome, as long as it is counted), and back-translates the English one."""
+    rows = [
+        {"instruction": "Please refund order 34364: the kettle broke after two days.", "output": "refund"},
+        JA_ROWS[0],
+    ]
+    src = write_jsonl(tmp_path / "t.jsonl", rows)
+    for method in ("paraphrase", "backtranslate"):
+        out = tmp_path / f"{method}.jsonl"
+        stats = rewrite.augment_file(str(src), out, augment.Settings(method, n=1, seed=0))
+        assert stats["languages"] == {"en": 1, "ja": 1}
+        assert stats["written"] + sum(stats["rejected"].values()) == 2
+        kept = _lines(out)[2:]
+        assert all(
+            r["augmented_from"] in (1, 2) and r["output"] == rows[r["augmented_from"] - 1]["output"] for r in kept
+        )
+        assert all("34364" in r["instruction"] for r in kept if r["augmented_from"] == 1)  # numbers survive

@@ -91,6 +91,9 @@ def test_mc_scorer_matches_a_one_at_a_time_reference(tiny_dir, tokenizer, tmp_pa
     assert got["acc"] == pytest.approx(sum(raw) / 3) and got["acc_norm"] == pytest.approx(sum(norm) / 3)
     lp = choice.choice_logprobs(model, tokenizer, items, shots)
     assert all(math.isfinite(x) for row in lp for x in row)
+    # the shared-prompt path (KV cache repeated per choice) gives the same sums up to float rounding
+    shared = choice.shared_prefix_logprobs(model, tokenizer, items, shots)
+    assert [x for row in shared for x in row] == pytest.approx([x for row in lp for x in row], abs=1e-4)
 
 
 def test_mc_file_errors_name_the_line(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import forgetless
+from forgetless.recipes.sft import cached_teacher
 from tests.conftest import write_jsonl
 
 
@@ -34,3 +35,16 @@ def test_full_preset_trains_with_every_term_and_reports_retention(tiny_overrides
     assert summary["general_rows"] == 6 and summary["forgetting_preset"] == "full"
     r = summary["retention"]
     assert r["n"] == 3 and r["kl_per_token"] > 0 and 0 <= r["agreement"] <= 1
+
+
+def test_the_auto_teacher_is_cached_only_when_rows_are_seen_more_than_once():
+    """One pass costs the online teacher as much as making the cache: cached only beyond one pass."""
+
+    def cfg(*overrides):
+        return forgetless.load_config({}, ["train.batch_size=4", "train.grad_accum=2", *overrides])
+
+    assert not cached_teacher(cfg("train.max_steps=50"), 400)  # 50 × 8 = 400 rows: one pass
+    assert cached_teacher(cfg("train.max_steps=51"), 400)
+    assert cached_teacher(cfg("train.epochs=3"), 400) and not cached_teacher(cfg("train.epochs=1"), 400)
+    assert not cached_teacher(cfg("train.max_steps=500", "forgetting.lwf.teacher=online"), 400)
+    assert cached_teacher(cfg("train.max_steps=1", "forgetting.lwf.teacher=cached"), 400)

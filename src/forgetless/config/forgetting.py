@@ -27,11 +27,12 @@ class LwfConfig(BaseModel):
         "question); rehearsal = every token of the rehearsal rows; answers = the task answers themselves, "
         "which pulls straight against the task loss (see docs/forgetting.md for the measurement).",
     )
-    teacher: Literal["online", "cached"] = Field(
-        "online",
+    teacher: Literal["auto", "online", "cached"] = Field(
+        "auto",
         description="online: the base model's forward pass on every batch (exact KL); cached: its top-k "
         "log-probabilities per training row, computed once before training and saved with the run "
-        "(no teacher pass per step; accuracy and disk cost in docs/performance.md).",
+        "(no teacher pass per step; accuracy and disk cost in docs/performance.md); auto: cached when the "
+        "run sees its rows more than once (the cache then costs less than the passes it replaces), else online.",
     )
     top_k: int = Field(32, ge=1, description="Tokens per position kept by the cached teacher (plus the tail mass).")
 

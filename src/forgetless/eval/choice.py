@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from forgetless.data.formats import resolve_path
 from forgetless.errors import UserError
-from forgetless.model.forward import logits_of
+from forgetless.model.forward import cache_argument, logits_of, virtual_tokens
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,42 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 @torch.no_grad()
+def shared_prefix_logprobs(model, tokenizer, items: list[Item], shots: list[Item]) -> list[list[float]]:
+    """The same sums, with each item's prompt run once: its KV cache is repeated for the choices,
+    which then only run their own few tokens (the prompt, few-shot examples included, is most of
+    every sequence: about 4x less compute for four choices). Equal to `choice_logprobs` up to float
+    rounding (tested on the embedded model's benchmark: the same answers)."""
+    out = []
+    for it in tqdm(items, desc="eval: multiple choice", unit="question", disable=len(items) < 10):
+        ctx = tokenizer(prompt(it, shots), add_special_tokens=True)["input_ids"]
+        conts = [tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in it.choices]
+        first = model(input_ids=torch.tensor([ctx], device=model.device), use_cache=True)
+        logp0 = F.log_softmax(first.logits[0, -1].float(), -1)  # predicts every choice's first token
+        width = max(len(c) for c in conts)
+        scores = [float(logp0[c[0]]) for c in conts]
+        if width > 1:  # the other tokens of the choices, right-padded, after the shared prompt
+            ids = torch.zeros((len(conts), width - 1), dtype=torch.long)
+            mask = torch.zeros((len(conts), len(ctx) + width - 1), dtype=torch.long)
+            mask[:, : len(ctx)] = 1
+            for r, c in enumerate(conts):
+                ids[r, : len(c) - 1] = torch.tensor(c[:-1])
+                mask[r, len(ctx) : len(ctx) + len(c) - 1] = 1
+            cache = getattr(first, "past_key_values", None) or first.cache
+            cache.batch_repeat_interleave(len(conts))
+            rest = model(
+                input_ids=ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                use_cache=False,
+                **{cache_argument(model): cache},
+            )
+            logp = F.log_softmax(rest.logits.float(), -1)
+            for r, c in enumerate(conts):
+                scores[r] += sum(float(logp[r, j - 1, c[j]]) for j in range(1, len(c)))
+        out.append(scores)
+    return out
+
+
+@torch.no_grad()
 def choice_logprobs(model, tokenizer, items: list[Item], shots: list[Item], batch_size: int = 16) -> list[list[float]]:
     """Sum of log-probabilities of every choice of every item (right-padded batches)."""
     pairs = [encode_pair(tokenizer, prompt(it, shots), " " + c) for it in items for c in it.choices]
@@ -109,7 +145,9 @@ def score_items(model, tokenizer, items: list[Item], shots: list[Item]) -> dict:
     was_training = model.training
     model.eval()
     try:
-        logps = choice_logprobs(model, tokenizer, items, shots)
+        # virtual tokens (prompt / prefix tuning) would be prepended twice with a cache: the plain way
+        score = choice_logprobs if virtual_tokens(model) else shared_prefix_logprobs
+        logps = score(model, tokenizer, items, shots)
     finally:
         model.train(was_training)
     raw, norm = [], []

@@ -16,6 +16,7 @@ logit soft-capping, Granite's logit scaling, ...) and PEFT methods that prepend 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -45,13 +46,24 @@ def _unwrapped(model):
     return inner, (inner.get_base_model() if hasattr(inner, "get_base_model") else inner)
 
 
+def virtual_tokens(model) -> bool:
+    """Whether the active adapter prepends virtual tokens (prompt / prefix tuning)."""
+    inner, _ = _unwrapped(model)
+    config = getattr(inner, "peft_config", {}).get(getattr(inner, "active_adapter", None))
+    return config is not None and bool(getattr(config, "is_prompt_learning", False))
+
+
+def cache_argument(model) -> str:
+    """The forward keyword of a KV cache: transformers 5 renamed `past_key_values` to `cache`
+    (the old name warns and goes away in 5.40; both are in the range forgetless supports)."""
+    _, base = _unwrapped(model)
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def lean(model) -> bool:
     """Whether `hidden` can hand out hidden states and a linear head for this model."""
-    inner, base = _unwrapped(model)
-    config = getattr(inner, "peft_config", {}).get(getattr(inner, "active_adapter", None))
-    if config is not None and getattr(config, "is_prompt_learning", False):
-        return False
-    return getattr(base.config, "model_type", None) in PLAIN_HEAD
+    _, base = _unwrapped(model)
+    return not virtual_tokens(model) and getattr(base.config, "model_type", None) in PLAIN_HEAD
 
 
 def hidden(model, batch: dict[str, torch.Tensor]) -> Outputs:

@@ -130,11 +130,22 @@ def packing(cfg: Config) -> bool:
     return bool(cfg.data.packing)
 
 
+def cached_teacher(cfg: Config, rows: int) -> bool:
+    """lwf.teacher, with auto resolved: cached when the run plans more than one pass over its rows.
+    Making the cache costs one teacher forward per row; the online teacher costs one per row per pass."""
+    teacher, t = cfg.forgetting.lwf.teacher, cfg.train
+    if teacher != "auto":
+        return teacher == "cached"
+    if t.max_steps is None:
+        return t.epochs > 1
+    return t.max_steps * t.batch_size * t.grad_accum * distributed.state().num_processes > rows
+
+
 def _teacher(r: runtime.Run, rows: list[dict]) -> TeacherCache | None:
     """lwf.teacher=cached: the base model's top-k log-probs for every training row, made once (before
     the adapters exist, so the model is the base) and kept in the run for resumes."""
     lwf = r.cfg.forgetting.lwf
-    if not (r.cfg.forgetting.uses_lwf and lwf.teacher == "cached"):
+    if not (r.cfg.forgetting.uses_lwf and cached_teacher(r.cfg, len(rows))):
         return None
     t0 = time.time()
     with distributed.state().main_process_first():
