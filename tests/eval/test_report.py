@@ -35,7 +35,7 @@ def _eval_overrides(tmp_path):
     ]
 
 
-def test_train_report_and_separate_eval_agree(tiny_overrides, tmp_path, monkeypatch):
+def test_train_report_and_separate_eval_agree(tiny_overrides, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
     overrides = [*tiny_overrides, *_eval_overrides(tmp_path)]
     forgetless.train({}, overrides)
@@ -59,8 +59,10 @@ def test_train_report_and_separate_eval_agree(tiny_overrides, tmp_path, monkeypa
     assert len(images) >= 2 and all(base64.b64decode(i).startswith(PNG) for i in images)
     assert "http" not in page.replace("http-equiv", "")  # nothing to fetch: renders offline
     assert (run / "plots" / "loss.png").read_bytes().startswith(PNG)
-    # `forgetless eval --run` repeats the numbers
+    # `forgetless eval --run` repeats the numbers, the base side read from the run's cache entry
+    capsys.readouterr()
     assert main(["eval", "--run", str(run)]) == 0
+    assert "base model scores: reused" in capsys.readouterr().out
     again = json.loads((run / "eval" / "eval.json").read_text())
     assert again["task"] == ev["task"] and again["retention"] == ev["retention"]
 

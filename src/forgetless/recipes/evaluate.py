@@ -3,7 +3,8 @@
 With an adapter (or a run directory, whose config and adapter it reads) both sides are
 measured exactly as at the end of training: the base model, then base + adapter, with the
 retention suite against the same base-model references; so a separate eval of a run gives the
-numbers the run reported. A merged model needs `--base` to be compared with; without either,
+numbers the run reported (the base side is the one the run stored, eval/base_cache.py, when the
+model, rows and settings are the same). A merged model needs `--base` to be compared with; without either,
 only the model itself is scored.
 """
 
@@ -17,7 +18,7 @@ from forgetless.adapters.saved import adapter_dir
 from forgetless.config import loader
 from forgetless.config.schema import Config
 from forgetless.data.build import held_out
-from forgetless.eval import report, suite
+from forgetless.eval import base_cache, report, suite
 from forgetless.model import hardware
 from forgetless.model import loader as models
 
@@ -37,8 +38,14 @@ def run(cfg: Config, adapter: str | None, base_ref: str | None, out: Path) -> di
             base_cfg = loader.validate(cfg.model_dump(mode="json"), [f"model.name={base_ref}"])
             base, _, base_path = models.load(base_cfg.model, dev)
         refs = suite.references(base_cfg, base, tokenizer, base_path, dtype)
-        print("[forgetless] evaluating the base model ...")
-        before = suite.measure(base, tokenizer, cfg, examples, rows)
+        # the base side as the run (or any earlier eval of this base on these rows) stored it
+        key = base_cache.key(base_cfg, base_path, str(dtype), dev.type, examples, rows)
+        name = base_cache.file_name(base_cfg, key)
+        found = base_cache.lookup(name)
+        print(
+            f"[forgetless] base model scores: reused {found}" if found else "[forgetless] evaluating the base model ..."
+        )
+        before, _ = base_cache.reuse(name, lambda: suite.measure(base, tokenizer, cfg, examples, rows))
         finetuned = saved.load(model, adapter_dir(adapter)) if adapter else model
         print("[forgetless] evaluating the fine-tuned model ...")
         after = suite.measure(finetuned, tokenizer, cfg, examples, rows, refs, base=None if adapter else base)
