@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from forgetless.config.schema import Config
-from forgetless.data.formats import builtin_path, resolve_path
+from forgetless.data.formats import resolve_path
 from forgetless.model.loader import ALIASES, cache_dir
-from forgetless.reference.answers import model_fingerprint
+from forgetless.reference import answers
 
 VERSION = 1  # bump when a base-side metric is computed differently
 
@@ -35,7 +35,7 @@ def _sha(data: bytes) -> str:
 def key(cfg: Config, model_path: str, dtype: str, device: str, examples, rows: list[dict]) -> str:
     e = cfg.eval
     parts = {
-        "model": model_fingerprint(cfg.model, model_path),
+        "model": answers.model_fingerprint(cfg.model, model_path),
         "loading": cfg.model.model_dump(mode="json", exclude={"name"}) | {"dtype": dtype, "device": device},
         "examples": _sha(json.dumps([ex.messages for ex in examples], ensure_ascii=False).encode()),
         "rows": _sha(json.dumps([[r["input_ids"], r["labels"]] for r in rows]).encode()),
@@ -52,10 +52,7 @@ def file_name(cfg: Config, k: str) -> str:
 
 
 def lookup(name: str) -> Path | None:
-    for folder in (cache_dir() / "eval", builtin_path("generated")):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    return answers.lookup(name, "eval")
 
 
 def reuse(name: str, compute) -> tuple[dict, bool]:

@@ -100,6 +100,8 @@ def shared_prefix_logprobs(model, tokenizer, items: list[Item], shots: list[Item
                 ids[r, : len(c) - 1] = torch.tensor(c[:-1])
                 mask[r, len(ctx) : len(ctx) + len(c) - 1] = 1
             cache = getattr(first, "past_key_values", None) or first.cache
+            if not hasattr(cache, "batch_repeat_interleave"):  # a cache type that cannot be copied per choice
+                return choice_logprobs(model, tokenizer, items, shots)
             cache.batch_repeat_interleave(len(conts))
             rest = model(
                 input_ids=ids.to(model.device),

@@ -177,8 +177,9 @@ def score_base(run: Run, compute, what: str = "", shared: str | None = None) -> 
     if not run.main:
         return {}, 0.0  # only the main process evaluates
     started = time.time()
-    if shared is not None and base_cache.lookup(shared) is not None:
-        print(f"[forgetless] base model scores: reused {base_cache.lookup(shared)} (same model, eval set, settings)")
+    found = base_cache.lookup(shared) if shared is not None else None
+    if found is not None:
+        print(f"[forgetless] base model scores: reused {found} (same model, eval set, settings)")
     else:
         print(f"[forgetless] evaluating the base model{f' ({what})' if what else ''} ...")
     with distributed.all_cores():

@@ -59,8 +59,9 @@ def file_name(kind: str, mcfg: ModelConfig, k: str) -> str:
     return f"{kind}-{slug}-{k}.jsonl"
 
 
-def lookup(name: str) -> Path | None:
-    for folder in (cache_dir() / "generated", builtin_path("generated")):
+def lookup(name: str, user_folder: str = "generated") -> Path | None:
+    """A cached file: the user cache's `user_folder` first, then the files forgetless ships."""
+    for folder in (cache_dir() / user_folder, builtin_path("generated")):
         if (folder / name).is_file():
             return folder / name
     return None
