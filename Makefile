@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.forgetless-installed
 TEST_STAMP := $(VENV)/.forgetless-test-installed
 
-.PHONY: install demo test lint format data bench wheel-check
+.PHONY: install demo test lint format data bench wheel-check gpu-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# The tests also need the dev tools and the optional extras they test (MLflow, augmentation).
+# The tests also need the dev tools and the optional extras they test (MLflow, augmentation, TRL for
+# the GPU check's smoke run), and the model families' real tokenizers (made once from llama.cpp's
+# files in the llama-cpp-python source distribution, tests/families/fixtures.py; about 2 minutes).
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,registry,augment]"
+	$(PY) -m pip install -q -e ".[dev,registry,augment,bench]"
 	touch $(TEST_STAMP)
 
 demo: install
@@ -28,6 +30,7 @@ demo: install
 
 test: $(TEST_STAMP)
 	$(PY) -m ruff check src tests scripts benchmarks
+	$(PY) -m tests.families.fixtures
 	$(PY) -m pytest -q
 
 # Build the wheel, install it in a fresh virtualenv outside the checkout, run --help and one training step.
@@ -51,3 +54,7 @@ data: install
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/speed.py --before 5ac4346
+
+# On a machine with a CUDA GPU (and a CUDA build of torch): about 8 minutes, writes docs/gpu_check.{json,md}.
+gpu-check: $(TEST_STAMP)
+	$(PY) benchmarks/gpu_check.py

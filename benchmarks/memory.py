@@ -107,7 +107,7 @@ def run_case(model_name: str, method: str, batch: int, seq: int, steps: int) -> 
     from forgetless.adapters import methods
     from forgetless.config.schema import ForgettingConfig, PeftConfig, TrainConfig
     from forgetless.objectives.sft import objective
-    from forgetless.plan import memory
+    from forgetless.plan import memory, shapes
     from forgetless.training import loop
 
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def run_case(model_name: str, method: str, batch: int, seq: int, steps: int) -> 
             sum(loss_fn(model, data, norms).values()).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    shape, _ = memory.resolve_shape(path)
+    shape, _ = shapes.resolve_shape(path)
     setup = memory.Setup(
         method=method, dtype_bytes=4, batch_size=batch, seq_len=seq, r=8, lora_dropout=True, device="cpu"
     )

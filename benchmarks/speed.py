@@ -272,9 +272,9 @@ def measured(r: dict, warmup: int, params: int, peak_gflops: float) -> dict:
 
 def planner_estimate(case: str, mix_rows: int) -> float:
     """The planner's peak estimate (GB) for the run's settings on this CPU."""
-    from forgetless.plan import memory
+    from forgetless.plan import memory, shapes
 
-    shape, _ = memory.resolve_shape("smollm2-135m-instruct")
+    shape, _ = shapes.resolve_shape("smollm2-135m-instruct")
     lwf = case.startswith("lwf")
     setup = memory.Setup(
         method="qlora" if case == "qlora" else "lora",
@@ -313,9 +313,9 @@ def main(argv: list[str]) -> None:
     if args.worker:
         return trl_worker(Path(args.rows), args.worker, args.steps, Path(args.out))
 
-    from forgetless.plan import memory
+    from forgetless.plan import shapes
 
-    params = memory.resolve_shape("smollm2-135m-instruct")[0].params()  # = the loaded model's count (tested)
+    params = shapes.resolve_shape("smollm2-135m-instruct")[0].params()  # = the loaded model's count (tested)
     total = args.warmup + args.steps
     peak = [matmul_peak()]
     work = Path(tempfile.mkdtemp(prefix="forgetless-speed-"))

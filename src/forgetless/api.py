@@ -12,7 +12,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from forgetless.config import loader
+from forgetless.config.fields import TEMPLATE_NAMES
 from forgetless.config.schema import Config
+from forgetless.data import templates
 from forgetless.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -77,8 +79,10 @@ def run_recipe(cfg: Config, resume: bool = False, overwrite: bool = False) -> di
 
     for keys in loader.path_keys():
         for ref in _values(cfg, keys):
-            if ref != "self" and not ref.startswith("builtin:") and not Path(ref).exists():
+            if ref not in ("self", *TEMPLATE_NAMES) and not ref.startswith("builtin:") and not Path(ref).exists():
                 raise UserError(f"{'.'.join(keys)}: file not found: {ref}")
+    if cfg.data.chat_template:
+        templates.resolve(cfg.data.chat_template)  # a template jinja cannot parse fails here, not mid-run
     models.resolve(cfg.model.name)
     claim = rundir.claim(Path(cfg.output_dir), cfg, resume, overwrite) if distributed.is_main() else nullcontext()
     with claim:
@@ -89,7 +93,7 @@ def _values(cfg: Config, keys: tuple[str, ...]) -> list[str]:
     node = cfg
     for k in keys:
         node = getattr(node, k)
-    return [node] if isinstance(node, str) else list(node)
+    return [] if node is None else [node] if isinstance(node, str) else list(node)
 
 
 def compare_presets(cfg: Config, variants: dict[str, list[str]], overwrite: bool = False) -> list[dict]:

@@ -71,6 +71,7 @@ def test_path_fields_are_marked_in_the_schema(tmp_path):
     assert set(loader.path_keys()) == {
         ("data", "train"),
         ("data", "validation"),
+        ("data", "chat_template"),
         ("forgetting", "rehearsal", "source"),
         ("forgetting", "rehearsal", "prompts"),
         ("eval", "retention_prompts"),
@@ -82,6 +83,10 @@ def test_path_fields_are_marked_in_the_schema(tmp_path):
     cfg = loader.load(path)
     assert cfg.forgetting.rehearsal.prompts == str(tmp_path / "p.jsonl")
     assert cfg.eval.general_text == [str(tmp_path / "t.txt")]
+    path.write_text("data:\n  chat_template: t/chat.jinja\n")  # a template file: relative to the YAML
+    assert loader.load(path).data.chat_template == str(tmp_path / "t" / "chat.jinja")
+    path.write_text("data:\n  chat_template: llama3\n")  # a bundled template's name stays a name
+    assert loader.load(path).data.chat_template == "llama3"
 
 
 def test_yes_and_no_as_labels_get_a_quoting_hint(tmp_path):

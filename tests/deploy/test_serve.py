@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import openai
 import pytest
@@ -39,17 +40,26 @@ def server(tiny_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
     adapters = {"a": _adapter(tiny_dir, root / "a", 1), "b": _adapter(tiny_dir, root / "b", 2)}
     engine = serve.Engine(tiny_dir, adapters, max_tokens=32, max_prompt_tokens=64)
+    with serving(engine, KEY) as url:
+        yield url
+
+
+@contextmanager
+def serving(engine, key):
+    """The OpenAI-compatible app on a free local port, in a thread; yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(serve.create_app(engine, KEY), host="127.0.0.1", port=port, log_level="error"))
+    srv = uvicorn.Server(uvicorn.Config(serve.create_app(engine, key), host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     while not srv.started:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
 
 
 def client(url, key=KEY):

@@ -16,27 +16,29 @@ from forgetless.data.batching import Batches
 from forgetless.errors import UserError
 from forgetless.objectives.objective import Objective
 from forgetless.objectives.sft import objective
-from forgetless.plan import memory, planner
-from forgetless.plan.memory import KNOWN, Setup
+from forgetless.plan import memory, planner, shapes
+from forgetless.plan.memory import Setup
 from forgetless.training import loop
 
 
-@pytest.mark.parametrize(("size", "fp32", "fp16"), [("7b", 28, 14), ("13b", 52, 26), ("70b", 280, 140)])
+@pytest.mark.parametrize(
+    ("size", "fp32", "fp16"), [("llama-2-7b", 28, 14), ("llama-2-13b", 52, 26), ("llama-2-70b", 280, 140)]
+)
 def test_full_fine_tuning_weights_match_the_reference_table(size, fp32, fp16):
     """Weights of full fine-tuning: 7B 28/14 GB, 13B 52/26, 70B 280/140 (fp32/fp16), within 15%."""
-    assert memory.estimate(KNOWN[size], Setup("full", 4))["weights"] == pytest.approx(fp32, rel=0.15)
-    assert memory.estimate(KNOWN[size], Setup("full", 2))["weights"] == pytest.approx(fp16, rel=0.15)
+    assert memory.estimate(shapes.KNOWN[size].shape, Setup("full", 4))["weights"] == pytest.approx(fp32, rel=0.15)
+    assert memory.estimate(shapes.KNOWN[size].shape, Setup("full", 2))["weights"] == pytest.approx(fp16, rel=0.15)
 
 
-@pytest.mark.parametrize(("size", "gb"), [("7b", 6), ("70b", 48)])
+@pytest.mark.parametrize(("size", "gb"), [("llama-2-7b", 6), ("llama-2-70b", 48)])
 def test_qlora_peak_matches_the_reference_table(size, gb):
     """QLoRA about 6 GB for 7B and 48 GB for 70B: batch 1, 2048 tokens, checkpointing, r=8, bf16."""
     setup = Setup("qlora", 2, batch_size=1, seq_len=2048, grad_checkpointing=True)
-    assert memory.estimate(KNOWN[size], setup)["total"] == pytest.approx(gb, rel=0.15)
+    assert memory.estimate(shapes.KNOWN[size].shape, setup)["total"] == pytest.approx(gb, rel=0.15)
 
 
 def test_parameter_count_from_config_equals_the_real_model(tiny_dir):
-    shape, source = memory.resolve_shape(tiny_dir)
+    shape, source = shapes.resolve_shape(tiny_dir)
     real = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters())
     assert shape.params() == real and source.endswith("config.json")
 
@@ -55,9 +57,13 @@ def test_hand_computed_parts():
 
 
 def test_sharding_divides_per_device_memory():
-    one = memory.estimate(KNOWN["70b"], Setup("full", 2, grad_checkpointing=True))
-    fsdp = memory.estimate(KNOWN["70b"], Setup("full", 2, grad_checkpointing=True, processes=8, sharding="fsdp"))
-    zero2 = memory.estimate(KNOWN["70b"], Setup("full", 2, grad_checkpointing=True, processes=8, sharding="zero2"))
+    one = memory.estimate(shapes.KNOWN["llama-2-70b"].shape, Setup("full", 2, grad_checkpointing=True))
+    fsdp = memory.estimate(
+        shapes.KNOWN["llama-2-70b"].shape, Setup("full", 2, grad_checkpointing=True, processes=8, sharding="fsdp")
+    )
+    zero2 = memory.estimate(
+        shapes.KNOWN["llama-2-70b"].shape, Setup("full", 2, grad_checkpointing=True, processes=8, sharding="zero2")
+    )
     assert fsdp["weights"] < one["weights"] / 6 and fsdp["optimizer"] == pytest.approx(one["optimizer"] / 8, rel=1e-3)
     assert zero2["weights"] == one["weights"] and zero2["gradients"] == pytest.approx(one["gradients"] / 8, rel=1e-3)
 
@@ -105,11 +111,11 @@ def test_goal_and_need_rules_with_their_reasons():
 @pytest.mark.parametrize(
     ("size", "gb", "method", "fits"),
     [
-        ("7b", 8, "qlora", True),
-        ("13b", 24, "qlora", True),
-        ("70b", 48, "qlora", True),
-        ("70b", 24, "qlora", False),
-        ("7b", 80, "lora", True),
+        ("meta-llama/Llama-2-7b-hf", 8, "qlora", True),
+        ("meta-llama/Llama-2-13b-chat-hf", 24, "qlora", True),
+        ("meta-llama/Llama-2-70b-hf", 48, "qlora", True),
+        ("meta-llama/Llama-2-70b-hf", 24, "qlora", False),
+        ("meta-llama/Llama-2-7b-hf", 80, "lora", True),
     ],
 )
 def test_plans_across_tiers(size, gb, method, fits):
@@ -122,7 +128,7 @@ def test_plans_across_tiers(size, gb, method, fits):
 
 
 def test_step_down_keeps_the_effective_batch():
-    p = planner.plan("7b", planner.given(8), batch_size=4, grad_accum=4)
+    p = planner.plan("meta-llama/Llama-2-7b-hf", planner.given(8), batch_size=4, grad_accum=4)
     assert p.setup.batch_size * p.grad_accum == 16 and p.setup.grad_checkpointing
     assert any("weights, adapters and overhead alone" in r for r in p.reasons)
 
@@ -136,8 +142,10 @@ def test_plan_cli_writes_a_config_that_trains(tiny_dir, tiny_overrides, tmp_path
     assert written["model"]["precision"] == "fp32" and written["forgetting"]["preset"] == "full"
     rest = [o for o in tiny_overrides if not o.startswith("model.name=")]
     assert main(["train", str(cfg_path), *rest, "forgetting.preset=none"]) == 0
-    assert main(["plan", "--model", "70b", "--gpu-memory", "24GB"]) == 1  # does not fit: exit status says so
-    assert main(["plan", "--model", "70b", "--gpu-memory", "lots"]) == 2
+    assert (
+        main(["plan", "--model", "meta-llama/Llama-2-70b-hf", "--gpu-memory", "24GB"]) == 1
+    )  # does not fit: exit status says so
+    assert main(["plan", "--model", "meta-llama/Llama-2-70b-hf", "--gpu-memory", "lots"]) == 2
 
 
 def _tiny_lora(tiny_dir):

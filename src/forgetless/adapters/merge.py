@@ -51,6 +51,7 @@ def load_merged(ref: str, base: str | None = None, precision: str = "auto"):
     quant = _run_quantization(adapter)
     quantized = quant in ("4bit", "8bit")
     model, tokenizer, path = models.load(ModelConfig(name=base_ref, precision=precision, quantization=quant))
+    saved.use_adapter_templates(tokenizer, [adapter])  # the merged model's tokenizer keeps the trained template
     if quantized:
         dtype = hardware.resolve_dtype(precision, hardware.device())
         model = model.dequantize(dtype=dtype)  # the base the adapter was trained against, in full precision

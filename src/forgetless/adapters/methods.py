@@ -50,15 +50,43 @@ def enable_grad_checkpointing(model) -> None:
     inner.enable_input_require_grads()
 
 
-def peft_config(cfg: PeftConfig, model_path: str | None = None, task_type: str = "CAUSAL_LM"):
+def expert_weights(model) -> list[str]:
+    """Mixture-of-experts weights stored as one 3-D tensor per layer (transformers 5 fuses Mixtral's
+    experts this way): not nn.Linear, so `all-linear` misses them; PEFT adapts them as parameters."""
+    found = set()
+    for name, module in model.named_modules():
+        if name.endswith("experts"):
+            found |= {
+                f"{name.split('.')[-2]}.experts.{p}" for p, t in module.named_parameters(recurse=False) if t.ndim == 3
+            }
+    return sorted(found)
+
+
+def moe_linear_names(model) -> list[str]:
+    """`all-linear` for a mixture of experts, spelled out: the blocks' linear layers except the router
+    (`mlp.gate`). A shifted routing changes which experts every token reaches, the opposite of keeping
+    what the base knew; and PEFT adds the router itself when given `all-linear` with expert weights."""
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and ".layers." in name and not name.endswith("mlp.gate")
+        }
+    )
+
+
+def peft_config(cfg: PeftConfig, model_path: str | None = None, task_type: str = "CAUSAL_LM", moe=None):
     """PEFT's config object for the PEFT-provided methods. task_type SEQ_CLS (reward models) also
-    trains and saves the score head (PEFT adds it to modules_to_save)."""
+    trains and saves the score head (PEFT adds it to modules_to_save). `moe`: (linear layer names,
+    fused expert weights) replacing `all-linear` on a mixture of experts."""
     if cfg.method in ("lora", "dora"):
+        moe = moe if cfg.target_modules == "all-linear" else None
         return LoraConfig(
             r=cfg.r,
             lora_alpha=cfg.alpha,
             lora_dropout=cfg.dropout,
-            target_modules=cfg.target_modules,
+            target_modules=moe[0] if moe else cfg.target_modules,
+            target_parameters=moe[1] if moe else None,
             use_dora=cfg.method == "dora",
             bias="none",
             task_type=task_type,
@@ -107,7 +135,20 @@ def attach(
     elif grad_checkpointing:
         enable_grad_checkpointing(model)
     if cfg.method in PEFT_METHODS:
-        return get_peft_model(model, peft_config(cfg, model_path, task_type))
+        experts = expert_weights(model)
+        if experts and cfg.method in ("dora", "ia3"):
+            raise UserError(
+                f"peft.method={cfg.method}: {model.config.model_type} keeps its experts in fused 3-D weights, "
+                "which PEFT adapts with LoRA only; use peft.method=lora (or prefix/prompt)"
+            )
+        if experts and cfg.dropout and cfg.target_modules == "all-linear":
+            print(
+                f"[forgetless] {model.config.model_type}: LoRA on the fused expert weights cannot use dropout "
+                f"(PEFT applies it as a weight update); peft.dropout {cfg.dropout} -> 0 for this model"
+            )
+            cfg = cfg.model_copy(update={"dropout": 0.0})
+        moe = (moe_linear_names(model), experts) if experts else None
+        return get_peft_model(model, peft_config(cfg, model_path, task_type, moe))
     if cfg.method == "adapter":
         return bottleneck.attach(model, cfg.adapter_size, cfg.adapter_placement, cfg.adapter_activation)
     return selective.attach(model, cfg.method, cfg.layers, cfg.parts)

@@ -177,3 +177,29 @@ def activate(model, name: str) -> None:
     """Route generation through the named result (PEFT models hold several)."""
     if hasattr(model, "set_adapter"):
         model.set_adapter(name)
+
+
+def adapter_template(directory: Path) -> str | None:
+    """The chat template the adapter was trained with (saved beside it with the tokenizer), if any."""
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        path = Path(directory) / name
+        if not path.is_file():
+            continue
+        if name.endswith(".jinja"):
+            return path.read_text(encoding="utf-8")
+        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def use_adapter_templates(tokenizer, directories) -> None:
+    """Render prompts as the adapters were trained (data.chat_template may differ from the base's own).
+    Adapters served together share one tokenizer, so their templates must agree."""
+    found = {str(d): t for d in directories if (t := adapter_template(d)) is not None}
+    if len(set(found.values())) > 1:
+        raise UserError(
+            f"adapters {', '.join(found)} were trained with different chat templates; serve them separately"
+        )
+    if found:
+        tokenizer.chat_template = next(iter(found.values()))

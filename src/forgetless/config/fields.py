@@ -11,6 +11,10 @@ STRICT = ConfigDict(extra="forbid", frozen=True)
 PATH = "path"  # json_schema_extra marker of a field that holds file paths
 
 
+# data.chat_template names of the bundled templates (data/templates.py): names, not relative paths.
+TEMPLATE_NAMES = ("chatml", "qwen", "llama3", "gemma", "mistral")
+
+
 def path_field(*args: Any, **kw: Any) -> Any:
     """A Field holding a file path (or a list of them): relative paths in a YAML file are relative to
     that file; `self` and `builtin:NAME` are kept as they are."""

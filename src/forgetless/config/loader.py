@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from forgetless.config.fields import is_path
+from forgetless.config.fields import TEMPLATE_NAMES, is_path
 from forgetless.config.schema import Config
 from forgetless.errors import UserError
 from forgetless.files import read_yaml
@@ -153,7 +153,7 @@ def _nest(keys: tuple[str, ...], value: Any) -> dict:
 
 
 def _rel(p: Any, base: Path) -> Any:
-    if not isinstance(p, str) or p == "self" or p.startswith("builtin:") or Path(p).is_absolute():
+    if not isinstance(p, str) or p in ("self", *TEMPLATE_NAMES) or p.startswith("builtin:") or Path(p).is_absolute():
         return p
     return str((base / p).resolve())
 

@@ -170,6 +170,12 @@ class DataConfig(BaseModel):
     system_prompt: str | None = Field(
         None, description="System message added to rows that have none (else the template default)."
     )
+    chat_template: str | None = path_field(
+        None,
+        description="Chat template to render rows with instead of the tokenizer's own (a base model has none): "
+        "chatml, qwen (= chatml), llama3, gemma, mistral, or a .jinja file. Saved with the adapter's tokenizer, "
+        "so chat, serve, merge and eval use the same one.",
+    )
     packing: Literal["auto", True, False] = Field(
         "auto",
         description="Training batches without padding: a micro-batch's rows packed into sequences of up to "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from forgetless.adapters.methods import base_view
-from forgetless.adapters.saved import activate, adapter_dir, base_of, load_several
+from forgetless.adapters.saved import activate, adapter_dir, base_of, load_several, use_adapter_templates
 from forgetless.config.schema import ModelConfig
 from forgetless.errors import UserError
 from forgetless.model import loader as models
@@ -29,6 +29,7 @@ class Chat:
             )
         model_ref = model_ref or (base_of(named[0][1]) if named else None) or "smollm2-135m-instruct"
         self.model, self.tokenizer, _ = models.load(ModelConfig(name=model_ref, quantization=quantization))
+        use_adapter_templates(self.tokenizer, [d for _, d in named])
         self.names = [BASE]
         self.active = BASE
         if named:

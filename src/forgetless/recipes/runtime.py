@@ -17,7 +17,7 @@ from transformers import set_seed
 from forgetless.adapters import methods, saved
 from forgetless.config import loader
 from forgetless.config.schema import Config, TrainConfig
-from forgetless.data import check
+from forgetless.data import check, templates
 from forgetless.deploy import registry
 from forgetless.eval import base_cache, report, suite
 from forgetless.model import hardware
@@ -68,6 +68,7 @@ def start(cfg: Config, head: str = "causal") -> Run:
     dev = hardware.device()
     dtype = hardware.resolve_dtype(cfg.model.precision, dev)
     model, tokenizer, model_path = models.load(cfg.model, dev, head=head)
+    templates.apply(tokenizer, cfg.data.chat_template)
     methods.check(model, cfg.peft)
     return Run(cfg, out, main, dev, dtype, model, tokenizer, model_path)
 
