@@ -19,10 +19,12 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 # The tests also need the dev tools and the optional extras they test (MLflow, augmentation, TRL for
-# the GPU check's smoke run), and the model families' real tokenizers (made once from llama.cpp's
-# files in the llama-cpp-python source distribution, tests/families/fixtures.py; about 2 minutes).
+# the GPU check's smoke run, llama-cpp-python to run exported GGUF files: it compiles llama.cpp, about
+# 10 minutes on 2 cores the first time, then pip's wheel cache), and the model families' real
+# tokenizers (made once from llama.cpp's files in the llama-cpp-python source distribution,
+# tests/families/fixtures.py; about 2 minutes).
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,registry,augment,bench]"
+	$(PY) -m pip install -q -e ".[dev,registry,augment,bench,gguf]"
 	touch $(TEST_STAMP)
 
 demo: install

@@ -1,4 +1,4 @@
-"""Command line: `forgetless train | eval | report | compare | rehearsal generate | chat | merge | serve |
+"""Command line: `forgetless train | eval | report | compare | rehearsal generate | chat | merge | export | serve |
 reward score | registry | pipeline | plan | env`.
 
 Parsing only: one small function per subcommand builds its parser; commands.py does the work. Options
@@ -135,16 +135,33 @@ def _rehearsal(sub) -> None:
     g.add_argument("--force", action="store_true", help="generate even when a cached file exists")
 
 
+def _from_a_run(sub, name: str, what: str, out: str):
+    """A subcommand that reads a run or adapter (merge, export): REF, --out, --base."""
+    p = sub.add_parser(name, parents=[_COMMON], help=what)
+    p.add_argument("adapter", metavar="RUN_DIR|ADAPTER_DIR" + ("|MODEL" if name == "export" else ""))
+    p.add_argument("--out", required=True, help=out)
+    p.add_argument("--base", default=None, help="base model (default: the run's model.name)")
+    return p
+
+
 def _merge(sub) -> None:
-    mg = sub.add_parser(
-        "merge",
-        parents=[_COMMON],
-        help="fold a LoRA/DoRA/IA3 adapter into its base; save a plain transformers model",
-    )
-    mg.add_argument("adapter", metavar="RUN_DIR|ADAPTER_DIR")
-    mg.add_argument("--out", required=True, help="new directory for the merged model")
-    mg.add_argument("--base", default=None, help="base model (default: the run's model.name)")
+    what = "fold a LoRA/DoRA/IA3 adapter into its base; save a plain transformers model"
+    mg = _from_a_run(sub, "merge", what, "new directory for the merged model")
     mg.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+
+
+def _export(sub) -> None:
+    what = "merge and write one GGUF file for llama.cpp / LM Studio, or GGUF + Modelfile for Ollama"
+    ex = _from_a_run(sub, "export", what, "new directory for the files")
+    ex.add_argument(
+        "--format",
+        default="gguf",
+        choices=["gguf", "gguf-lora", "ollama"],
+        help="gguf (merged; or a base model as it is), gguf-lora (the adapter alone), ollama (GGUF + Modelfile)",
+    )
+    ex.add_argument(
+        "--quant", default="f16", help="f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1; q4_k_m q5_k_m q6_k with forgetless[gguf]"
+    )
 
 
 def _serve(sub) -> None:
@@ -274,7 +291,7 @@ def _data(sub) -> None:
     a.add_argument("--language", default="auto", help="auto | en | ja")
 
 
-SUBCOMMANDS = [_train, _chat, _eval, _report, _compare, _rehearsal, _merge, _serve, _reward, _registry, _data]
+SUBCOMMANDS = [_train, _chat, _eval, _report, _compare, _rehearsal, _merge, _export, _serve, _reward, _registry, _data]
 SUBCOMMANDS += [_pipeline, _plan, _env]
 
 

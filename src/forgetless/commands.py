@@ -16,7 +16,7 @@ from forgetless import api, pipeline
 from forgetless.adapters.merge import merge
 from forgetless.config import loader
 from forgetless.data import augment, check
-from forgetless.deploy import registry, reward, serve
+from forgetless.deploy import export, registry, reward, serve
 from forgetless.deploy.chat import Chat
 from forgetless.errors import UserError
 from forgetless.eval import report
@@ -233,6 +233,23 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    record = export.run(args.adapter, args.format, Path(args.out), args.quant, args.base)
+    path, size = f"{args.out}/{record['file']}", record["bytes"] / 1e6
+    if args.format == "gguf-lora":
+        print(
+            f"[forgetless] wrote the adapter as a GGUF LoRA: {path} ({size:.1f} MB); llama.cpp: "
+            f"llama-cli -m BASE.gguf --lora {path} (base: {record['base_gguf']})"
+        )
+        return 0
+    what = f"{record['adapter']} merged into {record['base_model']}" if record["adapter"] else record["base_model"]
+    print(f"[forgetless] exported {what} as {path} ({record['quant']}, {size:.1f} MB; llama.cpp: llama-cli -m {path})")
+    if args.format == "ollama":
+        found = record["template"] or "not recognised: Ollama reads the template stored in the GGUF file"
+        print(f"[forgetless] Modelfile written (chat template: {found}); register it with: {record['register']}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     adapters = {}
     for i, item in enumerate(args.adapter):
@@ -370,6 +387,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "rehearsal": cmd_rehearsal,
     "merge": cmd_merge,
+    "export": cmd_export,
     "serve": cmd_serve,
     "reward": cmd_reward,
     "registry": cmd_registry,

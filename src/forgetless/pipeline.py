@@ -1,4 +1,4 @@
-"""`forgetless pipeline pipeline.yaml`: data check -> train -> evaluate -> register -> promote -> serve.
+"""`forgetless pipeline pipeline.yaml`: data check -> train -> evaluate -> export -> register -> promote -> serve.
 
 Each stage's outcome goes to `OUTPUT_DIR/pipeline.json` as it ends. A rerun skips the stages
 that finished, resumes training from its last checkpoint when training was cut off, and starts
@@ -14,6 +14,7 @@ refused by the gates is recorded as refused and retried on the next run.
     serve: {enabled: false, port: 8000, adapters: {}}
     data_check: {against: [], near: 0.85, strict: false}   # `forgetless data check` in the data stage
     data_prep: {dedup: false, decontaminate: false, augment: null}   # before the check; see DataPrep
+    export: {format: gguf, quant: q8_0}   # optional: `forgetless export` to OUTPUT_DIR/export, recorded by register
 
 With data_prep steps the data stage writes the prepared training files to OUTPUT_DIR/data/ (each
 step's removal log or counts beside them) and the run trains on those.
@@ -25,6 +26,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,7 +34,7 @@ from forgetless import api
 from forgetless.data import augment, check
 from forgetless.data.build import build
 from forgetless.data.formats import resolve_path
-from forgetless.deploy import serve
+from forgetless.deploy import export, serve
 from forgetless.deploy.registry import Gates, metrics, promote, register
 from forgetless.errors import UserError
 from forgetless.files import read_yaml
@@ -41,7 +43,7 @@ from forgetless.recipes import evaluate
 from forgetless.recipes.compare import same_run
 from forgetless.reference import rewrite
 from forgetless.training import checkpoint
-from forgetless.training.rundir import DATA_CHECK, PIPELINE_STATE, PREPARED_DATA
+from forgetless.training.rundir import DATA_CHECK, EXPORTED, PIPELINE_STATE, PREPARED_DATA
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,6 +60,12 @@ class ServeStage(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     adapters: dict[str, str] = Field(default_factory=dict, description="Other adapters to serve beside this one.")
+
+
+class ExportStage(BaseModel):
+    model_config = _STRICT
+    format: Literal["gguf", "gguf-lora", "ollama"] = Field("gguf", description="`forgetless export --format`.")
+    quant: str = Field("q8_0", description="`forgetless export --quant` (gguf and ollama).")
 
 
 class DataCheckStage(BaseModel):
@@ -99,9 +107,12 @@ class PipelineConfig(BaseModel):
     serve: ServeStage = ServeStage()
     data_check: DataCheckStage = DataCheckStage()
     data_prep: DataPrep = DataPrep()
+    export: ExportStage | None = Field(
+        None, description="Export the trained model for llama.cpp/Ollama to OUTPUT_DIR/export before registering it."
+    )
 
 
-STAGES = ["data", "train", "evaluate", "register", "promote", "serve"]
+STAGES = ["data", "train", "evaluate", "export", "register", "promote", "serve"]
 
 
 def load(path: Path) -> PipelineConfig:
@@ -151,6 +162,7 @@ def run(path: Path, serve_now: bool = True) -> dict:
         "data": lambda: _data(source, pcfg, out),
         "train": lambda: _train(cfg, out),
         "evaluate": lambda: _evaluate(cfg, out),
+        "export": lambda: _export(pcfg, out) if pcfg.export else "not configured",
         "register": lambda: _register(pcfg, out),
         "promote": lambda: _promote(pcfg, record),
         "serve": lambda: _serve(pcfg, out) if pcfg.serve.enabled and serve_now else "not enabled",
@@ -255,6 +267,14 @@ def _evaluate(cfg, out: Path) -> dict:
         shutil.copy(out / "eval" / "eval.json", out / "eval.json")
 
     return metrics(out)
+
+
+def _export(pcfg: PipelineConfig, out: Path) -> dict:
+    """The run exported to OUTPUT_DIR/export (a failed attempt's partial files are cleared first)."""
+    target = out / EXPORTED
+    shutil.rmtree(target, ignore_errors=True)
+    record = export.run(str(out), pcfg.export.format, target, pcfg.export.quant)
+    return {k: record[k] for k in ("format", "file", "bytes", "sha256") if k in record}
 
 
 def _register(pcfg: PipelineConfig, out: Path) -> dict:

@@ -77,13 +77,17 @@ def test_pipeline_end_to_end_resumes_after_failure(scored_overrides, tmp_path, c
         "output_dir": str(out),
         "registry": {"name": "triage", "tracking_uri": f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"},
         "gates": {"min_task": {"exact_match": 1.5}},
+        "export": {"format": "ollama", "quant": "q8_0"},
     }
     pipe = tmp_path / "pipeline.yaml"
     pipe.write_text(yaml.safe_dump(spec))
     assert main(["pipeline", str(pipe)]) == 2  # injected failure: the registry cannot be reached
     assert "pipeline failed at register" in capsys.readouterr().err
     state = json.loads((out / "pipeline.json").read_text())["stages"]
-    assert [state[s]["status"] for s in ("data", "train", "evaluate", "register")] == ["done"] * 3 + ["failed"]
+    assert [state[s]["status"] for s in ("data", "train", "evaluate", "export", "register")] == ["done"] * 4 + [
+        "failed"
+    ]
+    assert (out / "export" / "Modelfile").is_file() and state["export"]["result"]["file"].endswith("-q8_0.gguf")
     assert json.loads((out / "data_check.json").read_text())["valid"] == 8  # the data stage's check report
     trained = (out / "summary.json").stat().st_mtime
 
@@ -101,6 +105,8 @@ def test_pipeline_end_to_end_resumes_after_failure(scored_overrides, tmp_path, c
     state = json.loads((out / "pipeline.json").read_text())["stages"]
     assert state["register"]["result"]["version"] == 1 and state["promote"]["status"] == "done"
     assert registry.versions("triage", spec["registry"]["tracking_uri"])[0]["aliases"] == ["production"]
+    tags = registry.lineage(out)  # the registered version knows the exported file it came with
+    assert tags["export.format"] == "ollama" and tags["export.sha256"] == state["export"]["result"]["sha256"]
 
 
 def test_a_strict_data_check_stops_the_pipeline_before_training(scored_overrides, tmp_path, capsys):

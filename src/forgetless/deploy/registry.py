@@ -19,9 +19,11 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from forgetless import files
 from forgetless.config import loader
 from forgetless.data.formats import resolve_path
 from forgetless.errors import UserError
+from forgetless.training.rundir import EXPORTED
 
 DEFAULT_DIR = Path("runs/registry")
 EXPERIMENT = "forgetless"
@@ -72,14 +74,6 @@ def _experiment(client, uri: str | None) -> str:
     return client.create_experiment(EXPERIMENT, artifact_location=location)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _code_version() -> str:
     try:
         commit = subprocess.run(
@@ -110,7 +104,14 @@ def lineage(run: Path) -> dict[str, str]:
     for kind in ("train", "validation"):
         for i, ref in enumerate(cfg["data"][kind]):
             path = resolve_path(ref)
-            tags[f"data.{kind}.{i}"] = f"{ref} sha256:{_sha256(Path(path))}" if Path(path).is_file() else ref
+            tags[f"data.{kind}.{i}"] = f"{ref} sha256:{files.sha256(Path(path))}" if Path(path).is_file() else ref
+    exported = run / EXPORTED / "forgetless_export.json"  # the pipeline's export stage, or `forgetless export`
+    if exported.is_file():
+        record = json.loads(exported.read_text(encoding="utf-8"))
+        for key in ("format", "file", "quant", "bytes", "sha256"):
+            if key in record:
+                tags[f"export.{key}"] = str(record[key])
+        tags["export.path"] = str((run / EXPORTED / record["file"]).resolve())
     return tags
 
 

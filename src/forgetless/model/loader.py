@@ -37,7 +37,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FORGETLESS_CACHE", Path.home() / ".cache" / "forgetless"))
 
 
-def _alias_gguf(alias: str) -> Path:
+def alias_gguf(alias: str) -> Path:
     package, filename, _ = ALIASES[alias]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -101,7 +101,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def resolve(name: str) -> str:
     """Turn a model reference into something from_pretrained loads without surprises."""
     if name in ALIASES:
-        return str(_gguf_dir(_alias_gguf(name), name, ALIASES[name][2]))
+        return str(_gguf_dir(alias_gguf(name), name, ALIASES[name][2]))
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

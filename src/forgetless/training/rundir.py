@@ -34,6 +34,7 @@ from forgetless.training import checkpoint
 PIPELINE_STATE = "pipeline.json"  # a pipeline's stage record beside its run does not make a run
 DATA_CHECK = "data_check.json"  # nor does the report of its data stage
 PREPARED_DATA = "data"  # nor the training files its data stage prepared
+EXPORTED = "export"  # where a pipeline's export stage writes (after training: the run exists by then)
 # Settings a resumed run may change: how long it trains and how it is evaluated, not what it trains.
 RESUMABLE = (
     "output_dir",

@@ -1,0 +1,169 @@
+"""GGUF export of a trained run, checked in llama.cpp: file size per quantization type and how often
+llama.cpp's greedy answers to the quickstart's held-out tickets agree with transformers' answers from
+the merged model (the same prompt token ids on both sides).
+
+Per type: the file's size, the share of tickets whose first 32 new tokens are identical (at least 30
+equal in a row from the start counts, as the export issue asks for f16), the share whose first line
+(the triage line) is identical, and llama.cpp's exact match against the reference answers beside
+transformers'. Needs llama-cpp-python (pip install -e '.[gguf]') and a trained run.
+
+Run: python benchmarks/gguf_export.py [--run runs/quickstart] [--quants f16,q8_0,q4_0,q4_k_m] [--n 60]
+     -> docs/gguf_export.json and the table in docs/deploy.md (--render rewrites the table only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "gguf_export.json"
+DOC = ROOT / "docs" / "deploy.md"
+BEGIN, END = "<!-- gguf-table -->", "<!-- /gguf-table -->"
+NEW = 32
+
+
+def tickets(n: int) -> list[dict]:
+    from forgetless.data.formats import builtin_path
+
+    return [json.loads(x) for x in builtin_path("quickstart/test.jsonl").read_text().splitlines()[:n]]
+
+
+def conversation(row: dict) -> list[dict]:
+    return [
+        {"role": "system", "content": row["system"]},
+        {"role": "user", "content": f"{row['instruction']}\n\n{row['input']}"},
+    ]
+
+
+def transformers_answers(run: str, prompts: list[list[int]]) -> list[list[int]]:
+    import torch
+
+    from forgetless.adapters import merge
+
+    model, tokenizer, _ = merge.load_merged(run, None, "fp32")
+    out = []
+    with torch.no_grad():
+        for ids in prompts:
+            gen = model.generate(torch.tensor([ids]), max_new_tokens=NEW, do_sample=False)
+            out.append(_until_eos(gen[0, len(ids) :].tolist(), tokenizer.eos_token_id))
+    return out
+
+
+def llama_cpp_answers(path: Path, prompts: list[list[int]], eos: int) -> list[list[int]]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=2, verbose=False)
+    out = []
+    for ids in prompts:
+        tokens = []
+        for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            if token == eos or len(tokens) == NEW:
+                break
+            tokens.append(token)
+        out.append(tokens)
+    return out
+
+
+def _until_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+
+
+def agree(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default=str(ROOT / "runs" / "quickstart"))
+    ap.add_argument("--quants", default="f16,q8_0,q4_0,q4_k_m")
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--render", action="store_true", help="rewrite the table from docs/gguf_export.json")
+    args = ap.parse_args(argv)
+    if args.render:
+        render(json.loads(OUT.read_text()))
+        return
+    from forgetless.adapters import merge
+    from forgetless.data.render import prompt_text
+    from forgetless.deploy import export
+
+    rows = tickets(args.n)
+    _, tokenizer, _ = merge.load_merged(args.run, None, "fp32")
+    prompts = [tokenizer(prompt_text(tokenizer, conversation(r)), add_special_tokens=False)["input_ids"] for r in rows]
+    started = time.time()
+    ours = transformers_answers(args.run, prompts)
+    result: dict = {
+        "run": os.path.relpath(args.run, ROOT),
+        "tickets": len(rows),
+        "new_tokens": NEW,
+        "transformers_s": round(time.time() - started),
+    }
+    result["machine"] = f"{platform.machine()} {_cpu()}"
+    first_line = lambda ids: tokenizer.decode(ids).split("\n")[0].strip()  # noqa: E731
+    result["transformers_exact"] = _exact(rows, ours, tokenizer)
+    result["types"] = []
+    for quant in args.quants.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.time()
+            record = export.run(args.run, "gguf", Path(tmp) / "out", quant)
+            seconds = time.time() - t0
+            theirs = llama_cpp_answers(Path(tmp) / "out" / record["file"], prompts, tokenizer.eos_token_id)
+        same = [agree(a, b) for a, b in zip(ours, theirs, strict=True)]
+        row = {
+            "quant": quant,
+            "mb": round(record["bytes"] / 1e6, 1),
+            "export_s": round(seconds, 1),
+            "identical_32": round(sum(s >= min(30, len(a)) for s, a in zip(same, ours, strict=True)) / len(rows), 3),
+            "same_first_line": round(
+                sum(first_line(a) == first_line(b) for a, b in zip(ours, theirs, strict=True)) / len(rows), 3
+            ),
+            "exact_match": _exact(rows, theirs, tokenizer),
+        }
+        result["types"].append(row)
+        print(json.dumps(row))
+    OUT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    render(result)
+
+
+def _exact(rows: list[dict], answers: list[list[int]], tokenizer) -> float:
+    hits = sum(tokenizer.decode(a).strip() == r["output"].strip() for r, a in zip(rows, answers, strict=True))
+    return round(hits / len(rows), 3)
+
+
+def _cpu() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
+
+
+def render(res: dict) -> None:
+    lines = [
+        BEGIN,
+        f"`python benchmarks/gguf_export.py` on {res['run']} ({res['tickets']} held-out tickets, greedy, "
+        f"{res['new_tokens']} new tokens; {res['machine']}; transformers' exact match {res['transformers_exact']}):",
+        "",
+        "| type | file MB | export s | first 32 tokens identical (≥30 in a row) | same triage line | exact match |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {t['quant']} | {t['mb']} | {t['export_s']} | {t['identical_32']:.0%} | {t['same_first_line']:.0%} | "
+        f"{t['exact_match']} |"
+        for t in res["types"]
+    ]
+    lines.append(END)
+    text = DOC.read_text(encoding="utf-8")
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END) :]
+    else:
+        text += "\n" + "\n".join(lines) + "\n"
+    DOC.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

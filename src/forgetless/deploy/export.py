@@ -1,0 +1,252 @@
+"""`forgetless export`: a run's adapter merged into its base and written as one GGUF file, for
+llama.cpp, Ollama and LM Studio, with the architecture's metadata, the tokenizer and the run's chat
+template, using the `gguf` package (the writer llama.cpp maintains).
+
+What llama.cpp expects, and why each step is here:
+- tensor names: the gguf package's own map from Hugging Face names (`blk.N.attn_q.weight` ...);
+- Llama-architecture query/key rows reordered for llama.cpp's rotary layout (it pairs dimension i
+  with i+1 where transformers pairs i with i+d/2); Qwen2/3 use transformers' layout (NEOX rope);
+- 1-D tensors (norms, biases) stay float32; a weight whose rows do not fill whole quantization
+  blocks stays f16, as llama.cpp's converter does;
+- the tokenizer: copied from the base's own GGUF when the base came as one (the embedded model),
+  else built from the Hugging Face tokenizer (byte-level BPE: tokens, types, merges, and the
+  pre-tokenizer name llama.cpp knows it by).
+Types the gguf package writes itself: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1; the k-quants
+(q4_k_m, q5_k_m, q6_k) come from llama.cpp's quantizer when llama-cpp-python is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+import yaml
+
+from forgetless import files
+from forgetless.adapters import merge
+from forgetless.adapters.saved import adapter_dir
+from forgetless.config.schema import ModelConfig
+from forgetless.deploy import gguf_lora, gguf_vocab, ollama
+from forgetless.deploy.gguf_arch import architecture, reorder_for_rope
+from forgetless.errors import UserError
+from forgetless.model import loader as models
+
+OWN_TYPES = {
+    "f32": gguf.GGMLQuantizationType.F32,
+    "f16": gguf.GGMLQuantizationType.F16,
+    "bf16": gguf.GGMLQuantizationType.BF16,
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "q4_0": gguf.GGMLQuantizationType.Q4_0,
+    "q4_1": gguf.GGMLQuantizationType.Q4_1,
+    "q5_0": gguf.GGMLQuantizationType.Q5_0,
+    "q5_1": gguf.GGMLQuantizationType.Q5_1,
+}
+FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9}
+# llama.cpp's quantizer (llama_ftype values of llama.h)
+LLAMA_CPP_TYPES = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
+# Below 8 bits, the embedding and output layers stay at q8_0 (llama.cpp's quantizer keeps them high too).
+SENSITIVE = ("token_embd.weight", "output.weight")
+
+
+def check_quant(quant: str) -> None:
+    if quant in OWN_TYPES:
+        return
+    if quant not in LLAMA_CPP_TYPES:
+        raise UserError(f"--quant {quant}: unknown; choose one of {', '.join([*OWN_TYPES, *LLAMA_CPP_TYPES])}")
+    try:
+        import llama_cpp  # noqa: F401  (optional: pip install 'forgetless[gguf]')
+    except ImportError:
+        raise UserError(
+            f"--quant {quant} needs llama.cpp's quantizer: pip install 'forgetless[gguf]' (builds llama-cpp-python); "
+            f"without it: {', '.join(OWN_TYPES)}"
+        ) from None
+
+
+def tensors(model, quant: str):
+    """(gguf name, numpy data, raw type or None) for every weight of the merged model."""
+    arch, reorder = architecture(model.config)
+    cfg = model.config
+    names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    for hf_name, value in model.state_dict().items():
+        if tied and hf_name == "lm_head.weight":
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))  # keeps the suffix
+        if name is None:
+            raise UserError(f"GGUF export: no llama.cpp name for tensor {hf_name} of {cfg.model_type}")
+        w = value.detach().to(torch.float32)
+        if reorder and (".attn_q." in name or ".attn_k." in name):
+            w = reorder_for_rope(w, cfg.num_attention_heads if ".attn_q." in name else cfg.num_key_value_heads)
+        yield name, *encode(name, w.numpy(), quant)
+
+
+def encode(name: str, data: np.ndarray, quant: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
+    if data.ndim == 1 or quant == "f32":
+        return data.astype(np.float32), None
+    kind = OWN_TYPES[quant]
+    if kind not in (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.BF16):
+        kind = gguf.GGMLQuantizationType.Q8_0 if name in SENSITIVE else kind
+    if kind == gguf.GGMLQuantizationType.F16 or data.shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
+        return data.astype(np.float16), None
+    return gguf.quants.quantize(data, kind), kind
+
+
+def hyperparameters(w: gguf.GGUFWriter, cfg) -> None:
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(heads)
+    w.add_head_count_kv(cfg.num_key_value_heads or heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
+    w.add_vocab_size(cfg.vocab_size)
+
+
+def write_gguf(model, tokenizer, source_gguf: Path | None, out: Path, quant: str, name: str) -> Path:
+    """One GGUF file for the merged model (atomic: a finished file or none)."""
+    arch, _ = architecture(model.config)
+    tmp = out.with_name(out.name + ".part")
+    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    writer.add_file_type(FILE_TYPES.get(quant, 1))
+    hyperparameters(writer, model.config)
+    gguf_vocab.add(writer, tokenizer, source_gguf, model.config.vocab_size)
+    for tensor_name, data, raw in tensors(model, quant if quant in OWN_TYPES else "f16"):
+        writer.add_tensor(tensor_name, data, raw_dtype=raw)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    if quant in LLAMA_CPP_TYPES:
+        quantize_with_llama_cpp(tmp, out, quant)
+        tmp.unlink()
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def quantize_with_llama_cpp(src: Path, out: Path, quant: str) -> None:
+    import llama_cpp  # optional (checked by check_quant): llama.cpp's own k-quant quantizer
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = LLAMA_CPP_TYPES[quant]
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params) != 0:
+        raise UserError(f"llama.cpp could not quantize {src} to {quant}")
+
+
+FORMATS = ("gguf", "gguf-lora", "ollama")
+
+
+def source_gguf(base_ref: str) -> Path | None:
+    """The GGUF file the base model came as (the embedded alias or a .gguf path), if it came as one."""
+    if base_ref in models.ALIASES:
+        return models.alias_gguf(base_ref)
+    path = Path(base_ref)
+    return path if path.suffix == ".gguf" and path.is_file() else None
+
+
+def _system_prompt(adapter: Path) -> str | None:
+    config = adapter.parent / "config.yaml"
+    if not config.is_file():
+        return None
+    tree = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    return (tree.get("data") or {}).get("system_prompt")
+
+
+def _model_ref(ref: str) -> bool:
+    """A model itself (alias, model directory or .gguf), not a run or adapter: exported as it is
+    (the base GGUF that GGUF LoRA adapters apply to)."""
+    try:
+        adapter_dir(ref)
+        return False
+    except UserError:
+        return ref in models.ALIASES or (Path(ref) / "config.json").is_file() or ref.endswith(".gguf")
+
+
+def _load(ref: str, base: str | None):
+    """(model, tokenizer, facts): the adapter merged into its base, or a plain model."""
+    if _model_ref(ref):
+        model, tokenizer, _ = models.load(ModelConfig(name=ref, precision="fp32"))
+        return model, tokenizer, {"adapter": None, "base_model": ref, "merged_into": "nothing: a base model"}
+    return merge.load_merged(ref, base, "fp32")
+
+
+def run(ref: str, fmt: str, out_dir: Path, quant: str = "f16", base: str | None = None) -> dict:
+    """Export a run, adapter or model as GGUF (+ an Ollama Modelfile), or an adapter as a GGUF LoRA;
+    returns what forgetless_export.json records."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    check_quant(quant)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"--out {out_dir} exists and is not empty; export never overwrites (choose a new directory)")
+    if fmt == "gguf-lora":
+        record = _lora(ref, out_dir, base)
+    else:
+        record = _model(ref, fmt, out_dir, quant, base)
+    (out_dir / "forgetless_export.json").write_text(json.dumps(record, ensure_ascii=False, indent=2), encoding="utf-8")
+    return record
+
+
+def _lora(ref: str, out_dir: Path, base: str | None) -> dict:
+    adapter = adapter_dir(ref)
+    config, base_ref = gguf_lora.base_config(adapter, base)
+    architecture(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = adapter.parent.name if adapter.name == "adapter" else adapter.name
+    path = gguf_lora.write(adapter, config, out_dir / f"{stem}-lora.gguf", stem)
+    source = source_gguf(base_ref)
+    return {
+        "format": "gguf-lora",
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "sha256": files.sha256(path),
+        "adapter": str(adapter),
+        "base_model": base_ref,
+        "base_gguf": str(source) if source else f"forgetless export {base_ref} --format gguf --out DIR",
+        "architecture": config.model_type,
+    }
+
+
+def _model(ref: str, fmt: str, out_dir: Path, quant: str, base: str | None) -> dict:
+    merged, tokenizer, facts = _load(ref, base)
+    architecture(merged.config)  # unsupported architectures fail here, before any file is written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = Path(ref) if _model_ref(ref) else None
+    stem = (source or adapter_dir(ref)).name
+    stem = Path(ref).name if stem == "adapter" else stem
+    stem = stem.removesuffix(".gguf")
+    path = write_gguf(
+        merged, tokenizer, source_gguf(facts["base_model"]), out_dir / f"{stem}-{quant}.gguf", quant, stem
+    )
+    record = {
+        "format": fmt,
+        "file": path.name,
+        "quant": quant,
+        "bytes": path.stat().st_size,
+        "sha256": files.sha256(path),
+        "adapter": facts["adapter"],
+        "base_model": facts["base_model"],
+        "merged_into": facts["merged_into"],
+        "architecture": merged.config.model_type,
+    }
+    if fmt == "ollama":
+        system = _system_prompt(adapter_dir(ref)) if facts["adapter"] else None
+        modelfile, recognised = ollama.write(out_dir, path.name, tokenizer, system)
+        record |= {
+            "modelfile": modelfile.name,
+            "template": recognised,
+            "register": f"ollama create {stem} -f {modelfile}",
+        }
+    return record

@@ -1,0 +1,99 @@
+"""`forgetless export`: GGUF files that transformers' and llama.cpp's readers load back to the merged
+model (same logits, same tokens), Ollama Modelfiles, and one-line errors for what cannot export."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Phi3Config
+
+import forgetless
+from forgetless.adapters import merge
+from forgetless.cli import main
+from forgetless.deploy import export
+from forgetless.errors import UserError
+
+TEXTS = ["My order 48213 is late, please help!", "注文番号 5522 の商品が届きません。", "  spaces\tand\nlines  "]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export-run")
+    rows = [{"instruction": "Triage.", "input": f"Order {n} is late.", "output": f"shipping {n}"} for n in range(8)]
+    (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    forgetless.train(
+        {},
+        [
+            f"model.name={tiny_dir}",
+            f"data.train={out / 'train.jsonl'}",
+            "data.system_prompt=You triage tickets.",
+            f"output_dir={out / 'run'}",
+            "eval.before_after=false",
+            "eval.retention=false",
+            "forgetting.preset=none",
+            "train.max_steps=2",
+            "train.lr=1e-2",
+            "peft.r=4",
+        ],
+    )
+    return out / "run"
+
+
+def gguf_logits(directory, name, ids):
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize(("quant", "tolerance"), [("f16", 2e-2), ("q8_0", 0.25)])
+def test_the_gguf_file_loads_back_as_the_merged_model(run_dir, tmp_path, quant, tolerance):
+    record = export.run(str(run_dir), "gguf", tmp_path / "out", quant)
+    merged, tokenizer, _ = merge.load_merged(str(run_dir), None, "fp32")
+    ids = tokenizer(TEXTS[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = merged(input_ids=ids).logits
+    got = gguf_logits(tmp_path / "out", record["file"], ids)
+    assert (got - expected).abs().max().item() < tolerance * expected.abs().max().item()
+    if quant == "f16":  # a random tiny model has near-ties that 8-bit weights may flip; 16 bits must not
+        assert (got.argmax(-1) == expected.argmax(-1)).float().mean().item() >= 0.9
+    gguf_tok = AutoTokenizer.from_pretrained(tmp_path / "out", gguf_file=record["file"])
+    for text in TEXTS:
+        assert (
+            gguf_tok(text, add_special_tokens=False)["input_ids"]
+            == tokenizer(text, add_special_tokens=False)["input_ids"]
+        )
+    assert record["quant"] == quant and record["bytes"] == (tmp_path / "out" / record["file"]).stat().st_size
+
+
+def test_ollama_gets_a_modelfile_with_the_template_stops_and_system(run_dir, tmp_path):
+    record = export.run(str(run_dir), "ollama", tmp_path / "out", "q8_0")
+    text = (tmp_path / "out" / "Modelfile").read_text()
+    assert text.startswith(f"FROM ./{record['file']}\n")
+    assert record["template"] == "chatml" and 'PARAMETER stop "<|im_end|>"' in text
+    assert 'SYSTEM """You triage tickets."""' in text
+    assert record["register"].startswith("ollama create run -f ")
+    assert json.loads((tmp_path / "out" / "forgetless_export.json").read_text())["format"] == "ollama"
+
+
+def test_bad_input_gets_one_line(run_dir, tmp_path, tokenizer):
+    with pytest.raises(UserError, match="--quant q3_x: unknown"):
+        export.run(str(run_dir), "gguf", tmp_path / "a", "q3_x")
+    if importlib.util.find_spec("llama_cpp") is None:
+        with pytest.raises(UserError, match="q4_k_m needs llama.cpp's quantizer"):
+            export.run(str(run_dir), "gguf", tmp_path / "a", "q4_k_m")
+    with pytest.raises(UserError, match="--format gif"):
+        export.run(str(run_dir), "gif", tmp_path / "a")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(UserError, match="exists and is not empty"):
+        export.run(str(run_dir), "gguf", tmp_path / "full")
+    with pytest.raises(UserError):
+        export.run(str(tmp_path / "no-run"), "gguf", tmp_path / "b")
+    phi = Phi3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                     num_attention_heads=4, num_key_value_heads=4)  # fmt: skip
+    with pytest.raises(UserError, match="exporting phi3 models to GGUF is not supported yet"):
+        export.architecture(phi)
+    assert main(["export", str(run_dir), "--format", "gguf", "--out", str(tmp_path / "c"), "--quant", "q3_x"]) == 2
