@@ -127,7 +127,7 @@ def write_gguf(model, tokenizer, source_gguf: Path | None, out: Path, quant: str
         writer.add_tensor(tensor_name, data, raw_dtype=raw)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_tensors_to_file(progress=True)  # a 7B file takes minutes: show it moving
     writer.close()
     if quant in LLAMA_CPP_TYPES:
         quantize_with_llama_cpp(tmp, out, quant)

@@ -20,6 +20,7 @@ from forgetless.errors import UserError
 # regex several names (llama.cpp treats them alike).
 PREFERRED = ("llama-bpe", "qwen2", "qwen35", "tekken", "gpt-4o")
 CHAT_TEMPLATE = "tokenizer.chat_template"
+HINT = "; export from a base that came as a GGUF file, or convert with llama.cpp's convert_hf_to_gguf.py"
 
 
 def add(writer: gguf.GGUFWriter, tokenizer, source_gguf: Path | None, vocab_size: int) -> None:
@@ -54,11 +55,11 @@ def pre_tokenizer_name(spec: dict) -> str:
         if len(parts) == 1 and byte_level and byte_level[0].get("use_regex", True):
             return "gpt2"
         raise UserError(
-            f"GGUF export: llama.cpp has no name for this tokenizer's pre-tokenizer ({json.dumps(pre)[:120]})"
+            f"GGUF export: llama.cpp has no name for this tokenizer's pre-tokenizer ({json.dumps(pre)[:100]}){HINT}"
         )
     names = [name for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items() if regex == patterns[0]]
     if not names:
-        raise UserError(f"GGUF export: llama.cpp has no pre-tokenizer with the split {patterns[0][:80]!r}")
+        raise UserError(f"GGUF export: llama.cpp has no pre-tokenizer with the split {patterns[0][:80]!r}{HINT}")
     return next((n for n in PREFERRED if n in names), names[0])
 
 
@@ -68,7 +69,7 @@ def from_tokenizer_json(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> 
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise UserError(
             "GGUF export: only byte-level BPE tokenizers (Llama-3, Qwen, SmolLM) are written so far; "
-            "this one is sentencepiece-style"
+            f"this one is sentencepiece-style{HINT}"
         )
     vocab = tokenizer.get_vocab()
     size = max(vocab_size, max(vocab.values()) + 1)
