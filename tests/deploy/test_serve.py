@@ -156,3 +156,61 @@ def test_metrics_count_requests_and_latency(server):
     ask(server, "a")
     m = json.loads(urllib.request.urlopen(f"{server}/metrics").read())
     assert m["requests"] >= 1 and m["completion_tokens"] > 0 and m["latency_ms"]["p50"] > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "a", "messages": [{"role": "user", "content": "bad \ud800 text"}]}),
+        ("/v1/completions", {"model": "a", "prompt": "\udfff"}),
+        ("/v1/chat/completions", {"model": "\ud800", "messages": CHAT}),
+        ("/v1/chat/completions", {"model": "a", "messages": CHAT, "stop": ["\ud800"]}),
+    ],
+)
+def test_lone_surrogates_get_a_400_not_a_500(server, path, body):
+    code, payload = _post(server, json.dumps(body).encode(), path)  # json.dumps writes them as \ud800 escapes
+    assert code == 400 and "lone UTF-16 surrogate" in payload["error"]["message"], payload
+
+
+def _stream_raw(url, body: dict, read_chunks: int | None = None, timeout: float = 60) -> str:
+    """A streaming request over a raw socket; closes after `read_chunks` events (None: reads all)."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    got = b""
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(head + data)
+        while (chunk := s.recv(4096)) and (read_chunks is None or got.count(b"data: ") < read_chunks):
+            got += chunk
+    return got.decode("utf-8", "replace")
+
+
+def test_a_tiny_temperature_answers_greedily_and_never_hangs(server):
+    greedy = ask(server, "a", max_tokens=10)
+    r = client(server).chat.completions.create(model="a", messages=CHAT, max_tokens=10, temperature=1e-300)
+    assert r.choices[0].message.content == greedy
+    body = {"model": "a", "messages": CHAT, "max_tokens": 10, "temperature": 5e-324, "stream": True}
+    text = _stream_raw(server, body, timeout=30)  # before the fix: nothing, until the client gives up
+    assert "data: [DONE]" in text
+    pieces = [json.loads(line[6:])["choices"][0]["delta"].get("content", "") for line in text.splitlines()
+              if line.startswith("data: {")]  # fmt: skip
+    assert "".join(pieces) == greedy
+    assert ask(server, "b")  # the server still answers others
+
+
+def test_a_client_that_disconnects_mid_stream_leaks_nothing_into_other_answers(server):
+    """A stream to the base (adapters switched off while it generates) is dropped after its first
+    chunk while requests to a and b wait: they must still get their own adapters' answers."""
+    alone = {m: ask(server, m, max_tokens=32) for m in ("a", "b")}
+    body = {"model": "base", "messages": CHAT, "max_tokens": 32, "temperature": 0, "stream": True}
+    for _ in range(4):
+        with ThreadPoolExecutor(5) as pool:
+            dropped = pool.submit(_stream_raw, server, body, 1)
+            time.sleep(0.05)
+            waiting = [pool.submit(lambda m: (m, ask(server, m, max_tokens=32)), m) for m in ("a", "b", "a", "b")]
+            dropped.result()
+            answers = [f.result() for f in waiting]
+        assert all(text == alone[m] for m, text in answers), answers

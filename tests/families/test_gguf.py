@@ -1,6 +1,7 @@
 """GGUF export per family, run in llama.cpp (llama-cpp-python): the merged model's logits equal
 transformers' (f16), the GGUF LoRA on the exported base equals the merged file, and llama.cpp
-tokenizes the family's real vocabulary (English and Japanese) to transformers' ids."""
+tokenizes the family's real vocabulary (English and Japanese, plain and in its chat template) to
+transformers' ids."""
 
 from __future__ import annotations
 
@@ -8,16 +9,26 @@ import numpy as np
 import pytest
 import torch
 from llama_cpp import Llama
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from forgetless.adapters import merge
+from forgetless.data.render import prompt_text
 from forgetless.deploy import export
 from forgetless.errors import UserError
 from tests.conftest import lora_model
-from tests.families.conftest import family_model_dir, family_tokenizer
+from tests.families.conftest import FAMILIES, family_model_dir, family_tokenizer
 
-SUPPORTED = ["llama3", "qwen2", "qwen3"]
 TEXT = "My order 48213 is late! 注文番号 5522 の商品が届きません。"
+CHAT = [
+    {"role": "system", "content": "Answer in one line."},
+    {"role": "user", "content": TEXT},
+    {"role": "assistant", "content": "Sorry: we will  check it."},
+    {"role": "user", "content": "  And 5523?"},
+]
+# transformers' legacy=False sentencepiece tokenizers put '▁' before a text's first piece only;
+# llama.cpp before every piece that follows a special token, or none: chat prompts (which start with
+# one) agree, a bare text's first token differs (gguf_vocab._space_prefix).
+FIRST_PIECE_ONLY = {"mistral", "mixtral"}
 
 
 def llama_cpp_logits(path, ids, lora=None) -> np.ndarray:
@@ -26,41 +37,78 @@ def llama_cpp_logits(path, ids, lora=None) -> np.ndarray:
     return np.array(llm.scores[: len(ids)])
 
 
-@pytest.mark.parametrize("family", SUPPORTED)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_merged_and_lora_gguf_files_compute_what_transformers_does(
     family, family_model_dirs, family_tokenizers, tmp_path_factory, tmp_path
 ):
     base_dir = family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, family)
+    _export_and_compare(base_dir, family_tokenizer(family_tokenizers, family), family, tmp_path)
+
+
+def test_llama_3_1_rope_scaling_is_written_as_llama_cpp_reads_it(
+    family_model_dirs, family_tokenizers, tmp_path_factory, tmp_path
+):
+    """Llama-3.1's 'llama3' rope scaling changes every position's low frequencies: the rope_freqs
+    tensor must reproduce it (a file without it differs from transformers already at short prompts)."""
+    base_dir = family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, "llama3")
+    config = AutoConfig.from_pretrained(base_dir)
+    config.rope_parameters = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,  # small, so that the tiny head's frequencies are scaled
+    }
+    scaled = AutoModelForCausalLM.from_pretrained(base_dir, config=config)
+    scaled.save_pretrained(tmp_path / "scaled")
+    tokenizer = family_tokenizer(family_tokenizers, "llama3")
+    tokenizer.save_pretrained(tmp_path / "scaled")
+    _export_and_compare(str(tmp_path / "scaled"), tokenizer, "llama3", tmp_path / "run")
+
+
+def _export_and_compare(base_dir: str, tokenizer, family: str, tmp_path) -> None:
     tuned = lora_model(base_dir)
     for name, p in tuned.named_parameters():  # smaller updates: the model stays near its base
         if "lora_B" in name:
             p.data.mul_(0.1)
     tuned.save_pretrained(tmp_path / "adapter")
-    family_tokenizer(family_tokenizers, family).save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
     merged_file = tmp_path / "merged" / export.run(str(tmp_path / "adapter"), "gguf", tmp_path / "merged")["file"]
-    base_file = tmp_path / "base" / export.run(base_dir, "gguf", tmp_path / "base")["file"]
-    lora_file = tmp_path / "lora" / export.run(str(tmp_path / "adapter"), "gguf-lora", tmp_path / "lora")["file"]
-
     merged, tokenizer, _ = merge.load_merged(str(tmp_path / "adapter"), base_dir, "fp32")
-    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     llm = Llama(model_path=str(merged_file), n_ctx=256, vocab_only=True, verbose=False)
-    assert llm.tokenize(TEXT.encode(), add_bos=False, special=True) == ids
+    prompt = prompt_text(tokenizer, CHAT)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+    plain = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    theirs = llm.tokenize(TEXT.encode(), add_bos=False, special=True)
+    assert theirs[1:] == plain[1:] if family in FIRST_PIECE_ONLY else theirs == plain
     with torch.no_grad():
         expected = merged(input_ids=torch.tensor([ids])).logits[0].numpy()
     got = llama_cpp_logits(merged_file, ids)
     scale = np.abs(expected).max()
     assert np.abs(got - expected).max() < 0.02 * scale
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    with torch.no_grad():
+        base_logits = base(input_ids=torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(base_logits - expected).max() > 0.05 * scale  # the adapter changed what is compared
+    if family == "mixtral":  # its LoRA is on the fused expert weights (target_parameters)
+        with pytest.raises(UserError, match="--format gguf for a merged model"):
+            export.run(str(tmp_path / "adapter"), "gguf-lora", tmp_path / "lora")
+        return
+    base_file = tmp_path / "base" / export.run(base_dir, "gguf", tmp_path / "base")["file"]
+    lora_file = tmp_path / "lora" / export.run(str(tmp_path / "adapter"), "gguf-lora", tmp_path / "lora")["file"]
     with_lora = llama_cpp_logits(base_file, ids, lora=lora_file)
     assert np.abs(with_lora - got).max() < 0.02 * scale
-    plain = AutoModelForCausalLM.from_pretrained(base_dir)
-    with torch.no_grad():
-        base_logits = plain(input_ids=torch.tensor([ids])).logits[0].numpy()
-    assert np.abs(base_logits - expected).max() > 0.05 * scale  # the adapter changed what is compared
+    assert np.abs(llama_cpp_logits(base_file, ids) - base_logits).max() < 0.02 * scale
 
 
-@pytest.mark.parametrize("family", ["mistral", "phi3", "gemma", "mixtral"])
-def test_families_not_exported_yet_say_so(family, family_model_dirs, family_tokenizers, tmp_path_factory, tmp_path):
-    base_dir = family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, family)
-    with pytest.raises(UserError, match="not supported yet|only byte-level BPE"):
-        export.run(base_dir, "gguf", tmp_path / "out")
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+def test_unsupported_rope_scaling_is_refused(family_model_dirs, family_tokenizers, tmp_path_factory, tmp_path):
+    base_dir = family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, "qwen2")
+    config = AutoConfig.from_pretrained(base_dir)
+    config.rope_parameters = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+    AutoModelForCausalLM.from_pretrained(base_dir, config=config).save_pretrained(tmp_path / "yarn")
+    family_tokenizer(family_tokenizers, "qwen2").save_pretrained(tmp_path / "yarn")
+    with pytest.raises(UserError, match="rope scaling 'yarn' is not supported"):
+        export.run(str(tmp_path / "yarn"), "gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -2,15 +2,17 @@
 llama.cpp, Ollama and LM Studio, with the architecture's metadata, the tokenizer and the run's chat
 template, using the `gguf` package (the writer llama.cpp maintains).
 
-What llama.cpp expects, and why each step is here:
+What llama.cpp expects, and why each step is here (gguf_arch holds one row per architecture:
+Llama, Mistral, Mixtral, Qwen2, Qwen3, Phi-3, Gemma-2):
 - tensor names: the gguf package's own map from Hugging Face names (`blk.N.attn_q.weight` ...);
-- Llama-architecture query/key rows reordered for llama.cpp's rotary layout (it pairs dimension i
-  with i+1 where transformers pairs i with i+d/2); Qwen2/3 use transformers' layout (NEOX rope);
+  Mixtral's fused expert weights split into llama.cpp's gate and up expert tensors;
+- Llama-rope query/key rows reordered for llama.cpp's rotary layout (it pairs dimension i with i+1
+  where transformers pairs i with i+d/2); NEOX-rope architectures (Qwen, Phi-3, Gemma) keep theirs;
+  Llama-3.1's rope scaling becomes the rope_freqs tensor; Gemma's norms stored as 1 + w;
 - 1-D tensors (norms, biases) stay float32; a weight whose rows do not fill whole quantization
   blocks stays f16, as llama.cpp's converter does;
 - the tokenizer: copied from the base's own GGUF when the base came as one (the embedded model),
-  else built from the Hugging Face tokenizer (byte-level BPE: tokens, types, merges, and the
-  pre-tokenizer name llama.cpp knows it by).
+  else built from the Hugging Face tokenizer (gguf_vocab: byte-level BPE or sentencepiece-style).
 Types the gguf package writes itself: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1; the k-quants
 (q4_k_m, q5_k_m, q6_k) come from llama.cpp's quantizer when llama-cpp-python is installed.
 """
@@ -23,15 +25,15 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-import torch
 import yaml
+from tqdm.auto import tqdm
 
 from forgetless import files
 from forgetless.adapters import merge
 from forgetless.adapters.saved import adapter_dir
 from forgetless.config.schema import ModelConfig
-from forgetless.deploy import gguf_lora, gguf_vocab, ollama
-from forgetless.deploy.gguf_arch import architecture, reorder_for_rope
+from forgetless.deploy import gguf_arch, gguf_lora, gguf_vocab, ollama
+from forgetless.deploy.gguf_arch import architecture
 from forgetless.errors import UserError
 from forgetless.model import loader as models
 
@@ -66,70 +68,66 @@ def check_quant(quant: str) -> None:
         ) from None
 
 
-def tensors(model, quant: str):
-    """(gguf name, numpy data, raw type or None) for every weight of the merged model."""
-    arch, reorder = architecture(model.config)
-    cfg = model.config
-    names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
-    tied = bool(getattr(cfg, "tie_word_embeddings", False))
-    for hf_name, value in model.state_dict().items():
-        if tied and hf_name == "lm_head.weight":
-            continue
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))  # keeps the suffix
-        if name is None:
-            raise UserError(f"GGUF export: no llama.cpp name for tensor {hf_name} of {cfg.model_type}")
-        w = value.detach().to(torch.float32)
-        if reorder and (".attn_q." in name or ".attn_k." in name):
-            w = reorder_for_rope(w, cfg.num_attention_heads if ".attn_q." in name else cfg.num_key_value_heads)
-        yield name, *encode(name, w.numpy(), quant)
+F16, F32 = gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F32
+EIGHT_BITS_OR_MORE = (F16, gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.BF16)
 
 
-def encode(name: str, data: np.ndarray, quant: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
-    if data.ndim == 1 or quant == "f32":
-        return data.astype(np.float32), None
+def stored_type(name: str, shape: tuple[int, ...], quant: str) -> gguf.GGMLQuantizationType:
+    """The type a tensor is stored as: norms and biases f32; rows that do not fill whole blocks f16."""
+    if len(shape) == 1 or quant == "f32":
+        return F32
     kind = OWN_TYPES[quant]
-    if kind not in (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.BF16):
-        kind = gguf.GGMLQuantizationType.Q8_0 if name in SENSITIVE else kind
-    if kind == gguf.GGMLQuantizationType.F16 or data.shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
-        return data.astype(np.float16), None
-    return gguf.quants.quantize(data, kind), kind
+    if kind not in EIGHT_BITS_OR_MORE and name in SENSITIVE:
+        kind = gguf.GGMLQuantizationType.Q8_0
+    if kind == F16 or shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
+        return F16
+    return kind
 
 
-def hyperparameters(w: gguf.GGUFWriter, cfg) -> None:
-    heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(heads)
-    w.add_head_count_kv(cfg.num_key_value_heads or heads)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
-    w.add_vocab_size(cfg.vocab_size)
+def encode(name: str, data: np.ndarray, quant: str) -> np.ndarray:
+    kind = stored_type(name, data.shape, quant)
+    if kind in (F32, F16):
+        return data.astype(np.float32 if kind == F32 else np.float16)
+    return gguf.quants.quantize(data, kind)
+
+
+def _tensor_infos(writer: gguf.GGUFWriter, model, quant: str) -> int:
+    """Announce every tensor's name, shape and type; the data follows one tensor at a time, so the
+    export holds the merged model plus one tensor, not a second copy of the model (a 7B model)."""
+    count = 0
+    for name, w in gguf_arch.weights(model):
+        shape, kind = tuple(w.shape), stored_type(name, tuple(w.shape), quant)
+        if kind in (F32, F16):
+            dtype = np.float32 if kind == F32 else np.float16
+            writer.add_tensor_info(name, shape, np.dtype(dtype), w.numel() * np.dtype(dtype).itemsize)
+        else:
+            stored = gguf.quant_shape_to_byte_shape(shape, kind)
+            writer.add_tensor_info(name, stored, np.dtype(np.uint8), int(np.prod(stored)), raw_dtype=kind)
+        count += 1
+    return count
 
 
 def write_gguf(model, tokenizer, source_gguf: Path | None, out: Path, quant: str, name: str) -> Path:
     """One GGUF file for the merged model (atomic: a finished file or none)."""
-    arch, _ = architecture(model.config)
+    arch = architecture(model.config).gguf
+    own = quant if quant in OWN_TYPES else "f16"  # the k-quants start from an f16 file
     tmp = out.with_name(out.name + ".part")
     writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_file_type(FILE_TYPES.get(quant, 1))
-    hyperparameters(writer, model.config)
+    gguf_arch.hyperparameters(writer, model.config)
     gguf_vocab.add(writer, tokenizer, source_gguf, model.config.vocab_size)
-    for tensor_name, data, raw in tensors(model, quant if quant in OWN_TYPES else "f16"):
-        writer.add_tensor(tensor_name, data, raw_dtype=raw)
+    count = _tensor_infos(writer, model, own)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file(progress=True)  # a 7B file takes minutes: show it moving
+    writer.write_ti_data_to_file()
+    # a 7B file takes minutes: show it moving
+    for tensor_name, w in tqdm(gguf_arch.weights(model), total=count, desc=f"writing {own} GGUF", unit="tensor"):
+        writer.write_tensor_data(encode(tensor_name, w.numpy(), own))
     writer.close()
     if quant in LLAMA_CPP_TYPES:
+        print(f"[forgetless] quantizing to {quant} with llama.cpp's quantizer (no progress shown; minutes for 7B)")
         quantize_with_llama_cpp(tmp, out, quant)
         tmp.unlink()
     else:
@@ -175,14 +173,6 @@ def _model_ref(ref: str) -> bool:
         return ref in models.ALIASES or (Path(ref) / "config.json").is_file() or ref.endswith(".gguf")
 
 
-def _load(ref: str, base: str | None):
-    """(model, tokenizer, facts): the adapter merged into its base, or a plain model."""
-    if _model_ref(ref):
-        model, tokenizer, _ = models.load(ModelConfig(name=ref, precision="fp32"))
-        return model, tokenizer, {"adapter": None, "base_model": ref, "merged_into": "nothing: a base model"}
-    return merge.load_merged(ref, base, "fp32")
-
-
 def run(ref: str, fmt: str, out_dir: Path, quant: str = "f16", base: str | None = None) -> dict:
     """Export a run, adapter or model as GGUF (+ an Ollama Modelfile), or an adapter as a GGUF LoRA;
     returns what forgetless_export.json records."""
@@ -220,12 +210,15 @@ def _lora(ref: str, out_dir: Path, base: str | None) -> dict:
 
 
 def _model(ref: str, fmt: str, out_dir: Path, quant: str, base: str | None) -> dict:
-    merged, tokenizer, facts = _load(ref, base)
+    adapter = None if _model_ref(ref) else adapter_dir(ref)
+    if adapter is None:  # a model exported as it is
+        merged, tokenizer, _ = models.load(ModelConfig(name=ref, precision="fp32"))
+        facts = {"adapter": None, "base_model": ref, "merged_into": "nothing: a base model"}
+    else:
+        merged, tokenizer, facts = merge.load_merged(ref, base, "fp32")
     architecture(merged.config)  # unsupported architectures fail here, before any file is written
     out_dir.mkdir(parents=True, exist_ok=True)
-    source = Path(ref) if _model_ref(ref) else None
-    stem = (source or adapter_dir(ref)).name
-    stem = Path(ref).name if stem == "adapter" else stem
+    stem = Path(ref).name if adapter is None or adapter.name == "adapter" else adapter.name
     stem = stem.removesuffix(".gguf")
     path = write_gguf(
         merged, tokenizer, source_gguf(facts["base_model"]), out_dir / f"{stem}-{quant}.gguf", quant, stem
@@ -242,7 +235,7 @@ def _model(ref: str, fmt: str, out_dir: Path, quant: str, base: str | None) -> d
         "architecture": merged.config.model_type,
     }
     if fmt == "ollama":
-        system = _system_prompt(adapter_dir(ref)) if facts["adapter"] else None
+        system = _system_prompt(adapter) if adapter else None
         modelfile, recognised = ollama.write(out_dir, path.name, tokenizer, system)
         record |= {
             "modelfile": modelfile.name,

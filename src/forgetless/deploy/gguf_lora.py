@@ -32,11 +32,11 @@ def write(adapter: Path, config, out: Path, name: str) -> Path:
             f"{adapter}: --format gguf-lora writes plain LoRA adapters (this one is {method}"
             f"{', DoRA' if settings.get('use_dora') else ''}); use --format gguf for a merged model"
         )
-    arch, reorder = architecture(config)
-    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    arch = architecture(config)
+    names = gguf.get_tensor_name_map(arch.gguf, config.num_hidden_layers)
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     tmp = out.with_name(out.name + ".part")
-    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
+    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch.gguf])
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(settings["lora_alpha"]))
@@ -47,7 +47,7 @@ def write(adapter: Path, config, out: Path, name: str) -> Path:
         if target is None:
             raise UserError(f"GGUF LoRA: no llama.cpp name for {base}")
         a, b = weights[key].float(), weights[key.replace(".lora_A.", ".lora_B.")].float()
-        if reorder and (".attn_q." in target or ".attn_k." in target):
+        if arch.reorder and (".attn_q." in target or ".attn_k." in target):
             heads = config.num_attention_heads if ".attn_q." in target else config.num_key_value_heads
             b = reorder_for_rope(b, heads)
         writer.add_tensor(f"{target}.lora_a", a.numpy())

@@ -1,15 +1,23 @@
 """The tokenizer half of a GGUF file: what llama.cpp needs to tokenize exactly as transformers does.
 
 A base that came as a GGUF file (the embedded model) already carries llama.cpp's own description of
-its tokenizer: it is copied field by field. Otherwise a byte-level BPE tokenizer (Llama-3, Qwen,
-SmolLM, GPT-2 style) is described from tokenizer.json: the tokens in id order with their types, the
-merges, and the name under which llama.cpp knows its pre-tokenizer (the regex that splits text
-before BPE). The chat template is always the run's (it may be data.chat_template).
+its tokenizer: it is copied field by field. Otherwise it is described from tokenizer.json:
+- byte-level BPE (Llama-3, Qwen, SmolLM, GPT-2 style): the tokens in id order with their types, the
+  merges, and the name under which llama.cpp knows its pre-tokenizer (the regex that splits text
+  before BPE);
+- sentencepiece-style BPE with byte fallback (Llama-2, Mistral, Phi-3, Gemma): llama.cpp's "llama"
+  tokenizer, which merges the adjacent pair with the highest score; a token's score is minus the
+  rank of the first merge that makes it, so the merge order is transformers' (tokenizer.json keeps
+  merges, not sentencepiece's scores), bytes `<0xNN>` are byte tokens, and whether a space is put
+  before the text comes from the normalizer or pre-tokenizer (see _space_prefix for the one case
+  llama.cpp cannot express).
+The chat template is always the run's (it may be data.chat_template).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import gguf
@@ -66,30 +74,71 @@ def pre_tokenizer_name(spec: dict) -> str:
 def from_tokenizer_json(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec["model"]
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise UserError(
-            "GGUF export: only byte-level BPE tokenizers (Llama-3, Qwen, SmolLM) are written so far; "
-            f"this one is sentencepiece-style{HINT}"
-        )
+    if model.get("type") != "BPE":
+        raise UserError(f"GGUF export: {model.get('type')} tokenizers are not written (BPE only){HINT}")
     vocab = tokenizer.get_vocab()
     size = max(vocab_size, max(vocab.values()) + 1)
     tokens = [f"[PAD{i}]" for i in range(size)]
     types = [gguf.TokenType.UNUSED] * size
     for token, i in vocab.items():
         tokens[i], types[i] = token, gguf.TokenType.NORMAL
-    for added in spec.get("added_tokens", []):
-        types[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_tokenizer_name(spec))
+    if model.get("byte_fallback"):
+        _sentencepiece_style(writer, spec, tokens, types, merges, tokenizer.unk_token_id)
+    else:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre_tokenizer_name(spec))
+        writer.add_token_merges(merges)
+    for added in spec.get("added_tokens", []):
+        if added["id"] != tokenizer.unk_token_id:
+            types[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges(merges)
     for token_id, add_id in (
         (tokenizer.bos_token_id, writer.add_bos_token_id),
         (tokenizer.eos_token_id, writer.add_eos_token_id),
         (tokenizer.pad_token_id, writer.add_pad_token_id),
+        (tokenizer.unk_token_id, writer.add_unk_token_id),
     ):
         if token_id is not None:
             add_id(token_id)
-    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+    bos = tokenizer.bos_token_id
+    writer.add_add_bos_token(bos is not None and tokenizer("a")["input_ids"][:1] == [bos])
+    writer.add_add_eos_token(False)
+
+
+BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
+
+
+def _sentencepiece_style(writer, spec: dict, tokens: list, types: list, merges: list, unk: int | None) -> None:
+    """llama.cpp's "llama" (SPM) tokenizer: scores that replay the merges in transformers' order."""
+    rank: dict[str, int] = {}
+    for r, merge in enumerate(merges):
+        rank.setdefault(merge.replace(" ", ""), r)
+    scores = [-float(rank[t]) if t in rank else 0.0 for t in tokens]
+    for i, token in enumerate(tokens):
+        if BYTE_TOKEN.fullmatch(token):
+            types[i] = gguf.TokenType.BYTE
+    if unk is not None:
+        types[unk] = gguf.TokenType.UNKNOWN
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_scores(scores)
+    writer.add_add_space_prefix(_space_prefix(spec))
+
+
+def _space_prefix(spec: dict) -> bool:
+    """Whether the tokenizer puts '▁' before the text (Llama-2, Mistral, Phi-3 do; Gemma does not)."""
+    steps = []
+    for part in (spec.get("normalizer"), spec.get("pre_tokenizer")):
+        part = part or {}
+        steps += part.get("normalizers") or part.get("pretokenizers") or [part]
+    for step in steps:
+        if step.get("type") == "Prepend" and step.get("prepend") == "\u2581":
+            return True
+        # "first" (transformers' legacy=False) adds it to the text's first piece only, never after a
+        # special token; llama.cpp adds it before every piece or none. None matches every chat prompt
+        # (they start with a special token); a bare completion prompt then lacks its leading '▁'.
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") == "always"
+    return False

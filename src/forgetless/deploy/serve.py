@@ -5,10 +5,13 @@ Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (both
 an adapter by name, or `base` for the model without adapters.
 
 Requests queue on one lock and are generated one at a time: switching adapters is a change of
-module state, so one request's adapter can never leak into another's answer. (Batching
-same-adapter requests together is not done yet.) With no API key configured the server binds
-to 127.0.0.1 only; with a key (`--api-key` or FORGETLESS_API_KEY), a request without
-`Authorization: Bearer KEY` gets 401. Bad requests get a 4xx with an OpenAI-style error body.
+module state, so one request's adapter can never leak into another's answer; the generation
+thread itself holds the model while it runs, so a client that disconnects mid-stream (which
+cancels its request) cannot hand the model to the next request before its generation has left it,
+and its generation stops at the next token. (Batching requests together is not done yet.)
+With no API key configured the server binds to 127.0.0.1 only; with a key (`--api-key` or
+FORGETLESS_API_KEY), a request without `Authorization: Bearer KEY` gets 401. Bad requests get a
+4xx with an OpenAI-style error body.
 
 For GPU-scale multi-LoRA serving, the same adapter directories (plain PEFT format) load in
 vLLM: `vllm serve BASE --enable-lora --lora-modules support=runs/a/adapter legal=runs/b/adapter`.
@@ -30,7 +33,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from forgetless.adapters.methods import base_view
@@ -51,10 +54,26 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
 
 
+def unicode_text(value):
+    """JSON may carry lone UTF-16 surrogates ("\\ud800"), which no tokenizer or UTF-8 writer accepts."""
+    for text in [value] if isinstance(value, str) else value or []:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"contains a lone UTF-16 surrogate at character {e.start}; send valid Unicode") from None
+    return value
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: str = Field(pattern="^(system|user|assistant)$")
     content: str
+    _text = field_validator("content")(unicode_text)
+
+
+# Below this temperature, logits / temperature overflow float32 and sampling divides by infinity;
+# the distribution is already its limit, the most likely token: such requests are decoded greedily.
+MIN_TEMPERATURE = 1e-3
 
 
 class Sampling(BaseModel):
@@ -65,6 +84,7 @@ class Sampling(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     stream: bool = False
+    _text = field_validator("model", "stop")(unicode_text)
 
 
 class ChatRequest(Sampling):
@@ -73,6 +93,17 @@ class ChatRequest(Sampling):
 
 class CompletionRequest(Sampling):
     prompt: str
+    _prompt = field_validator("prompt")(unicode_text)
+
+
+class Cancelled(StoppingCriteria):
+    """Stop when the request is gone (its client disconnected)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> bool:
+        return self.event.is_set()
 
 
 class StopOnText(StoppingCriteria):
@@ -128,7 +159,8 @@ class Engine:
         self.model.eval()
         self.base_ref, self.names = base_ref, [BASE, *dirs]
         self.max_tokens, self.max_prompt_tokens = max_tokens, max_prompt_tokens
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # the queue: one request at a time
+        self.model_lock = threading.Lock()  # held by the generating thread, which may outlive its request
         self.metrics = Metrics()
 
     def check(self, req: Sampling, prompt: str) -> tuple[dict, list[str], int]:
@@ -160,8 +192,8 @@ class Engine:
         activate(self.model, name)
         return nullcontext()
 
-    def _kwargs(self, req: Sampling, enc: dict, stops: list[str], max_new: int, streamer=None) -> dict:
-        sample = req.temperature > 0
+    def _kwargs(self, req: Sampling, enc: dict, stops: list[str], max_new: int, streamer=None, cancel=None) -> dict:
+        sample = req.temperature >= MIN_TEMPERATURE
         kwargs = {
             **{k: v.to(self.model.device) for k, v in enc.items()},
             "max_new_tokens": max_new,
@@ -171,15 +203,23 @@ class Engine:
         }
         if sample:
             kwargs |= {"temperature": req.temperature, "top_p": req.top_p}
-        if stops:
-            kwargs["stopping_criteria"] = StoppingCriteriaList(
-                [StopOnText(self.tokenizer, enc["input_ids"].shape[1], stops)]
-            )
+        criteria = [StopOnText(self.tokenizer, enc["input_ids"].shape[1], stops)] if stops else []
+        criteria += [Cancelled(cancel)] if cancel is not None else []
+        if criteria:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         return kwargs
 
     def _run(self, name: str, kwargs: dict) -> torch.Tensor:
-        with torch.no_grad(), self._adapter(name):
+        with self.model_lock, torch.no_grad(), self._adapter(name):
             return self.model.generate(**kwargs)
+
+    def _run_streaming(self, name: str, kwargs: dict, failure: list) -> None:
+        """The streaming worker: a failed generation still ends the stream (else the reader waits forever)."""
+        try:
+            self._run(name, kwargs)
+        except Exception as e:  # reported to the client by stream(); the thread must not die silently
+            failure.append(e)
+            kwargs["streamer"].end()
 
     async def complete(self, req: Sampling, prompt: str) -> tuple[str, str, int, int]:
         """(text, finish_reason, prompt tokens, completion tokens)."""
@@ -200,8 +240,9 @@ class Engine:
         async with self.lock:
             t0 = time.perf_counter()
             streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            kwargs = self._kwargs(req, enc, stops, max_new, streamer)
-            worker = threading.Thread(target=self._run, args=(req.model, kwargs))
+            cancel, failure = threading.Event(), []
+            kwargs = self._kwargs(req, enc, stops, max_new, streamer, cancel)
+            worker = threading.Thread(target=self._run_streaming, args=(req.model, kwargs, failure))
             worker.start()
             sent = ""
             try:
@@ -212,8 +253,11 @@ class Engine:
                     sent = text
                     if stopped:
                         break
+                if failure:
+                    raise ApiError(500, f"generation failed: {failure[0]}", "server_error")
             finally:
-                await asyncio.to_thread(worker.join)
+                cancel.set()  # a dropped client: its generation stops at the next token
+                await asyncio.to_thread(worker.join)  # may be cancelled: model_lock still guards the model
                 self.metrics.generate_seconds += time.perf_counter() - t0
                 self.metrics.tokens += len(self.tokenizer(sent, add_special_tokens=False)["input_ids"])
 
@@ -236,8 +280,12 @@ async def respond(engine: Engine, req: Sampling, prompt: str, chat: bool):
         head = {"id": rid, "object": kind + (".chunk" if chat else ""), "created": created, "model": req.model}
 
         async def events():
-            async for piece in engine.stream(req, prompt):
-                yield f"data: {json.dumps(head | {'choices': [_choice(chat, piece, None, delta=True)]})}\n\n"
+            try:
+                async for piece in engine.stream(req, prompt):
+                    yield f"data: {json.dumps(head | {'choices': [_choice(chat, piece, None, delta=True)]})}\n\n"
+            except ApiError as e:  # the 200 status line has gone out: the error travels as an event
+                yield f"data: {json.dumps(e.body())}\n\n"
+                return
             yield f"data: {json.dumps(head | {'choices': [_choice(chat, None, 'stop', delta=True)]})}\n\n"
             yield "data: [DONE]\n\n"
 
