@@ -177,6 +177,11 @@ def _serve(sub) -> None:
     sv.add_argument("--api-key", default=None, help="required Bearer key (or FORGETLESS_API_KEY)")
     sv.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
     sv.add_argument("--max-prompt-tokens", type=int, default=2048, help="longest prompt accepted")
+    sv.add_argument("--max-batch", type=int, default=8, help="requests decoded together (1: one at a time)")
+    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which the answer is 429")
+    sv.add_argument("--request-timeout", type=float, default=None, help="seconds before a request gets 504")
+    sv.add_argument("--adapter-root", default=None, help="POST /v1/adapters loads only from under this directory")
+    sv.add_argument("--max-adapters", type=int, default=None, help="adapters kept loaded (least recently used go)")
 
 
 def _reward(sub) -> None:

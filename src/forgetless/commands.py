@@ -251,11 +251,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    adapters = {}
-    for i, item in enumerate(args.adapter):
-        name, sep, ref = item.partition("=")
-        adapters[name if sep else f"adapter{i + 1}"] = ref if sep else item
-    serve.run(args.model, adapters, args.host, args.port, args.api_key, args.max_tokens, args.max_prompt_tokens)
+    adapters, settings = serve.named_adapters(args.adapter), {k: getattr(args, k) for k in serve.ENGINE_FLAGS}
+    serve.run(
+        args.model, adapters, args.host, args.port, args.api_key, args.max_tokens, args.max_prompt_tokens, **settings
+    )
     return 0
 
 

@@ -152,10 +152,18 @@ def test_malformed_requests_get_4xx_with_openai_error_body(server, body, status,
     assert code == status and says in payload["error"]["message"], payload
 
 
+def prometheus(url) -> dict[str, float]:
+    text = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#" and line
+    }
+
+
 def test_metrics_count_requests_and_latency(server):
     ask(server, "a")
-    m = json.loads(urllib.request.urlopen(f"{server}/metrics").read())
-    assert m["requests"] >= 1 and m["completion_tokens"] > 0 and m["latency_ms"]["p50"] > 0
+    m = prometheus(server)
+    assert m["forgetless_requests_total"] >= 1 and m["forgetless_completion_tokens_total"] > 0
+    assert m['forgetless_latency_seconds{quantile="0.5"}'] > 0 and m["forgetless_queue_depth"] == 0
 
 
 @pytest.mark.parametrize(

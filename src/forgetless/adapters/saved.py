@@ -174,8 +174,10 @@ def load_several(model, dirs: dict[str, Path]):
 
 
 def activate(model, name: str) -> None:
-    """Route generation through the named result (PEFT models hold several)."""
-    if hasattr(model, "set_adapter"):
+    """Route generation through the named result (PEFT models hold several; our own formats changed
+    the model itself). Not hasattr(set_adapter): every transformers model has one (its own PEFT
+    integration), which fails on a model without PEFT adapters."""
+    if isinstance(model, PeftModel):
         model.set_adapter(name)
 
 

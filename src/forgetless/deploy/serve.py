@@ -1,15 +1,15 @@
 """`forgetless serve`: one base model and any number of named adapters behind an OpenAI-compatible API.
 
 Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (both with
-`stream: true` as server-sent events), GET /health, GET /metrics. The request's `model` picks
-an adapter by name, or `base` for the model without adapters.
+`stream: true` as server-sent events), GET/POST /v1/adapters and DELETE /v1/adapters/NAME (load and
+unload at run time), GET /health, GET /metrics (Prometheus text). The request's `model` picks an
+adapter by name, or `base` for the model without adapters.
 
-Requests queue on one lock and are generated one at a time: switching adapters is a change of
-module state, so one request's adapter can never leak into another's answer; the generation
-thread itself holds the model while it runs, so a client that disconnects mid-stream (which
-cancels its request) cannot hand the model to the next request before its generation has left it,
-and its generation stops at the next token. (Batching requests together is not done yet.)
-With no API key configured the server binds to 127.0.0.1 only; with a key (`--api-key` or
+Requests are decoded together, each row with its own adapter (deploy/batcher.py: continuous
+batching with a key/value cache). Beyond --max-queue waiting requests the server answers 429 with
+Retry-After; a request past --request-timeout gets 504; a client that disconnects frees its row at
+the next token; SIGTERM stops accepting connections and finishes the requests in flight. With no
+API key configured the server binds to 127.0.0.1 only; with a key (`--api-key` or
 FORGETLESS_API_KEY), a request without `Authorization: Bearer KEY` gets 401. Bad requests get a
 4xx with an OpenAI-style error body.
 
@@ -21,37 +21,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
-import threading
 import time
 import uuid
 from collections import deque
-from contextlib import nullcontext
+from contextlib import asynccontextmanager
 
-import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from forgetless.adapters.methods import base_view
-from forgetless.adapters.saved import activate, adapter_dir, base_of, load_several, use_adapter_templates
-from forgetless.config.schema import ModelConfig
 from forgetless.data.render import prompt_text
-from forgetless.deploy.chat import BASE
+from forgetless.deploy.batcher import QueueFull
+from forgetless.deploy.engine import ApiError, Engine
 from forgetless.errors import UserError
-from forgetless.model import loader as models
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param = status, message, kind, param
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+__all__ = ["ApiError", "Engine", "create_app", "run"]
 
 
 def unicode_text(value):
@@ -69,11 +57,6 @@ class Message(BaseModel):
     role: str = Field(pattern="^(system|user|assistant)$")
     content: str
     _text = field_validator("content")(unicode_text)
-
-
-# Below this temperature, logits / temperature overflow float32 and sampling divides by infinity;
-# the distribution is already its limit, the most likely token: such requests are decoded greedily.
-MIN_TEMPERATURE = 1e-3
 
 
 class Sampling(BaseModel):
@@ -96,170 +79,95 @@ class CompletionRequest(Sampling):
     _prompt = field_validator("prompt")(unicode_text)
 
 
-class Cancelled(StoppingCriteria):
-    """Stop when the request is gone (its client disconnected)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs) -> bool:
-        return self.event.is_set()
-
-
-class StopOnText(StoppingCriteria):
-    """Stop as soon as the generated text contains one of the stop strings."""
-
-    def __init__(self, tokenizer, start: int, stops: list[str]):
-        self.tokenizer, self.start, self.stops = tokenizer, start, stops
-
-    def __call__(self, input_ids, scores, **kwargs) -> bool:
-        text = self.tokenizer.decode(input_ids[0, self.start :], skip_special_tokens=True)
-        return any(s in text for s in self.stops)
-
-
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    hits = [text.index(s) for s in stops if s in text]
-    return (text[: min(hits)], True) if hits else (text, False)
+class AdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    path: str
+    _text = field_validator("name", "path")(unicode_text)
 
 
 class Metrics:
     def __init__(self):
-        self.requests = self.errors = self.tokens = 0
-        self.generate_seconds = 0.0
+        self.requests = self.errors = self.rejected = self.timeouts = self.cancelled = self.tokens = 0
         self.latencies: deque[float] = deque(maxlen=10_000)
+        self.started = time.monotonic()
 
-    def snapshot(self) -> dict:
+    def quantile(self, q: float) -> float | None:
         lat = sorted(self.latencies)
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
 
-        def pct(q: float) -> float | None:
-            return round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1) if lat else None
+    def prometheus(self, engine: Engine) -> str:
+        waiting, active = engine.batcher.depth()
+        rows = [
+            ("requests_total", "counter", "POST /v1/* requests answered", self.requests),
+            ("errors_total", "counter", "answers with a 4xx or 5xx status", self.errors),
+            ("rejected_total", "counter", "requests refused with 429 (queue full)", self.rejected),
+            ("timeouts_total", "counter", "requests past --request-timeout", self.timeouts),
+            ("cancelled_total", "counter", "requests whose client disconnected", self.cancelled),
+            ("completion_tokens_total", "counter", "tokens generated", self.tokens),
+            ("queue_depth", "gauge", "requests waiting for a batch row", waiting),
+            ("batch_rows", "gauge", "requests being decoded", active),
+            ("adapters_loaded", "gauge", "adapters in memory", len(engine.loaded)),
+        ]
+        out = []
+        for name, kind, help_text, value in rows:
+            out += [
+                f"# HELP forgetless_{name} {help_text}",
+                f"# TYPE forgetless_{name} {kind}",
+                f"forgetless_{name} {value}",
+            ]
+        out += ["# HELP forgetless_latency_seconds request latency", "# TYPE forgetless_latency_seconds summary"]
+        for q in (0.5, 0.95, 0.99):
+            value = self.quantile(q)
+            out.append(f'forgetless_latency_seconds{{quantile="{q}"}} {"NaN" if value is None else round(value, 4)}')
+        out += [f"forgetless_latency_seconds_count {len(self.latencies)}", ""]
+        return "\n".join(out)
 
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "completion_tokens": self.tokens,
-            "tokens_per_s": round(self.tokens / self.generate_seconds, 1) if self.generate_seconds else None,
-            "latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99)},
-        }
+
+async def events(engine: Engine, job, request: Request | None):
+    """The job's events as they come; a disconnected client or a dropped stream cancels the job."""
+    job.loop, job.events = asyncio.get_running_loop(), asyncio.Queue()
+    if engine.request_timeout:
+        job.deadline = time.monotonic() + engine.request_timeout
+    engine.inflight[job.adapter] += 1
+    try:
+        engine.batcher.submit(job)
+    except QueueFull:
+        engine.inflight[job.adapter] -= 1
+        engine.metrics.rejected += 1
+        waiting, active = engine.batcher.depth()
+        wait = max(1, math.ceil((engine.metrics.quantile(0.5) or 1.0) * (waiting + 1) / max(1, active)))
+        raise ApiError(429, f"the server is busy ({waiting} requests queued); retry later", "rate_limit_error",
+                       headers={"Retry-After": str(wait)}) from None  # fmt: skip
+    try:
+        while True:
+            kind, value = await _next(job, request)
+            if kind == "error":
+                engine.metrics.timeouts += value[0] == 504
+                raise ApiError(value[0], value[1], "timeout" if value[0] == 504 else "server_error")
+            yield kind, value
+            if kind == "end":
+                engine.metrics.tokens += value[1]
+                engine.metrics.cancelled += value[0] == "cancelled"
+                return
+    finally:
+        job.cancelled.set()  # no-op for a finished job; frees the row of an abandoned one
+        engine.inflight[job.adapter] -= 1
 
 
-class Engine:
-    """The model, its adapters, and one-at-a-time generation."""
-
-    def __init__(self, base_ref: str | None, adapters: dict[str, str], max_tokens: int, max_prompt_tokens: int):
-
-        dirs = {name: adapter_dir(ref) for name, ref in adapters.items()}
-        if BASE in dirs:
-            raise UserError(f"adapter name '{BASE}' is reserved for the model without adapters")
-        base_ref = base_ref or (base_of(next(iter(dirs.values()))) if dirs else None) or "smollm2-135m-instruct"
-        self.model, self.tokenizer, _ = models.load(ModelConfig(name=base_ref))
-        use_adapter_templates(self.tokenizer, dirs.values())
-        if dirs:
-            self.model = load_several(self.model, dirs)
-        self.model.eval()
-        self.base_ref, self.names = base_ref, [BASE, *dirs]
-        self.max_tokens, self.max_prompt_tokens = max_tokens, max_prompt_tokens
-        self.lock = asyncio.Lock()  # the queue: one request at a time
-        self.model_lock = threading.Lock()  # held by the generating thread, which may outlive its request
-        self.metrics = Metrics()
-
-    def check(self, req: Sampling, prompt: str) -> tuple[dict, list[str], int]:
-        """(encoded prompt, stop strings, max new tokens), or an ApiError saying what is wrong."""
-        if req.model not in self.names:
-            raise ApiError(
-                404, f"model '{req.model}' does not exist; available: {', '.join(self.names)}", param="model"
-            )
-        max_new = req.max_tokens or min(256, self.max_tokens)
-        if max_new > self.max_tokens:
-            raise ApiError(
-                400, f"max_tokens {max_new} is above this server's limit of {self.max_tokens}", param="max_tokens"
-            )
-        enc = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        n = enc["input_ids"].shape[1]
-        if n > self.max_prompt_tokens:
-            raise ApiError(
-                400,
-                f"the prompt has {n} tokens; this server accepts at most {self.max_prompt_tokens}",
-                param="messages",
-            )
-        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        return enc, stops, max_new
-
-    def _adapter(self, name: str):
-        """Select the request's adapter; the base is the same model with adapters switched off."""
-        if name == BASE:
-            return base_view(self.model) if len(self.names) > 1 else nullcontext()
-        activate(self.model, name)
-        return nullcontext()
-
-    def _kwargs(self, req: Sampling, enc: dict, stops: list[str], max_new: int, streamer=None, cancel=None) -> dict:
-        sample = req.temperature >= MIN_TEMPERATURE
-        kwargs = {
-            **{k: v.to(self.model.device) for k, v in enc.items()},
-            "max_new_tokens": max_new,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "do_sample": sample,
-            "streamer": streamer,
-        }
-        if sample:
-            kwargs |= {"temperature": req.temperature, "top_p": req.top_p}
-        criteria = [StopOnText(self.tokenizer, enc["input_ids"].shape[1], stops)] if stops else []
-        criteria += [Cancelled(cancel)] if cancel is not None else []
-        if criteria:
-            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
-        return kwargs
-
-    def _run(self, name: str, kwargs: dict) -> torch.Tensor:
-        with self.model_lock, torch.no_grad(), self._adapter(name):
-            return self.model.generate(**kwargs)
-
-    def _run_streaming(self, name: str, kwargs: dict, failure: list) -> None:
-        """The streaming worker: a failed generation still ends the stream (else the reader waits forever)."""
-        try:
-            self._run(name, kwargs)
-        except Exception as e:  # reported to the client by stream(); the thread must not die silently
-            failure.append(e)
-            kwargs["streamer"].end()
-
-    async def complete(self, req: Sampling, prompt: str) -> tuple[str, str, int, int]:
-        """(text, finish_reason, prompt tokens, completion tokens)."""
-        enc, stops, max_new = self.check(req, prompt)
-        async with self.lock:
-            t0 = time.perf_counter()
-            out = await asyncio.to_thread(self._run, req.model, self._kwargs(req, enc, stops, max_new))
-            self.metrics.generate_seconds += time.perf_counter() - t0
-        new = out[0, enc["input_ids"].shape[1] :]
-        text, stopped = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), stops)
-        limit = not stopped and new.numel() >= max_new
-        self.metrics.tokens += new.numel()
-        return text, "length" if limit else "stop", enc["input_ids"].shape[1], int(new.numel())
-
-    async def stream(self, req: Sampling, prompt: str):
-        """Text pieces as they are generated (the lock is held until the last one)."""
-        enc, stops, max_new = self.check(req, prompt)
-        async with self.lock:
-            t0 = time.perf_counter()
-            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            cancel, failure = threading.Event(), []
-            kwargs = self._kwargs(req, enc, stops, max_new, streamer, cancel)
-            worker = threading.Thread(target=self._run_streaming, args=(req.model, kwargs, failure))
-            worker.start()
-            sent = ""
-            try:
-                while (piece := await asyncio.to_thread(next, streamer, None)) is not None:
-                    text, stopped = cut_at_stop(sent + piece, stops)
-                    if text[len(sent) :]:
-                        yield text[len(sent) :]
-                    sent = text
-                    if stopped:
-                        break
-                if failure:
-                    raise ApiError(500, f"generation failed: {failure[0]}", "server_error")
-            finally:
-                cancel.set()  # a dropped client: its generation stops at the next token
-                await asyncio.to_thread(worker.join)  # may be cancelled: model_lock still guards the model
-                self.metrics.generate_seconds += time.perf_counter() - t0
-                self.metrics.tokens += len(self.tokenizer(sent, add_special_tokens=False)["input_ids"])
+async def _next(job, request: Request | None):
+    if request is None:  # a stream: Starlette cancels the generator when the client goes
+        return await job.events.get()
+    while True:  # a plain answer: look for a disconnect at least every quarter second
+        if not job.cancelled.is_set() and time.monotonic() - job.checked > 0.25:
+            job.checked = time.monotonic()
+            if await request.is_disconnected():
+                job.cancelled.set()  # the batcher frees the row and sends its "cancelled" end
+        getter = asyncio.ensure_future(job.events.get())
+        done, _ = await asyncio.wait({getter}, timeout=0.25)
+        if done:
+            return getter.result()
+        getter.cancel()  # an item that arrives now stays in the queue for the next get
 
 
 def _choice(chat: bool, text: str | None, finish: str | None, delta: bool = False) -> dict:
@@ -271,53 +179,94 @@ def _choice(chat: bool, text: str | None, finish: str | None, delta: bool = Fals
     return {"index": 0, key: body, "finish_reason": finish}
 
 
-async def respond(engine: Engine, req: Sampling, prompt: str, chat: bool):
+async def respond(engine: Engine, req: Sampling, prompt: str, chat: bool, request: Request):
     """The answer to a chat or completion request: one JSON body, or a server-sent event stream."""
     rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
     kind = "chat.completion" if chat else "text_completion"
+    job = engine.job(req, prompt)  # a bad request fails here, before any status line goes out
+    head = {
+        "id": rid,
+        "object": kind + (".chunk" if chat and req.stream else ""),
+        "created": created,
+        "model": req.model,
+    }
     if req.stream:
-        engine.check(req, prompt)  # validate before the 200 status line goes out
-        head = {"id": rid, "object": kind + (".chunk" if chat else ""), "created": created, "model": req.model}
+        stream = events(engine, job, None)
+        first = await anext(stream)  # queue full: a 429, not a 200 with an error inside
 
-        async def events():
+        async def sse():
             try:
-                async for piece in engine.stream(req, prompt):
-                    yield f"data: {json.dumps(head | {'choices': [_choice(chat, piece, None, delta=True)]})}\n\n"
+                async for what, value in _chain(first, stream):
+                    piece, finish = (value, None) if what == "text" else (None, value[0])
+                    yield f"data: {json.dumps(head | {'choices': [_choice(chat, piece, finish, delta=True)]})}\n\n"
             except ApiError as e:  # the 200 status line has gone out: the error travels as an event
                 yield f"data: {json.dumps(e.body())}\n\n"
                 return
-            yield f"data: {json.dumps(head | {'choices': [_choice(chat, None, 'stop', delta=True)]})}\n\n"
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    text, finish, n_prompt, n_new = await engine.complete(req, prompt)
-    usage = {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new}
-    head = {"id": rid, "object": kind, "created": created, "model": req.model}
+        return StreamingResponse(sse(), media_type="text/event-stream")
+    text, finish, n_new = "", None, 0
+    async for what, value in events(engine, job, request):
+        if what == "text":
+            text += value
+        else:
+            finish, n_new = value
+    usage = {"prompt_tokens": len(job.ids), "completion_tokens": n_new, "total_tokens": len(job.ids) + n_new}
     return head | {"choices": [_choice(chat, text, finish)], "usage": usage}
 
 
-def create_app(engine: Engine, api_key: str | None):
-    app = FastAPI(title="forgetless", docs_url=None, redoc_url=None)
+async def _chain(first, rest):
+    yield first
+    async for item in rest:
+        yield item
 
-    @app.middleware("http")
-    async def auth_and_metrics(request: Request, call_next):
-        t0 = time.perf_counter()
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                engine.metrics.errors += 1
-                err = ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
-                return JSONResponse(err.body(), status_code=401)
-        response = await call_next(request)
-        if request.url.path.startswith("/v1/") and request.method == "POST":
-            engine.metrics.requests += 1
-            engine.metrics.errors += response.status_code >= 400
-            engine.metrics.latencies.append(time.perf_counter() - t0)
-        return response
+
+class AuthAndMetrics:
+    """The API key check and the request counters, as plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware would hide a client's disconnect from the request (Request.is_disconnected)."""
+
+    def __init__(self, app, engine: Engine, api_key: str | None):
+        self.app, self.engine, self.api_key = app, engine, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        metrics = self.engine.metrics
+        if self.api_key and dict(scope["headers"]).get(b"authorization", b"") != f"Bearer {self.api_key}".encode():
+            metrics.errors += 1
+            err = ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
+            return await JSONResponse(err.body(), status_code=401)(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            if scope["method"] == "POST":  # counted when the answer (or the stream) has ended
+                metrics.requests += 1
+                metrics.errors += status[0] >= 400
+                metrics.latencies.append(time.perf_counter() - t0)
+
+
+def create_app(engine: Engine, api_key: str | None):
+    engine.metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        engine.batcher.stop()  # after uvicorn has finished the requests in flight (SIGTERM drains)
+
+    app = FastAPI(title="forgetless", docs_url=None, redoc_url=None, lifespan=lifespan)
+
+    app.add_middleware(AuthAndMetrics, engine=engine, api_key=api_key)
 
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
@@ -326,13 +275,27 @@ def create_app(engine: Engine, api_key: str | None):
         message = "malformed JSON body" if first.get("type") == "json_invalid" else f"{where}: {first.get('msg')}"
         return JSONResponse(ApiError(400, message, param=where).body(), status_code=400)
 
+    _model_routes(app, engine)
+    _adapter_routes(app, engine)
+    return app
+
+
+def _model_routes(app: FastAPI, engine: Engine) -> None:
     @app.get("/health")
     async def health():
-        return {"status": "ok", "base_model": engine.base_ref, "models": engine.names, "queued": engine.lock.locked()}
+        waiting, active = engine.batcher.depth()
+        return {
+            "status": "ok",
+            "base_model": engine.base_ref,
+            "models": engine.names,
+            "loaded_adapters": list(engine.loaded),
+            "queue_depth": waiting,
+            "batch_rows": active,
+        }
 
     @app.get("/metrics")
     async def metrics():
-        return engine.metrics.snapshot()
+        return PlainTextResponse(engine.metrics.prometheus(engine), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models():
@@ -343,23 +306,57 @@ def create_app(engine: Engine, api_key: str | None):
         }
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest):
+    async def chat_completions(req: ChatRequest, request: Request):
         messages = [m.model_dump() for m in req.messages]
         if messages[-1]["role"] == "assistant":
             raise ApiError(400, "the last message must be from the user (or system)", param="messages")
         prompt = prompt_text(engine.tokenizer, messages)
-        return await respond(engine, req, prompt, chat=True)
+        return await respond(engine, req, prompt, True, request)
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest, request: Request):
         if not req.prompt:
             raise ApiError(400, "prompt is empty", param="prompt")
-        return await respond(engine, req, req.prompt, chat=False)
+        return await respond(engine, req, req.prompt, False, request)
 
-    return app
+
+def _adapter_routes(app: FastAPI, engine: Engine) -> None:
+    @app.get("/v1/adapters")
+    async def adapters():
+        return {
+            "adapters": [{"name": n, "path": str(p), "loaded": n in engine.loaded} for n, p in engine.adapters.items()]
+        }
+
+    @app.post("/v1/adapters")
+    async def load_adapter(req: AdapterRequest):
+        directory = engine.check_new_adapter(req.name, req.path)
+        try:
+            await asyncio.wrap_future(engine.batcher.call(lambda: engine.register(req.name, directory)))
+        except Exception as e:  # PEFT's own refusal (a different base, a broken file): the caller's to fix
+            raise ApiError(400, f"could not load {directory}: {e}", param="path") from None
+        return {"name": req.name, "path": str(directory), "loaded": True}
+
+    @app.delete("/v1/adapters/{name}")
+    async def unload_adapter(name: str):
+        engine.check_removable(name)
+        del engine.adapters[name]  # new requests for it get 404 from here on
+        while engine.in_use(name):  # the ones already accepted finish first
+            await asyncio.sleep(0.05)
+        await asyncio.wrap_future(engine.batcher.call(lambda: engine.forget(name)))
+        return {"name": name, "loaded": False}
+
+
+def named_adapters(items: list[str]) -> dict[str, str]:
+    """--adapter NAME=DIR (or a bare DIR, named adapter1, adapter2 ...)."""
+    out = {}
+    for i, item in enumerate(items):
+        name, sep, ref = item.partition("=")
+        out[name if sep else f"adapter{i + 1}"] = ref if sep else item
+    return out
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ENGINE_FLAGS = ("max_batch", "max_queue", "request_timeout", "adapter_root", "max_adapters")  # serve's CLI flags
 
 
 def run(
@@ -370,12 +367,16 @@ def run(
     api_key: str | None = None,
     max_tokens: int = 512,
     max_prompt_tokens: int = 2048,
+    **engine_settings,
 ) -> None:
-    """Serve until interrupted. Without a key (argument or FORGETLESS_API_KEY) only on loopback."""
+    """Serve until interrupted. Without a key (argument or FORGETLESS_API_KEY) only on loopback.
+    engine_settings: max_batch, max_queue, request_timeout, adapter_root, max_adapters (see Engine)."""
 
     key = api_key or os.environ.get("FORGETLESS_API_KEY")
     if not key and host not in LOOPBACK:
         raise UserError(f"host {host} exposes the server beyond this machine: set --api-key or FORGETLESS_API_KEY")
-    engine = Engine(base_ref, adapters, max_tokens, max_prompt_tokens)
+    engine = Engine(base_ref, adapters, max_tokens, max_prompt_tokens, **engine_settings)
     print(f"[forgetless] serving {', '.join(engine.names)} on http://{host}:{port}/v1", flush=True)
+    # uvicorn handles SIGTERM/SIGINT: it stops accepting, waits for the requests in flight, then
+    # runs the lifespan's shutdown (which stops the batcher).
     uvicorn.run(create_app(engine, key), host=host, port=port, log_level="warning")
