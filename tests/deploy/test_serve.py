@@ -222,3 +222,116 @@ def test_a_client_that_disconnects_mid_stream_leaks_nothing_into_other_answers(s
             dropped.result()
             answers = [f.result() for f in waiting]
         assert all(text == alone[m] for m, text in answers), answers
+
+
+def test_openai_details_finish_reason_role_n_content_type_and_param(server):
+    body = {"model": "a", "messages": CHAT, "max_tokens": 3, "temperature": 0, "stream": True, "stop": ["zzzz"]}
+    chunks = [json.loads(line[6:]) for line in _stream_raw(server, body).splitlines() if line.startswith("data: {")]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"  # cut at max_tokens, as without streaming
+    code, payload = _post(server, json.dumps({"model": "a", "messages": CHAT, "n": 2}).encode())
+    assert code == 400 and "one choice per request" in payload["error"]["message"]
+    req = urllib.request.Request(
+        server + "/v1/chat/completions",
+        data=json.dumps({"model": "a", "messages": CHAT}).encode(),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "text/plain"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req)
+    assert e.value.code == 400 and "Content-Type: application/json" in json.loads(e.value.read())["error"]["message"]
+    code, payload = _post(server, json.dumps({"model": "a", "prompt": "word " * 200}).encode(), "/v1/completions")
+    assert code == 400 and payload["error"]["param"] == "prompt"
+    # /health and /metrics stay open with a key: load balancers and Prometheus scrapers carry none, and
+    # they show no paths, prompts or answers
+    assert urllib.request.urlopen(f"{server}/health").status == 200
+    assert urllib.request.urlopen(f"{server}/metrics").status == 200
+
+
+def test_what_a_request_may_allocate_is_bounded(server):
+    code, payload = _post(server, json.dumps({"model": "a", "prompt": "x" * 200_000}).encode(), "/v1/completions")
+    assert code == 413 and "request body is over" in payload["error"]["message"]
+    code, payload = _post(server, json.dumps({"model": "a", "prompt": "x" * 5_000}).encode(), "/v1/completions")
+    assert code == 400 and "5000 characters" in payload["error"]["message"]  # refused before tokenizing
+    code, payload = _post(server, json.dumps({"model": "a", "messages": CHAT, "stop": ["x"] * 5}).encode())
+    assert code == 400 and payload["error"]["param"] == "stop"
+
+
+def _hostile(rng) -> tuple[str, bytes, str]:
+    """One seeded hostile request: (path, body, content type)."""
+    junk = [
+        "",
+        "\ud800",
+        "\x00",
+        "💥" * 50,
+        "a" * 3000,
+        "<|im_end|>",
+        "{{ raise }}",
+        "注文" * 20,
+        None,
+        1e308,
+        -1,
+        [],
+        {},
+    ]
+    pick = lambda: rng.choice(junk)  # noqa: E731
+    model = rng.choice(["a", "b", "base", "nope", "", None, 7, "\ud800"])
+    kind = rng.randrange(6)
+    if kind == 0:
+        return (
+            "/v1/chat/completions",
+            bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))),
+            "application/json",
+        )
+    if kind == 1:
+        messages = [{"role": rng.choice(["user", "system", "assistant", "x", None]), "content": pick()}
+                    for _ in range(rng.randrange(0, 4))]  # fmt: skip
+        body = {"model": model, "messages": messages}
+    elif kind == 2:
+        body = {"model": model, "prompt": pick()}
+    else:
+        body = {
+            "model": rng.choice(["a", "b", "base"]),
+            "messages": [{"role": "user", "content": rng.choice(junk[:8])}],
+        }
+    path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+    for key, values in (
+        ("max_tokens", [1, 8, 32, 0, -5, 10**12, "8", None]),
+        ("temperature", [0, 0.7, 1e-300, 5e-324, 2, -1, 3, float("inf")]),
+        ("top_p", [1, 0.5, 0, 1e-9, 2]),
+        ("stop", [None, "", ".", ["a", "b"], [""], "\ud800", ["x"] * 9]),
+        ("stream", [False, True, "yes", None]),
+        ("n", [1, 2, 0]),
+    ):
+        if rng.random() < 0.4:
+            body[key] = rng.choice(values)
+    text = json.dumps(body, allow_nan=True)  # inf travels as Infinity, which Python's JSON reads
+    return path, text.encode(), rng.choice(["application/json"] * 5 + ["text/plain"])
+
+
+def test_a_seeded_fuzz_gets_no_5xx_no_hang_and_no_cross_talk(server):
+    import random
+
+    before = {m: ask(server, m) for m in ("base", "a", "b")}
+    rng = random.Random(1234)
+    requests = [_hostile(rng) for _ in range(300)]
+
+    def send(item):
+        path, body, ctype = item
+        req = urllib.request.Request(
+            server + path, data=body, headers={"Authorization": f"Bearer {KEY}", "Content-Type": ctype}
+        )
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                r.read()
+                return r.status, time.monotonic() - t0
+        except urllib.error.HTTPError as e:
+            e.read()
+            return e.code, time.monotonic() - t0
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, requests))
+    statuses = sorted({s for s, _ in results})
+    assert all(s < 500 for s, _ in results), statuses
+    assert max(t for _, t in results) < 60 and 200 in statuses and 400 in statuses
+    assert {m: ask(server, m) for m in ("base", "a", "b")} == before

@@ -117,6 +117,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_a_timeout_504(tiny_dir):
         assert statuses.count(200) >= 2 and statuses.count(429) >= 1, statuses
         assert all(int(after) >= 1 for s, after in results if s == 429)
         assert prometheus(url)["forgetless_rejected_total"] == statuses.count(429)
+        assert post(0)[0] == 200 and prometheus(url)["forgetless_queue_depth"] == 0  # recovered
     engine = serve.Engine(tiny_dir, {}, max_tokens=400, max_prompt_tokens=64, request_timeout=0.05)
     with serving(engine, KEY) as url:
         code, payload = _post(url, body, "/v1/completions")

@@ -128,6 +128,8 @@ class Batcher:
                 while self.running and not (self.waiting or self.active or self.commands):
                     self.wake.wait()
                 if not self.running and not self.active:
+                    for job in self.waiting:  # (uvicorn drains requests before stopping us: normally none)
+                        job.emit("error", (503, "the server is shutting down"))
                     return
                 commands, self.commands = list(self.commands), deque()
             for fn, done in commands:

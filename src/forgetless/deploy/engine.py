@@ -7,7 +7,8 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections import Counter, OrderedDict
+import time
+from collections import Counter, OrderedDict, deque
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,16 +34,55 @@ from forgetless.deploy.chat import BASE
 from forgetless.errors import UserError
 from forgetless.model import loader as models
 
+CHARS_PER_TOKEN = 16  # no tokenizer averages more characters per token: longer prompts are refused unread
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param=None, headers=None):
+    def __init__(self, status: int, message: str, param=None, kind: str = "invalid_request_error", headers=None):
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.headers = status, message, kind, param, headers
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+
+
+class Metrics:
+    def __init__(self):
+        self.requests = self.errors = self.rejected = self.timeouts = self.cancelled = self.tokens = 0
+        self.latencies: deque[float] = deque(maxlen=10_000)
+        self.started = time.monotonic()
+
+    def quantile(self, q: float) -> float | None:
+        lat = sorted(self.latencies)
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
+
+    def prometheus(self, engine: Engine) -> str:
+        waiting, active = engine.batcher.depth()
+        rows = [
+            ("requests_total", "counter", "POST /v1/* requests answered", self.requests),
+            ("errors_total", "counter", "answers with a 4xx or 5xx status", self.errors),
+            ("rejected_total", "counter", "requests refused with 429 (queue full)", self.rejected),
+            ("timeouts_total", "counter", "requests past --request-timeout", self.timeouts),
+            ("cancelled_total", "counter", "requests whose client disconnected", self.cancelled),
+            ("completion_tokens_total", "counter", "tokens generated", self.tokens),
+            ("queue_depth", "gauge", "requests waiting for a batch row", waiting),
+            ("batch_rows", "gauge", "requests being decoded", active),
+            ("adapters_loaded", "gauge", "adapters in memory", len(engine.loaded)),
+        ]
+        out = []
+        for name, kind, help_text, value in rows:
+            out += [
+                f"# HELP forgetless_{name} {help_text}",
+                f"# TYPE forgetless_{name} {kind}",
+                f"forgetless_{name} {value}",
+            ]
+        out += ["# HELP forgetless_latency_seconds request latency", "# TYPE forgetless_latency_seconds summary"]
+        for q in (0.5, 0.95, 0.99):
+            value = self.quantile(q)
+            out.append(f'forgetless_latency_seconds{{quantile="{q}"}} {"NaN" if value is None else round(value, 4)}')
+        out += [f"forgetless_latency_seconds_count {len(self.latencies)}", ""]
+        return "\n".join(out)
 
 
 class Engine:
@@ -99,11 +139,17 @@ class Engine:
         max_new = req.max_tokens or min(256, self.max_tokens)
         if max_new > self.max_tokens:
             raise ApiError(400, f"max_tokens {max_new} is above this server's limit of {self.max_tokens}", "max_tokens")
+        where = "messages" if hasattr(req, "messages") else "prompt"
+        limit = self.max_prompt_tokens
+        if len(prompt) > CHARS_PER_TOKEN * limit:  # refused before tokenizing: a request cannot make us allocate
+            raise ApiError(400, f"the prompt has {len(prompt)} characters; this server accepts at most {limit} tokens",
+                           where)  # fmt: skip
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if len(ids) > self.max_prompt_tokens:
-            limit = self.max_prompt_tokens
-            raise ApiError(400, f"the prompt has {len(ids)} tokens; this server accepts at most {limit}", "messages")
+        if len(ids) > limit:
+            raise ApiError(400, f"the prompt has {len(ids)} tokens; this server accepts at most {limit}", where)
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stops) > 4 or any(len(s) > 200 for s in stops):
+            raise ApiError(400, "stop: at most 4 strings of at most 200 characters (as the OpenAI API)", "stop")
         return Job(req.model, ids, max_new, req.temperature, req.top_p, stops)
 
     def in_use(self, name: str) -> bool:

@@ -25,7 +25,6 @@ import math
 import os
 import time
 import uuid
-from collections import deque
 from contextlib import asynccontextmanager
 
 import uvicorn
@@ -36,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from forgetless.data.render import prompt_text
 from forgetless.deploy.batcher import QueueFull
-from forgetless.deploy.engine import ApiError, Engine
+from forgetless.deploy.engine import CHARS_PER_TOKEN, ApiError, Engine, Metrics
 from forgetless.errors import UserError
 
 __all__ = ["ApiError", "Engine", "create_app", "run"]
@@ -67,6 +66,7 @@ class Sampling(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="one choice per request (send n requests for n answers)")
     _text = field_validator("model", "stop")(unicode_text)
 
 
@@ -86,44 +86,6 @@ class AdapterRequest(BaseModel):
     _text = field_validator("name", "path")(unicode_text)
 
 
-class Metrics:
-    def __init__(self):
-        self.requests = self.errors = self.rejected = self.timeouts = self.cancelled = self.tokens = 0
-        self.latencies: deque[float] = deque(maxlen=10_000)
-        self.started = time.monotonic()
-
-    def quantile(self, q: float) -> float | None:
-        lat = sorted(self.latencies)
-        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
-
-    def prometheus(self, engine: Engine) -> str:
-        waiting, active = engine.batcher.depth()
-        rows = [
-            ("requests_total", "counter", "POST /v1/* requests answered", self.requests),
-            ("errors_total", "counter", "answers with a 4xx or 5xx status", self.errors),
-            ("rejected_total", "counter", "requests refused with 429 (queue full)", self.rejected),
-            ("timeouts_total", "counter", "requests past --request-timeout", self.timeouts),
-            ("cancelled_total", "counter", "requests whose client disconnected", self.cancelled),
-            ("completion_tokens_total", "counter", "tokens generated", self.tokens),
-            ("queue_depth", "gauge", "requests waiting for a batch row", waiting),
-            ("batch_rows", "gauge", "requests being decoded", active),
-            ("adapters_loaded", "gauge", "adapters in memory", len(engine.loaded)),
-        ]
-        out = []
-        for name, kind, help_text, value in rows:
-            out += [
-                f"# HELP forgetless_{name} {help_text}",
-                f"# TYPE forgetless_{name} {kind}",
-                f"forgetless_{name} {value}",
-            ]
-        out += ["# HELP forgetless_latency_seconds request latency", "# TYPE forgetless_latency_seconds summary"]
-        for q in (0.5, 0.95, 0.99):
-            value = self.quantile(q)
-            out.append(f'forgetless_latency_seconds{{quantile="{q}"}} {"NaN" if value is None else round(value, 4)}')
-        out += [f"forgetless_latency_seconds_count {len(self.latencies)}", ""]
-        return "\n".join(out)
-
-
 async def events(engine: Engine, job, request: Request | None):
     """The job's events as they come; a disconnected client or a dropped stream cancels the job."""
     job.loop, job.events = asyncio.get_running_loop(), asyncio.Queue()
@@ -137,14 +99,14 @@ async def events(engine: Engine, job, request: Request | None):
         engine.metrics.rejected += 1
         waiting, active = engine.batcher.depth()
         wait = max(1, math.ceil((engine.metrics.quantile(0.5) or 1.0) * (waiting + 1) / max(1, active)))
-        raise ApiError(429, f"the server is busy ({waiting} requests queued); retry later", "rate_limit_error",
+        raise ApiError(429, f"the server is busy ({waiting} requests queued); retry later", kind="rate_limit_error",
                        headers={"Retry-After": str(wait)}) from None  # fmt: skip
     try:
         while True:
             kind, value = await _next(job, request)
             if kind == "error":
                 engine.metrics.timeouts += value[0] == 504
-                raise ApiError(value[0], value[1], "timeout" if value[0] == 504 else "server_error")
+                raise ApiError(value[0], value[1], kind="timeout" if value[0] == 504 else "server_error")
             yield kind, value
             if kind == "end":
                 engine.metrics.tokens += value[1]
@@ -195,6 +157,9 @@ async def respond(engine: Engine, req: Sampling, prompt: str, chat: bool, reques
         first = await anext(stream)  # queue full: a 429, not a 200 with an error inside
 
         async def sse():
+            if chat:  # OpenAI's first chunk names the role
+                start = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                yield f"data: {json.dumps(head | {'choices': [start]})}\n\n"
             try:
                 async for what, value in _chain(first, stream):
                     piece, finish = (value, None) if what == "text" else (None, value[0])
@@ -231,12 +196,25 @@ class AuthAndMetrics:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             return await self.app(scope, receive, send)
-        metrics = self.engine.metrics
-        if self.api_key and dict(scope["headers"]).get(b"authorization", b"") != f"Bearer {self.api_key}".encode():
+        metrics, headers = self.engine.metrics, dict(scope["headers"])
+        if self.api_key and headers.get(b"authorization", b"") != f"Bearer {self.api_key}".encode():
             metrics.errors += 1
-            err = ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
+            err = ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)", kind="authentication_error")
             return await JSONResponse(err.body(), status_code=401)(scope, receive, send)
-        t0, status = time.perf_counter(), [500]
+        # what a request may make the server hold: a body a little above the longest prompt accepted
+        limit = 4 * CHARS_PER_TOKEN * self.engine.max_prompt_tokens + 65536
+        too_large = ApiError(413, f"the request body is over {limit} bytes (see --max-prompt-tokens)", param="body")
+        if int(headers.get(b"content-length", b"0") or 0) > limit:
+            metrics.errors += 1
+            return await JSONResponse(too_large.body(), status_code=413)(scope, receive, send)
+        t0, status, received = time.perf_counter(), [0], [0]
+
+        async def counted():  # a chunked body has no length up front
+            message = await receive()
+            received[0] += len(message.get("body", b""))
+            if received[0] > limit:
+                raise too_large
+            return message
 
         async def send_and_note(message):
             if message["type"] == "http.response.start":
@@ -244,11 +222,15 @@ class AuthAndMetrics:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, counted, send_and_note)
+        except ApiError as e:
+            if status[0]:
+                raise
+            await JSONResponse(e.body(), status_code=e.status)(scope, receive, send_and_note)
         finally:
             if scope["method"] == "POST":  # counted when the answer (or the stream) has ended
                 metrics.requests += 1
-                metrics.errors += status[0] >= 400
+                metrics.errors += status[0] >= 400 or status[0] == 0  # 0: no answer started
                 metrics.latencies.append(time.perf_counter() - t0)
 
 
@@ -272,7 +254,13 @@ def create_app(engine: Engine, api_key: str | None):
     async def invalid(request, exc: RequestValidationError):
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
-        message = "malformed JSON body" if first.get("type") == "json_invalid" else f"{where}: {first.get('msg')}"
+        message = f"{where}: {first.get('msg')}"
+        if first.get("type") == "json_invalid":
+            message = "malformed JSON body"
+        elif where is None:  # the body as a whole is not a JSON object (no Content-Type: application/json ...)
+            message = "the body must be a JSON object, sent with Content-Type: application/json"
+        elif where == "n":
+            message = "n: one choice per request is supported; send n requests for n answers"
         return JSONResponse(ApiError(400, message, param=where).body(), status_code=400)
 
     _model_routes(app, engine)
