@@ -87,15 +87,7 @@ def one_setting(adapters: list[str], batch: int, clients: int, tokens: int, requ
     server = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 300
-        while True:
-            try:
-                names = json.loads(urllib.request.urlopen(f"{url}/health").read())["models"]
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise SystemExit("the server did not start") from None
-                time.sleep(0.5)
+        names = _wait_for(server, url)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=900)
 
         def one(i: int) -> tuple[int, float, int]:
@@ -135,6 +127,18 @@ def one_setting(adapters: list[str], batch: int, clients: int, tokens: int, requ
         "p99_s": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
         "peak_rss_mb": rss,
     }
+
+
+def _wait_for(server: subprocess.Popen, url: str) -> list[str]:
+    """The served model names, once the server answers /health (it loads the model first)."""
+    deadline = time.time() + 300
+    while True:
+        try:
+            return json.loads(urllib.request.urlopen(f"{url}/health").read())["models"]
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                raise SystemExit("the server did not start") from None
+            time.sleep(0.5)
 
 
 def main(argv: list[str]) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -103,9 +104,8 @@ class Batcher:
             self.wake.notify()
 
     def call(self, fn):
-        """Run fn() in the model's thread between two steps; returns a concurrent future."""
-        from concurrent.futures import Future  # (a plain future: awaited with asyncio.wrap_future)
-
+        """Run fn() in the model's thread between two steps; returns a concurrent future (the server
+        awaits it with asyncio.wrap_future)."""
         done = Future()
         with self.wake:
             self.commands.append((fn, done))
@@ -154,14 +154,14 @@ class Batcher:
                 if not self.waiting:
                     break
                 job = self.waiting[0]
-                if not self.engine.mixable(job.adapter) and (self.active or joining):
+                if not self.engine.batchable() and (self.active or joining):
                     break  # a request that cannot share a batch waits for the batch to empty
                 self.waiting.popleft()
             if self._expired(job):
                 continue
             try:
                 self.engine.ensure_loaded(job.adapter)
-                if not self.engine.mixable(job.adapter):
+                if not self.engine.batchable():
                     self._alone(job)
                     return
             except Exception as e:  # this request fails, the others go on

@@ -158,8 +158,8 @@ class Engine:
         return self.inflight[name] > 0
 
     # ---- the model's thread ----------------------------------------------------------------
-    def mixable(self, name: str) -> bool:
-        """Whether rows for this adapter (and the others) can share a batch: plain LoRA adapters, or none."""
+    def batchable(self) -> bool:
+        """Whether requests can share a batch, a row per adapter: the adapters loaded are plain LoRA, or none."""
         if not isinstance(self.model, PeftModel):
             return not self.loaded  # a plain model; forgetless's own formats change it and go alone
         return all(
