@@ -22,9 +22,11 @@ install: $(STAMP)
 # the GPU check's smoke run, llama-cpp-python to run exported GGUF files: it compiles llama.cpp, about
 # 10 minutes on 2 cores the first time, then pip's wheel cache), and the model families' real
 # tokenizers (made once from llama.cpp's files in the llama-cpp-python source distribution,
-# tests/families/fixtures.py; about 2 minutes).
+# tests/families/fixtures.py; about 2 minutes), and the browser UI's Gradio with Playwright to drive a
+# browser (the browser itself is Debian's chromium, which .ci/run installs; without it the UI's browser
+# test is skipped with a one-line reason).
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,registry,augment,bench,gguf]"
+	$(PY) -m pip install -q -e ".[dev,registry,augment,bench,gguf,ui]"
 	touch $(TEST_STAMP)
 
 demo: install

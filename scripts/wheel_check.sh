@@ -21,4 +21,12 @@ cd "$work"                             # nothing of the checkout is reachable fr
 "$work/venv/bin/python" -c "from forgetless.data.formats import builtin_path as b; assert list(b('generated').glob('base-eval-*.json'))"
 "$work/venv/bin/forgetless" train train.max_steps=1 eval.before_after=false
 test -f runs/quickstart/adapter/adapter_model.safetensors
-echo "wheel check: passed (installed wheel trained the shipped quickstart recipe)"
+# the browser UI: without its extra, one line saying what to install; with it, the page answers
+{ "$work/venv/bin/forgetless" ui 2>&1 || true; } | grep -q "pip install 'forgetless\[ui\]'"
+$pip install -q "$(ls "$work"/dist/forgetless-*.whl)[ui]"
+"$work/venv/bin/forgetless" ui --port 7891 > "$work/ui.log" 2>&1 &
+ui=$!
+for _ in $(seq 120); do "$work/venv/bin/python" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:7891/')" 2> /dev/null && break; sleep 1; done
+"$work/venv/bin/python" -c "import urllib.request as u; assert b'forgetless' in u.urlopen('http://127.0.0.1:7891/').read()"
+kill "$ui"
+echo "wheel check: passed (installed wheel trained the shipped quickstart recipe; forgetless ui served its page)"

@@ -11,6 +11,7 @@ import pytest
 import forgetless
 from forgetless import api, commands
 from forgetless.cli import main, parse
+from forgetless.training import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +163,7 @@ def test_launch_hands_every_other_flag_to_the_processes(monkeypatch):
     assert commands.cmd_train(parse(argv)) == 0
     tail = seen[0][seen[0].index("forgetless") + 1 :]
     assert tail == ["--debug", "train", "my.yaml", "--auto", "train.max_steps=2", "--resume"]
-    assert commands.without_launch(["train", "--launch=2", "q"]) == ["train", "q"]
+    assert distributed.without_launch(["train", "--launch=2", "q"]) == ["train", "q"]
 
 
 def test_help_answers_without_loading_torch():

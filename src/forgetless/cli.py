@@ -1,5 +1,5 @@
 """Command line: `forgetless train | eval | report | compare | rehearsal generate | chat | merge | export | serve |
-reward score | registry | pipeline | plan | env`.
+reward score | registry | pipeline | plan | env | data | ui | tune-scale`.
 
 Parsing only: one small function per subcommand builds its parser; commands.py does the work. Options
 and `key=value` overrides may come in any order (`forgetless train my.yaml --resume train.max_steps=2`).
@@ -296,8 +296,41 @@ def _data(sub) -> None:
     a.add_argument("--language", default="auto", help="auto | en | ja")
 
 
+def _scales(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: comma-separated scales, e.g. 0.25,0.5,0.75,1") from None
+
+
+def _tune_scale(sub) -> None:
+    t = sub.add_parser(
+        "tune-scale",
+        parents=[_COMMON],
+        help="after training: scale the LoRA adapter between base (0) and trained (1) to meet a budget",
+    )
+    t.add_argument("run", metavar="RUN_DIR")
+    t.add_argument("items", nargs="*", metavar="KEY=VALUE", help="overrides of the run's config (eval.*)")
+    budget = t.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--max-kl", type=float, help="largest scale whose KL to base per token is at most this")
+    budget.add_argument("--min-task", type=float, help="smallest scale whose task score is at least this")
+    t.add_argument("--grid", type=_scales, default=[0.25, 0.5, 0.75, 1.0], help="scales to score (default 0.25..1)")
+
+
+def _ui(sub) -> None:
+    u = sub.add_parser(
+        "ui",
+        parents=[_COMMON],
+        help="browser UI: start runs, watch them learn and forget, compare, chat (pip install 'forgetless[ui]')",
+    )
+    u.add_argument("--runs", default="runs", help="the folder whose runs the UI shows and where it starts new ones")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=7860)
+    u.add_argument("--api-key", default=None, help="password the browser must give (required off loopback)")
+
+
 SUBCOMMANDS = [_train, _chat, _eval, _report, _compare, _rehearsal, _merge, _export, _serve, _reward, _registry, _data]
-SUBCOMMANDS += [_pipeline, _plan, _env]
+SUBCOMMANDS += [_pipeline, _plan, _env, _ui, _tune_scale]
 
 
 def parser() -> argparse.ArgumentParser:

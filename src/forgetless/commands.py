@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from forgetless.files import read_yaml
 from forgetless.model import hardware
 from forgetless.model import loader as models
 from forgetless.plan import planner
-from forgetless.recipes import compare, evaluate
+from forgetless.recipes import compare, evaluate, tune_scale
 from forgetless.reference import answers, rehearsal, rewrite
 from forgetless.training import distributed
 
@@ -60,39 +59,10 @@ def _auto_overrides(cfg) -> list[str]:
     return [o for o in p.overrides() if not o.startswith(keep)]
 
 
-def launch_command(processes: int, argv: list[str]) -> list[str]:
-    """`accelerate launch` with `processes` local processes running `forgetless ARGV` (ARGV: the whole
-    command line, global flags and `train` included).
-
-    accelerate's multi-process launcher (`--multi_gpu`) also serves CPU-only machines: each process
-    then trains on the CPU and they talk over gloo. The port is chosen free so that two runs can coexist.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"]
-    options = ["--num_processes", str(processes), "--main_process_port", str(port), "--mixed_precision", "no"]
-    return [*launcher, *options, "--dynamo_backend", "no", "-m", "forgetless", *argv]
-
-
-def without_launch(argv: list[str]) -> list[str]:
-    """The `forgetless train` arguments as the user typed them, less `--launch N` (every other flag,
-    --auto and --debug included, reaches the launched processes)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--launch":
-            skip = True
-        elif not a.startswith("--launch="):
-            out.append(a)
-    return out
-
-
 def launch(args: argparse.Namespace) -> int:
     if args.launch < 1:
         raise UserError(f"--launch {args.launch}: give the number of local processes (1 or more)")
-    cmd = launch_command(args.launch, without_launch(args.argv))
+    cmd = distributed.launch_command(args.launch, distributed.without_launch(args.argv))
     print(f"[forgetless] launching {args.launch} processes: {' '.join(cmd)}", flush=True)
     return subprocess.call(cmd)
 
@@ -124,9 +94,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     path, items = _config_and_overrides(args.items)
     adapter, out = args.adapter, args.out
     if args.run:
-        run = Path(args.run)
-        if not (run / "config.yaml").is_file():
-            raise UserError(f"{run} is not a run directory (no config.yaml); give --adapter DIR instead")
+        run = _run_dir(args.run, "; give --adapter DIR instead")
         path = path or str(run / "config.yaml")
         adapter = adapter or str(run / "adapter")
         out = out or str(run / "eval")
@@ -134,6 +102,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate.run(cfg, adapter, args.base, Path(out or "runs/eval"))
     print_tables(result)
     print(f"\n[forgetless] eval.json and report written to {out or 'runs/eval'}")
+    return 0
+
+
+def _run_dir(ref: str, advice: str = "") -> Path:
+    if not (Path(ref) / "config.yaml").is_file():
+        raise UserError(f"{ref} is not a run directory (no config.yaml){advice}")
+    return Path(ref)
+
+
+def cmd_tune_scale(args: argparse.Namespace) -> int:
+    run = _run_dir(args.run)
+    t = tune_scale.run(
+        api.load_config(str(run / "config.yaml"), args.items), run, args.max_kl, args.min_task, args.grid
+    )
+    print(
+        f"[forgetless] tune-scale: scale {t['chosen']:g} saved with {run / 'adapter'}; curve in {run / 'report.html'}"
+    )
     return 0
 
 
@@ -258,23 +243,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gates(args: argparse.Namespace):
-    tree: dict = {}
-    if args.gates:
-        tree = read_yaml(Path(args.gates))[0] or {}
-    for item in args.min_task:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--min-task {item}: write METRIC=VALUE, e.g. exact_match=0.6")
-        tree.setdefault("min_task", {})[name] = float(value)
-    if args.max_kl is not None:
-        tree["max_kl"] = args.max_kl
-    if args.max_benchmark_drop is not None:
-        tree["max_benchmark_drop"] = args.max_benchmark_drop
+def cmd_ui(args: argparse.Namespace) -> int:
     try:
-        return registry.Gates(**tree)
-    except Exception as e:  # pydantic's message names the key
-        raise UserError(f"gates: {str(e).splitlines()[0]} ({' '.join(str(e).split())[:200]})") from None
+        from forgetless.ui import app  # Gradio: an optional extra, imported only for this command
+    except ImportError as e:
+        raise UserError(f"forgetless ui needs Gradio: pip install 'forgetless[ui]' ({e})") from None
+    app.launch(args.runs, args.host, args.port, args.api_key)
+    return 0
+
+
+def _gates(args: argparse.Namespace):
+    tree = (read_yaml(Path(args.gates))[0] or {}) if args.gates else {}
+    return registry.gates(tree, args.min_task, args.max_kl, args.max_benchmark_drop)
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
@@ -394,4 +374,6 @@ COMMANDS = {
     "plan": cmd_plan,
     "env": cmd_env,
     "data": cmd_data,
+    "ui": cmd_ui,
+    "tune-scale": cmd_tune_scale,
 }

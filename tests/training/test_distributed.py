@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 import forgetless
-from forgetless.commands import launch_command
 from forgetless.data.mixture import MixedBatches
 from forgetless.training.checkpoint import Progress
+from forgetless.training.distributed import launch_command
 from forgetless.training.loop import next_window, parts, shard
 from tests.conftest import write_jsonl
 

@@ -173,6 +173,12 @@ def apply_liger(model, dev: torch.device) -> None:
     _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
 
 
+def switchable(model) -> bool:
+    """Whether base_view can give this model's base: a method is attached that it can switch off."""
+    inner = extract_model_from_parallel(model)
+    return hasattr(inner, "disable_adapter") or bottleneck.present(inner) or hasattr(inner, selective.INITIAL)
+
+
 @contextmanager
 def base_view(model):
     """The base model from the same weights (the LwF teacher, the retention and DPO reference).

@@ -42,6 +42,27 @@ class Gates(BaseModel):
     )
 
 
+def gates(tree: dict, min_task: list[str] = (), max_kl: float | None = None, max_drop: float | None = None) -> Gates:
+    """Gates from a YAML tree (--gates FILE) with `METRIC=VALUE` minimums and limits on top (CLI and UI)."""
+    tree = dict(tree)
+    for item in min_task:
+        name, sep, value = item.partition("=")
+        try:
+            tree.setdefault("min_task", {})[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UserError(f"--min-task {item}: write METRIC=VALUE, e.g. exact_match=0.6")
+    if max_kl is not None:
+        tree["max_kl"] = max_kl
+    if max_drop is not None:
+        tree["max_benchmark_drop"] = max_drop
+    try:
+        return Gates(**tree)
+    except Exception as e:  # pydantic's message names the key
+        raise UserError(f"gates: {str(e).splitlines()[0]} ({' '.join(str(e).split())[:200]})") from None
+
+
 def tracking_uri(uri: str | None = None) -> str:
     if uri or os.environ.get("MLFLOW_TRACKING_URI"):
         return uri or os.environ["MLFLOW_TRACKING_URI"]

@@ -38,6 +38,7 @@ def _read(run: Path) -> dict:
         "summary": load("summary.json"),
         "eval": load("eval.json"),
         "data": load("data_check.json"),
+        "scale": load("tune_scale.json"),
         "metrics": metrics,
         "metric": cfg.get("eval", {}).get("metric", "exact_match"),
     }
@@ -71,6 +72,11 @@ def retention_table(ev: dict) -> list[list[str]]:
         rows.append([f"KL to base per token ({pr['n']} held-out prompts)", "0", _f(pr["kl_per_token"], ".4f"), ""])
         agree = f"{_f(pr['agreement'])}{_ci(pr.get('agreement_ci'))}"
         rows.append([f"unchanged greedy answers ({pr['n']} prompts)", "1", agree, ""])
+    tp = r.get("task_prompts")
+    if tp:  # RL's Razor: forgetting tracks this KL, measured on the new task's own prompts
+        rows.append(
+            [f"KL(base ‖ tuned) per token ({tp['n']} task prompts)", "0", _f(tp["kl_base_to_tuned"], ".4f"), ""]
+        )
     for name, b in r.get("benchmarks", {}).items():
         for key in ("acc", "acc_norm"):
             c = b[key]
@@ -142,6 +148,40 @@ def _plot_tradeoff(runs: list[dict], path: Path) -> bool:
     return True
 
 
+def _plot_scale(runs: list[dict], path: Path) -> bool:
+    """`forgetless tune-scale`'s curve: task score and KL to base against the adapter's scale."""
+    sc = [r for r in runs if r["scale"]]
+    if len(sc) != 1:
+        return False
+    t = sc[0]["scale"]
+    xs = [p["scale"] for p in t["points"]]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(xs, [p["task"] for p in t["points"]], "o-", color="tab:blue")
+    ax.set(xlabel="adapter scale (0 = base, 1 = as trained)", ylabel=f"task {t['metric']}")
+    kl = [p["kl_per_token"] for p in t["points"]]
+    if None not in kl:
+        ax2 = ax.twinx()
+        ax2.plot(xs, kl, "s--", color="tab:red")
+        ax2.set_ylabel("KL to base / token", color="tab:red")
+    ax.axvline(t["chosen"], color="grey", linestyle=":")
+    ax.set_title(f"adapter scale dial (chosen {t['chosen']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def scale_blocks(t: dict) -> list[tuple]:
+    budget = f"KL to base ≤ {t['max_kl']}" if t.get("max_kl") is not None else f"task ≥ {t['min_task']}"
+    rows = [["scale", f"task {t['metric']}", "KL to base / token"]]
+    rows += [[f"{p['scale']:g}", _f(p["task"]), _f(p["kl_per_token"], ".4f")] for p in t["points"]]
+    note = (
+        f"forgetless tune-scale chose scale {t['chosen']:g} for the budget {budget}; the adapter is saved at that "
+        "scale. The tables above were measured at scale 1 (as trained); this one on the held-out rows at each scale."
+    )
+    return [("h3", "adapter scale dial"), ("p", note), ("table", rows)]
+
+
 def text_table(rows: list[list[str]]) -> str:
     """Aligned plain-text table for the terminal."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -194,6 +234,8 @@ def blocks(runs: list[dict], plots: dict[str, Path]) -> list[tuple]:
             out += data_blocks(r["data"])
         if r["eval"]:
             out += [("table", task_table(r["eval"])), ("table", retention_table(r["eval"]))]
+        if r["scale"]:
+            out += scale_blocks(r["scale"])
             for i, smp in enumerate(r["eval"].get("task", {}).get("samples", []), start=1):
                 out.append(
                     (
@@ -204,7 +246,7 @@ def blocks(runs: list[dict], plots: dict[str, Path]) -> list[tuple]:
                 )
     if len(runs) > 1:
         out.append(("h2", "runs side by side"))
-        head = ["run", f"task {runs[0]['metric']}", "KL to base / token", "unchanged answers"]
+        head = ["run", f"task {runs[0]['metric']}", "KL to base / token", "KL(base ‖ tuned) task", "unchanged answers"]
         rows = [head]
         for r in runs:
             t = r["eval"].get("task", {}).get(r["metric"], {})
@@ -214,6 +256,7 @@ def blocks(runs: list[dict], plots: dict[str, Path]) -> list[tuple]:
                     r["name"],
                     f"{_f(t.get('base'))} → {_f(t.get('finetuned'))}",
                     _f(p.get("kl_per_token"), ".4f"),
+                    _f((r["eval"].get("retention", {}).get("task_prompts") or {}).get("kl_base_to_tuned"), ".4f"),
                     _f(p.get("agreement")),
                 ]
             )
@@ -275,6 +318,7 @@ def write(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
         ("training and validation loss", "loss.png", _plot_losses),
         ("retention probe during training", "retention_probe.png", _plot_probe),
         ("task score versus retention", "tradeoff.png", _plot_tradeoff),
+        ("adapter scale dial", "scale.png", _plot_scale),
     ):
         path = out / "plots" / name
         if fn(runs, path):

@@ -29,9 +29,18 @@ from forgetless.objectives.losses import kl_sum, position_masks
 def kl_to_base(model, tokenizer, references: list[Example], base=None, batch_size: int = 8) -> float:
     """Mean KL(p_model ‖ p_base) per reference-answer token; `base` defaults to adapters-off."""
     rows = [encode(tokenizer, ex) for ex in references]
+    return kl_on_rows(model, rows, tokenizer.pad_token_id, base, batch_size, desc="eval: retention KL")
+
+
+@torch.no_grad()
+def kl_on_rows(
+    model, rows: list[dict], pad: int, base=None, batch_size: int = 8, direction="finetuned_base", desc=None
+) -> float:
+    """Mean KL per answer token of token rows (labels mark the answers), teacher-forced.
+    direction finetuned_base: KL(p_model ‖ p_base); base_finetuned: KL(p_base ‖ p_model)."""
     total, n = 0.0, 0
-    batches = fixed_batches(rows, batch_size, tokenizer.pad_token_id)
-    for batch in tqdm(batches, desc="eval: retention KL", unit="batch", disable=len(batches) < 2):
+    batches = fixed_batches(rows, batch_size, pad)
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=desc is None or len(batches) < 2):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         where = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])["task_answers"]
         inputs = (batch["input_ids"], batch["attention_mask"])
@@ -41,9 +50,21 @@ def kl_to_base(model, tokenizer, references: list[Example], base=None, batch_siz
                 teacher = logits_of(b, *inputs)[:, :-1][where]
         else:
             teacher = logits_of(base, *inputs)[:, :-1][where]
-        total += float(kl_sum(student, teacher))
+        total += float(kl_sum(student, teacher, direction=direction))
         n += int(where.sum())
     return total / max(n, 1)
+
+
+def task_kl(model, rows: list[dict], pad: int, base=None) -> dict:
+    """KL(base ‖ tuned) per answer token on the task's own validation rows: the measure "RL's Razor"
+    (Shenfeld et al. 2025, arXiv 2509.04259) found to predict forgetting, beside the held-out one."""
+    was_training = model.training
+    model.eval()
+    try:
+        kl = kl_on_rows(model, rows, pad, base, direction="base_finetuned", desc="eval: KL on task prompts")
+    finally:
+        model.train(was_training)
+    return {"n": len(rows), "kl_base_to_tuned": kl}
 
 
 def agreement(model, tokenizer, references: list[Example], max_new_tokens: int) -> tuple[list[float], list[str]]:

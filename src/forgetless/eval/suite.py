@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from forgetless.adapters.methods import switchable
 from forgetless.config.schema import Config
 from forgetless.data.batching import fixed_batches
 from forgetless.data.formats import read_file
 from forgetless.data.render import encode_all
 from forgetless.errors import UserError
 from forgetless.eval import choice, stats
-from forgetless.eval.retention import retention
+from forgetless.eval.retention import retention, task_kl
 from forgetless.eval.task import task_eval
 from forgetless.model.forward import logits_of
 from forgetless.objectives.losses import ce_sum, count_targets
@@ -83,6 +84,9 @@ def measure(model, tokenizer, cfg: Config, examples, val_rows: list[dict], refer
         with clock("task perplexity"):
             nll = mean_nll(model, fixed_batches(val_rows, 4, pad), desc="eval: task perplexity")
             side.setdefault("task", {})["perplexity"] = math.exp(nll)
+        if base is not None or switchable(model):  # a tuned model: the base is a second model or adapters-off
+            with clock("KL on task prompts"):
+                side["task_kl"] = task_kl(model, val_rows, pad, base)
     if e.retention:
         side["benchmarks"] = {}
         with clock("multiple choice"):
@@ -163,6 +167,8 @@ def combine(base: dict, finetuned: dict) -> dict:
     r = out["retention"]
     if "prompts" in finetuned:
         r["prompts"] = finetuned["prompts"]
+    if "task_kl" in finetuned:
+        r["task_prompts"] = finetuned["task_kl"]
     r["benchmarks"] = {}
     for name, f in finetuned.get("benchmarks", {}).items():
         b = base.get("benchmarks", {}).get(name)

@@ -2,12 +2,15 @@
 
 Every process builds the same model and data; only the main process writes files (run
 directory, caches, checkpoints, evaluation and report), and the others wait where they need
-what it wrote. With one process all of this is a no-op.
+what it wrote. With one process all of this is a no-op. `forgetless train --launch N` starts the
+processes with `launch_command`.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -38,3 +41,32 @@ def all_cores():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def launch_command(processes: int, argv: list[str]) -> list[str]:
+    """`accelerate launch` with `processes` local processes running `forgetless ARGV` (ARGV: the whole
+    command line, global flags and `train` included).
+
+    accelerate's multi-process launcher (`--multi_gpu`) also serves CPU-only machines: each process
+    then trains on the CPU and they talk over gloo. The port is chosen free so that two runs can coexist.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"]
+    options = ["--num_processes", str(processes), "--main_process_port", str(port), "--mixed_precision", "no"]
+    return [*launcher, *options, "--dynamo_backend", "no", "-m", "forgetless", *argv]
+
+
+def without_launch(argv: list[str]) -> list[str]:
+    """The `forgetless train` arguments as the user typed them, less `--launch N` (every other flag,
+    --auto and --debug included, reaches the launched processes)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--launch":
+            skip = True
+        elif not a.startswith("--launch="):
+            out.append(a)
+    return out

@@ -81,7 +81,8 @@ def _make_parent(out: Path) -> None:
         ) from None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this PID exists (on this host)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -100,7 +101,7 @@ def _lock(out: Path) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             holder = _read_lock(lock)
-            if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", 0))):
+            if holder.get("host") == me["host"] and not alive(int(holder.get("pid", 0))):
                 print(f"[forgetless] removing a stale lock of a process that no longer runs ({lock})")
                 lock.unlink(missing_ok=True)
                 continue

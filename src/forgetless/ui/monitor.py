@@ -1,0 +1,198 @@
+"""The Runs page (status, live curves, progress, stop and resume) and the Report and compare page (a
+run's report; several runs on one task-gain vs KL-to-base chart with the table beside it).
+
+The report is the one `forgetless report` writes (eval/report.py), rendered into RUNS/.ui/report/ so that
+the run directories stay as training left them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+import matplotlib
+
+matplotlib.use("Agg")  # figures for the page; never a display
+import matplotlib.pyplot as plt
+
+from forgetless.errors import UserError
+from forgetless.eval import report
+from forgetless.ui import runs
+
+HEAD = ["run", "status", "step", "ETA", "preset", "task before → after", "KL to base / token", "error"]
+TERMS_SKIPPED = ("step", "lr", "grad_norm", "epoch", "tokens_per_s", "tokens", "val_loss", "retention_kl")
+
+
+def _eta(s: float | None) -> str:
+    return "" if s is None else f"{int(s) // 60}:{int(s) % 60:02d}"
+
+
+def _eval(run: Path) -> dict:
+    try:
+        return json.loads((run / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _metric(run: Path) -> str:
+    return report._read(run)["metric"]
+
+
+def _scores(run: Path) -> tuple[dict, dict]:
+    """(the task metric's base/fine-tuned/diff, the held-out retention numbers) from eval.json."""
+    ev = _eval(run)
+    task = ev.get("task", {}).get(_metric(run), {}) if ev else {}
+    return task, (ev.get("retention", {}).get("prompts") or {})
+
+
+def table(root: Path) -> list[list[str]]:
+    rows = []
+    for r in runs.scan(root):
+        task, kept = _scores(r.dir) if r.status == "finished" else ({}, {})
+        step = f"{r.step}/{r.max_steps}" if r.max_steps else str(r.step)
+        before_after = f"{report._f(task.get('base'))} → {report._f(task.get('finetuned'))}" if task else ""
+        kl = report._f(kept.get("kl_per_token"), ".4f") if kept else ""
+        rows.append([r.name, r.status, step, _eta(r.eta_s), r.summary.get("forgetting_preset", ""), before_after, kl])
+        rows[-1].append(r.error if len(r.error) <= 60 else r.error[:57] + "...")  # whole on choosing the run
+    return rows
+
+
+def curves(run: Path):
+    """Loss terms and validation loss over steps; the retention probe on its own axis."""
+    rows = runs.metrics(run)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    terms = sorted({k for m in rows for k, v in m.items() if k not in TERMS_SKIPPED and isinstance(v, (int, float))})
+    for key in [*terms, "val_loss"]:
+        pts = [(m["step"], m[key]) for m in rows if key in m]
+        if pts:
+            ax1.plot(*zip(*pts, strict=True), "o-" if key == "val_loss" else "-", label=key, linewidth=1, markersize=3)
+    probe = [(m["step"], m["retention_kl"]) for m in rows if "retention_kl" in m]
+    if probe:
+        ax2.plot(*zip(*probe, strict=True), "o-", color="tab:red", linewidth=1, markersize=3)
+    ax1.set(xlabel="step", ylabel="loss", title="loss terms and validation loss")
+    ax2.set(xlabel="step", ylabel="KL to base / token", title="retention probe (lower = less forgetting)")
+    if terms:
+        ax1.legend(fontsize=7)
+    fig.tight_layout()
+    plt.close(fig)  # Gradio renders the figure object; pyplot need not keep it
+    return fig
+
+
+def detail(root: Path, name: str | None) -> str:
+    if not name:
+        return "choose a run"
+    found = [r for r in runs.scan(root) if r.name == name]
+    if not found:
+        return f"no run {name} under {root}"
+    r = found[0]
+    lines = [f"**{r.name}**: {r.status}, step {r.step}" + (f" of {r.max_steps}" if r.max_steps else "")]
+    if r.eta_s is not None:
+        lines.append(f"ETA of the current phase: {_eta(r.eta_s)}")
+    if r.phase:
+        lines.append(f"`{r.phase}`")
+    if r.error:
+        lines.append(f"error: {r.error}")
+    if r.status == "finished":
+        s = r.summary
+        lines.append(
+            f"trained {s.get('steps')} steps in {s.get('train_seconds')} s; wall time {s.get('wall_seconds')} s"
+        )
+    return "\n\n".join(lines)
+
+
+def _act(fn, root: Path, name: str | None, done: str) -> str:
+    if not name:
+        return "choose a run"
+    try:
+        fn(root, name)
+    except UserError as e:
+        return f"forgetless: error: {e}"
+    return done.format(name=name)
+
+
+def runs_page(root: Path) -> gr.Dropdown:
+    """The Runs tab; returns its run chooser, which the other pages' refresh keeps in step."""
+    grid = gr.Dataframe(headers=HEAD, value=table(root), interactive=False, elem_id="runs-table", wrap=True)
+    with gr.Row():
+        chosen = gr.Dropdown([r.name for r in runs.scan(root)], label="run", elem_id="runs-choice")
+        stop_btn = gr.Button("Stop", elem_id="stop-run")
+        resume_btn = gr.Button("Resume", elem_id="resume-run")
+    about = gr.Markdown(elem_id="run-detail")
+    plot = gr.Plot(label="curves")
+    said = gr.Markdown(elem_id="runs-message")
+
+    def refresh(name):
+        names = [r.name for r in runs.scan(root)]
+        return gr.update(value=table(root)), gr.update(choices=names), detail(root, name)
+
+    gr.Timer(2.0).tick(refresh, chosen, [grid, chosen, about])
+    gr.Timer(5.0).tick(lambda n: curves(runs.run_dir(root, n)) if n else None, chosen, plot)
+    chosen.change(lambda n: (detail(root, n), curves(runs.run_dir(root, n)) if n else None), chosen, [about, plot])
+    stop_btn.click(lambda n: _act(runs.stop, root, n, "stopping {name}: it saves a checkpoint first"), chosen, said)
+    resume_btn.click(lambda n: _act(runs.resume, root, n, "resumed {name}"), chosen, said)
+    return chosen
+
+
+def tradeoff(root: Path, names: list[str]):
+    """Task gain (fine-tuned − base) against KL to base per token, one point per run."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        task, kept = _scores(runs.run_dir(root, name))
+        if task.get("diff") is not None and kept.get("kl_per_token") is not None:
+            ax.scatter([kept["kl_per_token"]], [task["diff"]])
+            ax.annotate(name, (kept["kl_per_token"], task["diff"]), textcoords="offset points", xytext=(5, 5))
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.set(xlabel="KL to base per token (lower = less forgetting)", ylabel="task gain", title="gain versus retention")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def compare_rows(root: Path, names: list[str]) -> list[list[str]]:
+    rows = []
+    for name in names:
+        run = runs.run_dir(root, name)
+        task, kept = _scores(run)
+        preset = runs.info(root, run).summary.get("forgetting_preset", "")
+        on_task = _eval(run).get("retention", {}).get("task_prompts") or {}
+        rows.append(
+            [name, preset, _metric(run), report._f(task.get("base")), report._f(task.get("finetuned"))]
+            + [report._f(task.get("diff"), "+.3f"), report._f(kept.get("kl_per_token"), ".4f")]
+            + [report._f(on_task.get("kl_base_to_tuned"), ".4f"), report._f(kept.get("agreement"))]
+        )
+    return rows
+
+
+def report_html(root: Path, names: list[str]) -> str:
+    """`forgetless report` for the chosen runs, written under RUNS/.ui/report/ and shown inline."""
+    if not names:
+        return "<p>choose one run for its report, or several to compare them</p>"
+    out = runs.ui_dir(root) / "report" / "+".join(sorted(names))[:120]
+    _, page = report.write([runs.run_dir(root, n) for n in names], out)
+    body = page.read_text(encoding="utf-8")
+    return body[body.find("<style>") : body.rfind("</body>")].replace("<title>forgetless report</title>", "")
+
+
+def finished(root: Path) -> list[str]:
+    return [r.name for r in runs.scan(root) if r.status == "finished"]
+
+
+def report_page(root: Path) -> gr.Dropdown:
+    """The Report and compare tab; returns its run chooser (refreshed when the tab is opened)."""
+    with gr.Row():
+        picked = gr.Dropdown(finished(root), multiselect=True, label="finished runs", elem_id="report-runs")
+        show = gr.Button("Show", variant="primary", elem_id="report-show")
+    with gr.Row():
+        chart = gr.Plot(label="task gain vs KL to base")
+        head = ["run", "preset", "metric", "base", "fine-tuned", "gain", "KL / token", "KL(base‖tuned) task"]
+        head += ["unchanged answers"]
+        grid = gr.Dataframe(headers=head, interactive=False, elem_id="compare-table", wrap=True)
+    page = gr.HTML(elem_id="report-html")
+
+    def render(names):
+        names = names or []
+        return tradeoff(root, names), compare_rows(root, names), report_html(root, names)
+
+    show.click(render, picked, [chart, grid, page])
+    return picked

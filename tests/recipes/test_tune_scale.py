@@ -1,0 +1,95 @@
+"""`forgetless tune-scale`: the adapter scaled between base (0) and trained (1), scored on the run's
+held-out rows, the scale the budget picks saved where PEFT, merge, serve and export read it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from forgetless import api
+from forgetless.adapters.merge import merge
+from forgetless.errors import UserError
+from forgetless.eval.retention import kl_to_base
+from forgetless.eval.suite import references
+from forgetless.model import loader as models
+from forgetless.recipes import tune_scale
+from forgetless.recipes.tune_scale import choose
+from tests.conftest import tiny_args
+
+EVAL = ["eval.retention=true", "eval.max_examples=2", "eval.max_new_tokens=4", "eval.retention_max_prompts=4"]
+EVAL += ["eval.retention_max_new_tokens=4", "eval.report=true"]
+
+
+def curve(*points):
+    return [{"scale": s, "task": t, "kl_per_token": k} for s, t, k in points]
+
+
+def test_the_budget_picks_the_scale():
+    c = curve((0.25, 0.2, 0.01), (0.5, 0.5, 0.04), (0.75, 0.7, 0.09), (1.0, 0.8, 0.16))
+    assert choose(c, max_kl=0.05, min_task=None) == 0.5  # most task within the KL budget
+    assert choose(c, max_kl=1.0, min_task=None) == 1.0
+    assert choose(c, max_kl=None, min_task=0.7) == 0.75  # least drift reaching the task score
+    with pytest.raises(UserError, match=r"no scale keeps KL to base ≤ 0.001 \(the least, 0.0100, is at scale 0.25\)"):
+        choose(c, max_kl=0.001, min_task=None)
+    with pytest.raises(UserError, match="no scale reaches task 0.9"):
+        choose(c, max_kl=None, min_task=0.9)
+
+
+def test_tune_scale_saves_the_chosen_scale_with_the_adapter(tiny_dir, train_file, tmp_path):
+    run = tmp_path / "run"
+    overrides = tiny_args(tiny_dir, train_file, run, "train.lr=5e-2", "train.max_steps=4", *EVAL)
+    api.train(api.load_config(None, overrides))
+    cfg = api.load_config(str(run / "config.yaml"))
+    trained_alpha = json.loads((run / "adapter" / "adapter_config.json").read_text())["lora_alpha"]
+
+    first = tune_scale.run(cfg, run, max_kl=1e9, min_task=None)
+    kl = {p["scale"]: p["kl_per_token"] for p in first["points"]}
+    assert first["chosen"] == 1.0 and 0 < kl[0.25] < kl[0.5] < kl[1.0]
+    for _ in range(2):  # a second dial starts from the trained adapter: scales do not compound
+        t = tune_scale.run(cfg, run, max_kl=kl[0.5] * 1.0001, min_task=None)
+        assert t["chosen"] == 0.5 and abs(t["points"][1]["kl_per_token"] - kl[0.5]) < 1e-6
+        saved = json.loads((run / "adapter" / "adapter_config.json").read_text())
+        assert saved["lora_alpha"] == pytest.approx(0.5 * trained_alpha)
+    assert json.loads((run / "tune_scale.json").read_text())["trained"]["lora_alpha"] == trained_alpha
+    assert "adapter scale dial" in (run / "report.md").read_text() and (run / "plots" / "scale.png").is_file()
+
+    # whoever loads the adapter gets the chosen scale: PEFT (serve, chat, eval) and merge (export)
+    model, tokenizer, path = models.load(cfg.model)
+    refs = references(cfg, model, tokenizer, path, "torch.float32")
+    loaded = PeftModel.from_pretrained(model, str(run / "adapter")).eval()
+    assert kl_to_base(loaded, tokenizer, refs) == pytest.approx(kl[0.5], rel=1e-4)
+    merge(str(run), tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    assert kl_to_base(merged, tokenizer, refs, base=base) == pytest.approx(kl[0.5], rel=1e-3)
+
+
+def test_tune_scale_refuses_what_it_cannot_do(tmp_path):
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
+    cfg = api.load_config(None, [f"output_dir={run}"])
+    with pytest.raises(UserError, match="IA3 adapter; the dial scales LoRA only"):
+        tune_scale.run(cfg, run, max_kl=0.1, min_task=None)
+    with pytest.raises(UserError, match="give one budget"):
+        tune_scale.run(cfg, run, max_kl=0.1, min_task=0.5)
+    with pytest.raises(UserError, match=r"scales in \(0, 2\]"):
+        tune_scale.run(cfg, run, max_kl=0.1, min_task=None, grid=[0.0, 1.0])
+    with pytest.raises(UserError, match="no adapter/adapter_config.json"):
+        tune_scale.run(cfg, tmp_path, max_kl=0.1, min_task=None)
+
+
+def test_the_command_line_needs_one_budget_and_a_run(tmp_path, capsys):
+    from forgetless.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["tune-scale", str(tmp_path)])  # argparse: one of --max-kl / --min-task is required
+    with pytest.raises(SystemExit):
+        main(["tune-scale", str(tmp_path), "--max-kl", "0.1", "--min-task", "0.5"])
+    with pytest.raises(SystemExit):
+        main(["tune-scale", str(tmp_path), "--max-kl", "0.1", "--grid", "a,b"])
+    assert main(["tune-scale", str(tmp_path), "--max-kl", "0.1"]) == 2
+    assert "is not a run directory (no config.yaml)" in capsys.readouterr().err
