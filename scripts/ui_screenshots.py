@@ -39,7 +39,7 @@ def main() -> None:
         wait_for(url, ui)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            pg = browser.new_page(viewport={"width": 1280, "height": 760})
+            pg = browser.new_page(viewport={"width": 1400, "height": 720})
             pg.set_default_timeout(300_000)
             pg.goto(url)
             OUT.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ CSS = "#run-detail code{white-space:pre-wrap}"
 
 def build(root: Path) -> gr.Blocks:
     root = Path(root).resolve()
-    with gr.Blocks(title="forgetless", analytics_enabled=False) as app:
+    with gr.Blocks(title="forgetless", analytics_enabled=False, fill_width=True) as app:
         gr.Markdown(f"# forgetless\nruns in `{root}`")
         with gr.Tabs():
             with gr.Tab("New run", id="new"):

@@ -143,7 +143,9 @@ def tradeoff(root: Path, names: list[str]):
             ax.scatter([kept["kl_per_token"]], [task["diff"]])
             ax.annotate(name, (kept["kl_per_token"], task["diff"]), textcoords="offset points", xytext=(5, 5))
     ax.axhline(0, color="grey", linewidth=0.5)
-    ax.set(xlabel="KL to base per token (lower = less forgetting)", ylabel="task gain", title="gain versus retention")
+    metric = _metric(runs.run_dir(root, names[0])) if names else "score"
+    ax.set(xlabel="KL to base per token (lower = less forgetting)", ylabel=f"task gain ({metric})")
+    ax.set_title("gain versus retention")
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -157,7 +159,7 @@ def compare_rows(root: Path, names: list[str]) -> list[list[str]]:
         preset = runs.info(root, run).summary.get("forgetting_preset", "")
         on_task = _eval(run).get("retention", {}).get("task_prompts") or {}
         rows.append(
-            [name, preset, _metric(run), report._f(task.get("base")), report._f(task.get("finetuned"))]
+            [name, preset, f"{report._f(task.get('base'))} → {report._f(task.get('finetuned'))}"]
             + [report._f(task.get("diff"), "+.3f"), report._f(kept.get("kl_per_token"), ".4f")]
             + [report._f(on_task.get("kl_base_to_tuned"), ".4f"), report._f(kept.get("agreement"))]
         )
@@ -171,7 +173,8 @@ def report_html(root: Path, names: list[str]) -> str:
     out = runs.ui_dir(root) / "report" / "+".join(sorted(names))[:120]
     _, page = report.write([runs.run_dir(root, n) for n in names], out)
     body = page.read_text(encoding="utf-8")
-    return body[body.find("<style>") : body.rfind("</body>")].replace("<title>forgetless report</title>", "")
+    inner = body[body.find("<style>") : body.rfind("</body>")].replace("<title>forgetless report</title>", "")
+    return inner.replace("body{", "#report-html{", 1)  # the report's page style, kept to the report's box
 
 
 def finished(root: Path) -> list[str]:
@@ -184,10 +187,10 @@ def report_page(root: Path) -> gr.Dropdown:
         picked = gr.Dropdown(finished(root), multiselect=True, label="finished runs", elem_id="report-runs")
         show = gr.Button("Show", variant="primary", elem_id="report-show")
     with gr.Row():
-        chart = gr.Plot(label="task gain vs KL to base")
-        head = ["run", "preset", "metric", "base", "fine-tuned", "gain", "KL / token", "KL(base‖tuned) task"]
+        chart = gr.Plot(label="task gain vs KL to base", show_label=False, scale=1)
+        head = ["run", "preset", "task base → tuned", "gain", "KL to base / token", "KL(base‖tuned) on task"]
         head += ["unchanged answers"]
-        grid = gr.Dataframe(headers=head, interactive=False, elem_id="compare-table", wrap=True)
+        grid = gr.Dataframe(headers=head, interactive=False, elem_id="compare-table", wrap=True, scale=2)
     page = gr.HTML(elem_id="report-html")
 
     def render(names):

@@ -122,11 +122,15 @@ def page(root: Path) -> None:
     form: dict[str, gr.components.Component] = {}
     with gr.Row():
         form["recipe"] = gr.Dropdown([*api.shipped_configs(), YAML_FILE], value="quickstart", label="recipe")
-        form["name"] = gr.Textbox(time.strftime("run-%Y%m%d-%H%M%S"), label="run name", elem_id="run-name")
+        # a callable value is evaluated at every page load: each visit proposes a new, unused name
+        form["name"] = gr.Textbox(lambda: time.strftime("run-%Y%m%d-%H%M%S"), label="run name", elem_id="run-name")
     with gr.Row():
         form["yaml_path"] = gr.Textbox(label="YAML file path", placeholder="my.yaml")
         form["yaml_upload"] = gr.File(
-            label="or upload a YAML file", file_types=[".yaml", ".yml"], type="filepath", height=90
+            label="or upload one (paths inside it: absolute or builtin:)",
+            file_types=[".yaml", ".yml"],
+            type="filepath",
+            height=90,
         )
     with gr.Row():
         form["data_path"] = gr.Textbox(label="training data path (empty: the recipe's)", elem_id="data-path")
