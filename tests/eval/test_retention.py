@@ -28,7 +28,7 @@ def test_task_kl_is_base_to_tuned_per_answer_token(tiny_dir, tokenizer):
 
     model = lora_model(tiny_dir).eval()
     ids = torch.tensor([5, 17, 42, 99, 7, 8, 300, 2])
-    rows = [{"input_ids": ids, "labels": torch.cat([torch.full((4,), IGNORE), ids[4:]]), "rehearsal": False}]
+    rows = [{"input_ids": ids.tolist(), "labels": [IGNORE] * 4 + ids[4:].tolist(), "rehearsal": False}]
     with torch.no_grad():
         tuned = model(input_ids=ids[None]).logits[0, 3:7].log_softmax(-1)
         with base_view(model) as b:
