@@ -144,7 +144,10 @@ def info(root: Path, run: Path) -> RunInfo:
     rec = _record(root, run.name)
     if (run / "summary.json").is_file() and _lock_holder(run) is None:
         r.status = "finished"
-        r.summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        try:
+            r.summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # being written this moment: the next refresh reads it whole
+            r.summary = {}
     elif _lock_holder(run) is not None or (rec.get("pid") and "rc" not in rec and _alive(rec["pid"])):
         r.status = "running"
         r.phase = last_line(log_path(root, run.name)) if rec else ""
