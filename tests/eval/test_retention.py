@@ -23,8 +23,10 @@ def test_task_kl_is_base_to_tuned_per_answer_token(tiny_dir, tokenizer):
     import torch
 
     from forgetless.adapters.methods import base_view
+    from forgetless.data.batching import fixed_batches
     from forgetless.data.render import IGNORE
     from forgetless.eval.retention import kl_on_rows, task_kl
+    from forgetless.eval.suite import mean_nll
 
     model = lora_model(tiny_dir).eval()
     ids = torch.tensor([5, 17, 42, 99, 7, 8, 300, 2])
@@ -35,7 +37,9 @@ def test_task_kl_is_base_to_tuned_per_answer_token(tiny_dir, tokenizer):
             base = b(input_ids=ids[None]).logits[0, 3:7].log_softmax(-1)
     by_hand = float((base.exp() * (base - tuned)).sum(-1).mean())
     reverse = float((tuned.exp() * (tuned - base)).sum(-1).mean())
-    got = task_kl(model, rows, tokenizer.pad_token_id)
+    got, nll = task_kl(model, rows, tokenizer.pad_token_id)
     assert got["n"] == 1 and abs(got["kl_base_to_tuned"] - by_hand) < 1e-5
+    # the perplexity from the same pass is the one mean_nll gives, to the bit
+    assert nll == mean_nll(model, fixed_batches(rows, 4, tokenizer.pad_token_id))
     assert abs(kl_on_rows(model, rows, tokenizer.pad_token_id) - reverse) < 1e-5
     assert abs(by_hand - reverse) > 1e-4  # the two directions differ here, so the test tells them apart

@@ -46,13 +46,11 @@ def gates(tree: dict, min_task: list[str] = (), max_kl: float | None = None, max
     """Gates from a YAML tree (--gates FILE) with `METRIC=VALUE` minimums and limits on top (CLI and UI)."""
     tree = dict(tree)
     for item in min_task:
-        name, sep, value = item.partition("=")
+        name, _, value = item.partition("=")
         try:
-            tree.setdefault("min_task", {})[name.strip()] = float(value)
+            tree.setdefault("min_task", {})[name.strip()] = float(value)  # no '=': float('') fails too
         except ValueError:
-            sep = ""
-        if not sep:
-            raise UserError(f"--min-task {item}: write METRIC=VALUE, e.g. exact_match=0.6")
+            raise UserError(f"--min-task {item}: write METRIC=VALUE, e.g. exact_match=0.6") from None
     if max_kl is not None:
         tree["max_kl"] = max_kl
     if max_drop is not None:

@@ -21,7 +21,9 @@ import matplotlib.pyplot as plt
 import yaml
 
 
-def _read(run: Path) -> dict:
+def read_run(run: Path) -> dict:
+    """Everything a report shows of one run directory (missing files read as empty)."""
+
     def load(name):
         path = run / name
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
@@ -44,7 +46,8 @@ def _read(run: Path) -> dict:
     }
 
 
-def _f(x, spec=".3f") -> str:
+def fmt(x, spec=".3f") -> str:
+    """A number for a table, or – when it was not measured."""
     return "–" if x is None else format(x, spec)
 
 
@@ -53,7 +56,7 @@ def _ci(ci) -> str:
 
 
 def _pair_row(name: str, p: dict, spec: str = ".3f") -> list[str]:
-    return [name, _f(p.get("base"), spec), _f(p.get("finetuned"), spec), _f(p.get("diff"), "+" + spec)]
+    return [name, fmt(p.get("base"), spec), fmt(p.get("finetuned"), spec), fmt(p.get("diff"), "+" + spec)]
 
 
 def task_table(ev: dict) -> list[list[str]]:
@@ -69,13 +72,13 @@ def retention_table(ev: dict) -> list[list[str]]:
     rows = [["retention", "base", "fine-tuned", "difference (95% CI)"]]
     pr = r.get("prompts")
     if pr:
-        rows.append([f"KL to base per token ({pr['n']} held-out prompts)", "0", _f(pr["kl_per_token"], ".4f"), ""])
-        agree = f"{_f(pr['agreement'])}{_ci(pr.get('agreement_ci'))}"
+        rows.append([f"KL to base per token ({pr['n']} held-out prompts)", "0", fmt(pr["kl_per_token"], ".4f"), ""])
+        agree = f"{fmt(pr['agreement'])}{_ci(pr.get('agreement_ci'))}"
         rows.append([f"unchanged greedy answers ({pr['n']} prompts)", "1", agree, ""])
     tp = r.get("task_prompts")
     if tp:  # RL's Razor: forgetting tracks this KL, measured on the new task's own prompts
         rows.append(
-            [f"KL(base ‖ tuned) per token ({tp['n']} task prompts)", "0", _f(tp["kl_base_to_tuned"], ".4f"), ""]
+            [f"KL(base ‖ tuned) per token ({tp['n']} task prompts)", "0", fmt(tp["kl_base_to_tuned"], ".4f"), ""]
         )
     for name, b in r.get("benchmarks", {}).items():
         for key in ("acc", "acc_norm"):
@@ -83,9 +86,9 @@ def retention_table(ev: dict) -> list[list[str]]:
             rows.append(
                 [
                     f"{name} {key} ({b['n']} questions)",
-                    f"{_f(c['base'])}{_ci(c['base_ci'])}",
-                    f"{_f(c['finetuned'])}{_ci(c['finetuned_ci'])}",
-                    f"{_f(c['diff'], '+.3f')}{_ci(c['diff_ci'])}",
+                    f"{fmt(c['base'])}{_ci(c['base_ci'])}",
+                    f"{fmt(c['finetuned'])}{_ci(c['finetuned_ci'])}",
+                    f"{fmt(c['diff'], '+.3f')}{_ci(c['diff_ci'])}",
                 ]
             )
     for name, p in r.get("general_text", {}).items():
@@ -174,7 +177,7 @@ def _plot_scale(runs: list[dict], path: Path) -> bool:
 def scale_blocks(t: dict) -> list[tuple]:
     budget = f"KL to base ≤ {t['max_kl']}" if t.get("max_kl") is not None else f"task ≥ {t['min_task']}"
     rows = [["scale", f"task {t['metric']}", "KL to base / token"]]
-    rows += [[f"{p['scale']:g}", _f(p["task"]), _f(p["kl_per_token"], ".4f")] for p in t["points"]]
+    rows += [[f"{p['scale']:g}", fmt(p["task"]), fmt(p["kl_per_token"], ".4f")] for p in t["points"]]
     note = (
         f"forgetless tune-scale chose scale {t['chosen']:g} for the budget {budget}; the adapter is saved at that "
         "scale. The tables above were measured at scale 1 (as trained); this one on the held-out rows at each scale."
@@ -254,10 +257,10 @@ def blocks(runs: list[dict], plots: dict[str, Path]) -> list[tuple]:
             rows.append(
                 [
                     r["name"],
-                    f"{_f(t.get('base'))} → {_f(t.get('finetuned'))}",
-                    _f(p.get("kl_per_token"), ".4f"),
-                    _f((r["eval"].get("retention", {}).get("task_prompts") or {}).get("kl_base_to_tuned"), ".4f"),
-                    _f(p.get("agreement")),
+                    f"{fmt(t.get('base'))} → {fmt(t.get('finetuned'))}",
+                    fmt(p.get("kl_per_token"), ".4f"),
+                    fmt((r["eval"].get("retention", {}).get("task_prompts") or {}).get("kl_base_to_tuned"), ".4f"),
+                    fmt(p.get("agreement")),
                 ]
             )
         out.append(("table", rows))
@@ -311,7 +314,7 @@ def to_html(bl: list[tuple]) -> str:
 
 def write(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
     """Write out/report.md, out/report.html and out/plots/*.png for the given runs."""
-    runs = [_read(Path(d)) for d in run_dirs]
+    runs = [read_run(Path(d)) for d in run_dirs]
     (out / "plots").mkdir(parents=True, exist_ok=True)
     plots = {}
     for title, name, fn in (

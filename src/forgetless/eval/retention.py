@@ -22,7 +22,7 @@ from forgetless.eval.metrics import normalize
 from forgetless.eval.stats import bootstrap_ci, mean
 from forgetless.model.forward import logits_of
 from forgetless.model.generate import generate
-from forgetless.objectives.losses import kl_sum, position_masks
+from forgetless.objectives.losses import ce_sum, count_targets, kl_sum, position_masks
 
 
 @torch.no_grad()
@@ -38,33 +38,48 @@ def kl_on_rows(
 ) -> float:
     """Mean KL per answer token of token rows (labels mark the answers), teacher-forced.
     direction finetuned_base: KL(p_model ‖ p_base); base_finetuned: KL(p_base ‖ p_model)."""
-    total, n = 0.0, 0
+    return answer_stats(model, rows, pad, base, batch_size, direction, desc)[0]
+
+
+@torch.no_grad()
+def answer_stats(
+    model, rows: list[dict], pad: int, base=None, batch_size: int = 8, direction="finetuned_base", desc=None, nll=False
+) -> tuple[float, float | None]:
+    """(mean KL per answer token, and with nll=True the model's mean NLL per answer token) from one
+    forward of the model per batch: the task perplexity and the KL on the task's prompts share it."""
+    total, n, nll_total, targets = 0.0, 0, 0.0, 0
     batches = fixed_batches(rows, batch_size, pad)
     for batch in tqdm(batches, desc=desc, unit="batch", disable=desc is None or len(batches) < 2):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         where = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])["task_answers"]
         inputs = (batch["input_ids"], batch["attention_mask"])
-        student = logits_of(model, *inputs)[:, :-1][where]
+        logits = logits_of(model, *inputs)
+        if nll:
+            nll_total += float(ce_sum(logits, batch["labels"]))
+            targets += count_targets(batch["labels"])
         if base is None:
             with base_view(model) as b:
                 teacher = logits_of(b, *inputs)[:, :-1][where]
         else:
             teacher = logits_of(base, *inputs)[:, :-1][where]
-        total += float(kl_sum(student, teacher, direction=direction))
+        total += float(kl_sum(logits[:, :-1][where], teacher, direction=direction))
         n += int(where.sum())
-    return total / max(n, 1)
+    return total / max(n, 1), (nll_total / max(targets, 1) if nll else None)
 
 
-def task_kl(model, rows: list[dict], pad: int, base=None) -> dict:
+def task_kl(model, rows: list[dict], pad: int, base=None) -> tuple[dict, float]:
     """KL(base ‖ tuned) per answer token on the task's own validation rows: the measure "RL's Razor"
-    (Shenfeld et al. 2025, arXiv 2509.04259) found to predict forgetting, beside the held-out one."""
+    (Shenfeld et al. 2025, arXiv 2509.04259) found to predict forgetting, beside the held-out one; and
+    the tuned model's mean NLL on those rows (its task perplexity), from the same forward passes.
+    Batches of 4, as the base side's perplexity (suite.mean_nll), so both sides see the same padding."""
     was_training = model.training
     model.eval()
     try:
-        kl = kl_on_rows(model, rows, pad, base, direction="base_finetuned", desc="eval: KL on task prompts")
+        desc = "eval: task perplexity and KL on task prompts"
+        kl, nll = answer_stats(model, rows, pad, base, 4, "base_finetuned", desc, nll=True)
     finally:
         model.train(was_training)
-    return {"n": len(rows), "kl_base_to_tuned": kl}
+    return {"n": len(rows), "kl_base_to_tuned": kl}, nll
 
 
 def agreement(model, tokenizer, references: list[Example], max_new_tokens: int) -> tuple[list[float], list[str]]:

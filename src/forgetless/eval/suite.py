@@ -80,13 +80,14 @@ def measure(model, tokenizer, cfg: Config, examples, val_rows: list[dict], refer
     if examples:
         with clock("task answers"):
             side["task"] = task_eval(model, tokenizer, examples, cfg)
-    if val_rows:
+    if val_rows and (base is not None or switchable(model)):  # tuned: the base is a second model or adapters-off
+        with clock("task perplexity and KL on task prompts"):
+            side["task_kl"], nll = task_kl(model, val_rows, pad, base)
+            side.setdefault("task", {})["perplexity"] = math.exp(nll)
+    elif val_rows:
         with clock("task perplexity"):
             nll = mean_nll(model, fixed_batches(val_rows, 4, pad), desc="eval: task perplexity")
             side.setdefault("task", {})["perplexity"] = math.exp(nll)
-        if base is not None or switchable(model):  # a tuned model: the base is a second model or adapters-off
-            with clock("KL on task prompts"):
-                side["task_kl"] = task_kl(model, val_rows, pad, base)
     if e.retention:
         side["benchmarks"] = {}
         with clock("multiple choice"):

@@ -64,7 +64,7 @@ def run(cfg: Config, run_dir: Path, max_kl: float | None, min_task: float | None
         task = task_eval(model, tokenizer, examples, cfg).get(metric)
         kl = kl_to_base(model, tokenizer, refs) if refs else None
         points.append({"scale": s, "task": task, "kl_per_token": kl})
-        print(f"[forgetless] tune-scale: scale {s:.2f}: task {metric} {report._f(task)}, KL {report._f(kl, '.4f')}")
+        print(f"[forgetless] tune-scale: scale {s:.2f}: task {metric} {report.fmt(task)}, KL {report.fmt(kl, '.4f')}")
     chosen = choose(points, max_kl, min_task)
     record = {"metric": metric, "points": points, "chosen": chosen, "max_kl": max_kl, "min_task": min_task}
     record["trained"] = {k: config.get(k) for k in ("lora_alpha", "alpha_pattern")}

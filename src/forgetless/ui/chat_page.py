@@ -34,22 +34,22 @@ class ChatSessions:
         if not prompt.strip():
             raise UserError("write a prompt first")
         with self.lock:
-            key = (tuple(names), system, int(max_new_tokens))
-            if key != self.key:
+            if tuple(names) != self.key:  # the model is reloaded for other adapters only
                 self.chat, self.key = None, None  # the old model goes before the new one loads
-                self.chat, self.key = self._load(names, system, int(max_new_tokens)), key
+                self.chat, self.key = self._load(names), tuple(names)
+            self.chat.system, self.chat.max_new_tokens = system or None, int(max_new_tokens)
             out = []
             for name in self.chat.names:
                 self.chat.use(name)
                 out.append((name, self.chat.answer(prompt)))
             return out
 
-    def _load(self, names: list[str], system: str, max_new_tokens: int) -> Chat:
+    def _load(self, names: list[str]) -> Chat:
         dirs = {n: adapter_dir(str(runs.run_dir(self.root, n))) for n in names}
         bases = {base_of(d) for d in dirs.values()}
         if len(bases) > 1:
             raise UserError(f"the chosen runs have different base models ({', '.join(sorted(map(str, bases)))})")
-        return Chat(None, [f"{n}={d}" for n, d in dirs.items()], system or None, max_new_tokens)
+        return Chat(None, [f"{n}={d}" for n, d in dirs.items()], None, 128)  # answers() sets both per prompt
 
 
 def side_by_side(answers: list[tuple[str, str]]) -> str:

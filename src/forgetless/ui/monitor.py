@@ -7,7 +7,6 @@ the run directories stay as training left them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import gradio as gr
@@ -28,31 +27,22 @@ def _eta(s: float | None) -> str:
     return "" if s is None else f"{int(s) // 60}:{int(s) % 60:02d}"
 
 
-def _eval(run: Path) -> dict:
-    try:
-        return json.loads((run / "eval.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+def _scores(run: Path) -> tuple[str, dict, dict, dict]:
+    """(the task metric, its base/fine-tuned/diff, the held-out retention numbers, the KL on the task's
+    prompts) from the run's eval.json, read once."""
+    r = report.read_run(run)
+    ret = r["eval"].get("retention", {})
+    task = r["eval"].get("task", {}).get(r["metric"], {})
+    return r["metric"], task, ret.get("prompts") or {}, ret.get("task_prompts") or {}
 
 
-def _metric(run: Path) -> str:
-    return report._read(run)["metric"]
-
-
-def _scores(run: Path) -> tuple[dict, dict]:
-    """(the task metric's base/fine-tuned/diff, the held-out retention numbers) from eval.json."""
-    ev = _eval(run)
-    task = ev.get("task", {}).get(_metric(run), {}) if ev else {}
-    return task, (ev.get("retention", {}).get("prompts") or {})
-
-
-def table(root: Path) -> list[list[str]]:
+def table(found: list[runs.RunInfo]) -> list[list[str]]:
     rows = []
-    for r in runs.scan(root):
-        task, kept = _scores(r.dir) if r.status == "finished" else ({}, {})
+    for r in found:
+        _, task, kept, _ = _scores(r.dir) if r.status == "finished" else ("", {}, {}, {})
         step = f"{r.step}/{r.max_steps}" if r.max_steps else str(r.step)
-        before_after = f"{report._f(task.get('base'))} → {report._f(task.get('finetuned'))}" if task else ""
-        kl = report._f(kept.get("kl_per_token"), ".4f") if kept else ""
+        before_after = f"{report.fmt(task.get('base'))} → {report.fmt(task.get('finetuned'))}" if task else ""
+        kl = report.fmt(kept.get("kl_per_token"), ".4f") if kept else ""
         rows.append([r.name, r.status, step, _eta(r.eta_s), r.summary.get("forgetting_preset", ""), before_after, kl])
         rows[-1].append(r.error if len(r.error) <= 60 else r.error[:57] + "...")  # whole on choosing the run
     return rows
@@ -79,13 +69,14 @@ def curves(run: Path):
     return fig
 
 
-def detail(root: Path, name: str | None) -> str:
+def detail(root: Path, name: str | None, found: list[runs.RunInfo] | None = None) -> str:
+    """The chosen run in words; `found`: the runs a refresh already scanned."""
     if not name:
         return "choose a run"
-    found = [r for r in runs.scan(root) if r.name == name]
-    if not found:
+    chosen = [r for r in (runs.scan(root) if found is None else found) if r.name == name]
+    if not chosen:
         return f"no run {name} under {root}"
-    r = found[0]
+    r = chosen[0]
     lines = [f"**{r.name}**: {r.status}, step {r.step}" + (f" of {r.max_steps}" if r.max_steps else "")]
     if r.eta_s is not None:
         lines.append(f"ETA of the current phase: {_eta(r.eta_s)}")
@@ -111,11 +102,12 @@ def _act(fn, root: Path, name: str | None, done: str) -> str:
     return done.format(name=name)
 
 
-def runs_page(root: Path) -> gr.Dropdown:
-    """The Runs tab; returns its run chooser, which the other pages' refresh keeps in step."""
-    grid = gr.Dataframe(headers=HEAD, value=table(root), interactive=False, elem_id="runs-table", wrap=True)
+def runs_page(root: Path) -> None:
+    """The Runs tab: the table, status and curves refreshed on timers (one scan of the folder per refresh)."""
+    found = runs.scan(root)
+    grid = gr.Dataframe(headers=HEAD, value=table(found), interactive=False, elem_id="runs-table", wrap=True)
     with gr.Row():
-        chosen = gr.Dropdown([r.name for r in runs.scan(root)], label="run", elem_id="runs-choice")
+        chosen = gr.Dropdown([r.name for r in found], label="run", elem_id="runs-choice")
         stop_btn = gr.Button("Stop", elem_id="stop-run")
         resume_btn = gr.Button("Resume", elem_id="resume-run")
     about = gr.Markdown(elem_id="run-detail")
@@ -123,27 +115,26 @@ def runs_page(root: Path) -> gr.Dropdown:
     said = gr.Markdown(elem_id="runs-message")
 
     def refresh(name):
-        names = [r.name for r in runs.scan(root)]
-        return gr.update(value=table(root)), gr.update(choices=names), detail(root, name)
+        now = runs.scan(root)
+        return gr.update(value=table(now)), gr.update(choices=[r.name for r in now]), detail(root, name, now)
 
     gr.Timer(2.0).tick(refresh, chosen, [grid, chosen, about])
     gr.Timer(5.0).tick(lambda n: curves(runs.run_dir(root, n)) if n else None, chosen, plot)
     chosen.change(lambda n: (detail(root, n), curves(runs.run_dir(root, n)) if n else None), chosen, [about, plot])
     stop_btn.click(lambda n: _act(runs.stop, root, n, "stopping {name}: it saves a checkpoint first"), chosen, said)
     resume_btn.click(lambda n: _act(runs.resume, root, n, "resumed {name}"), chosen, said)
-    return chosen
 
 
 def tradeoff(root: Path, names: list[str]):
     """Task gain (fine-tuned − base) against KL to base per token, one point per run."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    metric = "score"
     for name in names:
-        task, kept = _scores(runs.run_dir(root, name))
+        metric, task, kept, _ = _scores(runs.run_dir(root, name))
         if task.get("diff") is not None and kept.get("kl_per_token") is not None:
             ax.scatter([kept["kl_per_token"]], [task["diff"]])
             ax.annotate(name, (kept["kl_per_token"], task["diff"]), textcoords="offset points", xytext=(5, 5))
     ax.axhline(0, color="grey", linewidth=0.5)
-    metric = _metric(runs.run_dir(root, names[0])) if names else "score"
     ax.set(xlabel="KL to base per token (lower = less forgetting)", ylabel=f"task gain ({metric})")
     ax.set_title("gain versus retention")
     fig.tight_layout()
@@ -155,13 +146,12 @@ def compare_rows(root: Path, names: list[str]) -> list[list[str]]:
     rows = []
     for name in names:
         run = runs.run_dir(root, name)
-        task, kept = _scores(run)
+        _, task, kept, on_task = _scores(run)
         preset = runs.info(root, run).summary.get("forgetting_preset", "")
-        on_task = _eval(run).get("retention", {}).get("task_prompts") or {}
         rows.append(
-            [name, preset, f"{report._f(task.get('base'))} → {report._f(task.get('finetuned'))}"]
-            + [report._f(task.get("diff"), "+.3f"), report._f(kept.get("kl_per_token"), ".4f")]
-            + [report._f(on_task.get("kl_base_to_tuned"), ".4f"), report._f(kept.get("agreement"))]
+            [name, preset, f"{report.fmt(task.get('base'))} → {report.fmt(task.get('finetuned'))}"]
+            + [report.fmt(task.get("diff"), "+.3f"), report.fmt(kept.get("kl_per_token"), ".4f")]
+            + [report.fmt(on_task.get("kl_base_to_tuned"), ".4f"), report.fmt(kept.get("agreement"))]
         )
     return rows
 

@@ -80,20 +80,26 @@ def command(root: Path, form: dict) -> tuple[str, list[str]]:
 
 def validate(root: Path, form: dict):
     """The Config the run will train with, loaded as `forgetless train` would (its errors, one line)."""
+    return checked(root, form)[2]
+
+
+def checked(root: Path, form: dict) -> tuple[str, list[str], object]:
+    """The form's config and overrides (uploads copied once), and the Config they load to."""
     config, overrides = command(root, form)
-    return api.load_config(config, [*overrides, f"output_dir={runs.run_dir(root, form['name'].strip())}"])
+    out = runs.run_dir(root, form["name"].strip())
+    return config, overrides, api.load_config(config, [*overrides, f"output_dir={out}"])
 
 
 def start(root: Path, form: dict) -> str:
+    name = form["name"].strip()
     try:
-        validate(root, form)
-        config, overrides = command(root, form)
-        if (runs.run_dir(root, form["name"].strip())).exists():
-            raise UserError(f"run {form['name'].strip()} exists; choose another name (the Runs page resumes it)")
-        pid = runs.start(root, form["name"].strip(), config, overrides)
+        config, overrides, _ = checked(root, form)
+        if runs.run_dir(root, name).exists():
+            raise UserError(f"run {name} exists; choose another name (the Runs page resumes it)")
+        pid = runs.start(root, name, config, overrides)
     except UserError as e:
         return f"forgetless: error: {e}"
-    return f"started run **{form['name'].strip()}** (process {pid}); follow it on the Runs page"
+    return f"started run **{name}** (process {pid}); follow it on the Runs page"
 
 
 def plan(root: Path, form: dict) -> str:

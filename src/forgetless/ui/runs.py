@@ -141,24 +141,22 @@ def error_of(path: Path) -> str:
 def info(root: Path, run: Path) -> RunInfo:
     rows = [m for m in metrics(run) if "loss" in m]
     r = RunInfo(run.name, run, "incomplete", step=rows[-1]["step"] if rows else 0, max_steps=_max_steps(run))
-    rec = _record(root, run.name)
-    if (run / "summary.json").is_file() and _lock_holder(run) is None:
+    rec, holder = _record(root, run.name), _lock_holder(run)
+    failed = rec.get("rc") not in (None, 0, 130)  # 130: stopped with Ctrl-C (the stop button)
+    if (run / "summary.json").is_file() and holder is None:
         r.status = "finished"
         try:
             r.summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):  # being written this moment: the next refresh reads it whole
             r.summary = {}
-    elif _lock_holder(run) is not None or (rec.get("pid") and "rc" not in rec and _alive(rec["pid"])):
+    elif holder is not None or (rec.get("pid") and "rc" not in rec and _alive(rec["pid"])):
         r.status = "running"
         r.phase = last_line(log_path(root, run.name)) if rec else ""
         r.eta_s = _eta(rows, r.max_steps, r.phase)
-    elif rec.get("rc") not in (None, 0, 130) and checkpoint.latest(run) is None:
-        r.status, r.error = "failed", error_of(log_path(root, run.name))
     elif checkpoint.latest(run) is not None:
-        r.status = "stopped"  # interrupted (rc 130), killed, or failed after a checkpoint: --resume continues
-        if rec.get("rc") not in (None, 0, 130):
-            r.error = error_of(log_path(root, run.name))
-    elif rec.get("rc") is not None:
+        r.status = "stopped"  # interrupted, killed, or failed after a checkpoint: --resume continues
+        r.error = error_of(log_path(root, run.name)) if failed else ""
+    elif rec.get("rc") is not None:  # ended before its first checkpoint
         r.status, r.error = "failed", error_of(log_path(root, run.name))
     return r
 
@@ -192,7 +190,7 @@ def scan(root: Path) -> list[RunInfo]:
 
 def run_dir(root: Path, name: str) -> Path:
     """The directory of run NAME under root; a name that would leave root is refused."""
-    if not name or name.startswith(".") or "/" in name or "\\" in name or name in ("..",):
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
         raise UserError(f"run name '{name}': use letters, digits, '-' and '_' (it becomes a folder under the runs)")
     return Path(root).resolve() / name
 
