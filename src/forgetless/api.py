@@ -84,6 +84,10 @@ def run_recipe(cfg: Config, resume: bool = False, overwrite: bool = False) -> di
     if cfg.data.chat_template:
         templates.resolve(cfg.data.chat_template)  # a template jinja cannot parse fails here, not mid-run
     models.resolve(cfg.model.name)
+    if cfg.model.continue_from:
+        from forgetless.adapters import continued  # peft, as above
+
+        continued.adapter_of(cfg)  # a run that cannot be continued is refused before a directory is made
     claim = rundir.claim(Path(cfg.output_dir), cfg, resume, overwrite) if distributed.is_main() else nullcontext()
     with claim:
         return recipes()[cfg.recipe](cfg, resume=resume)

@@ -41,6 +41,12 @@ def _train(sub) -> None:
     t.add_argument("--auto", action="store_true", help="let the planner pick precision, 4-bit and batch settings")
     t.add_argument("--recipe", choices=["sft", "dpo", "reward", "rlhf"], help="shorthand for the override recipe=NAME")
     t.add_argument(
+        "--continue-from",
+        metavar="RUN",
+        help="task after task: continue RUN's LoRA adapter, with RUN's model as the LwF teacher, retention "
+        "reference and 'before' side (= model.continue_from=RUN)",
+    )
+    t.add_argument(
         "--launch",
         type=int,
         default=0,

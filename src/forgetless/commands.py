@@ -37,6 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch(args)
     path, items = _config_and_overrides(args.items)
     items = ([f"recipe={args.recipe}"] if args.recipe else []) + items
+    items = ([f"model.continue_from={args.continue_from}"] if args.continue_from else []) + items
     cfg = api.load_config(path, items)
     if args.auto:
         cfg = api.load_config(path, _auto_overrides(cfg) + items)  # the user's own overrides still win

@@ -77,6 +77,7 @@ def test_path_fields_are_marked_in_the_schema(tmp_path):
         ("eval", "retention_prompts"),
         ("eval", "benchmarks"),
         ("eval", "general_text"),
+        ("model", "continue_from"),
     }
     path = tmp_path / "c.yaml"
     path.write_text("forgetting:\n  rehearsal:\n    prompts: p.jsonl\neval:\n  general_text: t.txt\n")
@@ -135,10 +136,26 @@ def test_dump_round_trips(tmp_path):
     cfg = loader.load(None, ["peft.r=4", "data.train=x.jsonl"])
     loader.dump(cfg, tmp_path / "c.yaml")
     assert loader.load(tmp_path / "c.yaml") == cfg.model_copy(
-        update={"data": cfg.data.model_copy(update={"train": [str((tmp_path / "x.jsonl").resolve())]})}
+        update={"data": cfg.data.model_copy(update={"train": [str((Path.cwd() / "x.jsonl").resolve())]})}
     )
 
 
 def test_describe_lists_every_key_with_help():
     text = loader.describe()
     assert "peft.r = 8" in text and "QLoRA" in text and "train.grad_accum = 4" in text
+
+
+def test_a_runs_config_yaml_means_the_same_files_from_anywhere(tmp_path, monkeypatch):
+    """A relative path on the command line is relative to the current directory; config.yaml keeps it
+    absolute, so reading the run's config back (--resume, eval --run, --continue-from) finds the file,
+    and a resume given the same relative override compares equal."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = api.load_config(None, ["data.train=d/train.jsonl", "output_dir=runs/x"])
+    loader.dump(cfg, tmp_path / "run-config.yaml")
+    monkeypatch.chdir(tmp_path / "d")
+    again = loader.load(tmp_path / "run-config.yaml")
+    assert again.data.train == [str(tmp_path / "d" / "train.jsonl")]
+    monkeypatch.chdir(tmp_path)
+    assert loader.absolute(again) == loader.absolute(cfg)

@@ -117,6 +117,18 @@ def check(model, cfg: PeftConfig) -> None:
         selective.chosen_names(model, cfg.method, cfg.layers, cfg.parts)
 
 
+def prepare(model, *, quantized: bool, grad_checkpointing: bool):
+    """Ready for training: PEFT's k-bit preparation for a quantized base, or gradient checkpointing."""
+    ckpt_kwargs = {"use_reentrant": False}
+    if quantized:
+        return prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=grad_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs
+        )
+    if grad_checkpointing:
+        enable_grad_checkpointing(model)
+    return model
+
+
 def attach(
     model,
     cfg: PeftConfig,
@@ -127,13 +139,7 @@ def attach(
     task_type: str = "CAUSAL_LM",
 ):
     """The model with `cfg.method` attached: only the method's parameters require gradients."""
-    ckpt_kwargs = {"use_reentrant": False}
-    if quantized:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=grad_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs
-        )
-    elif grad_checkpointing:
-        enable_grad_checkpointing(model)
+    model = prepare(model, quantized=quantized, grad_checkpointing=grad_checkpointing)
     if cfg.method in PEFT_METHODS:
         experts = expert_weights(model)
         if experts and cfg.method in ("dora", "ia3"):
@@ -189,7 +195,10 @@ def base_view(model):
     accelerate/DDP. Use under no_grad.
     """
     inner = extract_model_from_parallel(model)
-    if hasattr(inner, "disable_adapter"):
+    if is_continued(inner):  # a continuation (adapters/continued.py): the base is the earlier run's model
+        with previous_view(inner):
+            yield inner
+    elif hasattr(inner, "disable_adapter"):
         with inner.disable_adapter():
             yield inner
     elif bottleneck.present(inner):
@@ -200,3 +209,32 @@ def base_view(model):
             yield inner
     else:
         raise UserError("this needs the base model's predictions, but the model has no method attached to switch off")
+
+
+# A run that continues an earlier run's adapter (adapters/continued.py) holds it twice.
+PREVIOUS = "previous"
+TRAINED = "default"
+
+
+CONTINUED = "_forgetless_continued"  # set by continued.load_previous: adapter names alone are user-chosen in serve
+
+
+def is_continued(inner) -> bool:
+    """A model that trains a continuation and can switch to the earlier run's adapter."""
+    configs = getattr(inner, "peft_config", None)
+    return getattr(inner, CONTINUED, False) and isinstance(configs, dict) and TRAINED in configs
+
+
+@contextmanager
+def previous_view(inner):
+    """A's model from the same weights: the frozen `previous` adapter active for the duration.
+    PEFT's set_adapter also sets requires_grad; the flags are put back exactly as they were, so the
+    optimizer's view of what trains never changes. Use under no_grad."""
+    flags = [(p, p.requires_grad) for p in inner.parameters()]
+    inner.base_model.set_adapter(PREVIOUS, inference_mode=True)
+    try:
+        yield inner
+    finally:
+        inner.base_model.set_adapter(TRAINED, inference_mode=True)
+        for p, flag in flags:
+            p.requires_grad_(flag)

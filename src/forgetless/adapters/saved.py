@@ -81,8 +81,8 @@ def save(model, directory: Path, cfg: PeftConfig, base_model: str) -> None:
     """Write the trained result: PEFT's format, a whole model (full), or our own layout."""
     directory = Path(directory)
     inner = extract_model_from_parallel(model)
-    if cfg.method in PEFT_METHODS:
-        inner.save_pretrained(directory)
+    if cfg.method in PEFT_METHODS:  # only the trained adapter: a continuation also holds A's frozen copy
+        inner.save_pretrained(directory, selected_adapters=["default"])
         return
     directory.mkdir(parents=True, exist_ok=True)
     if cfg.method == "full":

@@ -45,7 +45,8 @@ class RehearsalConfig(BaseModel):
     source: list[str] | Literal["self"] = path_field(
         "self",
         description="self: the base model's own answers to the bundled general prompts (pseudo-rehearsal); "
-        "or files in any task data format with general instruction data.",
+        "or a list of files in any task data format with general instruction data, of earlier run "
+        "directories (their training rows: task after task), and of `self`.",
     )
     prompts: str = path_field(
         "builtin:general/prompts.jsonl", description="Prompts the base model answers when source=self."

@@ -170,7 +170,15 @@ def flat(tree: dict, prefix: str = "") -> dict:
 
 
 def dump(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    """config.yaml of a run. Paths a YAML file gave are already absolute; those still relative came from
+    the command line, relative to the current directory: written absolute, so the run's config.yaml
+    means the same files when read back (--resume, eval --run, an earlier run of --continue-from)."""
+    path.write_text(yaml.safe_dump(absolute(cfg), sort_keys=False), encoding="utf-8")
+
+
+def absolute(cfg: Config) -> dict:
+    """The config as a tree with every relative path made absolute against the current directory."""
+    return _resolve_paths(cfg.model_dump(mode="json"), Path.cwd())
 
 
 def describe(model: type[BaseModel] = Config, prefix: str = "") -> str:

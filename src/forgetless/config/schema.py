@@ -41,6 +41,12 @@ class ModelConfig(BaseModel):
         description="Attention kernel: auto = FlashAttention-2 on a CUDA GPU when flash-attn is installed, "
         "else PyTorch SDPA (which picks its own flash/memory-efficient kernel).",
     )
+    continue_from: str | None = path_field(
+        None,
+        description="A finished run whose LoRA/DoRA adapter this run continues (task after task; CLI "
+        "--continue-from RUN). That run's model is the LwF teacher, the retention reference and the 'before' "
+        "side; the result is still one adapter over the original base. recipe sft only.",
+    )
 
 
 METHODS = ("lora", "dora", "prefix", "prompt", "ia3", "adapter", "bitfit", "selective", "full")
@@ -288,6 +294,11 @@ class Config(BaseModel):
             raise ValueError(
                 f"recipe {self.recipe} trains LoRA or DoRA adapters (a score or value head sits on the adapted "
                 f"model); peft.method is {method}: use peft.method=lora"
+            )
+        if self.model.continue_from and (self.recipe != "sft" or method not in ("lora", "dora")):
+            raise ValueError(
+                "model.continue_from continues an earlier run's LoRA/DoRA adapter with recipe sft; "
+                f"this config has recipe {self.recipe}, peft.method {method}"
             )
         if self.recipe == "rlhf" and not self.rlhf.reward_model:
             raise ValueError("recipe rlhf needs rlhf.reward_model: the run directory of a `recipe: reward` run")

@@ -20,6 +20,8 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt
 import yaml
 
+from forgetless.eval import sequence
+
 
 def read_run(run: Path) -> dict:
     """Everything a report shows of one run directory (missing files read as empty)."""
@@ -219,34 +221,49 @@ def data_blocks(d: dict) -> list[tuple]:
     return out
 
 
+def run_blocks(r: dict) -> list[tuple]:
+    """One run: what trained, its data, task and retention tables, samples, matrix, scale dial."""
+    out: list[tuple] = []
+    s = r["summary"]
+    out.append(("h2", f"run {r['name']} ({r['dir']})"))
+    if s:
+        out.append(
+            (
+                "p",
+                f"model {s.get('model')}, preset {s.get('forgetting_preset')}, {s.get('steps')} steps in "
+                f"{s.get('train_seconds')} s ({s.get('tokens_per_s')} tokens/s)"
+                + (f"; stopped early: {s['stopped_early']}" if s.get("stopped_early") else ""),
+            )
+        )
+    if r["data"]:
+        out += data_blocks(r["data"])
+    if r["eval"]:
+        out += [("table", task_table(r["eval"])), ("table", retention_table(r["eval"]))]
+        for i, smp in enumerate(r["eval"].get("task", {}).get("samples", []), start=1):
+            out.append(
+                (
+                    "pre",
+                    f"sample {i}: {smp['prompt']}\nexpected:   {smp['reference']}\n"
+                    f"base:       {smp['answer_base']}\nfine-tuned: {smp['answer']}",
+                )
+            )
+    table = sequence.matrix(r["dir"]) if r["summary"].get("continued_from") else None
+    if table:
+        note = (
+            "Task after task (--continue-from): each row is the model after a stage, each task column that "
+            "task's metric on its validation rows; – = not measured (a task is first scored just before its "
+            "own stage). KL is to the stage before, on the held-out prompts."
+        )
+        out += [("h3", "retention matrix"), ("p", note), ("table", table)]
+    if r["scale"]:
+        out += scale_blocks(r["scale"])
+    return out
+
+
 def blocks(runs: list[dict], plots: dict[str, Path]) -> list[tuple]:
     out: list[tuple] = [("h1", "forgetless report")]
     for r in runs:
-        s = r["summary"]
-        out.append(("h2", f"run {r['name']} ({r['dir']})"))
-        if s:
-            out.append(
-                (
-                    "p",
-                    f"model {s.get('model')}, preset {s.get('forgetting_preset')}, {s.get('steps')} steps in "
-                    f"{s.get('train_seconds')} s ({s.get('tokens_per_s')} tokens/s)"
-                    + (f"; stopped early: {s['stopped_early']}" if s.get("stopped_early") else ""),
-                )
-            )
-        if r["data"]:
-            out += data_blocks(r["data"])
-        if r["eval"]:
-            out += [("table", task_table(r["eval"])), ("table", retention_table(r["eval"]))]
-        if r["scale"]:
-            out += scale_blocks(r["scale"])
-            for i, smp in enumerate(r["eval"].get("task", {}).get("samples", []), start=1):
-                out.append(
-                    (
-                        "pre",
-                        f"sample {i}: {smp['prompt']}\nexpected:   {smp['reference']}\n"
-                        f"base:       {smp['answer_base']}\nfine-tuned: {smp['answer']}",
-                    )
-                )
+        out += run_blocks(r)
     if len(runs) > 1:
         out.append(("h2", "runs side by side"))
         head = ["run", f"task {runs[0]['metric']}", "KL to base / token", "KL(base ‖ tuned) task", "unchanged answers"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from forgetless.adapters import saved
+from forgetless.adapters import continued, saved
 from forgetless.adapters.saved import adapter_dir
 from forgetless.config import loader
 from forgetless.config.schema import Config
@@ -27,7 +27,11 @@ from forgetless.model import loader as models
 def run(cfg: Config, adapter: str | None, base_ref: str | None, out: Path) -> dict:
     dev = hardware.device()
     dtype = hardware.resolve_dtype(cfg.model.precision, dev)
+    if not (adapter and cfg.model.continue_from):
+        cfg = continued.on_original_base(cfg)
     model, tokenizer, model_path = models.load(cfg.model, dev)
+    if cfg.model.continue_from:  # a continued run: its base side is the earlier run's model, as in training
+        model = continued.load_previous(model, continued.adapter_of(cfg))
     templates.apply(tokenizer, cfg.data.chat_template)
     if adapter:  # rendered as the adapter was trained, for the base side too: one prompt format for both
         saved.use_adapter_templates(tokenizer, [adapter_dir(adapter)])
@@ -50,7 +54,10 @@ def run(cfg: Config, adapter: str | None, base_ref: str | None, out: Path) -> di
             f"[forgetless] base model scores: reused {found}" if found else "[forgetless] evaluating the base model ..."
         )
         before, _ = base_cache.reuse(name, lambda: suite.measure(base, tokenizer, cfg, examples, rows))
-        finetuned = saved.load(model, adapter_dir(adapter)) if adapter else model
+        if cfg.model.continue_from:  # B's adapter beside A's frozen copy, as the run evaluated it
+            finetuned = continued.continue_training(model, adapter_dir(adapter))
+        else:
+            finetuned = saved.load(model, adapter_dir(adapter)) if adapter else model
         print("[forgetless] evaluating the fine-tuned model ...")
         after = suite.measure(finetuned, tokenizer, cfg, examples, rows, refs, base=None if adapter else base)
         result = suite.combine(before, after)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from forgetless.adapters import methods, saved
+from forgetless.adapters import continued, methods, saved
 from forgetless.config import loader
 from forgetless.config.schema import Config, TrainConfig
 from forgetless.data import check, templates
@@ -67,9 +67,13 @@ def start(cfg: Config, head: str = "causal") -> Run:
     set_seed(cfg.train.seed)
     dev = hardware.device()
     dtype = hardware.resolve_dtype(cfg.model.precision, dev)
+    earlier = continued.adapter_of(cfg) if cfg.model.continue_from else None  # refused before the slow load
     model, tokenizer, model_path = models.load(cfg.model, dev, head=head)
     templates.apply(tokenizer, cfg.data.chat_template)
     methods.check(model, cfg.peft)
+    if earlier is not None:  # from here until attach, the model is the earlier run's model
+        model = continued.load_previous(model, earlier)
+        distributed.state().print(f"[forgetless] continuing {cfg.model.continue_from}: its model is the base")
     return Run(cfg, out, main, dev, dtype, model, tokenizer, model_path)
 
 
@@ -97,14 +101,18 @@ def attach(run: Run, task_type: str = "CAUSAL_LM") -> tuple[object, int, int]:
     set_seed(cfg.train.seed)
     ckpt = methods.use_grad_checkpointing(cfg.train.grad_checkpointing, run.dev)
     quantized = cfg.model.quantization != "none"
-    model = methods.attach(
-        run.model,
-        cfg.peft,
-        quantized=quantized,
-        grad_checkpointing=ckpt,
-        model_path=run.model_path,
-        task_type=task_type,
-    )
+    if cfg.model.continue_from:
+        model = methods.prepare(run.model, quantized=quantized, grad_checkpointing=ckpt)
+        model = continued.continue_training(model, continued.adapter_of(cfg))
+    else:
+        model = methods.attach(
+            run.model,
+            cfg.peft,
+            quantized=quantized,
+            grad_checkpointing=ckpt,
+            model_path=run.model_path,
+            task_type=task_type,
+        )
     trainable, total = methods.count_parameters(model)
     run.say(
         f"{cfg.peft.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "

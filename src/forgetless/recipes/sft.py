@@ -18,7 +18,7 @@ from forgetless.data.batching import Batches, fixed_batches
 from forgetless.data.build import build
 from forgetless.data.mixture import MixedBatches
 from forgetless.data.packing import attention_cost
-from forgetless.eval import base_cache, suite
+from forgetless.eval import base_cache, sequence, suite
 from forgetless.eval.retention import kl_to_base
 from forgetless.objectives import sft
 from forgetless.plan import planner
@@ -88,7 +88,18 @@ def run(cfg: Config, resume: bool = False) -> dict:
         "retention": after.get("prompts"),
         "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
     }
-    return runtime.finish(r, suite.combine(before, after), summary)
+    return runtime.finish(r, suite.combine(before, after) | _earlier_tasks(r, model, summary), summary)
+
+
+def _earlier_tasks(r: runtime.Run, model, summary: dict) -> dict:
+    """A continuation (model.continue_from): every earlier run's task scored on this model, for the
+    report's retention matrix; the chain is followed through each run's summary.json."""
+    ref = r.cfg.model.continue_from
+    if not ref:
+        return {}
+    summary["continued_from"] = str(Path(ref).resolve())
+    with distributed.all_cores():
+        return {"earlier_tasks": sequence.score_earlier(model, r.tokenizer, sequence.earlier_runs(ref))}
 
 
 def _batches(r: runtime.Run, train: list[dict], general: list[dict]) -> tuple[Batches, dict]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
-from forgetless.adapters import saved
+from forgetless.adapters import continued, saved
 from forgetless.config.schema import Config
 from forgetless.data import templates
 from forgetless.data.build import held_out
@@ -45,6 +45,7 @@ def run(cfg: Config, run_dir: Path, max_kl: float | None, min_task: float | None
         raise UserError(f"tune-scale --grid {','.join(map(str, grid))}: scales in (0, 2], e.g. 0.25,0.5,0.75,1")
     adapter = run_dir / "adapter"
     config = _trained_config(run_dir, adapter)
+    cfg = continued.on_original_base(cfg)  # a continued run's dial runs from the original base (scale 0) to it
     if not cfg.eval.retention and max_kl is not None:
         raise UserError("tune-scale --max-kl needs the retention probe: eval.retention=true")
     dev = hardware.device()

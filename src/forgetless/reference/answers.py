@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from forgetless.adapters import continued
 from forgetless.config.schema import ModelConfig
 from forgetless.data.formats import Example, builtin_path, read_prompts, resolve_path
 from forgetless.model.generate import generate
@@ -33,12 +34,14 @@ VERSION = 1  # bump when the generation procedure changes, so old files are not 
 
 def model_fingerprint(mcfg: ModelConfig, model_path: str) -> str:
     """A stable name for the weights: the alias, or a local path plus its weight files' sizes/mtimes."""
+    # A continuation's base is the earlier run's model: base weights plus that adapter's bytes.
+    earlier = f"+{continued.fingerprint(mcfg.continue_from)}" if mcfg.continue_from else ""
     if mcfg.name in ALIASES:
-        return f"alias:{mcfg.name}"
+        return f"alias:{mcfg.name}{earlier}"
     path = Path(model_path)
     files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else [path]
     stats = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files if f.exists()]
-    return f"{model_path}:{stats}"
+    return f"{model_path}:{stats}{earlier}"
 
 
 def key(mcfg: ModelConfig, model_path: str, dtype: str, prompts_ref: str, max_new_tokens: int) -> str:

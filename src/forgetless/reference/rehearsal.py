@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from forgetless.config import loader
 from forgetless.config.schema import Config
-from forgetless.data.build import read_all
+from forgetless.data.build import build, read_all
 from forgetless.data.formats import ReadReport
 from forgetless.data.render import RenderReport, encode_all
 from forgetless.reference import answers
@@ -25,29 +26,48 @@ def self_rehearsal_file(cfg: Config, model, tokenizer, model_path: str, dtype: s
 
 
 def general_rows(cfg: Config, model, tokenizer, model_path: str, dtype: str) -> tuple[list[dict], list[str]]:
-    """Encoded general rows (same rendering and length limit as the task data) and notes for the log."""
-    r = cfg.forgetting.rehearsal
-    notes = []
-    if r.source == "self":
-        path, fresh = self_rehearsal_file(cfg, model, tokenizer, model_path, dtype)
-        examples, empty = answers.read_answers(path)
-        notes.append(
-            f"rehearsal: {len(examples)} base-model answers ({'generated now' if fresh else 'cached'}: {path})"
-        )
-        if empty:
-            notes.append(f"rehearsal: {empty} prompt(s) got an empty base-model answer and are left out")
-    else:
-        report = ReadReport()
-        examples = read_all(r.source, cfg.data, report)
-        notes.append(f"rehearsal: {len(examples)} rows from {', '.join(r.source)}")
-        if report.skipped:
-            notes.append(f"rehearsal: skipped {len(report.skipped)} bad row(s); first: {report.skipped[0]}")
+    """Encoded general rows and notes for the log: the base model's own answers (`self`), general
+    files (same rendering and length limit as the task data), and earlier runs' training rows."""
+    sources = ["self"] if cfg.forgetting.rehearsal.source == "self" else cfg.forgetting.rehearsal.source
+    notes: list[str] = []
+    examples, rows = [], []
+    for ref in sources:
+        if ref == "self":
+            examples += _self_examples(cfg, model, tokenizer, model_path, dtype, notes)
+        elif (Path(ref) / "config.yaml").is_file():
+            rows += _run_rows(ref, tokenizer, notes)
+        else:
+            report = ReadReport()
+            found = read_all([ref], cfg.data, report)
+            examples += found
+            notes.append(f"rehearsal: {len(found)} rows from {ref}")
+            if report.skipped:
+                first = report.skipped[0]
+                notes.append(f"rehearsal: skipped {len(report.skipped)} bad row(s) of {ref}; first: {first}")
     render = RenderReport()
     d = cfg.data
     # No data.system_prompt here: general rows keep the context the base model answered in.
-    rows = encode_all(tokenizer, examples, d.max_length, d.overlong, d.loss_on, None, render)
+    rows += encode_all(tokenizer, examples, d.max_length, d.overlong, d.loss_on, None, render)
     if render.truncated:
         notes.append(f"rehearsal: truncated {render.truncated} row(s) to data.max_length")
     if render.dropped:
         notes.append(f"rehearsal: dropped {len(render.dropped)} row(s); first: {render.dropped[0]}")
     return rows, notes
+
+
+def _self_examples(cfg: Config, model, tokenizer, model_path: str, dtype: str, notes: list[str]) -> list:
+    path, fresh = self_rehearsal_file(cfg, model, tokenizer, model_path, dtype)
+    examples, empty = answers.read_answers(path)
+    notes.append(f"rehearsal: {len(examples)} base-model answers ({'generated now' if fresh else 'cached'}: {path})")
+    if empty:
+        notes.append(f"rehearsal: {empty} prompt(s) got an empty base-model answer and are left out")
+    return examples
+
+
+def _run_rows(ref: str, tokenizer, notes: list[str]) -> list[dict]:
+    """An earlier run's training rows exactly as it trained on them (its files, split, system prompt and
+    rendering; its validation rows stay out, so its task can still be scored on them)."""
+    run_cfg = loader.load(Path(ref) / "config.yaml")
+    rows = build(run_cfg.data, tokenizer, run_cfg.train.seed).train
+    notes.append(f"rehearsal: {len(rows)} training rows of the earlier run {ref}")
+    return rows

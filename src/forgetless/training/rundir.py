@@ -173,7 +173,7 @@ def check_resume(out: Path, cfg: Config) -> None:
         before = loader.validate(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
     except UserError:
         return  # written by a version whose settings no longer exist: the checkpoint's shapes are checked instead
-    old, new = loader.flat(before.model_dump(mode="json")), loader.flat(cfg.model_dump(mode="json"))
+    old, new = loader.flat(loader.absolute(before)), loader.flat(loader.absolute(cfg))  # as config.yaml keeps them
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     refused = [k for k in changed if not k.startswith(RESUMABLE)]
     if refused:

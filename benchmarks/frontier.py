@@ -1,0 +1,233 @@
+"""Forgetting head-to-head: forgetless's presets against TRL's SFT and SDFT trainers and replay-only.
+
+For each task (benchmarks/tasks.py: triage, keigo, replies) every method trains the same LoRA
+(r, alpha, dropout, all-linear; the task config's learning rate and schedule) for the same number of
+steps on the same rows, and every result is scored by the same forgetless evaluation (`forgetless eval`
+of its adapter): the task metric, KL to the base on held-out general prompts, unchanged greedy answers,
+multiple choice with CIs, and KL(base ‖ tuned) on the task's own validation prompts (RL's Razor).
+
+Methods:
+  none, lwf, rehearsal, full  forgetless presets (rehearsal = the base model's own answers, 20% of a batch)
+  replay-10, replay-30        replay only: forgetless's rehearsal at 10% / 30% of every batch, no LwF
+  trl-sft                     TRL SFTTrainer + PEFT, loss on the answers (its prompt-completion default)
+  trl-sdft                    TRL's experimental SDFTTrainer + PEFT with its defaults (on-policy samples,
+                              teacher = the base, adapter off, conditioned on the demonstration), except
+                              num_generations=4 and max_completion_length=64 (CPU time), 4 prompts a step
+
+Run: python benchmarks/frontier.py [--out runs/frontier] [--tasks triage keigo replies] [--methods ...]
+     [--steps 30] [--model NAME] [--max-examples 30]
+A finished method is reused (delete its folder to redo it). Writes OUT/frontier.md (a table per task),
+OUT/frontier.json and OUT/frontier.png (task gain against KL to base, every method; one panel per task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import tasks  # benchmarks/tasks.py: the task data
+
+from forgetless import api
+from forgetless.config.schema import Config
+from forgetless.data.build import read_all
+from forgetless.data.formats import ReadReport
+from forgetless.model import hardware
+from forgetless.model import loader as models
+from forgetless.model.generate import split_prompt
+from forgetless.recipes import evaluate
+
+PRESETS = {
+    "none": ["forgetting.preset=none"],
+    "lwf": ["forgetting.preset=lwf"],
+    "rehearsal": ["forgetting.preset=rehearsal"],
+    "full": ["forgetting.preset=full"],
+    "replay-10": ["forgetting.preset=rehearsal", "forgetting.rehearsal.ratio=0.1"],
+    "replay-30": ["forgetting.preset=rehearsal", "forgetting.rehearsal.ratio=0.3"],
+}
+METHODS = [*PRESETS, "trl-sft", "trl-sdft"]
+
+
+def task_overrides(task: str, out: Path, args) -> list[str]:
+    """The settings every method of `task` shares, as forgetless overrides of the quickstart recipe."""
+    overrides = [*tasks.overrides(task, out / "data"), f"train.max_steps={args.steps}", f"model.name={args.model}"]
+    overrides += [f"eval.max_examples={args.max_examples}", "eval.samples=0", "eval.report=false"]
+    return [*overrides, "train.eval_every=100000", "train.save_every=100000", *args.override]
+
+
+def prompts_and_answers(cfg: Config) -> list[tuple[list[dict], str]]:
+    """The task's training conversations as forgetless renders them: (prompt messages, answer)."""
+    examples = read_all(cfg.data.train, cfg.data, ReadReport())
+    return [split_prompt(e.messages, cfg.data.system_prompt) for e in examples if e.messages]
+
+
+def train_forgetless(shared: list[str], method: str, run: Path) -> None:
+    overrides = [*PRESETS[method], f"output_dir={run}", "eval.before_after=false", "eval.retention=false"]
+    api.train(api.load_config(None, [*shared, *overrides]), overwrite=run.exists())
+
+
+def _lora(cfg: Config):
+    from peft import LoraConfig  # only the TRL methods build a PEFT config by hand
+
+    p = cfg.peft
+    return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=p.target_modules)
+
+
+def _trl_common(cfg: Config, run: Path) -> dict:
+    t = cfg.train
+    return {
+        "output_dir": str(run / "trl"),
+        "max_steps": t.max_steps,
+        "learning_rate": cfg.lr,
+        "lr_scheduler_type": t.scheduler,
+        "warmup_steps": t.warmup_ratio,  # transformers 5: a float below 1 is a share of the steps
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "seed": t.seed,
+        "save_strategy": "no",
+        "report_to": [],
+        "logging_steps": 5,
+        "use_cpu": hardware.device().type == "cpu",
+        "bf16": False,
+    }
+
+
+def train_trl(cfg: Config, method: str, run: Path) -> None:
+    """TRL's trainer on the same base, rows and LoRA; the adapter saved where `forgetless eval` reads it."""
+    from datasets import Dataset  # TRL's input type; only these two methods need it
+
+    model, tokenizer, _ = models.load(cfg.model, hardware.device())
+    pairs = prompts_and_answers(cfg)
+    if method == "trl-sft":
+        from trl import SFTConfig, SFTTrainer  # imported per method: SDFT is experimental and slower to import
+
+        data = Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": a}]} for p, a in pairs])
+        settings = SFTConfig(
+            **_trl_common(cfg, run), per_device_train_batch_size=cfg.train.batch_size, max_length=cfg.data.max_length
+        )
+        trainer = SFTTrainer(model, settings, train_dataset=data, processing_class=tokenizer, peft_config=_lora(cfg))
+    else:
+        from trl.experimental.sdft import SDFTConfig, SDFTTrainer  # as above
+
+        tokenizer.padding_side = "left"  # generation pads on the left
+        data = Dataset.from_list([{"prompt": p, "privileged_context": a} for p, a in pairs])
+        generations = 4
+        settings = SDFTConfig(
+            **_trl_common(cfg, run),
+            per_device_train_batch_size=cfg.train.batch_size * generations,
+            num_generations=generations,
+            max_completion_length=64,
+        )
+        trainer = SDFTTrainer(model, settings, train_dataset=data, processing_class=tokenizer, peft_config=_lora(cfg))
+    trainer.train()
+    trainer.model.save_pretrained(run / "adapter")
+    tokenizer.save_pretrained(run / "adapter")
+
+
+def run_method(shared: list[str], method: str, run: Path) -> dict:
+    """Train (unless a finished result is there), then score with forgetless's own evaluation."""
+    summary_file = run / "frontier.json"
+    if summary_file.is_file():
+        return json.loads(summary_file.read_text(encoding="utf-8"))
+    cfg = api.load_config(None, shared)
+    started = time.time()
+    if method in PRESETS:
+        train_forgetless(shared, method, run)
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        train_trl(cfg, method, run)
+    trained = time.time() - started
+    result = evaluate.run(cfg, str(run), None, run / "eval")
+    found = {"method": method, "train_seconds": round(trained, 1), "eval": result}
+    summary_file.write_text(json.dumps(found, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(f"[frontier] {run}: trained in {trained:.0f} s")
+    return found
+
+
+def row(found: dict, metric: str, none_gain: float | None) -> dict:
+    ev = found["eval"]
+    t = ev["task"][metric]
+    r = ev["retention"]
+    bench = next(iter(r.get("benchmarks", {}).values()), None)
+    gain = t["finetuned"] - t["base"]
+    return {
+        "method": found["method"],
+        "base": t["base"],
+        "tuned": t["finetuned"],
+        "gain": gain,
+        "kept": gain / none_gain if none_gain else None,
+        "kl": r["prompts"]["kl_per_token"],
+        "kl_task": r["task_prompts"]["kl_base_to_tuned"],
+        "agreement": r["prompts"]["agreement"],
+        "mc": bench["acc"]["finetuned"] if bench else None,
+        "mc_diff": bench["acc"]["diff"] if bench else None,
+        "mc_ci": bench["acc"]["diff_ci"] if bench else None,
+        "train_seconds": found["train_seconds"],
+    }
+
+
+def table(task: str, metric: str, rows: list[dict]) -> list[str]:
+    head = f"| method | {metric} base → tuned | gain kept vs none | KL to base / token | KL(base ‖ tuned) task "
+    head += "| unchanged answers | MC acc (Δ, 95% CI) | train s |"
+    lines = [f"### {task}", "", head, "|" + "---|" * 8]
+    for r in rows:
+        kept = "–" if r["kept"] is None else f"{100 * r['kept']:.0f}%"
+        mc = (
+            "–"
+            if r["mc"] is None
+            else f"{r['mc']:.3f} ({r['mc_diff']:+.3f} [{r['mc_ci'][0]:+.2f}, {r['mc_ci'][1]:+.2f}])"
+        )
+        lines.append(
+            f"| {r['method']} | {r['base']:.3f} → {r['tuned']:.3f} | {kept} | {r['kl']:.4f} | {r['kl_task']:.3f} "
+            f"| {r['agreement']:.3f} | {mc} | {r['train_seconds']:.0f} |"
+        )
+    return [*lines, ""]
+
+
+def chart(results: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib  # only the chart needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after choosing the file-only backend
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    for ax, (task, rows) in zip(axes[0], results.items(), strict=True):
+        for r in rows:
+            ax.scatter(r["kl"], r["gain"], color="tab:red" if r["method"].startswith("trl") else "tab:blue")
+            ax.annotate(r["method"], (r["kl"], r["gain"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set(title=task, xlabel="KL to base per token (held-out prompts, log)", ylabel="task gain")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/frontier")
+    ap.add_argument("--tasks", nargs="+", default=["triage", "keigo", "replies"])
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--max-examples", type=int, default=30, help="validation rows scored per task")
+    ap.add_argument("--override", nargs="*", default=[], help="more KEY=VALUE for every run (e.g. tests' tiny sizes)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    lines = ["# Forgetting head-to-head (benchmarks/frontier.py)", ""]
+    results: dict[str, list[dict]] = {}
+    for task in args.tasks:
+        shared = task_overrides(task, out, args)
+        found = {m: run_method(shared, m, out / task / m) for m in args.methods}
+        metric = api.load_config(None, shared).eval.metric
+        none_gain = row(found["none"], metric, None)["gain"] if "none" in found else None
+        results[task] = [row(f, metric, none_gain) for f in found.values()]
+        lines += table(task, metric, results[task])
+    (out / "frontier.md").write_text("\n".join(lines), encoding="utf-8")
+    (out / "frontier.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    chart(results, out / "frontier.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

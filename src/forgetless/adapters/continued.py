@@ -1,0 +1,89 @@
+"""Task after task: a run that continues an earlier run's LoRA/DoRA adapter (--continue-from runs/A).
+
+The earlier adapter is loaded twice over the one copy of the base weights: a frozen copy named
+`previous` and a trainable copy, `default`, that this run goes on training. Until `default` exists the
+model *is* A's model, so everything the recipe measures "on the base" (the before scores, the
+retention references, the self-rehearsal answers, the cached LwF teacher) is measured on A. During
+training, `base_view` switches to `previous` for the LwF teacher and the retention KL. The result is
+still one plain PEFT adapter over the original base (only `default` is saved), so merge, serve, chat
+and export need nothing new. TRL keeps its PEFT DPO reference the same way (a second adapter name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from peft import PeftModel
+from torch import nn
+
+from forgetless.adapters import saved
+from forgetless.adapters.methods import CONTINUED, PREVIOUS, TRAINED
+from forgetless.config.schema import Config
+from forgetless.errors import UserError
+
+
+def adapter_of(cfg: Config) -> Path:
+    """The earlier run's adapter directory, after checking that this run can continue it: same base
+    model, a LoRA/DoRA adapter of the method and rank this config asks for. One line per refusal."""
+    ref = cfg.model.continue_from
+    key = f"model.continue_from={ref}"
+    run = Path(ref)
+    if not (run / "summary.json").is_file():
+        raise UserError(f"{key}: not a finished run directory (no summary.json); finish or resume that run first")
+    directory = saved.adapter_dir(ref)
+    method = saved.method_of(directory)
+    if method not in ("lora", "dora"):
+        raise UserError(f"{key}: its adapter is {method}; --continue-from continues LoRA or DoRA adapters")
+    settings = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+    if method != cfg.peft.method or settings["r"] != cfg.peft.r:
+        raise UserError(
+            f"{key}: that adapter is {method} r={settings['r']} and this run continues it; "
+            f"set peft.method={method} peft.r={settings['r']} (this config has {cfg.peft.method} r={cfg.peft.r})"
+        )
+    earlier = saved.base_of(directory)
+    if earlier is not None and not _same_model(earlier, cfg.model.name):
+        raise UserError(f"{key}: that run trained {earlier}, this config trains {cfg.model.name}; use one base model")
+    return directory
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
+
+
+def fingerprint(ref: str) -> str:
+    """What identifies A's model for the caches keyed by the base model: its adapter's bytes."""
+    directory = saved.adapter_dir(ref)
+    digest = hashlib.sha256()
+    for f in sorted(directory.glob("adapter_*")):
+        digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def load_previous(model, directory: Path) -> PeftModel:
+    """The base with A's adapter as the frozen `previous`: from here on the model is A's model."""
+    model = PeftModel.from_pretrained(model, str(directory), adapter_name=PREVIOUS, is_trainable=False)
+    setattr(model, CONTINUED, True)
+    for module in model.modules():
+        dropout = getattr(module, "lora_dropout", None)
+        if isinstance(dropout, nn.ModuleDict) and PREVIOUS in dropout:
+            dropout[PREVIOUS] = nn.Identity()  # a teacher without dropout noise, in train mode too
+    return model
+
+
+def continue_training(model: PeftModel, directory: Path) -> PeftModel:
+    """A second copy of A's adapter, trainable, made the active one (PEFT freezes the others)."""
+    model.load_adapter(str(directory), adapter_name=TRAINED, is_trainable=True)
+    model.set_adapter(TRAINED)
+    return model
+
+
+def on_original_base(cfg: Config) -> Config:
+    """The config with no continuation, for code that loads only the original base: the caches keyed by
+    the base model must not file the original base's results under the earlier run's model."""
+    if not cfg.model.continue_from:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"continue_from": None})})

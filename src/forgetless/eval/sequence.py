@@ -1,0 +1,94 @@
+"""Task after task: the runs a continuation descends from (--continue-from), their tasks scored again
+on the new model, and the retention matrix of the report (every task's score after every stage).
+
+A stage's own eval.json already holds its task before and after and its retention against the stage
+it continued; this adds the earlier tasks, so forgetting of task A while learning B and C shows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from forgetless.config import loader
+from forgetless.data.build import build
+from forgetless.errors import UserError
+from forgetless.eval.task import task_eval
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def earlier_runs(ref: str | Path) -> list[Path]:
+    """`ref` and the runs it continues in turn, oldest first."""
+    chain: list[Path] = []
+    current: Path | None = Path(ref).resolve()
+    while current is not None and current not in chain:
+        chain.insert(0, current)
+        before = _read(current / "summary.json").get("continued_from")
+        current = Path(before).resolve() if before else None
+    return chain
+
+
+def score_earlier(model, tokenizer, runs: list[Path]) -> dict:
+    """Each earlier run's task metric on its own validation rows, answered by `model` (its settings:
+    system prompt, metric, labels, generation length come from that run's config.yaml)."""
+    scores = {}
+    for run in runs:
+        try:
+            cfg = loader.load(run / "config.yaml")
+            examples = build(cfg.data, tokenizer, cfg.train.seed).validation_examples
+        except UserError as e:  # a moved data file must not cost the run its other results
+            print(f"[forgetless] earlier task {run.name} not scored: {e}")
+            scores[run.name] = {"run": str(run), "error": str(e)}
+            continue
+        print(f"[forgetless] scoring the earlier task of {run.name} ({len(examples)} validation rows) ...")
+        found = task_eval(model, tokenizer, examples, cfg)
+        scores[run.name] = {"run": str(run), "metric": cfg.eval.metric, "task": found}
+    return scores
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def matrix(run: Path) -> list[list[str]] | None:
+    """Rows: the base model, then the model after each stage; columns: each stage's task metric, the
+    multiple-choice accuracy on each benchmark, the KL to the stage before. None for a single run."""
+    chain = earlier_runs(run)
+    if len(chain) < 2:
+        return None
+    evals = [_read(r / "eval.json") for r in chain]
+    metrics = [_metric(r) for r in chain]
+    benches = sorted(evals[-1].get("retention", {}).get("benchmarks", {}))
+    head = ["after"] + [f"{r.name}: {m}" for r, m in zip(chain, metrics, strict=True)]
+    head += [f"{b} acc" for b in benches] + ["KL to the stage before / token"]
+
+    def task(j: int, side: str):
+        return (evals[j].get("task", {}).get(metrics[j]) or {}).get(side) if 0 <= j < len(chain) else None
+
+    def bench(ev: dict, name: str, side: str):
+        return ((ev.get("retention", {}).get("benchmarks", {}).get(name) or {}).get("acc") or {}).get(side)
+
+    rows = [head, ["base model", _fmt(task(0, "base"))] + ["–"] * (len(chain) - 1)]
+    rows[-1] += [_fmt(bench(evals[0], b, "base")) for b in benches] + ["–"]
+    for i, ev in enumerate(evals):
+        cells = []
+        for j in range(len(chain)):
+            if j < i:
+                earlier = ev.get("earlier_tasks", {}).get(chain[j].name, {})
+                cells.append(_fmt(earlier.get("task", {}).get(metrics[j])))
+            else:  # j == i: this stage's own result; j == i + 1: the next stage's "before", measured on this model
+                cells.append(_fmt(task(j, "finetuned" if j == i else "base") if j <= i + 1 else None))
+        kl = (ev.get("retention", {}).get("prompts") or {}).get("kl_per_token")
+        rows.append([chain[i].name, *cells, *[_fmt(bench(ev, b, "finetuned")) for b in benches], _fmt(kl)])
+    return rows
+
+
+def _metric(run: Path) -> str:
+    """The task metric a run's config.yaml names (the report's default when it names none)."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").is_file() else {}
+    return (cfg or {}).get("eval", {}).get("metric", "exact_match")
