@@ -128,6 +128,14 @@ def test_refusals(tiny_dir, train_file, tmp_path, stages, capsys):
         api.train(api.load_config(None, tiny_args(tiny_dir, train_file, out, f"model.continue_from={tmp_path}")))
     with pytest.raises(UserError, match=r"that adapter is lora r=4 .* set peft.method=lora peft.r=4"):
         api.train(api.load_config(None, tiny_args(tiny_dir, train_file, out, f"model.continue_from={a}", "peft.r=8")))
+    with pytest.raises(UserError, match=r"that run trained .*tiny-llama.*, this config trains smollm2-135m-instruct"):
+        api.train(
+            api.load_config(
+                None,
+                tiny_args(tiny_dir, train_file, out, f"model.continue_from={a}", "model.name=smollm2-135m-instruct"),
+            )
+        )
+    assert not out.exists()  # refused before the run directory is claimed
     with pytest.raises(UserError, match="continues an earlier run's LoRA/DoRA adapter with recipe sft"):
         api.load_config(None, [f"model.continue_from={a}", "peft.method=ia3"])
     with pytest.raises(UserError, match="this config has recipe dpo"):
