@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from forgetless.config.schema import DataConfig
+from forgetless.config import loader
+from forgetless.config.schema import Config, DataConfig
 from forgetless.data.formats import Example, ReadReport, read_file
 from forgetless.data.render import RenderReport, encode_all
 from forgetless.errors import UserError
@@ -86,3 +88,13 @@ def held_out(cfg: DataConfig, tokenizer, seed: int) -> Dataset:
     render = RenderReport()
     rows = encode_all(tokenizer, examples, cfg.max_length, cfg.overlong, cfg.loss_on, cfg.system_prompt, render)
     return Dataset([], rows, examples, read, render)
+
+
+def of_run(run: Path, tokenizer) -> tuple[Config, Dataset]:
+    """An earlier run's config and data exactly as it trained on them (its files, split, system prompt,
+    rendering): task after task rehearses its rows and scores its validation rows."""
+    try:
+        cfg = loader.load(Path(run) / "config.yaml")
+        return cfg, build(cfg.data, tokenizer, cfg.train.seed)
+    except UserError as e:
+        raise UserError(f"earlier run {run}: {e}; its config.yaml names files that must still exist") from None

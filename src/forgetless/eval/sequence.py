@@ -12,8 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from forgetless.config import loader
-from forgetless.data.build import build
+from forgetless.data.build import of_run
 from forgetless.errors import UserError
 from forgetless.eval.task import task_eval
 
@@ -39,8 +38,8 @@ def score_earlier(model, tokenizer, runs: list[Path]) -> dict:
     scores = {}
     for run in runs:
         try:
-            cfg = loader.load(run / "config.yaml")
-            examples = build(cfg.data, tokenizer, cfg.train.seed).validation_examples
+            cfg, data = of_run(run, tokenizer)
+            examples = data.validation_examples
         except UserError as e:  # a moved data file must not cost the run its other results
             print(f"[forgetless] earlier task {run.name} not scored: {e}")
             scores[run.name] = {"run": str(run), "error": str(e)}

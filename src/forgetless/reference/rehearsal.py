@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forgetless.config import loader
 from forgetless.config.schema import Config
-from forgetless.data.build import build, read_all
+from forgetless.data.build import of_run, read_all
 from forgetless.data.formats import ReadReport
 from forgetless.data.render import RenderReport, encode_all
 from forgetless.reference import answers
@@ -67,7 +66,6 @@ def _self_examples(cfg: Config, model, tokenizer, model_path: str, dtype: str, n
 def _run_rows(ref: str, tokenizer, notes: list[str]) -> list[dict]:
     """An earlier run's training rows exactly as it trained on them (its files, split, system prompt and
     rendering; its validation rows stay out, so its task can still be scored on them)."""
-    run_cfg = loader.load(Path(ref) / "config.yaml")
-    rows = build(run_cfg.data, tokenizer, run_cfg.train.seed).train
+    rows = of_run(Path(ref), tokenizer)[1].train
     notes.append(f"rehearsal: {len(rows)} training rows of the earlier run {ref}")
     return rows
