@@ -14,6 +14,9 @@ Methods:
                               teacher = the base, adapter off, conditioned on the demonstration), except
                               num_generations=4 and max_completion_length=64 (CPU time), 4 prompts a step
 
+Beside the table of each task: SDFT's teacher scored on its own (the base model answering with the
+reference answer in its prompt), which bounds what self-distillation can teach.
+
 Run: python benchmarks/frontier.py [--out runs/frontier] [--tasks triage keigo replies] [--methods ...]
      [--steps 30] [--model NAME] [--max-examples 30]
 A finished method is reused (delete its folder to redo it). Writes OUT/frontier.md (a table per task),
@@ -34,9 +37,10 @@ from forgetless import api
 from forgetless.config.schema import Config
 from forgetless.data.build import read_all
 from forgetless.data.formats import ReadReport
+from forgetless.eval.metrics import score
 from forgetless.model import hardware
 from forgetless.model import loader as models
-from forgetless.model.generate import split_prompt
+from forgetless.model.generate import generate, split_prompt
 from forgetless.recipes import evaluate
 
 PRESETS = {
@@ -126,6 +130,25 @@ def train_trl(cfg: Config, method: str, run: Path) -> None:
     tokenizer.save_pretrained(run / "adapter")
 
 
+def sdft_teacher(cfg: Config, task_dir: Path) -> dict:
+    """What SDFT's teacher can teach: the base model's greedy answers with the reference answer itself in
+    its prompt (TRL's default teacher prompt, "{prompt}\\n\\n{demonstration}"), scored like the task. On-policy
+    self-distillation pulls the student towards these answers; if they miss the format, it has nothing to
+    pull towards."""
+    found = task_dir / "sdft-teacher.json"
+    if found.is_file():
+        return json.loads(found.read_text(encoding="utf-8"))
+    model, tokenizer, _ = models.load(cfg.model, hardware.device())
+    rows = [e for e in read_all(cfg.data.validation, cfg.data, ReadReport()) if e.messages][: cfg.eval.max_examples]
+    pairs = [split_prompt(e.messages, cfg.data.system_prompt) for e in rows]
+    prompts = [[*p[:-1], {"role": "user", "content": f"{p[-1]['content']}\n\n{answer}"}] for p, answer in pairs]
+    answers = generate(model, tokenizer, prompts, cfg.eval.max_new_tokens, desc="sdft teacher: answers")
+    result = {"n": len(rows), **score(answers, [a for _, a in pairs], cfg.eval.labels, cfg.eval.custom_metrics)}
+    result["samples"] = [{"reference": r, "teacher": a} for (_, r), a in zip(pairs[:3], answers, strict=False)]
+    found.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    return result
+
+
 def run_method(shared: list[str], method: str, run: Path) -> dict:
     """Train (unless a finished result is there), then score with forgetless's own evaluation."""
     summary_file = run / "frontier.json"
@@ -186,20 +209,30 @@ def table(task: str, metric: str, rows: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+MARKERS = {"none": "o", "lwf": "o", "rehearsal": "o", "full": "o", "replay-10": "s", "replay-30": "s"}
+
+
 def chart(results: dict[str, list[dict]], path: Path) -> None:
+    """Task gain against KL to base, a panel per task; a colour per method and one legend (labels on
+    the points would overlap: several methods land on nearly the same point); circles = forgetless
+    presets, squares = replay only, triangles = TRL."""
     import matplotlib  # only the chart needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after choosing the file-only backend
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    colours = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(METHODS)}
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results) + 1.6, 4.2), squeeze=False)
     for ax, (task, rows) in zip(axes[0], results.items(), strict=True):
         for r in rows:
-            ax.scatter(r["kl"], r["gain"], color="tab:red" if r["method"].startswith("trl") else "tab:blue")
-            ax.annotate(r["method"], (r["kl"], r["gain"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+            marker = MARKERS.get(r["method"], "^")
+            ax.scatter(r["kl"], r["gain"], color=colours[r["method"]], marker=marker, s=55, label=r["method"])
         ax.set_xscale("log")
-        ax.set(title=task, xlabel="KL to base per token (held-out prompts, log)", ylabel="task gain")
-    fig.tight_layout()
+        ax.set(title=task, xlabel="KL to base per token (held-out prompts, log)", ylabel="task gain (tuned − base)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=110)
 
 
@@ -223,6 +256,13 @@ def main(argv: list[str]) -> None:
         none_gain = row(found["none"], metric, None)["gain"] if "none" in found else None
         results[task] = [row(f, metric, none_gain) for f in found.values()]
         lines += table(task, metric, results[task])
+        if "trl-sdft" in found:
+            teacher = sdft_teacher(api.load_config(None, shared), out / task)
+            lines += [
+                f"SDFT's teacher (the base with the reference answer in its prompt), greedy: {metric} "
+                f"{teacher[metric]:.3f} on the same {teacher['n']} rows.",
+                "",
+            ]
     (out / "frontier.md").write_text("\n".join(lines), encoding="utf-8")
     (out / "frontier.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     chart(results, out / "frontier.png")

@@ -8,7 +8,9 @@ Variants (same seed, task-data order and 60-step budget as the quickstart):
   full         rehearsal rows + KL on context and rehearsal rows, no CE on rehearsal rows (the default);
   full_ce1     full + CE on the rehearsal rows at weight 1 (forgetting.rehearsal.weight=1);
   full_ce03    full + CE on the rehearsal rows at weight 0.3;
-  full_reh_kl  rehearsal rows + KL on the rehearsal rows only (no teacher pass over the task rows).
+  full_reh_kl  rehearsal rows + KL on the rehearsal rows only (no teacher pass over the task rows);
+  full_pos50, full_pos25  full with the KL on a random 50% / 25% of its positions per micro-batch
+               (forgetting.lwf.positions: an unbiased estimate; what it does to retention).
 The four preset variants are exactly what `forgetless compare` trains, so with the same
 output_dir that command reuses them. Finished variants are reused; an interrupted run continues.
 Run: python benchmarks/kl_placement.py [output_dir=runs/compare] [other overrides]
@@ -31,13 +33,15 @@ VARIANTS = {
     "full_ce03": ["forgetting.preset=full", "forgetting.rehearsal.weight=0.3"],
     "full_reh_kl": ["forgetting.preset=full", "forgetting.lwf.tokens=[rehearsal]"],
     "lwf_answers": ["forgetting.preset=lwf", "forgetting.lwf.tokens=[answers]"],
+    "full_pos50": ["forgetting.preset=full", "forgetting.lwf.positions=0.5"],
+    "full_pos25": ["forgetting.preset=full", "forgetting.lwf.positions=0.25"],
 }
 
 
 def main(argv: list[str]) -> None:
     quiet_third_party_logs()
     cfg = api.load_config(None, ["output_dir=runs/compare", *argv])
-    rows = compare.run(cfg, VARIANTS)
+    rows = api.compare_presets(cfg, VARIANTS)
     print("\n" + compare.table(rows, cfg.eval.metric))
 
 

@@ -48,6 +48,8 @@ def test_every_method_trains_and_is_scored_the_same_way(tiny_dir, tmp_path):
     for r in rows.values():  # the same measures for every method, from the same evaluation
         assert r["kl"] > 0 and r["kl_task"] > 0 and 0 <= r["agreement"] <= 1 and r["train_seconds"] > 0
     assert (out / "frontier.png").stat().st_size > 10_000
+    teacher = json.loads((out / "replies" / "sdft-teacher.json").read_text())  # what SDFT's teacher answers
+    assert teacher["n"] == 2 and 0 <= teacher["chrf"] <= 100 and "SDFT's teacher" in table
     again = json.loads((out / "replies" / "trl-sft" / "frontier.json").read_text())
     frontier.main([*args, "--methods", "trl-sft", "--override", *tiny])  # a finished method is reused
     assert json.loads((out / "replies" / "trl-sft" / "frontier.json").read_text()) == again

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
 from forgetless.data.batching import Batches
@@ -17,7 +19,7 @@ def test_rehearsal_rows_per_batch_are_exact_and_epoch_covers_the_task_once():
     task, general = _rows(10, 1000), _rows(7, 5000)
     mixed = MixedBatches(task, general, batch_size=4, ratio=0.3, seed=3, pad_id=0)
     # general rows g on top of b task rows so that g / (b + g) ≈ ratio: g = round(b·r / (1 − r))
-    assert general_per_batch(4, 0.3) == 2 and general_per_batch(10, 0.3) == 4 and general_per_batch(4, 0.1) == 1
+    assert general_per_batch(4, 0.3) == 2 and general_per_batch(10, 0.3) == 4
     assert len(mixed) == 3  # an epoch is defined by the task rows: ceil(10 / 4)
     plain = [b["input_ids"].tolist() for b in Batches(task, 4, 3, 0).epoch(0)]
     seen = []
@@ -40,6 +42,26 @@ def test_rehearsal_mixing_is_deterministic_and_resumable():
     # the general stream continues across epochs: every general row is used before any repeats
     general = [i for e in (0, 1) for _, g in stream(3, e) for i in g]
     assert sorted(general[:7]) == list(range(5000, 5007))
+
+
+def test_a_share_under_one_row_per_batch_is_spread_and_exact_over_the_run():
+    # 10% of batches of 4 task rows is 4/9 of a row per micro-batch: 4 rows in every 9 micro-batches
+    assert general_per_batch(4, 0.1) == Fraction(4, 9) and general_per_batch(4, 0.2) == 1
+    task, general = _rows(36, 1000), _rows(50, 5000)
+    mixed = MixedBatches(task, general, batch_size=4, ratio=0.1, seed=3, pad_id=0)
+    items = list(mixed.epoch(0))
+    per_batch = [len(item[1]["input_ids"]) if isinstance(item, list) else 0 for item in items]
+    assert per_batch == [0, 0, 1, 0, 1, 0, 1, 0, 1]  # ⌊(g+1)·4/9⌋ − ⌊g·4/9⌋: never two in a row
+    assert sum(per_batch) / (sum(per_batch) + len(task)) == pytest.approx(0.1)
+    plain = [b["input_ids"].tolist() for b in Batches(task, 4, 3, 0).epoch(0)]
+    tasks = [(item[0] if isinstance(item, list) else item)["input_ids"].tolist() for item in items]
+    assert tasks == plain  # the task stream is unchanged
+    # the next epoch continues the count (micro-batch 9 onwards) and resumes exactly from a position
+    later = [len(i[1]["input_ids"]) if isinstance(i, list) else 0 for i in mixed.epoch(1)]
+    assert later == per_batch and [len(x) for x in mixed.lengths(0)] == [1 + n for n in per_batch]
+    resumed = [i[1]["input_ids"].tolist() for i in mixed.epoch(1, start=4) if isinstance(i, list)]
+    assert resumed == [i[1]["input_ids"].tolist() for i in list(mixed.epoch(1))[4:] if isinstance(i, list)]
+    assert "4 general rows added to every 9 micro-batches" in mixed.describe() and "(10% general)" in mixed.describe()
 
 
 def test_rehearsal_needs_general_rows():

@@ -48,8 +48,8 @@ def test_length_grouping_keeps_every_row_once_and_cuts_padding():
 
 def test_packed_rehearsal_batches_hold_the_same_rows():
     task, general = token_rows([6, 9, 4, 7]), token_rows([20, 15, 18], start=90)
-    padded = MixedBatches(task, general, 2, 0.3, 0, 0)
-    packed = MixedBatches(task, general, 2, 0.3, 0, 0, pack=64)
+    padded = MixedBatches(task, general, 2, 0.4, 0, 0)
+    packed = MixedBatches(task, general, 2, 0.4, 0, 0, pack=64)
     for (t, g), p in zip(padded.epoch(0), packed.epoch(0), strict=True):
         assert isinstance(p, dict)  # short rows: one packed batch
         assert int(p["attention_mask"].sum()) == int(t["attention_mask"].sum() + g["attention_mask"].sum())

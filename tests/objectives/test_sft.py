@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from forgetless.adapters import methods
 from forgetless.config.schema import ForgettingConfig
-from forgetless.objectives.losses import IGNORE
-from forgetless.objectives.sft import counts, objective
+from forgetless.objectives.losses import IGNORE, batch_seed, kl_sum, position_masks, sample_positions
+from forgetless.objectives.sft import counts, kl_positions, objective
 from forgetless.reference.fisher import make_anchor
 from tests.conftest import lora_model
 
@@ -77,3 +77,42 @@ def test_rehearsal_ce_weight_is_automatic_unless_set():
     assert ForgettingConfig(preset="full", lwf={"tokens": ["context"]}).rehearsal_ce_weight == 1.0
     assert ForgettingConfig(preset="full", lwf={"weight": 0}).rehearsal_ce_weight == 1.0
     assert ForgettingConfig(preset="full", rehearsal={"weight": 0.3}).rehearsal_ce_weight == 0.3
+
+
+def test_sampled_kl_positions_are_an_unbiased_estimate_of_the_full_term():
+    where = torch.tensor([[True, False, True, True], [True, True, False, True]])
+    values = torch.arange(1.0, 9.0).view(2, 4)
+    assert torch.equal(sample_positions(where, 1.0, 0), where)
+    kept = [sample_positions(where, 0.25, seed) for seed in range(4000)]
+    assert all(not bool((k & ~where).any()) for k in kept)  # only KL positions are ever kept
+    assert torch.equal(kept[7], sample_positions(where, 0.25, 7))  # the same seed, the same positions
+    estimate = sum(float(values[k].sum()) / 0.25 for k in kept) / len(kept)
+    assert estimate == pytest.approx(float(values[where].sum()), rel=0.03)  # 31; the mean of 4000 draws
+
+
+def test_lwf_term_on_sampled_positions_is_scaled_by_the_share(tiny_dir, tokenizer):
+    """The objective's lwf term with positions=0.5 equals the KL over the sampled positions, computed by
+    hand from the student's and the base's logits, over (every KL position × 0.5)."""
+    model = lora_model(tiny_dir).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # move the student off the base: a KL of zero would prove nothing
+    batch = _batch(tokenizer, [False, True, False])
+    cfg = ForgettingConfig(preset="lwf", lwf={"positions": 0.5, "weight": 1.0})
+    norms = {k: float(v) for k, v in counts(batch, cfg).items()}
+    got = objective(cfg).loss(model, batch, norms)["lwf"]
+    where = sample_positions(
+        kl_positions(
+            position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"]), ["context", "rehearsal"]
+        ),
+        0.5,
+        batch_seed(batch),
+    )
+    assert 0 < int(where.sum()) < norms["kl"]  # some positions sampled out, some kept
+    with torch.no_grad():
+        s = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        with methods.base_view(model) as base:
+            t = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    want = kl_sum(s[where], t[where]) / (norms["kl"] * 0.5)
+    torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-6)

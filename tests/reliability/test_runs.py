@@ -74,8 +74,12 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tiny_dir, data, tmp_pat
     """Defect: Ctrl-C said "resume with --resume" but saved nothing before the first save_every."""
     run = tmp_path / "run"
     args = tiny_args(tiny_dir, data, run, "train.max_steps=100000", "train.save_every=100000")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "forgetless", "train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    proc = subprocess.Popen(  # SIGINT as in a terminal's foreground: `make test &` from a script would ignore it
+        [sys.executable, "-m", "forgetless", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 240
     while time.time() < deadline and not (

@@ -182,3 +182,19 @@ def test_before_after_scores_are_reported(tiny_overrides, tmp_path):
     for key in ("task_before", "task_after"):
         assert set(summary[key]) >= {"exact_match", "rouge_l", "n", "samples"} and summary[key]["n"] == 2
     assert Path(tmp_path / "run" / "eval_before.json").is_file()
+
+
+def test_held_ctrl_c_is_raised_after_the_block_and_an_ignored_one_stays_ignored():
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with pytest.raises(KeyboardInterrupt), loop._uninterrupted():
+            os.kill(os.getpid(), signal.SIGINT)
+            done = True  # the block finishes before the interrupt is raised
+        assert done
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a job started with `&` by a script
+        with loop._uninterrupted():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -27,6 +27,14 @@ class LwfConfig(BaseModel):
         "question); rehearsal = every token of the rehearsal rows; answers = the task answers themselves, "
         "which pulls straight against the task loss (see docs/forgetting.md for the measurement).",
     )
+    positions: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Share of the KL positions that count in each micro-batch, drawn at random (seeded by the "
+        "batch's tokens) and scaled up by 1/share: an unbiased estimate of the full term that runs the output "
+        "head and softmaxes on fewer positions (the teacher's forward pass is unchanged); 1 = every position.",
+    )
     teacher: Literal["auto", "online", "cached"] = Field(
         "auto",
         description="online: the base model's forward pass on every batch (exact KL); cached: its top-k "
@@ -40,7 +48,11 @@ class LwfConfig(BaseModel):
 class RehearsalConfig(BaseModel):
     model_config = STRICT
     ratio: float = Field(
-        0.3, gt=0, lt=1, description="Share of every batch's rows drawn from general data (0.1-0.3 in the literature)."
+        0.3,
+        gt=0,
+        lt=1,
+        description="Share of every batch's rows drawn from general data (0.1-0.3 in the literature), rounded to "
+        "whole rows per micro-batch; a share under one row per micro-batch is spread over the batches exactly.",
     )
     source: list[str] | Literal["self"] = path_field(
         "self",

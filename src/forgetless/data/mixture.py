@@ -1,9 +1,12 @@
 """Task batches with an exact number of rehearsal (general) rows added to every micro-batch.
 
 Every micro-batch keeps its `batch_size` task rows, in exactly the order training without
-rehearsal would see them, and gets `general_per_batch(batch_size, ratio)` general rows on top,
-so that general rows make up `ratio` of it (rounded to whole rows) in every step, not only on
-average. An epoch is one pass over the task rows. General rows come from an endless stream of
+rehearsal would see them, and gets general rows on top: `general_per_batch(batch_size, ratio)`
+of them in every micro-batch, so that they make up `ratio` of it rounded to whole rows. When that
+is less than one row (10% of a batch of 4 task rows is 0.44 rows), rounding up would double the
+share, so the rows are spread instead: micro-batch g gets ⌊(g+1)·x⌋ − ⌊g·x⌋ of them (0 or 1, x =
+rows per micro-batch), and the run's share is `ratio` exactly (4 rows in every 9 micro-batches
+at 10%). An epoch is one pass over the task rows. General rows come from an endless stream of
 seeded permutations, addressed by the global micro-batch index, so a checkpoint's (epoch,
 micro-batch) position still resumes exactly. The two kinds are padded separately (a micro-batch
 is the pair [task batch, general batch]): the base model's general answers are several times
@@ -13,6 +16,7 @@ longer than typical task answers, and padding short task rows to them would doub
 from __future__ import annotations
 
 from collections.abc import Iterator
+from fractions import Fraction
 
 import torch
 
@@ -21,9 +25,12 @@ from forgetless.data.packing import together
 from forgetless.errors import UserError
 
 
-def general_per_batch(batch_size: int, ratio: float) -> int:
-    """General rows added to `batch_size` task rows so that they are `ratio` of the whole (≥ 1)."""
-    return max(1, round(batch_size * ratio / (1 - ratio)))
+def general_per_batch(batch_size: int, ratio: float) -> Fraction:
+    """General rows per micro-batch of `batch_size` task rows that make them `ratio` of the whole: a
+    whole number when it is one row or more (rounded), else the exact fraction (spread over batches)."""
+    share = Fraction(ratio).limit_denominator(10_000)  # 0.1 is 1/10, not the float's binary fraction
+    rows = batch_size * share / (1 - share)
+    return Fraction(round(rows)) if rows >= 1 else rows
 
 
 class MixedBatches(Batches):
@@ -46,11 +53,14 @@ class MixedBatches(Batches):
         self._cycles: dict[int, list[int]] = {}
 
     def describe(self) -> str:
-        total = self.batch_size + self.n_general
-        return (
-            f"rehearsal: {self.n_general} general rows added to the {self.batch_size} task rows of every micro-batch "
-            f"({100 * self.n_general / total:.0f}% general) from {len(self.general)} general rows"
+        n, total = self.n_general, self.batch_size + self.n_general
+        every = (
+            f"{n} general rows added to the {self.batch_size} task rows of every micro-batch"
+            if n.denominator == 1
+            else f"{n.numerator} general rows added to every {n.denominator} micro-batches of {self.batch_size} "
+            f"task rows, spread evenly"
         )
+        return f"rehearsal: {every} ({100 * float(n / total):.0f}% general) from {len(self.general)} general rows"
 
     def _general_index(self, position: int) -> int:
         cycle, offset = divmod(position, len(self.general))
@@ -60,15 +70,18 @@ class MixedBatches(Batches):
         return self._cycles[cycle][offset]
 
     def _general_rows(self, epoch: int, micro: int) -> list[dict]:
-        first = (epoch * len(self) + micro) * self.n_general
-        return [self.general[self._general_index(first + k)] for k in range(self.n_general)]
+        g = epoch * len(self) + micro  # rows before micro-batch g: ⌊g·n⌋ (exact: n is a Fraction)
+        first, end = int(g * self.n_general), int((g + 1) * self.n_general)
+        return [self.general[self._general_index(k)] for k in range(first, end)]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]]:
         """Per micro-batch [task batch, general batch] (the task batches equal `Batches.epoch`'s), or,
         packed, one batch holding both when that computes less (`packing.together`)."""
         for micro, idx in enumerate(self.micro_batches(epoch)[start:], start):
             task, general = [self.rows[i] for i in idx], self._general_rows(epoch, micro)
-            if self.pack is None:  # task rows may be preference pairs (collate_fn): general rows are plain
+            if not general:  # a micro-batch without its share when the share is under one row
+                yield self.collate(task, self.pad_id)
+            elif self.pack is None:  # task rows may be preference pairs (collate_fn): general rows are plain
                 yield [self.collate(task, self.pad_id), collate(general, self.pad_id)]
             elif together([[len(r["input_ids"]) for r in part] for part in (task, general)], self.pack, self.pack_cost):
                 yield self.collate(task + general, self.pad_id)
@@ -79,5 +92,5 @@ class MixedBatches(Batches):
         out = []
         for micro, idx in enumerate(self.micro_batches(epoch)):
             general = [len(r["input_ids"]) for r in self._general_rows(epoch, micro)]
-            out.append([[len(self.rows[i]["input_ids"]) for i in idx], general])
+            out.append([[len(self.rows[i]["input_ids"]) for i in idx], general][: 2 if general else 1])
         return out

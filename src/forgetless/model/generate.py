@@ -34,7 +34,12 @@ def generate(
     """Answer the last user turn of each conversation; returns the decoded answers. With `desc`, a
     progress bar counts decoding steps (at most max_new_tokens per batch; a batch that ends early
     jumps ahead)."""
-    prompts = [prompt_text(tokenizer, conv) for conv in conversations]
+    texts = [prompt_text(tokenizer, conv) for conv in conversations]
+    # Batches of similar prompt lengths (longest first), answers put back in the callers' order: a batch
+    # is padded to its longest prompt, so mixing a 20-token prompt with a 300-token one computes 280
+    # pad positions at every decoding step. Within a batch, row order does not change any answer.
+    order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
+    prompts = [texts[i] for i in order]
     batches = range(0, len(prompts), batch_size)
     bar = tqdm(total=len(batches) * max_new_tokens, desc=desc, unit="step", disable=desc is None or not prompts)
     ticks = StoppingCriteriaList([_Ticks(bar)])
@@ -61,7 +66,10 @@ def generate(
         tokenizer.padding_side = side
         model.train(was_training)
         bar.close()
-    return answers
+    in_order = [""] * len(answers)
+    for i, answer in zip(order, answers, strict=True):
+        in_order[i] = answer
+    return in_order
 
 
 def split_prompt(messages, system_prompt: str | None = None) -> tuple[list[dict], str]:

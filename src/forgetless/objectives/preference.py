@@ -14,7 +14,16 @@ from forgetless.adapters.methods import base_view
 from forgetless.config.schema import DpoConfig, ForgettingConfig
 from forgetless.model.forward import logits_of
 from forgetless.objectives import sft
-from forgetless.objectives.losses import IGNORE, bradley_terry_loss, dpo_loss, kl_sum, position_masks, sequence_logps
+from forgetless.objectives.losses import (
+    IGNORE,
+    batch_seed,
+    bradley_terry_loss,
+    dpo_loss,
+    kl_sum,
+    position_masks,
+    sample_positions,
+    sequence_logps,
+)
 from forgetless.objectives.objective import Objective
 
 
@@ -71,8 +80,10 @@ def dpo_objective(cfg: DpoConfig, fcfg: ForgettingConfig) -> Objective:
             terms["sft"] = cfg.sft_weight * -logps[0::2].sum() / norms["chosen_tokens"]
         if fcfg.uses_lwf and "context" in fcfg.lwf.tokens:  # the prompt tokens keep the base's predictions
             where = position_masks(labels, mask, batch["rehearsal"])["context"]
+            if fcfg.lwf.positions < 1:
+                where = sample_positions(where, fcfg.lwf.positions, batch_seed(batch))
             kl = kl_sum(logits[:, :-1][where], ref_logits[:, :-1][where], fcfg.lwf.temperature, fcfg.lwf.direction)
-            terms["lwf"] = fcfg.lwf.weight * kl / norms["kl"]
+            terms["lwf"] = fcfg.lwf.weight * kl / (norms["kl"] * fcfg.lwf.positions)
         return terms, _rewards(chosen, rejected, norms["pairs"])
 
     return Objective(loss_fn, lambda batch: pair_counts(batch, fcfg))

@@ -21,13 +21,17 @@ from forgetless.adapters.methods import base_view
 from forgetless.config.schema import ForgettingConfig
 from forgetless.model import forward
 from forgetless.objectives.losses import (
+    batch_seed,
     ce_sum_chunked,
     chunked_sum,
     ewc_penalty,
+    frozen_linear,
     kl_sum_chunked,
+    kl_sum_fused,
     kl_topk_sum,
     l2_penalty,
     position_masks,
+    sample_positions,
 )
 from forgetless.objectives.objective import Objective
 
@@ -77,12 +81,14 @@ def objective(
             terms["ce_rehearsal"] = cfg.rehearsal_ce_weight * ce(masks["rehearsal_answers"]) / norms["rehearsal"]
         if cfg.uses_lwf:
             where = kl_positions(masks, lwf.tokens)
+            if lwf.positions < 1:
+                where = sample_positions(where, lwf.positions, batch_seed(batch))
             kl = torch.zeros((), device=states.device)  # stays 0 for e.g. a task-only piece under tokens=[rehearsal]
             if where.any() and teacher is not None:
                 kl = _cached_kl(teacher, batch, out, states[where], where, lwf, chunk)
             elif where.any():
                 kl = _online_kl(model, batch, out, states[where], where, lwf, chunk)
-            terms["lwf"] = lwf.weight * kl / norms["kl"]
+            terms["lwf"] = lwf.weight * kl / (norms["kl"] * lwf.positions)  # the units count every position
         if anchor is not None and cfg.l2 > 0:
             terms["l2"] = cfg.l2 * l2_penalty(anchor.params, anchor.initial) / norms["batches"]
         if anchor is not None and anchor.fisher is not None and cfg.ewc.weight > 0:
@@ -106,6 +112,8 @@ def _online_kl(model, batch, out: forward.Outputs, student: torch.Tensor, where:
         if head_trained:
             t_states = torch.cat([t_out.head(t_states[s : s + chunk]) for s in range(0, t_states.shape[0], chunk)])
     teacher_head = None if (t_out.head is None or head_trained) else t_out.head
+    if teacher_head is not None and out.head is teacher_head and frozen_linear(teacher_head):
+        return kl_sum_fused(student, t_states, teacher_head, lwf.temperature, lwf.direction, chunk)
     return kl_sum_chunked(student, t_states, lwf.temperature, lwf.direction, out.head, teacher_head, chunk)
 
 

@@ -350,8 +350,8 @@ def _one_step(model, batches, objective: Objective, optimizer, scheduler, acc, c
 def _uninterrupted():
     """Hold Ctrl-C (SIGINT) until the block is done, then raise it: an interrupt never leaves the
     weights updated and the progress counter not (the checkpoint saved on interrupt must be exact)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        yield  # ignored SIGINT (a job started with `&` by a script): holding it would turn it back on
         return
     caught = []
     previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))

@@ -128,8 +128,8 @@ def page(root: Path) -> None:
     form: dict[str, gr.components.Component] = {}
     with gr.Row():
         form["recipe"] = gr.Dropdown([*api.shipped_configs(), YAML_FILE], value="quickstart", label="recipe")
-        # a callable value is evaluated at every page load: each visit proposes a new, unused name
-        form["name"] = gr.Textbox(lambda: time.strftime("run-%Y%m%d-%H%M%S"), label="run name", elem_id="run-name")
+        # no value computed at page load: a load event that answers late would overwrite a typed name
+        form["name"] = gr.Textbox(label="run name", placeholder="empty: run-<date>-<time>", elem_id="run-name")
     with gr.Row():
         form["yaml_path"] = gr.Textbox(label="YAML file path", placeholder="my.yaml")
         form["yaml_upload"] = gr.File(
@@ -162,7 +162,12 @@ def page(root: Path) -> None:
     keys = list(form)
 
     def on(fn):
-        return lambda *values: fn(root, dict(zip(keys, values, strict=True)))
+        def handler(*values):
+            form = dict(zip(keys, values, strict=True))
+            form["name"] = form["name"].strip() or time.strftime("run-%Y%m%d-%H%M%S")  # the name of an empty box
+            return fn(root, form)
+
+        return handler
 
     inputs = [form[k] for k in keys]
     start_btn.click(on(start), inputs, message)
