@@ -8,7 +8,8 @@ multiple choice with CIs, and KL(base ‖ tuned) on the task's own validation pr
 
 Methods:
   none, lwf, rehearsal, full  forgetless presets (rehearsal = the base model's own answers, 20% of a batch)
-  replay-10, replay-30        replay only: forgetless's rehearsal at 10% / 30% of every batch, no LwF
+  replay-10, replay-30        replay only, no LwF: forgetless's rehearsal at ratio 0.1 (4 rows in every 9
+                              batches of 4 = 10%) / 0.3 (2 rows per batch of 4 = 33%)
   trl-sft                     TRL SFTTrainer + PEFT, loss on the answers (its prompt-completion default)
   trl-sdft                    TRL's experimental SDFTTrainer + PEFT with its defaults (on-policy samples,
                               teacher = the base, adapter off, conditioned on the demonstration), except
@@ -252,12 +253,13 @@ def main(argv: list[str]) -> None:
     for task in args.tasks:
         shared = task_overrides(task, out, args)
         found = {m: run_method(shared, m, out / task / m) for m in args.methods}
-        metric = api.load_config(None, shared).eval.metric
+        cfg = api.load_config(None, shared)
+        metric = cfg.eval.metric
         none_gain = row(found["none"], metric, None)["gain"] if "none" in found else None
         results[task] = [row(f, metric, none_gain) for f in found.values()]
         lines += table(task, metric, results[task])
         if "trl-sdft" in found:
-            teacher = sdft_teacher(api.load_config(None, shared), out / task)
+            teacher = sdft_teacher(cfg, out / task)
             lines += [
                 f"SDFT's teacher (the base with the reference answer in its prompt), greedy: {metric} "
                 f"{teacher[metric]:.3f} on the same {teacher['n']} rows.",

@@ -1,7 +1,7 @@
 """The LwF KL term alone: the plain chunked computation against the fused one, and sampled positions.
 
 Times forward + backward of Σ KL(student ‖ teacher) through the output head of the embedded model's
-shape (hidden 576, vocabulary 49,152: SmolLM2-135M, where the head is a third of a forward pass), on
+shape (hidden 576, vocabulary 49,152: SmolLM2-135M, where the head is a fifth of a forward pass), on
 N KL positions of one micro-batch, `train.loss_chunk` 1024 positions per chunk:
   plain   losses.kl_sum_chunked: autograd through head, log-softmaxes and KL; over several chunks each
           chunk is checkpointed (its head and softmaxes recomputed in backward)

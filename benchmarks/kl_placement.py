@@ -13,7 +13,7 @@ Variants (same seed, task-data order and 60-step budget as the quickstart):
                (forgetting.lwf.positions: an unbiased estimate; what it does to retention).
 The four preset variants are exactly what `forgetless compare` trains, so with the same
 output_dir that command reuses them. Finished variants are reused; an interrupted run continues.
-Run: python benchmarks/kl_placement.py [output_dir=runs/compare] [other overrides]
+Run: python benchmarks/kl_placement.py [variant ...] [output_dir=runs/compare] [other overrides]
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ VARIANTS = {
 
 def main(argv: list[str]) -> None:
     quiet_third_party_logs()
-    cfg = api.load_config(None, ["output_dir=runs/compare", *argv])
-    rows = api.compare_presets(cfg, VARIANTS)
+    chosen = {a: VARIANTS[a] for a in argv if a in VARIANTS} or VARIANTS  # names pick variants; the rest: overrides
+    cfg = api.load_config(None, ["output_dir=runs/compare", *(a for a in argv if a not in VARIANTS)])
+    rows = api.compare_presets(cfg, chosen)
     print("\n" + compare.table(rows, cfg.eval.metric))
 
 

@@ -117,19 +117,21 @@ def data_overrides(data_file: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------- one forgetless run (the CLI)
-def run_forgetless(case: str, data_file: Path, out: Path, steps: int, src: Path | None = None) -> dict:
+def run_forgetless(
+    case: str, data_file: Path | None, out: Path, steps: int, src: Path | None = None, extra: tuple[str, ...] = ()
+) -> dict:
     cmd = [
         sys.executable,
         "-m",
         "forgetless",
         "train",
         str(QUICKSTART),  # a path: forgetless at an older --before ref knows no recipe names
-        *data_overrides(data_file),
+        *(data_overrides(data_file) if data_file else []),  # None: the quickstart's own rows
     ]
     cmd += [f"train.max_steps={steps}", f"train.batch_size={BATCH}", "train.grad_accum=1", f"train.lr={LR}"]
     cmd += ["train.save_every=100000", "train.eval_every=100000", "train.grad_checkpointing=false"]
     cmd += ["eval.before_after=false", "eval.retention=false", "eval.benchmarks=[]", "eval.report=false"]
-    cmd += [*CASES[case], f"output_dir={out}", "--overwrite"]
+    cmd += [*CASES[case], *extra, f"output_dir={out}", "--overwrite"]
     env = os.environ | ({"PYTHONPATH": str(src)} if src else {})
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
@@ -397,7 +399,8 @@ def checkout(ref: str, work: Path) -> Path:
 
 
 def targets(mixes: dict, peak: float) -> list[dict]:
-    """The issue's targets as measured ratios, per length mix."""
+    """The targets as measured ratios, per length mix (TRL ratios and padding: issue 17; MFU and the
+    forgetting term's cost: issue 20, which replaced issue 17's ≤ 1.25 / ≤ 1.05 / ≥ 0.60)."""
     out = []
     for mix, m in mixes.items():
         r = m["runs"]
@@ -408,18 +411,18 @@ def targets(mixes: dict, peak: float) -> list[dict]:
         checks = [
             ("LoRA tokens/s vs TRL", ratio("forgetless:lora", "trl:lora"), ">= 3", lambda v: v >= 3),
             ("QLoRA tokens/s vs TRL", ratio("forgetless:qlora", "trl:qlora"), ">= 3", lambda v: v >= 3),
-            ("LoRA MFU", r.get("forgetless:lora", {}).get("mfu"), ">= 0.60", lambda v: v >= 0.6),
+            ("LoRA MFU", r.get("forgetless:lora", {}).get("mfu"), ">= 0.70", lambda v: v >= 0.7),
             (
                 "LwF + rehearsal step / LoRA step",
                 ratio("forgetless:lwf_rehearsal", "forgetless:lora", "step_s"),
-                "<= 1.25",
-                lambda v: v <= 1.25,
+                "<= 1.5",
+                lambda v: v <= 1.5,
             ),
             (
                 "cached-teacher LwF step / LoRA step",
                 ratio("forgetless:lwf_rehearsal_cached", "forgetless:lora", "step_s"),
-                "<= 1.05",
-                lambda v: v <= 1.05,
+                "<= 1.15",
+                lambda v: v <= 1.15,
             ),
             ("padding share", r.get("forgetless:lora", {}).get("padding_share"), "< 0.05", lambda v: v < 0.05),
             (

@@ -6,7 +6,9 @@ paths are real, while a training step takes milliseconds.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,17 @@ def token_rows(lengths: list[int], start: int = 0, rehearsal: bool = False) -> l
         cut = n - max(1, n // 3)
         out.append({"input_ids": ids, "labels": [IGNORE] * cut + ids[cut:], "rehearsal": rehearsal})
     return out
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module; the folder is on sys.path while it loads, as when the script runs
+    from there (scripts import their neighbours: tasks.py, speed.py)."""
+    bench = Path(__file__).parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from tests.conftest import load_benchmark
 
 
 def _speed():
-    path = Path(__file__).parents[1] / "benchmarks" / "speed.py"
-    spec = importlib.util.spec_from_file_location("speed_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("speed")
 
 
 def test_one_disturbed_step_moves_neither_median():
@@ -23,3 +18,17 @@ def test_one_disturbed_step_moves_neither_median():
     assert m["step_s"] == 10 and m["tokens_per_s"] == 102.4
     assert m["step_s_spread"] == [10, 10, 40] and m["tokens_per_s_spread"] == [25.6, 102.4, 102.4]
     assert m["steps_measured"] == 5
+
+
+def test_step_profile_table_by_hand():
+    """LoRA: 1000 ms for 1000 tokens. LwF: 2000 ms for 1100 tokens with a 500 ms teacher forward.
+    Ratio 2.00; floor = (1000 × 1100/1000 + 500) / 1000 = 1.60 (LoRA 1.00)."""
+    module = load_benchmark("step_profile")
+    results = {
+        "lora": {"ms": {"step": 1000.0, "backward": 400.0}, "tokens": 1000},
+        "lwf": {"ms": {"step": 2000.0, "teacher_forward": 500.0, "kl": 300.0}, "tokens": 1100},
+    }
+    lines = module.table("uniform", results)
+    assert "| step / LoRA step | 1.00 | 2.00 |" in lines
+    assert "| floor: LoRA × tokens + teacher / LoRA step | 1.00 | 1.60 |" in lines
+    assert "| teacher_forward | 0 | 500 |" in lines and "| tokens / step | 1000 | 1100 |" in lines

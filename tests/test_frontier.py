@@ -4,26 +4,16 @@ chart come out of one command. (The real numbers: docs/forgetting.md, from the e
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-BENCH = Path(__file__).parents[1] / "benchmarks"
+from tests.conftest import load_benchmark
 
 
 def _frontier():
-    sys.path.insert(0, str(BENCH))  # the script imports its neighbour tasks.py, as when run from there
-    try:
-        spec = importlib.util.spec_from_file_location("frontier_benchmark", BENCH / "frontier.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_benchmark("frontier")
 
 
 def test_every_method_trains_and_is_scored_the_same_way(tiny_dir, tmp_path):

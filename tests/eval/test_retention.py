@@ -43,3 +43,37 @@ def test_task_kl_is_base_to_tuned_per_answer_token(tiny_dir, tokenizer):
     assert nll == mean_nll(model, fixed_batches(rows, 4, tokenizer.pad_token_id))
     assert abs(kl_on_rows(model, rows, tokenizer.pad_token_id) - reverse) < 1e-5
     assert abs(by_hand - reverse) > 1e-4  # the two directions differ here, so the test tells them apart
+
+
+def test_first_parting_counts_answer_tokens_before_the_first_greedy_miss():
+    import torch
+
+    from forgetless.eval.retention import first_parting
+
+    # 2 rows, 5 positions, vocabulary 3; answers are positions 2-4 (row 0) and 1-4 (row 1)
+    where = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], dtype=torch.bool)
+    labels = torch.tensor([[0, 0, 1, 2, 0], [0, 2, 2, 1, 1]])
+    greedy = torch.tensor([[2, 2, 1, 1, 0], [1, 2, 2, 1, 1]])  # row 0 misses its 2nd answer token; row 1 none
+    logits = torch.nn.functional.one_hot(greedy, 3).float()
+    assert first_parting(logits, labels, where) == [1, None]  # a miss before the answer (position 0) counts not
+
+
+def test_retention_gives_the_same_numbers_cut_or_whole(tiny_dir, tokenizer):
+    """Answers cut where they part from the base model's (and batched by the teacher-forced parting)
+    give the verdicts of whole answers; the shown samples stay whole."""
+    from forgetless.data.formats import Example
+    from forgetless.eval import retention
+    from forgetless.model.generate import generate
+
+    model = lora_model(tiny_dir).eval()
+    words = ["hi", "tell me more", "x", "a longer question about things", "why", "ok then", "zz", "one two"]
+    chats = [[{"role": "user", "content": w}] for w in words]
+    own = generate(model, tokenizer, chats, max_new_tokens=8)  # some references are the model's own answers
+    refs = [
+        Example(str(i), messages=(*c, {"role": "assistant", "content": own[i] if i % 3 == 0 else "base says this"}))
+        for i, c in enumerate(chats)
+    ]
+    whole, whole_answers = retention.agreement(model, tokenizer, refs, 8, whole=len(refs))
+    got = retention.retention(model, tokenizer, refs, 8, samples=2)
+    assert got["agreement"] == sum(whole) / len(whole) and sum(whole) == 3  # rows 0, 3, 6 are unchanged
+    assert [s["finetuned"] for s in got["samples"]] == whole_answers[:2]

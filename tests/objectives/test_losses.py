@@ -208,3 +208,13 @@ def test_topk_kl_by_hand_and_against_the_exact_kl():
     top, idx = log_t.topk(5)
     tail = torch.log1p(-top.exp().sum(-1))
     assert kl_topk_sum(s, idx, top, tail).item() <= exact.item() + 1e-6  # coarsening never adds KL
+
+
+def test_fused_kl_without_gradient_gives_the_same_value():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50).requires_grad_(False)
+    states, teacher = torch.randn(11, 8, requires_grad=True), torch.randn(11, 8)
+    with torch.no_grad():  # validation: the value only
+        value = kl_sum_fused(states, teacher, head, 1.0, "finetuned_base", 4)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, kl_sum(head(states), head(teacher)).detach())

@@ -5,6 +5,7 @@ CLI's one-line error; the New run form's overrides and errors."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -102,6 +103,12 @@ def test_the_form_shows_the_cli_errors(tmp_path):
     assert "KEY=VALUE" in new_run.start(tmp_path, form(extra="just words"))
     assert "choose a YAML file" in new_run.start(tmp_path, form(recipe=new_run.YAML_FILE))
     assert not (tmp_path / "x").exists()
+
+
+def test_an_empty_name_box_gets_a_new_name_and_a_typed_one_is_kept():
+    assert new_run.named(form(name=" mine "))["name"] == "mine"
+    made = new_run.named(form(name=""))["name"]
+    assert re.fullmatch(r"run-\d{8}-\d{6}", made)
 
 
 def test_every_knob_is_a_config_key_with_help():

@@ -250,6 +250,13 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(50, ge=1, description="Optimizer steps between validation passes.")
     save_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
+    profile_steps: int = Field(
+        0,
+        ge=0,
+        description="Profile this many optimizer steps after the first with torch.profiler: "
+        "output_dir/profile/regions.md (time per step of forward, loss terms, teacher forward, backward, "
+        "optimizer; the busiest operators) and trace.json (the timeline, for ui.perfetto.dev). 0: off.",
+    )
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     mlflow: bool = Field(
         False, description="At the end, log the run (config, metrics.jsonl, eval, adapter) as an MLflow run."

@@ -110,7 +110,13 @@ class Batches:
 GROUP = 50  # micro-batches per length-sorted chunk (HF's megabatch multiplier)
 
 
+def length_order(rows: list[dict]) -> list[int]:
+    """The row indices in `fixed_batches`' order: shortest first (stable)."""
+    return sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+
+
 def fixed_batches(rows: list[dict], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
-    """Validation batches in file order (sorted by length to waste less padding)."""
-    ordered = sorted(rows, key=lambda r: len(r["input_ids"]))
+    """Validation batches, sorted by length to waste less padding (row k of batch b is
+    rows[length_order(rows)[b * batch_size + k]])."""
+    ordered = [rows[i] for i in length_order(rows)]
     return [collate(ordered[i : i + batch_size], pad_id) for i in range(0, len(ordered), batch_size)]

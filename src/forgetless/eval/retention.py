@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from forgetless.adapters.methods import base_view
-from forgetless.data.batching import fixed_batches
+from forgetless.data.batching import fixed_batches, length_order
 from forgetless.data.formats import Example
 from forgetless.data.render import encode
 from forgetless.eval.metrics import normalize
@@ -26,10 +26,15 @@ from forgetless.objectives.losses import ce_sum, count_targets, kl_sum, position
 
 
 @torch.no_grad()
-def kl_to_base(model, tokenizer, references: list[Example], base=None, batch_size: int = 8) -> float:
-    """Mean KL(p_model ‖ p_base) per reference-answer token; `base` defaults to adapters-off."""
+def kl_to_base(
+    model, tokenizer, references: list[Example], base=None, batch_size: int = 8, parting: list | None = None
+) -> float:
+    """Mean KL(p_model ‖ p_base) per reference-answer token; `base` defaults to adapters-off.
+    With a `parting` list: filled per reference with where the model, teacher-forced, first misses
+    the reference's answer greedily (`answer_stats`; None: never)."""
     rows = [encode(tokenizer, ex) for ex in references]
-    return kl_on_rows(model, rows, tokenizer.pad_token_id, base, batch_size, desc="eval: retention KL")
+    pad = tokenizer.pad_token_id
+    return answer_stats(model, rows, pad, base, batch_size, desc="eval: retention KL", parting=parting)[0]
 
 
 @torch.no_grad()
@@ -43,12 +48,23 @@ def kl_on_rows(
 
 @torch.no_grad()
 def answer_stats(
-    model, rows: list[dict], pad: int, base=None, batch_size: int = 8, direction="finetuned_base", desc=None, nll=False
+    model,
+    rows: list[dict],
+    pad: int,
+    base=None,
+    batch_size: int = 8,
+    direction="finetuned_base",
+    desc=None,
+    nll=False,
+    parting: list | None = None,
 ) -> tuple[float, float | None]:
     """(mean KL per answer token, and with nll=True the model's mean NLL per answer token) from one
-    forward of the model per batch: the task perplexity and the KL on the task's prompts share it."""
+    forward of the model per batch: the task perplexity and the KL on the task's prompts share it.
+    `parting` (a list, filled in the rows' order): per row the index of the first answer token that is
+    not the model's greedy choice given the tokens before it (None when every one is)."""
     total, n, nll_total, targets = 0.0, 0, 0.0, 0
     batches = fixed_batches(rows, batch_size, pad)
+    found: list[int | None] = []
     for batch in tqdm(batches, desc=desc, unit="batch", disable=desc is None or len(batches) < 2):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         where = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])["task_answers"]
@@ -64,7 +80,22 @@ def answer_stats(
             teacher = logits_of(base, *inputs)[:, :-1][where]
         total += float(kl_sum(logits[:, :-1][where], teacher, direction=direction))
         n += int(where.sum())
+        if parting is not None:
+            found += first_parting(logits[:, :-1], batch["labels"][:, 1:], where)
+    if parting is not None:
+        parting[:] = [None] * len(rows)
+        for i, at in zip(length_order(rows), found, strict=True):
+            parting[i] = at
     return total / max(n, 1), (nll_total / max(targets, 1) if nll else None)
+
+
+def first_parting(logits: torch.Tensor, labels: torch.Tensor, where: torch.Tensor) -> list[int | None]:
+    """Per row, how many answer tokens (`where`) come before the first one the greedy choice misses
+    (None: it misses none)."""
+    missed = (logits.argmax(-1) != labels) & where
+    before = where.cumsum(-1) - where.long()  # answer tokens before each position
+    first = torch.where(missed, before, where.shape[-1]).min(-1).values
+    return [int(f) if m else None for f, m in zip(first.tolist(), missed.any(-1).tolist(), strict=True)]
 
 
 def task_kl(model, rows: list[dict], pad: int, base=None) -> tuple[dict, float]:
@@ -82,10 +113,27 @@ def task_kl(model, rows: list[dict], pad: int, base=None) -> tuple[dict, float]:
     return {"n": len(rows), "kl_base_to_tuned": kl}, nll
 
 
-def agreement(model, tokenizer, references: list[Example], max_new_tokens: int) -> tuple[list[float], list[str]]:
-    """Per prompt 1.0 where the model's greedy answer equals the base model's (else 0.0), and the answers."""
+def agreement(
+    model,
+    tokenizer,
+    references: list[Example],
+    max_new_tokens: int,
+    whole: int = 0,
+    parting: list[int | None] | None = None,
+) -> tuple[list[float], list[str]]:
+    """Per prompt 1.0 where the model's greedy answer equals the base model's (else 0.0), and the answers:
+    whole for the first `whole` prompts (shown in the report), the rest cut where they part from the
+    base model's answer (`generate`'s targets: the same 1.0 / 0.0, without decoding the rest).
+    `parting` (from `kl_to_base`) only groups the prompts into batches: those expected to run to their
+    end apart from those expected to part, whose batches then end early; it decides nothing."""
     prompts = [list(ex.messages[:-1]) for ex in references]
-    answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, desc="eval: retention answers")
+    targets = [None if i < whole else ex.messages[-1]["content"] for i, ex in enumerate(references)]
+    if parting is not None:  # the shown answers run to their end like the unchanged ones
+        parting = [None if i < whole else p for i, p in enumerate(parting)]
+    desc = "eval: retention answers"
+    answers = generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, desc=desc, targets=targets, parts_at=parting
+    )
     same = [
         float(normalize(a) == normalize(ex.messages[-1]["content"])) for a, ex in zip(answers, references, strict=True)
     ]
@@ -97,8 +145,9 @@ def retention(model, tokenizer, references: list[Example], max_new_tokens: int, 
     was_training = model.training
     model.eval()
     try:
-        kl = kl_to_base(model, tokenizer, references, base=base)
-        same, answers = agreement(model, tokenizer, references, max_new_tokens)
+        parting: list[int | None] = []
+        kl = kl_to_base(model, tokenizer, references, base=base, parting=parting)
+        same, answers = agreement(model, tokenizer, references, max_new_tokens, whole=samples, parting=parting)
     finally:
         model.train(was_training)
     shown = [

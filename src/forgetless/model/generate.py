@@ -21,6 +21,32 @@ class _Ticks(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+def may_still_equal(partial: str, target: str) -> bool:
+    """Whether some continuation of the answer `partial` can equal `target` after whitespace
+    normalisation (runs of whitespace as one space, ends stripped, as `eval.metrics.normalize`).
+
+    The normalised answer always starts with the normalised partial answer (more text can only
+    lengthen its last word or add words), so a partial answer whose normalised form is no prefix of
+    the normalised target never equals it. A partial answer that ends inside a character split across
+    tokens (U+FFFD) is undecided until the character is complete."""
+    if partial.endswith("\ufffd"):
+        return True
+    return " ".join(target.split()).startswith(" ".join(partial.split()))
+
+
+class _Diverged(StoppingCriteria):
+    """Stops each row whose answer can no longer equal its target (`may_still_equal`); rows without a
+    target run to their end. Generation then ends when every row has ended or diverged."""
+
+    def __init__(self, tokenizer, start: int, targets: list[str | None]):
+        self.tokenizer, self.start, self.targets = tokenizer, start, targets
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        stop = [t is not None and not may_still_equal(a, t) for a, t in zip(texts, self.targets, strict=True)]
+        return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -29,28 +55,40 @@ def generate(
     max_new_tokens: int = 64,
     batch_size: int = 32,
     desc: str | None = None,
+    targets: list[str | None] | None = None,
+    parts_at: list[int | None] | None = None,
     **sampling,
 ) -> list[str]:
     """Answer the last user turn of each conversation; returns the decoded answers. With `desc`, a
     progress bar counts decoding steps (at most max_new_tokens per batch; a batch that ends early
-    jumps ahead)."""
+    jumps ahead).
+
+    `targets` (greedy only): a row stops as soon as its answer can no longer equal its target (after
+    whitespace normalisation) and returns the text so far; it equals its target exactly when the
+    full answer would. For a question that only needs "is the answer unchanged?" (retention): most
+    answers of a fine-tuned model part from the base model's within a few tokens. A batch ends when
+    its last row ends, so `parts_at` (per row the answer token where it is expected to part from its
+    target, None: never) groups the rows: those expected to run to their end in batches of their own,
+    the others by where they part. It changes no answer (batching never does: tested)."""
+    if targets is not None and (sampling or getattr(tokenizer, "clean_up_tokenization_spaces", False)):
+        # sampling: a stopped row would change the random stream of the others; the clean-up rewrites
+        # spaces around punctuation, so a partial answer's text is no prefix of the whole answer's
+        targets = None
     texts = [prompt_text(tokenizer, conv) for conv in conversations]
-    # Batches of similar prompt lengths (longest first), answers put back in the callers' order: a batch
-    # is padded to its longest prompt, so mixing a 20-token prompt with a 300-token one computes 280
-    # pad positions at every decoding step. Within a batch, row order does not change any answer.
-    order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
-    prompts = [texts[i] for i in order]
-    batches = range(0, len(prompts), batch_size)
-    bar = tqdm(total=len(batches) * max_new_tokens, desc=desc, unit="step", disable=desc is None or not prompts)
-    ticks = StoppingCriteriaList([_Ticks(bar)])
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    batches = _batches(lengths, batch_size, parts_at if targets is not None else None)
+    bar = tqdm(total=len(batches) * max_new_tokens, desc=desc, unit="step", disable=desc is None or not texts)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues on the right
     was_training = model.training
     model.eval()
-    answers: list[str] = []
+    answers = [""] * len(texts)
     try:
-        for n, i in enumerate(batches):
-            enc = tokenizer(prompts[i : i + batch_size], add_special_tokens=False, padding=True, return_tensors="pt")
+        for n, rows in enumerate(batches):
+            enc = tokenizer([texts[i] for i in rows], add_special_tokens=False, padding=True, return_tensors="pt")
             enc = {k: v.to(model.device) for k, v in enc.items()}
+            ticks = StoppingCriteriaList([_Ticks(bar)])
+            if targets is not None:
+                ticks.append(_Diverged(tokenizer, enc["input_ids"].shape[1], [targets[i] for i in rows]))
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -61,15 +99,26 @@ def generate(
             )
             bar.update((n + 1) * max_new_tokens - bar.n)  # the steps an early end of the batch skipped
             new = out[:, enc["input_ids"].shape[1] :]
-            answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            for i, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+                answers[i] = text.strip()
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
         bar.close()
-    in_order = [""] * len(answers)
-    for i, answer in zip(order, answers, strict=True):
-        in_order[i] = answer
-    return in_order
+    return answers
+
+
+def _batches(lengths: list[int], batch_size: int, parts_at: list[int | None] | None = None) -> list[list[int]]:
+    """Row indices per batch. Batches of similar prompt lengths (longest first): a batch is padded to
+    its longest prompt, so mixing a 20-token prompt with a 300-token one computes 280 pad positions at
+    every decoding step. With `parts_at`, rows expected to run to their end (None) come first, in
+    batches of their own, then the others, latest parting first (each batch ends with its last row)."""
+    rows = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups = [rows]
+    if parts_at is not None:
+        groups = [[i for i in rows if parts_at[i] is None], [i for i in rows if parts_at[i] is not None]]
+        groups[1].sort(key=lambda i: -parts_at[i])  # stable: similar lengths stay together within a parting
+    return [g[j : j + batch_size] for g in groups for j in range(0, len(g), batch_size)]
 
 
 def split_prompt(messages, system_prompt: str | None = None) -> tuple[list[dict], str]:

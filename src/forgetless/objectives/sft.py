@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch.profiler import record_function
 
 from forgetless.adapters.methods import base_view
 from forgetless.config.schema import ForgettingConfig
@@ -70,11 +71,13 @@ def objective(
 
     def loss_fn(model, batch: dict, norms: dict[str, float]) -> dict[str, torch.Tensor]:
         masks = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"], batch.get("position_ids"))
-        out = forward.hidden(model, batch)
+        with record_function("forgetless::forward"):  # the regions of `train.profile_steps` (training/profile.py)
+            out = forward.hidden(model, batch)
         states, targets = out.states[:, :-1], batch["labels"][:, 1:]
 
         def ce(mask):
-            return ce_sum_chunked(states[mask], targets[mask], out.head, chunk)
+            with record_function("forgetless::ce"):
+                return ce_sum_chunked(states[mask], targets[mask], out.head, chunk)
 
         terms = {"ce": ce(masks["task_answers"]) / norms["targets"]}
         if cfg.uses_rehearsal and cfg.rehearsal_ce_weight > 0:
@@ -105,16 +108,17 @@ def _online_kl(model, batch, out: forward.Outputs, student: torch.Tensor, where:
     through it a slice at a time, like the student's. When training changes the head (full,
     selective), the teacher's logits must come from inside `base_view`: they are made there.
     """
-    with torch.no_grad(), base_view(model) as base:
+    with torch.no_grad(), base_view(model) as base, record_function("forgetless::teacher_forward"):
         t_out = forward.hidden(base, batch)
         t_states = t_out.states[:, :-1][where]
         head_trained = t_out.head is not None and any(p.requires_grad for p in t_out.head.parameters())
         if head_trained:
             t_states = torch.cat([t_out.head(t_states[s : s + chunk]) for s in range(0, t_states.shape[0], chunk)])
     teacher_head = None if (t_out.head is None or head_trained) else t_out.head
-    if teacher_head is not None and out.head is teacher_head and frozen_linear(teacher_head):
-        return kl_sum_fused(student, t_states, teacher_head, lwf.temperature, lwf.direction, chunk)
-    return kl_sum_chunked(student, t_states, lwf.temperature, lwf.direction, out.head, teacher_head, chunk)
+    with record_function("forgetless::kl"):
+        if teacher_head is not None and out.head is teacher_head and frozen_linear(teacher_head):
+            return kl_sum_fused(student, t_states, teacher_head, lwf.temperature, lwf.direction, chunk)
+        return kl_sum_chunked(student, t_states, lwf.temperature, lwf.direction, out.head, teacher_head, chunk)
 
 
 def _cached_kl(teacher: TeacherCache, batch, out: forward.Outputs, student, where, lwf, chunk: int):
@@ -125,4 +129,5 @@ def _cached_kl(teacher: TeacherCache, batch, out: forward.Outputs, student, wher
         logits = s if out.head is None else out.head(s)
         return kl_topk_sum(logits, i, lp, tl, lwf.temperature, lwf.direction)
 
-    return chunked_sum(term, chunk, student, idx, logp, tail)
+    with record_function("forgetless::kl"):
+        return chunked_sum(term, chunk, student, idx, logp, tail)

@@ -43,6 +43,7 @@ from forgetless.training.checkpoint import Progress
 from forgetless.training.metrics_log import MetricsLog
 from forgetless.training.monitor import Monitor
 from forgetless.training.oom import Oom
+from forgetless.training.profile import StepProfiler, region
 
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
 
@@ -147,10 +148,12 @@ def train_step(model, window, loss_fn: LossFn, acc: Accelerator, counts: dict[st
             # accumulation boundary; accelerate reads that flag from its gradient state.
             acc.gradient_state._set_sync_gradients(last)
         with sync, acc.autocast():
-            out = loss_fn(model, batch, norms)
+            with region("loss"):
+                out = loss_fn(model, batch, norms)
             found, seen = out if isinstance(out, tuple) else (out, {})
             losses = {name: value * weight for name, value in found.items()}
-            acc.backward(sum(losses.values()))
+            with region("backward"):
+                acc.backward(sum(losses.values()))
         for name, value in losses.items():
             terms[name] += value.detach().float().item()
         for name, value in seen.items():
@@ -199,10 +202,12 @@ def fit(
     model.train()
     bar = tqdm(total=steps, initial=prog.step, disable=not acc.is_main_process, desc="train", unit="step")
     oom = Oom(cfg.on_oom == "retry" and acc.num_processes == 1, oom_advice)
+    profiler = StepProfiler(cfg.profile_steps, out_dir, acc.is_main_process, first=prog.step + 1)
     last: dict[str, float] = {}
     try:
         while prog.step < steps and not run.stopped:
-            last = _one_step(model, batches, objective, optimizer, scheduler, acc, cfg, prog, oom)
+            with profiler.step(prog.step + 1):
+                last = _one_step(model, batches, objective, optimizer, scheduler, acc, cfg, prog, oom)
             bar.update(1)
             bar.set_postfix(_postfix(last))
             run.after_step(model, prog, last)
@@ -210,6 +215,7 @@ def fit(
         run.interrupted(model, prog)
         raise
     finally:
+        profiler.close()
         bar.close()
         log.close()
     return _facts(prog, batches, last, effective, acc, run.stopped, monitor)
@@ -323,7 +329,7 @@ def _one_step(model, batches, objective: Objective, optimizer, scheduler, acc, c
             "output_dir/checkpoints is intact. Lower train.lr, or check the data for broken rows."
         )
     lr = scheduler.get_last_lr()[0]
-    with _uninterrupted():  # weights, optimizer, schedule and progress change together, or not at all
+    with _uninterrupted(), region("optimizer"):  # weights, optimizer, schedule and progress: all or nothing
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

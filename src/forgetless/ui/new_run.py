@@ -54,6 +54,12 @@ def _stored(root: Path, name: str, upload: str | None) -> str | None:
     return str(dest)
 
 
+def named(form: dict) -> dict:
+    """The form with its run name, or a new one made now when the box is empty (it has no value made at
+    page load: a load event that answers late would overwrite a name the user typed)."""
+    return {**form, "name": form["name"].strip() or time.strftime("run-%Y%m%d-%H%M%S")}
+
+
 def command(root: Path, form: dict) -> tuple[str, list[str]]:
     """The config and overrides the form asks for (uploads copied into RUNS/.ui/uploads/NAME/)."""
     name = form["name"].strip()
@@ -128,7 +134,6 @@ def page(root: Path) -> None:
     form: dict[str, gr.components.Component] = {}
     with gr.Row():
         form["recipe"] = gr.Dropdown([*api.shipped_configs(), YAML_FILE], value="quickstart", label="recipe")
-        # no value computed at page load: a load event that answers late would overwrite a typed name
         form["name"] = gr.Textbox(label="run name", placeholder="empty: run-<date>-<time>", elem_id="run-name")
     with gr.Row():
         form["yaml_path"] = gr.Textbox(label="YAML file path", placeholder="my.yaml")
@@ -162,12 +167,7 @@ def page(root: Path) -> None:
     keys = list(form)
 
     def on(fn):
-        def handler(*values):
-            form = dict(zip(keys, values, strict=True))
-            form["name"] = form["name"].strip() or time.strftime("run-%Y%m%d-%H%M%S")  # the name of an empty box
-            return fn(root, form)
-
-        return handler
+        return lambda *values: fn(root, named(dict(zip(keys, values, strict=True))))
 
     inputs = [form[k] for k in keys]
     start_btn.click(on(start), inputs, message)
