@@ -42,3 +42,24 @@ def test_a_second_run_reuses_the_base_side_and_a_changed_eval_set_recomputes(
     forgetless.train({}, [*overrides, "eval.max_new_tokens=5", f"output_dir={tmp_path / 'c'}"])
     assert calls == [True, False, False, True, False]
     assert len(list((tmp_path / "cache" / "eval").glob("base-eval-model-*.json"))) == 2
+
+
+def test_the_shipped_base_scores_match_the_quickstart_as_it_is_now(tmp_path):
+    """A fresh install's quickstart scores no base model only while the shipped file's key is the one
+    the quickstart computes; any change to the eval settings' schema, the rows or the model changes it."""
+    from pathlib import Path
+
+    from forgetless import api
+    from forgetless.data.build import build
+    from forgetless.eval import base_cache
+    from forgetless.model import hardware
+    from forgetless.model import loader as models
+
+    cfg = api.load_config("quickstart", [f"output_dir={tmp_path}/run"])
+    path = models.resolve(cfg.model.name)
+    data = build(cfg.data, models.load_tokenizer(path), cfg.train.seed)
+    dev = hardware.device()
+    dtype = hardware.resolve_dtype(cfg.model.precision, dev)
+    key = base_cache.key(cfg, path, str(dtype), dev.type, data.validation_examples, data.validation)
+    shipped = Path(forgetless.__file__).parent / "assets" / "generated" / base_cache.file_name(cfg, key)
+    assert shipped.is_file(), "the quickstart's base scores changed key: run python scripts/ship_base_scores.py"
