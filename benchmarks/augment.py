@@ -57,7 +57,7 @@ def train(name: str, train_file: str, test_file: str, steps: int, root: Path) ->
         f"output_dir={root / name}",
     ]
     t0 = time.time()
-    summary = api.train("quickstart", overrides, overwrite=True)
+    summary = api.train("quickstart-long", overrides, overwrite=True)
     ev = json.loads((root / name / "eval.json").read_text(encoding="utf-8"))
     task, prompts = ev["task"], ev["retention"]["prompts"]
     return {

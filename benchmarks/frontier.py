@@ -44,6 +44,7 @@ from forgetless.model import loader as models
 from forgetless.model.generate import generate, split_prompt
 from forgetless.recipes import evaluate
 
+RECIPE = "quickstart-long"  # the lr, schedule and eval settings under every task (steps: --steps)
 PRESETS = {
     "none": ["forgetting.preset=none"],
     "lwf": ["forgetting.preset=lwf"],
@@ -70,7 +71,7 @@ def prompts_and_answers(cfg: Config) -> list[tuple[list[dict], str]]:
 
 def train_forgetless(shared: list[str], method: str, run: Path) -> None:
     overrides = [*PRESETS[method], f"output_dir={run}", "eval.before_after=false", "eval.retention=false"]
-    api.train(api.load_config(None, [*shared, *overrides]), overwrite=run.exists())
+    api.train(api.load_config(RECIPE, [*shared, *overrides]), overwrite=run.exists())
 
 
 def _lora(cfg: Config):
@@ -155,7 +156,7 @@ def run_method(shared: list[str], method: str, run: Path) -> dict:
     summary_file = run / "frontier.json"
     if summary_file.is_file():
         return json.loads(summary_file.read_text(encoding="utf-8"))
-    cfg = api.load_config(None, shared)
+    cfg = api.load_config(RECIPE, shared)
     started = time.time()
     if method in PRESETS:
         train_forgetless(shared, method, run)
@@ -253,7 +254,7 @@ def main(argv: list[str]) -> None:
     for task in args.tasks:
         shared = task_overrides(task, out, args)
         found = {m: run_method(shared, m, out / task / m) for m in args.methods}
-        cfg = api.load_config(None, shared)
+        cfg = api.load_config(RECIPE, shared)
         metric = cfg.eval.metric
         none_gain = row(found["none"], metric, None)["gain"] if "none" in found else None
         results[task] = [row(f, metric, none_gain) for f in found.values()]

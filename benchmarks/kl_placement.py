@@ -1,6 +1,7 @@
 """Where should the LwF KL term apply? Trains the quickstart under the presets and KL placements.
 
-Variants (same seed, task-data order and 60-step budget as the quickstart):
+Variants (the recipe quickstart-long: the quickstart's task, seed and data order at its original 60
+steps, lr 1e-3, cosine; the five-minute quickstart is shorter and hotter):
   none         task loss only (plain LoRA): the reference for "share of gain";
   lwf          λ=0.5 KL on the task rows' non-answer tokens (context; lwf has no rehearsal rows);
   lwf_answers  λ=0.5 KL on the task answers only (pulls straight against the task loss);
@@ -11,8 +12,8 @@ Variants (same seed, task-data order and 60-step budget as the quickstart):
   full_reh_kl  rehearsal rows + KL on the rehearsal rows only (no teacher pass over the task rows);
   full_pos50, full_pos25  full with the KL on a random 50% / 25% of its positions per micro-batch
                (forgetting.lwf.positions: an unbiased estimate; what it does to retention).
-The four preset variants are exactly what `forgetless compare` trains, so with the same
-output_dir that command reuses them. Finished variants are reused; an interrupted run continues.
+The four preset variants are exactly what `forgetless compare quickstart-long` trains, so with
+the same output_dir that command reuses them. Finished variants are reused; an interrupted run continues.
 Run: python benchmarks/kl_placement.py [variant ...] [output_dir=runs/compare] [other overrides]
 """
 
@@ -41,7 +42,7 @@ VARIANTS = {
 def main(argv: list[str]) -> None:
     quiet_third_party_logs()
     chosen = {a: VARIANTS[a] for a in argv if a in VARIANTS} or VARIANTS  # names pick variants; the rest: overrides
-    cfg = api.load_config(None, ["output_dir=runs/compare", *(a for a in argv if a not in VARIANTS)])
+    cfg = api.load_config("quickstart-long", ["output_dir=runs/compare", *(a for a in argv if a not in VARIANTS)])
     rows = api.compare_presets(cfg, chosen)
     print("\n" + compare.table(rows, cfg.eval.metric))
 

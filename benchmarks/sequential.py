@@ -39,7 +39,7 @@ def chain(out: Path, preset: str, steps: list[int], common: list[str]) -> list[P
                 if preset in ("full", "rehearsal"):  # replay every earlier stage's rows beside the base's answers
                     overrides.append(f"forgetting.rehearsal.source=[self, {', '.join(map(str, done))}]")
             started = time.time()
-            api.train(api.load_config(None, overrides), overwrite=run.exists())
+            api.train(api.load_config("quickstart-long", overrides), overwrite=run.exists())
             print(f"[sequential] {preset} {name}: {time.time() - started:.0f} s")
         done.append(run)
     return done

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "src" / "forgetless" / "configs" / "quickstart.yaml"
+QUICKSTART = ROOT / "src" / "forgetless" / "configs" / "quickstart-long.yaml"  # the 60-step settings
 MARK = "<!-- speed-table -->"
 MAX_LEN, BATCH, LR = 256, 4, 1e-3
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}

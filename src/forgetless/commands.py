@@ -313,7 +313,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     print(planner.render(p))
     if args.write:
-        cfg = api.load_config(None, p.overrides())
+        cfg = api.load_config("quickstart-long", p.overrides())  # lr 1e-3 cosine: not the demo's hotter 5 minutes
         loader.dump(cfg, Path(args.write))
         print(f"\n[forgetless] config written to {args.write}; train it with: forgetless train {args.write}")
     return 0 if p.fits else 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import forgetless
 from forgetless.eval import suite
 from tests.eval.test_report import _eval_overrides
@@ -44,7 +46,8 @@ def test_a_second_run_reuses_the_base_side_and_a_changed_eval_set_recomputes(
     assert len(list((tmp_path / "cache" / "eval").glob("base-eval-model-*.json"))) == 2
 
 
-def test_the_shipped_base_scores_match_the_quickstart_as_it_is_now(tmp_path):
+@pytest.mark.parametrize("recipe", ["quickstart", "quickstart-long"])
+def test_the_shipped_base_scores_match_the_quickstart_as_it_is_now(tmp_path, recipe):
     """A fresh install's quickstart scores no base model only while the shipped file's key is the one
     the quickstart computes; any change to the eval settings' schema, the rows or the model changes it."""
     from pathlib import Path
@@ -57,7 +60,7 @@ def test_the_shipped_base_scores_match_the_quickstart_as_it_is_now(tmp_path):
     from forgetless.model import hardware
     from forgetless.model import loader as models
 
-    cfg = api.load_config("quickstart", [f"output_dir={tmp_path}/run"])
+    cfg = api.load_config(recipe, [f"output_dir={tmp_path}/run"])
     path = models.resolve(cfg.model.name)
     data = build(cfg.data, models.load_tokenizer(path), cfg.train.seed)
     dev = torch.device("cpu")  # the shipped file is what a CPU install reads; a GPU's dtype is another key

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
+
+import pytest
 
 import forgetless
 from forgetless.cli import main
@@ -48,6 +51,11 @@ def test_train_report_and_separate_eval_agree(tiny_overrides, tmp_path, monkeypa
     assert "text.jsonl" in ev["retention"]["general_text"]
     probes = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "retention_kl" in x]
     assert probes and all(p["retention_kl"] >= 0 for p in probes)
+    # the last step's validation is read from the final evaluation, not computed a second time
+    steps = [p["step"] for p in probes]  # every 3 steps and at each epoch's end
+    assert steps == sorted(set(steps)) and steps[-1] == 6  # one line for the last step
+    assert probes[-1]["val_loss"] == pytest.approx(math.log(ev["task"]["perplexity"]["finetuned"]), rel=1e-6)
+    assert probes[-1]["retention_kl"] == ev["retention"]["prompts"]["probe_kl"]
     # the report: markdown with linked plots, HTML with the same PNGs embedded
     md, page = (run / "report.md").read_text(), (run / "report.html").read_text()
     assert "KL to base per token" in md and "plots/loss.png" in md and "retention_probe.png" in md

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from transformers import AutoModelForCausalLM
 
 from forgetless.eval.retention import kl_to_base
@@ -77,3 +78,21 @@ def test_retention_gives_the_same_numbers_cut_or_whole(tiny_dir, tokenizer):
     got = retention.retention(model, tokenizer, refs, 8, samples=2)
     assert got["agreement"] == sum(whole) / len(whole) and sum(whole) == 3  # rows 0, 3, 6 are unchanged
     assert [s["finetuned"] for s in got["samples"]] == whole_answers[:2]
+
+
+def test_the_probe_kl_from_the_whole_pass_equals_the_probe_alone(tiny_dir, tokenizer):
+    """retention(probe=k) reads the KL over the first k references out of the pass over all of them
+    (rows batched by length, so not in their order): the number the training loop's probe computes."""
+    from forgetless.data.formats import Example
+    from forgetless.eval.retention import retention
+
+    answers = ["hello there", "a much longer answer about rivers and the weather today", "no", "fine, thanks", "ok"]
+    refs = [
+        Example(f"r{i}", messages=({"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": a}))
+        for i, a in enumerate(answers)
+    ]
+    model = lora_model(tiny_dir).eval()
+    result = retention(model, tokenizer, refs, max_new_tokens=3, probe=2)
+    assert result["probe_kl"] == pytest.approx(kl_to_base(model, tokenizer, refs[:2]), rel=1e-5)
+    assert result["probe_kl"] != pytest.approx(result["kl_per_token"], rel=1e-3)  # a subset, not the whole
+    assert "probe_kl" not in retention(model, tokenizer, refs, max_new_tokens=3)

@@ -16,6 +16,7 @@ from forgetless.objectives.losses import (
     ewc_penalty,
     frozen_linear,
     gae,
+    kl_rows,
     kl_sum,
     kl_sum_chunked,
     kl_sum_fused,
@@ -68,6 +69,14 @@ def test_kl_matches_hand_computed_values(temperature, direction, expected):
     student, teacher = torch.tensor([HALF, HALF]), torch.tensor([QUARTER, QUARTER])
     got = kl_sum(student, teacher, temperature, direction)
     assert got.item() == pytest.approx(2 * expected, abs=1e-6)  # two identical rows, summed
+
+
+def test_kl_rows_are_the_terms_of_kl_sum():
+    student, teacher = torch.tensor([HALF, HALF]), torch.tensor([QUARTER, QUARTER])
+    rows = kl_rows(student, teacher)
+    assert rows.tolist() == pytest.approx([0.5 * math.log(4 / 3)] * 2, abs=1e-6)
+    x, y = torch.randn(5, 11), torch.randn(5, 11)
+    assert kl_rows(x, y, 2.0).sum() * 4 == kl_sum(x, y, 2.0)
 
 
 def test_kl_is_zero_for_identical_distributions_and_unknown_direction_fails():

@@ -1,10 +1,12 @@
-"""A pinned trajectory: 5 steps of the shipped quickstart recipe (LoRA, preset full: LwF + rehearsal,
+"""Pinned trajectories: 5 steps of the shipped quickstart recipes (LoRA, preset full: LwF + rehearsal,
 packing) on the tiny model, every logged loss pinned, so that a silent numeric change (a normalisation,
 a mask, the data order, the schedule) fails here even when every unit test still passes.
 
-The values were produced by the code before the layout change and reproduced by the code after it
-(identical to 6 decimals); tolerances allow for float differences between CPUs (AVX2 vs AVX-512).
-If a change is meant to move these numbers, say so in its commit and re-pin.
+quickstart-long's values were produced by the code before the layout change and reproduced by the code
+after it (identical to 6 decimals), when it was the quickstart; the five-minute quickstart's (lr 3e-3
+constant, λ 1, the KL on a random quarter of its positions) were produced when it was introduced.
+Tolerances allow for float differences between CPUs (AVX2 vs AVX-512). If a change is meant to move
+these numbers, say so in its commit and re-pin.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 import forgetless
 from tests.conftest import write_jsonl
 
-PINNED = [  # (loss, ce, lwf, grad_norm) per optimizer step
+PINNED_LONG = [  # (loss, ce, lwf, grad_norm) per optimizer step
     (12.014546, 12.014546, 0.0, 2.703902),
     (12.574804, 12.574804, 0.0, 2.644268),
     (12.127546, 12.127416, 0.00013, 2.556157),
@@ -25,14 +27,24 @@ PINNED = [  # (loss, ce, lwf, grad_norm) per optimizer step
 ]
 
 
-def test_quickstart_recipe_trajectory_is_pinned(tiny_dir, tmp_path):
+PINNED_QUICKSTART = [  # steps 1-2 equal quickstart-long's: warm-up starts at lr 0, so the adapter first moves in step 2
+    (12.014546, 12.014546, 0.0, 2.703902),
+    (12.574804, 12.574804, 0.0, 2.644269),
+    (12.064583, 12.063775, 0.000808, 2.535479),
+    (11.955380, 11.950571, 0.004809, 2.784870),
+    (12.093895, 12.084563, 0.009331, 2.602702),
+]
+
+
+@pytest.mark.parametrize(("recipe", "pinned"), [("quickstart-long", PINNED_LONG), ("quickstart", PINNED_QUICKSTART)])
+def test_quickstart_recipe_trajectory_is_pinned(tiny_dir, tmp_path, recipe, pinned):
     general = write_jsonl(
         tmp_path / "general.jsonl",
         [{"instruction": f"Name a colour, number {i}.", "output": f"Colour {i}: blue."} for i in range(8)],
     )
     out = tmp_path / "run"
     forgetless.train(
-        "quickstart",
+        recipe,
         [
             f"model.name={tiny_dir}",
             f"output_dir={out}",
@@ -49,7 +61,7 @@ def test_quickstart_recipe_trajectory_is_pinned(tiny_dir, tmp_path):
     )
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [(x["loss"], x["ce"], x["lwf"], x["grad_norm"]) for x in lines if "loss" in x]
-    assert len(steps) == len(PINNED)
-    for got, want in zip(steps, PINNED, strict=True):
+    assert len(steps) == len(pinned)
+    for got, want in zip(steps, pinned, strict=True):
         assert got[0] == pytest.approx(want[0], rel=1e-4) and got[1] == pytest.approx(want[1], rel=1e-4)
         assert got[2] == pytest.approx(want[2], abs=2e-6) and got[3] == pytest.approx(want[3], rel=1e-3)

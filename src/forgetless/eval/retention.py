@@ -22,19 +22,27 @@ from forgetless.eval.metrics import normalize
 from forgetless.eval.stats import bootstrap_ci, mean
 from forgetless.model.forward import logits_of
 from forgetless.model.generate import generate
-from forgetless.objectives.losses import ce_sum, count_targets, kl_sum, position_masks
+from forgetless.objectives.losses import ce_sum, count_targets, kl_rows, position_masks
 
 
 @torch.no_grad()
 def kl_to_base(
-    model, tokenizer, references: list[Example], base=None, batch_size: int = 8, parting: list | None = None
+    model,
+    tokenizer,
+    references: list[Example],
+    base=None,
+    batch_size: int = 8,
+    parting: list | None = None,
+    per_row: list | None = None,
 ) -> float:
     """Mean KL(p_model ‖ p_base) per reference-answer token; `base` defaults to adapters-off.
     With a `parting` list: filled per reference with where the model, teacher-forced, first misses
-    the reference's answer greedily (`answer_stats`; None: never)."""
+    the reference's answer greedily (`answer_stats`; None: never); `per_row`: with each reference's
+    (KL sum, answer tokens)."""
     rows = [encode(tokenizer, ex) for ex in references]
     pad = tokenizer.pad_token_id
-    return answer_stats(model, rows, pad, base, batch_size, desc="eval: retention KL", parting=parting)[0]
+    desc = "eval: retention KL"
+    return answer_stats(model, rows, pad, base, batch_size, desc=desc, parting=parting, per_row=per_row)[0]
 
 
 @torch.no_grad()
@@ -57,14 +65,17 @@ def answer_stats(
     desc=None,
     nll=False,
     parting: list | None = None,
+    per_row: list | None = None,
 ) -> tuple[float, float | None]:
     """(mean KL per answer token, and with nll=True the model's mean NLL per answer token) from one
     forward of the model per batch: the task perplexity and the KL on the task's prompts share it.
     `parting` (a list, filled in the rows' order): per row the index of the first answer token that is
-    not the model's greedy choice given the tokens before it (None when every one is)."""
+    not the model's greedy choice given the tokens before it (None when every one is). `per_row` (a
+    list, filled likewise): per row (KL sum, answer tokens), for a mean over a subset of the rows."""
     total, n, nll_total, targets = 0.0, 0, 0.0, 0
     batches = fixed_batches(rows, batch_size, pad)
     found: list[int | None] = []
+    sums: list[tuple[float, int]] = []
     for batch in tqdm(batches, desc=desc, unit="batch", disable=desc is None or len(batches) < 2):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         where = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])["task_answers"]
@@ -78,14 +89,19 @@ def answer_stats(
                 teacher = logits_of(b, *inputs)[:, :-1][where]
         else:
             teacher = logits_of(base, *inputs)[:, :-1][where]
-        total += float(kl_sum(logits[:, :-1][where], teacher, direction=direction))
+        kl = kl_rows(logits[:, :-1][where], teacher, direction=direction)  # positions of row 0, then row 1, ...
+        total += float(kl.sum())
         n += int(where.sum())
         if parting is not None:
             found += first_parting(logits[:, :-1], batch["labels"][:, 1:], where)
-    if parting is not None:
-        parting[:] = [None] * len(rows)
-        for i, at in zip(length_order(rows), found, strict=True):
-            parting[i] = at
+        if per_row is not None:
+            counts = where.sum(-1).tolist()
+            sums += [(float(part.sum()), c) for part, c in zip(kl.split(counts), counts, strict=True)]
+    for wanted, got in ((parting, found), (per_row, sums)):
+        if wanted is not None:  # back from fixed_batches' order to the rows'
+            wanted[:] = [None] * len(rows)
+            for i, value in zip(length_order(rows), got, strict=True):
+                wanted[i] = value
     return total / max(n, 1), (nll_total / max(targets, 1) if nll else None)
 
 
@@ -140,13 +156,18 @@ def agreement(
     return same, answers
 
 
-def retention(model, tokenizer, references: list[Example], max_new_tokens: int, samples: int = 2, base=None) -> dict:
-    """KL to base and agreement; `base` is a separate base model (else: this model, adapters off)."""
+def retention(
+    model, tokenizer, references: list[Example], max_new_tokens: int, samples: int = 2, base=None, probe: int = 0
+) -> dict:
+    """KL to base and agreement; `base` is a separate base model (else: this model, adapters off).
+    `probe` > 0 adds probe_kl: the KL over the first `probe` references alone, which is what the
+    training loop's retention probe measures (so the last validation need not run it again)."""
     was_training = model.training
     model.eval()
     try:
         parting: list[int | None] = []
-        kl = kl_to_base(model, tokenizer, references, base=base, parting=parting)
+        per_row: list[tuple[float, int]] = []
+        kl = kl_to_base(model, tokenizer, references, base=base, parting=parting, per_row=per_row)
         same, answers = agreement(model, tokenizer, references, max_new_tokens, whole=samples, parting=parting)
     finally:
         model.train(was_training)
@@ -154,10 +175,14 @@ def retention(model, tokenizer, references: list[Example], max_new_tokens: int, 
         {"prompt": ex.messages[-2]["content"], "base": ex.messages[-1]["content"], "finetuned": a}
         for ex, a in zip(references[:samples], answers, strict=False)
     ]
-    return {
+    result = {
         "n": len(references),
         "kl_per_token": kl,
         "agreement": mean(same),
         "agreement_ci": bootstrap_ci(same),
         "samples": shown,
     }
+    if probe > 0:
+        first = per_row[:probe]
+        result["probe_kl"] = sum(k for k, _ in first) / max(sum(c for _, c in first), 1)
+    return result

@@ -105,7 +105,9 @@ def measure(model, tokenizer, cfg: Config, examples, val_rows: list[dict], refer
                 side["lm_eval"] = lm_eval_scores(model, tokenizer, e.lm_eval_tasks)
         if references is not None:
             with clock("retention KL and answers"):
-                side["prompts"] = retention(model, tokenizer, references, e.retention_max_new_tokens, base=base)
+                side["prompts"] = retention(
+                    model, tokenizer, references, e.retention_max_new_tokens, base=base, probe=e.probe_prompts
+                )
     clock.report()
     return side
 

@@ -54,9 +54,14 @@ def kl_sum(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.
     size does not shrink as T grows (Hinton et al. 2015). Only the rows passed in are converted to
     float32: callers select the positions that count before calling.
     """
+    return kl_rows(student, teacher, temperature, direction).sum() * temperature**2
+
+
+def kl_rows(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, direction: str = "finetuned_base"):
+    """`kl_sum`'s terms: the KL of each row, before the sum and the T² factor."""
     log_s = F.log_softmax(soften(student, temperature), dim=-1)
     log_t = F.log_softmax(soften(teacher, temperature), dim=-1)
-    return kl_of_log_probs(log_s, log_t, direction).sum() * temperature**2
+    return kl_of_log_probs(log_s, log_t, direction)
 
 
 def chunked_sum(term, chunk: int, *rows: torch.Tensor) -> torch.Tensor:

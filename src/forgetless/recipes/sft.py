@@ -8,6 +8,7 @@ Read top to bottom; each step is one call into the module that owns it.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from forgetless.reference import topk
 from forgetless.reference.fisher import Anchor, fisher_cached, make_anchor
 from forgetless.reference.topk import TeacherCache
 from forgetless.training import distributed, loop
+from forgetless.training.monitor import final_validation
 
 
 def run(cfg: Config, resume: bool = False) -> dict:
@@ -52,20 +54,11 @@ def run(cfg: Config, resume: bool = False) -> dict:
     model, trainable, total = runtime.attach(r)
     anchor = _anchor(model, fcfg, general, pad, out)
     batches, padding = _batches(r, data.train, general)
-    val = fixed_batches(data.validation, cfg.train.batch_size, pad)
-    summary = loop.fit(
-        model,
-        batches,
-        sft.objective(fcfg, anchor, teacher, cfg.train.loss_chunk),
-        runtime.train_settings(cfg),
-        out,
-        evaluate=_in_training_eval(cfg, tokenizer, val, refs),
-        resume=resume,
-        mixed_precision=runtime.mixed_precision(r),
-        monitor=runtime.monitor(cfg),
-        on_best=(lambda m: saved.save(m, out / "best", cfg.peft, cfg.model.name)) if val else None,
-        oom_advice=lambda: planner.advice(cfg),
-    )
+    # The final evaluation scores the validation rows and the probe's prompts: the loop's last
+    # validation would compute the same numbers twice, so they are taken from there instead.
+    last_from_eval = bool(scored_rows)
+    objective = sft.objective(fcfg, anchor, teacher, cfg.train.loss_chunk)
+    summary, monitor, on_best = _fit(r, model, batches, objective, data.validation, refs, last_from_eval, resume)
     if not main:
         return summary  # the main process saves, evaluates and reports
     if summary["stopped_early"] == "overfitting" and (out / "best").is_dir():
@@ -74,6 +67,8 @@ def run(cfg: Config, resume: bool = False) -> dict:
 
     runtime.save_result(r, model)
     after, t_after = runtime.score_finetuned(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows, refs))
+    if last_from_eval and not summary["stopped_early"]:
+        final_validation(model, out, summary, _validation_of(after), monitor, on_best)
     summary |= {
         "forgetting_preset": fcfg.preset,
         "trainable_parameters": trainable,
@@ -89,6 +84,30 @@ def run(cfg: Config, resume: bool = False) -> dict:
         "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
     }
     return runtime.finish(r, suite.combine(before, after) | _earlier_tasks(r, model, summary), summary)
+
+
+def _fit(r: runtime.Run, model, batches, objective, validation, refs, last_from_eval: bool, resume: bool):
+    """The training loop with validation, early stopping, the forgetting budget and the best adapter;
+    returns (the loop's facts, the monitor and the best-adapter hook, for the last validation)."""
+    cfg, out = r.cfg, r.out
+    val = fixed_batches(validation, cfg.train.batch_size, r.tokenizer.pad_token_id)
+    monitor = runtime.monitor(cfg)
+    on_best = (lambda m: saved.save(m, out / "best", cfg.peft, cfg.model.name)) if val else None
+    summary = loop.fit(
+        model,
+        batches,
+        objective,
+        runtime.train_settings(cfg),
+        out,
+        evaluate=_in_training_eval(cfg, r.tokenizer, val, refs),
+        resume=resume,
+        mixed_precision=runtime.mixed_precision(r),
+        monitor=monitor,
+        on_best=on_best,
+        oom_advice=lambda: planner.advice(cfg),
+        last_validation=not last_from_eval,
+    )
+    return summary, monitor, on_best
 
 
 def _earlier_tasks(r: runtime.Run, model, summary: dict) -> dict:
@@ -185,6 +204,15 @@ def _in_training_eval(cfg: Config, tokenizer, val: list[dict], refs):
         return result
 
     return evaluate
+
+
+def _validation_of(after: dict) -> dict[str, float]:
+    """The in-training validation's numbers, read from the final evaluation: the validation loss is
+    the log of the task perplexity (same rows), the probe's KL that of the first probe prompts."""
+    result = {"val_loss": math.log(after["task"]["perplexity"])}
+    if "probe_kl" in (after.get("prompts") or {}):
+        result["retention_kl"] = after["prompts"]["probe_kl"]
+    return result
 
 
 def _anchor(model, fcfg: ForgettingConfig, general: list[dict], pad: int, out: Path) -> Anchor | None:

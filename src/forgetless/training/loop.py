@@ -180,8 +180,11 @@ def fit(
     monitor: Monitor | None = None,
     on_best: Callable[[torch.nn.Module], None] | None = None,
     oom_advice: Callable[[], str] | None = None,
+    last_validation: bool = True,
 ) -> dict:
-    """Train `model` on `batches` for the configured steps; returns the run's training facts."""
+    """Train `model` on `batches` for the configured steps; returns the run's training facts.
+    last_validation=False: the caller's final evaluation measures the finished model's validation
+    numbers anyway (`monitor.final_validation` logs them), so the last step does not compute them twice."""
     acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     steps = total_steps(cfg, batches, acc.num_processes)
     optimizer = make_optimizer(model, cfg)
@@ -198,7 +201,7 @@ def fit(
     log = MetricsLog(out_dir, enabled=acc.is_main_process, resume_step=prog.step)
     if monitor is not None and resume:
         monitor.replay(log.path)
-    run = Bookkeeping(acc, cfg, steps, out_dir, log, evaluate, monitor, on_best, optimizer, scheduler)
+    run = Bookkeeping(acc, cfg, steps, out_dir, log, evaluate, monitor, on_best, optimizer, scheduler, last_validation)
     model.train()
     bar = tqdm(total=steps, initial=prog.step, disable=not acc.is_main_process, desc="train", unit="step")
     oom = Oom(cfg.on_oom == "retry" and acc.num_processes == 1, oom_advice)
@@ -255,6 +258,7 @@ class Bookkeeping:
     on_best: Callable[[torch.nn.Module], None] | None
     optimizer: torch.optim.Optimizer
     scheduler: object
+    last_validation: bool = True
     stopped: str | None = None
     saved: int = -1  # the step of the last checkpoint this run wrote
 
@@ -265,7 +269,8 @@ class Bookkeeping:
         if self.monitor is not None:
             self.monitor.train_loss(last.get("ce", last["loss"]))  # the task loss, not the forgetting terms
         epoch_end = prog.micro == 0
-        if self.evaluate and (prog.step % cfg.eval_every == 0 or epoch_end or final):
+        due = prog.step % cfg.eval_every == 0 or epoch_end or final
+        if self.evaluate and due and (self.last_validation or not final):
             result = _validate(model, self.evaluate, acc)
             self.log.write(prog.step, result)
             if self.monitor is not None:

@@ -7,19 +7,22 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, out_dir: Path, enabled: bool = True, resume_step: int = 0):
+    def __init__(self, out_dir: Path, enabled: bool = True, resume_step: int = 0, append: bool = False):
+        """append: add to what the run logged (after training); otherwise lines after resume_step go."""
         self.enabled = enabled
         self.path = Path(out_dir) / "metrics.jsonl"
         self.tb = None
         if not enabled:
             return
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        self._drop_after(resume_step)
+        if not append:
+            self._drop_after(resume_step)
         try:
             # tensorboard takes seconds to import: only when a run logs
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=resume_step or None)
+            purge = None if append else resume_step or None
+            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=purge)
         except ImportError:  # tensorboard is a dependency, but a broken install should not stop training
             print("[forgetless] tensorboard is not importable; writing metrics.jsonl only")
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
+from forgetless.training.metrics_log import MetricsLog
+
 
 @dataclass
 class Monitor:
@@ -83,3 +85,22 @@ class Monitor:
                 self.val.append(row["val_loss"])
                 if row["val_loss"] < self.best_val:
                     self.best_val, self.best_step = row["val_loss"], row["step"]
+
+
+def final_validation(model, out_dir: Path, summary: dict, result: dict, monitor, on_best) -> None:
+    """The last step's validation (fit(last_validation=False)), from numbers the final evaluation
+    measured on the same rows: logged, watched and kept as the best adapter like any validation,
+    and the summary's best step updated."""
+    path = Path(out_dir) / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    if any(json.loads(x).get("step") == summary["steps"] and "val_loss" in x for x in lines if x.strip()):
+        return  # a resumed run that had finished: its last validation is logged already
+    log = MetricsLog(out_dir, append=True)
+    log.write(summary["steps"], result)
+    log.close()
+    if monitor is None:
+        return
+    improved, _ = monitor.update(summary["steps"], result)  # warnings only: there is no step left to stop
+    if improved and on_best is not None:
+        on_best(model)
+    summary |= {"best_step": monitor.best_step, "best_val_loss": monitor.best_val if monitor.val else None}
