@@ -25,8 +25,12 @@ install: $(STAMP)
 # tests/families/fixtures.py; about 2 minutes), and the browser UI's Gradio with Playwright to drive a
 # browser (the browser itself is Debian's chromium, which .ci/run installs; without it the UI's browser
 # test is skipped with a one-line reason).
+# llama.cpp is built for plain x86-64 + AVX2 (GGML_NATIVE=OFF), not for the machine's every feature: on
+# CPUs with AMX (Sapphire Rapids VMs) a native build picks llama.cpp's AMX kernels, which crashed
+# (segfault) in the first batched prompt on such a VM; the portable build runs on every machine of
+# this kind.
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,registry,augment,bench,gguf,ui]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF $$CMAKE_ARGS" $(PY) -m pip install -q -e ".[dev,registry,augment,bench,gguf,ui]"
 	touch $(TEST_STAMP)
 
 demo: install

@@ -20,6 +20,8 @@ cd "$work"                             # nothing of the checkout is reachable fr
 # the shipped base-model scores of the quickstart (eval/base_cache.py) are package data too
 "$work/venv/bin/python" -c "from forgetless.data.formats import builtin_path as b; assert list(b('generated').glob('base-eval-*.json'))"
 "$work/venv/bin/forgetless" train train.max_steps=1 eval.before_after=false
+# the 60-step recipe the docs' tables and the benchmarks name ships too
+"$work/venv/bin/python" -c "from forgetless import api; assert api.load_config('quickstart-long').train.max_steps == 60"
 test -f runs/quickstart/adapter/adapter_model.safetensors
 # the browser UI: without its extra, one line saying what to install; with it, the page answers
 { "$work/venv/bin/forgetless" ui 2>&1 || true; } | grep -q "pip install 'forgetless\[ui\]'"

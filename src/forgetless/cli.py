@@ -12,6 +12,7 @@ User mistakes (UserError) print one line and exit 2; --debug shows the traceback
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -370,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    # bitsandbytes warns at import on CPUs with AVX512-BF16 that it cannot fetch an optional hub
+    # kernel (hardware.quiet_third_party_logs); the level must be set before `commands` imports it.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         from forgetless import commands  # torch and transformers load here, after parsing: --help stays instant
 
