@@ -34,7 +34,7 @@ def shipped_configs() -> list[str]:
 
 
 def config_path(ref: str | Path | None) -> Path:
-    """A config file: a path, or the name of a shipped recipe (quickstart, dpo, reward, rlhf)."""
+    """A config file: a path, or the name of a shipped recipe (quickstart, quickstart-long, dpo, reward, rlhf)."""
     if ref is None:
         return QUICKSTART
     path = Path(ref)

@@ -28,7 +28,8 @@ def _train(sub) -> None:
     t = sub.add_parser(
         "train",
         parents=[_COMMON],
-        help="train from a YAML config or a shipped recipe (quickstart, dpo, reward, rlhf; default quickstart)",
+        help="train from a YAML config or a shipped recipe "
+        "(quickstart, quickstart-long, dpo, reward, rlhf; default quickstart)",
     )
     t.add_argument(
         "items",
