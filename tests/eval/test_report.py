@@ -95,6 +95,23 @@ def test_early_stopping_keeps_the_best_adapter(tiny_overrides, tmp_path):
     assert summary["steps"] < 40 and summary["best_step"] < summary["steps"]
 
 
+def test_with_early_stopping_the_loop_validates_the_last_step_itself(tiny_overrides, tmp_path, monkeypatch):
+    """Overfitting seen at the last step must still stop the run and restore the best adapter, which
+    only the loop can do: the last validation is not taken from the final evaluation then."""
+    from forgetless.recipes import sft
+
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
+
+    def taken_from_the_evaluation(*args):
+        raise AssertionError("the last validation came from the final evaluation")
+
+    monkeypatch.setattr(sft, "final_validation", taken_from_the_evaluation)
+    overrides = [*tiny_overrides, *_eval_overrides(tmp_path), "train.early_stopping.enabled=true"]
+    forgetless.train({}, [*overrides, "train.early_stopping.patience=100"])
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "val_loss" in x][-1] == 6
+
+
 def test_report_for_several_runs_plots_the_tradeoff(tiny_overrides, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
     for name in ("a", "b"):

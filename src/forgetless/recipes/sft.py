@@ -55,8 +55,9 @@ def run(cfg: Config, resume: bool = False) -> dict:
     anchor = _anchor(model, fcfg, general, pad, out)
     batches, padding = _batches(r, data.train, general)
     # The final evaluation scores the validation rows and the probe's prompts: the loop's last
-    # validation would compute the same numbers twice, so they are taken from there instead.
-    last_from_eval = bool(scored_rows)
+    # validation would compute the same numbers twice, so they are taken from there instead. Not
+    # with early stopping, which may still stop at the last step and restore the best adapter.
+    last_from_eval = bool(scored_rows) and not cfg.train.early_stopping.enabled
     objective = sft.objective(fcfg, anchor, teacher, cfg.train.loss_chunk)
     summary, monitor, on_best = _fit(r, model, batches, objective, data.validation, refs, last_from_eval, resume)
     if not main:
