@@ -20,17 +20,31 @@ install: $(STAMP)
 
 # The tests also need the dev tools and the optional extras they test (MLflow, augmentation, TRL for
 # the GPU check's smoke run, llama-cpp-python to run exported GGUF files: it compiles llama.cpp, about
-# 10 minutes on 2 cores the first time, then pip's wheel cache), and the model families' real
+# 10 minutes on 2 cores the first time, see below), and the model families' real
 # tokenizers (made once from llama.cpp's files in the llama-cpp-python source distribution,
 # tests/families/fixtures.py; about 2 minutes), and the browser UI's Gradio with Playwright to drive a
 # browser (the browser itself is Debian's chromium, which .ci/run installs; without it the UI's browser
 # test is skipped with a one-line reason).
-# llama.cpp is built for plain x86-64 + AVX2 (GGML_NATIVE=OFF), not for the machine's every feature: on
-# CPUs with AMX (Sapphire Rapids VMs) a native build picks llama.cpp's AMX kernels, which crashed
-# (segfault) in the first batched prompt on such a VM; the portable build runs on every machine of
-# this kind.
+# llama.cpp is built once per machine for plain x86-64 + AVX2 (GGML_NATIVE=OFF) with its own thread pool
+# (GGML_OPENMP=OFF), into a folder named by those flags, and installed from there:
+# - a native build on CPUs with AMX (Sapphire Rapids VMs) picks llama.cpp's AMX kernels, which crashed
+#   (segfault) in the first batched prompt on such a VM;
+# - with OpenMP, llama.cpp shares the process's libgomp with torch (both ask for libgomp.so.1 and torch
+#   loads its own copy first); CI crashed in llama.cpp's decode after torch had run, so it keeps out;
+# - pip's wheel cache is keyed by the source archive, not by CMAKE_ARGS: a wheel built earlier with other
+#   flags would be reused, hence --no-cache-dir and the folder of our own.
+LLAMA_CPP := 0.3.36
+LLAMA_FLAGS := -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF
+LLAMA_WHEELS := $(HOME)/.cache/forgetless/wheels/llama-cpp-python-$(LLAMA_CPP)-portable-no-openmp
+
 $(TEST_STAMP): $(STAMP)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF $$CMAKE_ARGS" $(PY) -m pip install -q -e ".[dev,registry,augment,bench,gguf,ui]"
+	ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl > /dev/null 2>&1 || \
+	  CMAKE_ARGS="$(LLAMA_FLAGS)" $(PY) -m pip wheel -q --no-deps --no-cache-dir \
+	    --no-binary llama-cpp-python "llama-cpp-python==$(LLAMA_CPP)" -w $(LLAMA_WHEELS)
+	$(PY) -m pip install -q --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl
+	$(PY) -m pip install -q -e ".[dev,registry,augment,bench,gguf,ui]"
+	$(PY) -c "import llama_cpp; info = llama_cpp.llama_print_system_info().decode(); \
+	  assert 'OPENMP' not in info and 'AMX' not in info, info"
 	touch $(TEST_STAMP)
 
 demo: install
