@@ -6,8 +6,10 @@ rows (forgetless renders them; TRL gets the token ids and completion masks), alt
 each in its own process (so that peak memory is the run's own). Two length mixes: `uniform`
 (every row 256 tokens) and `longtail` (log-normal lengths, median ~90 tokens, clipped to 24-256,
 like instruction data). Cases: LoRA, QLoRA (4-bit NF4), and forgetless's LoRA + LwF + rehearsal
-(online teacher, and the cached top-k teacher). `--before REF` also runs forgetless at a git ref
-(a worktree), to measure what a change bought.
+(online teacher; online with the KL on a random quarter of the positions, as the quickstart has it;
+and the cached top-k teacher). TRL runs in benchmarks/speed_trl.py, the report is
+benchmarks/speed_report.py. `--before REF` also runs forgetless at a git ref (a worktree), to measure
+what a change bought.
 
 Reported per run: median step time, tokens/s (real tokens, padding excluded), peak memory (RSS
 on CPU, CUDA max allocated on GPU), the padding share, and model FLOPs utilisation: 4 × parameters
@@ -26,7 +28,6 @@ import math
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,16 +36,17 @@ import time
 from pathlib import Path
 
 import torch
+from speed_report import table, targets, write  # benchmarks/speed_report.py: targets and the table
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "src" / "forgetless" / "configs" / "quickstart-long.yaml"  # the 60-step settings
-MARK = "<!-- speed-table -->"
 MAX_LEN, BATCH, LR = 256, 4, 1e-3
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
 CASES = {  # forgetless overrides of each case (the quickstart config underneath)
     "lora": ["forgetting.preset=none"],
     "qlora": ["forgetting.preset=none", "model.quantization=4bit"],
     "lwf_rehearsal": ["forgetting.preset=full"],
+    "lwf_rehearsal_positions25": ["forgetting.preset=full", "forgetting.lwf.positions=0.25"],
     "lwf_rehearsal_cached": ["forgetting.preset=full", "forgetting.lwf.teacher=cached"],
     "lora_padded": ["forgetting.preset=none", "data.packing=false"],
 }
@@ -150,97 +152,11 @@ def run_forgetless(
     }
 
 
-# ---------------------------------------------------------------- one TRL run (a worker process)
-def trl_worker(rows_file: Path, case: str, steps: int, out: Path) -> None:
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    from forgetless.model import loader as models
-
-    torch.manual_seed(0)
-    path = models.resolve("smollm2-135m-instruct")
-    kwargs: dict = {"dtype": torch.float32}
-    if case == "qlora":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
-        )
-        kwargs["device_map"] = "cpu"
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    rows = [json.loads(x) for x in rows_file.read_text().splitlines()]
-    data = Dataset.from_list(rows)
-    times: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t0)
-
-    args = SFTConfig(
-        output_dir=str(out / "trl"),
-        per_device_train_batch_size=BATCH,
-        gradient_accumulation_steps=1,
-        max_steps=steps,
-        learning_rate=LR,
-        lr_scheduler_type="cosine",
-        max_length=MAX_LEN,
-        completion_only_loss=True,
-        gradient_checkpointing=False,
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        dataloader_num_workers=0,
-        seed=0,
-        disable_tqdm=True,
-    )
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=data, peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA)
-    )
-    seen: list[tuple[int, int]] = []
-    inner = trainer.data_collator
-
-    def recording(features):
-        batch = inner(features)
-        seen.append((int(batch["attention_mask"].sum()), batch["attention_mask"].numel()))
-        return batch
-
-    trainer.data_collator = recording
-    trainer.add_callback(Clock())
-    trainer.train()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    real, total = sum(s[0] for s in seen[:steps]), sum(s[1] for s in seen[:steps])
-    result = {
-        "step_s": times,
-        "tokens": [s[0] for s in seen[: len(times)]],
-        "peak_gb": round(peak, 3),
-        "padding_share": round(1 - real / max(total, 1), 4),
-    }
-    (out / "trl.json").write_text(json.dumps(result))
-
-
 def run_trl(case: str, rows_file: Path, out: Path, steps: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        case,
-        "--rows",
-        str(rows_file),
-        "--steps",
-        str(steps),
-        "--out",
-        str(out),
-    ]
+    settings = {"batch": BATCH, "max_length": MAX_LEN, "lr": LR, "lora": LORA}
+    worker = Path(__file__).with_name("speed_trl.py")
+    cmd = [sys.executable, str(worker), str(rows_file), case, str(steps), str(out), json.dumps(settings)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"TRL {case} failed:\n{proc.stderr[-3000:]}")
@@ -305,16 +221,13 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--steps", type=int, default=5, help="measured optimizer steps per run")
     ap.add_argument("--warmup", type=int, default=1, help="steps not measured at the start of each run")
     ap.add_argument("--mixes", default="uniform,longtail")
-    ap.add_argument("--cases", default="lora,qlora,lwf_rehearsal,lwf_rehearsal_cached,lora_padded")
+    ap.add_argument(
+        "--cases", default="lora,qlora,lwf_rehearsal,lwf_rehearsal_positions25,lwf_rehearsal_cached,lora_padded"
+    )
     ap.add_argument("--trl", default="lora,qlora", help="cases also run through TRL SFTTrainer + PEFT")
     ap.add_argument("--before", default=None, help="a git ref: also run forgetless's lora and lwf cases there")
     ap.add_argument("--out", default="docs/performance.md")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--rows", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        return trl_worker(Path(args.rows), args.worker, args.steps, Path(args.out))
-
     from forgetless.plan import shapes
 
     params = shapes.resolve_shape("smollm2-135m-instruct")[0].params()  # = the loaded model's count (tested)
@@ -396,89 +309,6 @@ def checkout(ref: str, work: Path) -> Path:
     tree = work / "before"
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], check=True, cwd=ROOT, capture_output=True)
     return tree / "src"
-
-
-def targets(mixes: dict, peak: float) -> list[dict]:
-    """The targets as measured ratios, per length mix (TRL ratios and padding: issue 17; MFU and the
-    forgetting term's cost: issue 20, which replaced issue 17's ≤ 1.25 / ≤ 1.05 / ≥ 0.60)."""
-    out = []
-    for mix, m in mixes.items():
-        r = m["runs"]
-
-        def ratio(a, b, key="tokens_per_s", r=r):
-            return round(r[a][key] / r[b][key], 3) if a in r and b in r else None
-
-        checks = [
-            ("LoRA tokens/s vs TRL", ratio("forgetless:lora", "trl:lora"), ">= 3", lambda v: v >= 3),
-            ("QLoRA tokens/s vs TRL", ratio("forgetless:qlora", "trl:qlora"), ">= 3", lambda v: v >= 3),
-            ("LoRA MFU", r.get("forgetless:lora", {}).get("mfu"), ">= 0.70", lambda v: v >= 0.7),
-            (
-                "LwF + rehearsal step / LoRA step",
-                ratio("forgetless:lwf_rehearsal", "forgetless:lora", "step_s"),
-                "<= 1.5",
-                lambda v: v <= 1.5,
-            ),
-            (
-                "cached-teacher LwF step / LoRA step",
-                ratio("forgetless:lwf_rehearsal_cached", "forgetless:lora", "step_s"),
-                "<= 1.15",
-                lambda v: v <= 1.15,
-            ),
-            ("padding share", r.get("forgetless:lora", {}).get("padding_share"), "< 0.05", lambda v: v < 0.05),
-            (
-                "QLoRA peak / LoRA peak",
-                ratio("forgetless:qlora", "forgetless:lora", "peak_gb"),
-                "< 1",
-                lambda v: v < 1,
-            ),
-        ]
-        for case in ("lora", "qlora", "lwf_rehearsal"):
-            run = r.get(f"forgetless:{case}")
-            if run and run.get("planner_gb"):
-                err = round(run["planner_gb"] / run["peak_gb"] - 1, 3)
-                checks.append((f"planner estimate vs peak ({case})", err, "within ±0.20", lambda v: abs(v) <= 0.2))
-        for name, value, goal, ok in checks:
-            if value is not None:
-                out.append({"mix": mix, "target": name, "measured": value, "goal": goal, "met": bool(ok(value))})
-    return out
-
-
-def _range(spread: list | None) -> str:
-    return "–" if not spread else f"{spread[0]:g}–{spread[2]:g}"
-
-
-def table(res: dict) -> str:
-    lines = [
-        f"Matmul peak (fp32, measured before and after): {res['matmul_peak_gflops_runs']} GFLOP/s; MFU = 4 × "
-        f"{res['model_parameters']:,} parameters × tokens/s over the higher one.",
-        "",
-        "Step time and tokens/s: the median over the measured steps (min–max in brackets).",
-        "",
-        "| mix | run | s / step | tokens / step | tokens/s | MFU | padding | peak GB | planner GB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for mix, m in res["mixes"].items():
-        for name, r in m["runs"].items():
-            pad = "–" if r.get("padding_share") is None else f"{100 * r['padding_share']:.1f}%"
-            plan = f"{r['planner_gb']:.2f}" if r.get("planner_gb") else "–"
-            lines.append(
-                f"| {mix} (p50 {m['length_p50']}, p90 {m['length_p90']}) | {name} | {r['step_s']:.2f} "
-                f"({_range(r.get('step_s_spread'))}) | {r['tokens_per_step']:.0f} | {r['tokens_per_s']:.1f} "
-                f"({_range(r.get('tokens_per_s_spread'))}) | {100 * r['mfu']:.1f}% | {pad} "
-                f"| {r['peak_gb']:.2f} | {plan} |"
-            )
-    lines += ["", *(f"**Warning**: {w}" for w in res.get("warnings", []))]
-    lines += ["", "| mix | target | goal | measured | met |", "|---|---|---|---|---|"]
-    for t in res["targets"]:
-        lines.append(f"| {t['mix']} | {t['target']} | {t['goal']} | {t['measured']} | {'yes' if t['met'] else 'no'} |")
-    return "\n".join(lines)
-
-
-def write(out: Path, text: str) -> None:
-    doc = out.read_text(encoding="utf-8") if out.exists() else f"# Performance\n\n{MARK}\n{MARK}\n"
-    head, _, rest = doc.partition(MARK)
-    _, _, tail = rest.partition(MARK)
-    out.write_text(f"{head}{MARK}\n{text}\n{MARK}{tail}", encoding="utf-8")
 
 
 if __name__ == "__main__":

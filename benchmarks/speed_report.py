@@ -1,0 +1,97 @@
+"""benchmarks/speed.py's report: the targets as measured ratios, the markdown table, and its place in
+docs/performance.md (between two markers, the rest of the page kept)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MARK = "<!-- speed-table -->"
+
+
+def targets(mixes: dict, peak: float) -> list[dict]:
+    """The targets as measured ratios, per length mix (TRL ratios and padding: issue 17; MFU and the
+    forgetting term's cost: issue 20, which replaced issue 17's ≤ 1.25 / ≤ 1.05 / ≥ 0.60)."""
+    out = []
+    for mix, m in mixes.items():
+        r = m["runs"]
+
+        def ratio(a, b, key="tokens_per_s", r=r):
+            return round(r[a][key] / r[b][key], 3) if a in r and b in r else None
+
+        checks = [
+            ("LoRA tokens/s vs TRL", ratio("forgetless:lora", "trl:lora"), ">= 3", lambda v: v >= 3),
+            ("QLoRA tokens/s vs TRL", ratio("forgetless:qlora", "trl:qlora"), ">= 3", lambda v: v >= 3),
+            ("LoRA MFU", r.get("forgetless:lora", {}).get("mfu"), ">= 0.70", lambda v: v >= 0.7),
+            (
+                "LwF + rehearsal step / LoRA step",
+                ratio("forgetless:lwf_rehearsal", "forgetless:lora", "step_s"),
+                "<= 1.5",
+                lambda v: v <= 1.5,
+            ),
+            (
+                "LwF + rehearsal, KL on 1/4 of positions, step / LoRA step",
+                ratio("forgetless:lwf_rehearsal_positions25", "forgetless:lora", "step_s"),
+                "<= 1.5",
+                lambda v: v <= 1.5,
+            ),
+            (
+                "cached-teacher LwF step / LoRA step",
+                ratio("forgetless:lwf_rehearsal_cached", "forgetless:lora", "step_s"),
+                "<= 1.15",
+                lambda v: v <= 1.15,
+            ),
+            ("padding share", r.get("forgetless:lora", {}).get("padding_share"), "< 0.05", lambda v: v < 0.05),
+            (
+                "QLoRA peak / LoRA peak",
+                ratio("forgetless:qlora", "forgetless:lora", "peak_gb"),
+                "< 1",
+                lambda v: v < 1,
+            ),
+        ]
+        for case in ("lora", "qlora", "lwf_rehearsal"):
+            run = r.get(f"forgetless:{case}")
+            if run and run.get("planner_gb"):
+                err = round(run["planner_gb"] / run["peak_gb"] - 1, 3)
+                checks.append((f"planner estimate vs peak ({case})", err, "within ±0.20", lambda v: abs(v) <= 0.2))
+        for name, value, goal, ok in checks:
+            if value is not None:
+                out.append({"mix": mix, "target": name, "measured": value, "goal": goal, "met": bool(ok(value))})
+    return out
+
+
+def _range(spread: list | None) -> str:
+    return "–" if not spread else f"{spread[0]:g}–{spread[2]:g}"
+
+
+def table(res: dict) -> str:
+    lines = [
+        f"Matmul peak (fp32, measured before and after): {res['matmul_peak_gflops_runs']} GFLOP/s; MFU = 4 × "
+        f"{res['model_parameters']:,} parameters × tokens/s over the higher one.",
+        "",
+        "Step time and tokens/s: the median over the measured steps (min–max in brackets).",
+        "",
+        "| mix | run | s / step | tokens / step | tokens/s | MFU | padding | peak GB | planner GB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mix, m in res["mixes"].items():
+        for name, r in m["runs"].items():
+            pad = "–" if r.get("padding_share") is None else f"{100 * r['padding_share']:.1f}%"
+            plan = f"{r['planner_gb']:.2f}" if r.get("planner_gb") else "–"
+            lines.append(
+                f"| {mix} (p50 {m['length_p50']}, p90 {m['length_p90']}) | {name} | {r['step_s']:.2f} "
+                f"({_range(r.get('step_s_spread'))}) | {r['tokens_per_step']:.0f} | {r['tokens_per_s']:.1f} "
+                f"({_range(r.get('tokens_per_s_spread'))}) | {100 * r['mfu']:.1f}% | {pad} "
+                f"| {r['peak_gb']:.2f} | {plan} |"
+            )
+    lines += ["", *(f"**Warning**: {w}" for w in res.get("warnings", []))]
+    lines += ["", "| mix | target | goal | measured | met |", "|---|---|---|---|---|"]
+    for t in res["targets"]:
+        lines.append(f"| {t['mix']} | {t['target']} | {t['goal']} | {t['measured']} | {'yes' if t['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def write(out: Path, text: str) -> None:
+    doc = out.read_text(encoding="utf-8") if out.exists() else f"# Performance\n\n{MARK}\n{MARK}\n"
+    head, _, rest = doc.partition(MARK)
+    _, _, tail = rest.partition(MARK)
+    out.write_text(f"{head}{MARK}\n{text}\n{MARK}{tail}", encoding="utf-8")
