@@ -73,3 +73,30 @@ def test_quantized_base_forward_and_backward_on_cpu(embedded_dir, quantization):
         losses.append(out.loss.item())
     # learns: the same few steps take plain LoRA from ~4.0 to ~0.3 (a corrupted base stalls near 2.6)
     assert losses[-1] < 0.35 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_gguf_conversion_reading_the_file_once_writes_the_same_files(tmp_path, monkeypatch):
+    """loader._convert_gguf reads the GGUF file once (gguf_read.read_once: one reader per file, one
+    tensor-name map per architecture; ~2x faster on the embedded model). The converted directory is
+    byte for byte what transformers' own repeated reads give, and gguf is restored afterwards."""
+    import contextlib
+
+    import gguf
+
+    from forgetless.model import gguf_read
+
+    source = models.alias_gguf("smollm2-135m-instruct")
+    models._convert_gguf(source, tmp_path / "once", "hub/id")
+    assert gguf.GGUFReader is gguf.gguf_reader.GGUFReader  # the real class again
+    with gguf_read.read_once():
+        assert gguf.GGUFReader(source) is gguf.GGUFReader(str(source))
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30) is gguf.get_tensor_name_map(
+            gguf.MODEL_ARCH.LLAMA, 30
+        )
+    monkeypatch.setattr(gguf_read, "read_once", contextlib.nullcontext)  # transformers reading as it does
+    models._convert_gguf(source, tmp_path / "plain", "hub/id")
+    files = sorted(p.name for p in (tmp_path / "plain").iterdir())
+    assert "model.safetensors" in files and files == sorted(p.name for p in (tmp_path / "once").iterdir())
+    for name in files:
+        assert (tmp_path / "once" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
