@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from huggingface_hub import snapshot_download
+from huggingface_hub import hf_hub_download, snapshot_download
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
 from forgetless.config.schema import ModelConfig
@@ -135,6 +135,22 @@ def _hub_snapshot(hub_id: str) -> str:
         return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
     except Exception as e:
         raise UserError(f"could not download model '{hub_id}': {e}".splitlines()[0]) from None
+
+
+def hub_file(hub_id: str, filename: str) -> str | None:
+    """One file of a hub model (the planner's config.json): from the local HF cache, else downloaded
+    when the hub answers within seconds; None when neither (offline, gated, unknown). Without the
+    reachability check an offline machine waits ~23 s on huggingface_hub's retries per call."""
+    try:
+        return hf_hub_download(hub_id, filename, local_files_only=True)
+    except Exception:  # not in the cache (any of the hub client's errors)
+        pass
+    if not _hub_reachable():
+        return None
+    try:
+        return hf_hub_download(hub_id, filename)
+    except Exception:  # gated, unknown, or the network went away: the caller says what is known instead
+        return None
 
 
 def load_tokenizer(path: str):

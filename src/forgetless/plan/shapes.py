@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download
-
 from forgetless.errors import UserError
 from forgetless.model import loader as models
 from forgetless.plan.memory import Shape, shape_from_config
@@ -104,11 +102,9 @@ def resolve_shape(model: str) -> tuple[Shape, str]:
     if found:
         return found[1].shape, f"the built-in table ({found[0]}, published config)"
     if model.count("/") == 1 and not path.exists():
-        try:
-            local = hf_hub_download(model, "config.json")
+        local = models.hub_file(model, "config.json")  # None: offline, gated or unknown
+        if local:  # else say what is known instead of guessing from the name
             return shape_from_config(json.loads(Path(local).read_text())), f"hub:{model}/config.json"
-        except Exception:  # offline, gated or unknown: say what is known instead of guessing from the name
-            pass
     raise UserError(
         f"no shape for model '{model}': it is not a local model directory, not in the built-in table and its "
         f"config.json could not be fetched; give a model directory or one of: {', '.join(KNOWN)}"
