@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import hf_hub_download, snapshot_download
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
 from forgetless.config.schema import ModelConfig
@@ -53,32 +54,42 @@ def alias_gguf(alias: str) -> Path:
 
 
 def _convert_gguf(gguf: Path, out: Path, hub_id: str | None) -> None:
-    """Dequantize a GGUF file into a plain safetensors model directory, atomically."""
+    """Dequantize a GGUF file into a plain safetensors model directory, atomically. A bar counts its
+    four stages (each a few seconds on 2 cores), so the first run never sits silent."""
     print(f"[forgetless] converting {gguf.name} to safetensors once (about 15 s); cached in {out}")
-    with warnings.catch_warnings(), gguf_read.read_once():
-        warnings.simplefilter("ignore")
-        try:
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        except Exception as e:  # the gguf reader raises ValueError, KeyError, struct errors ... on damaged files
-            first = (str(e).splitlines() or [type(e).__name__])[0][:160]
-            raise UserError(
-                f"{gguf}: not a readable GGUF model ({type(e).__name__}: {first}); is the file complete?"
-            ) from None
-    config = loaded.config
-    # The GGUF quantization marker makes save_pretrained refuse; the weights are already
-    # dequantized to float32, so rebuild a plain model around them.
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config._name_or_path = hub_id or gguf.stem
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict(), strict=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with tqdm(total=4, desc=f"converting {gguf.name}", unit="stage") as stages:
+        with warnings.catch_warnings(), gguf_read.read_once():
+            warnings.simplefilter("ignore")
+            try:
+                stages.set_postfix_str("tokenizer")
+                tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                stages.update()
+                stages.set_postfix_str("weights")
+                loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+                stages.update()
+            except Exception as e:  # the gguf reader raises ValueError, KeyError, struct errors ... on damaged files
+                first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+                raise UserError(
+                    f"{gguf}: not a readable GGUF model ({type(e).__name__}: {first}); is the file complete?"
+                ) from None
+        stages.set_postfix_str("plain model")
+        config = loaded.config
+        # The GGUF quantization marker makes save_pretrained refuse; the weights are already
+        # dequantized to float32, so rebuild a plain model around them.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config._name_or_path = hub_id or gguf.stem
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(loaded.state_dict(), strict=True)
+        stages.update()
+        stages.set_postfix_str("saving")
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        stages.update()
 
 
 def _gguf_dir(gguf: Path, key: str, hub_id: str | None = None) -> Path:
