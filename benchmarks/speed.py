@@ -216,6 +216,52 @@ def busy_share(seconds: float = 1.0) -> float:
     return 1 - (i1 - i0) / max(t1 - t0, 1)
 
 
+def run_mix(mix: str, args, work: Path, before_src: Path | None, params: int, peak: float, warnings: list) -> dict:
+    """Every planned run on one length mix, on the same rows (forgetless renders them, TRL gets the
+    token ids); a run started while other work used the cores adds a warning."""
+    total = args.warmup + args.steps
+    data_file, rows_file = work / f"{mix}.jsonl", work / f"{mix}.tokens.jsonl"
+    write_rows(mix, data_file, n=BATCH * total * 2)
+    token_rows = rendered(data_file)
+    rows_file.write_text(
+        "".join(
+            json.dumps({"input_ids": r["input_ids"], "completion_mask": [int(x != -100) for x in r["labels"]]}) + "\n"
+            for r in token_rows
+        )
+    )
+    lens = sorted(len(r["input_ids"]) for r in token_rows)
+    plan = []
+    for case in args.cases.split(","):
+        plan.append(("forgetless", case, None))
+        if case in args.trl.split(","):
+            plan.append(("trl", case, None))
+        if before_src is not None and case in ("lora", "lwf_rehearsal"):
+            plan.append(("before", case, before_src))
+    runs: dict = {}
+    for tool, case, src in plan:
+        name = f"{tool}:{case}"
+        busy = busy_share()
+        if busy > 0.25:  # another job shares the cores: this run's numbers are not comparable
+            warnings.append(f"{mix} {name}: the CPU was {busy:.0%} busy with other work before the run")
+        print(f"[speed] {mix} {name} ...", flush=True)
+        out = work / mix / tool / case
+        raw = (
+            run_trl(case, rows_file, out, total) if tool == "trl" else run_forgetless(case, data_file, out, total, src)
+        )
+        runs[name] = measured(raw, args.warmup, params, peak)
+        if tool == "forgetless":
+            rows_per_batch = BATCH + (1 if case.startswith("lwf") else 0)  # quickstart: 1 rehearsal row
+            runs[name]["planner_gb"] = planner_estimate(case, rows_per_batch)
+        print(f"[speed] {mix} {name}: {json.dumps(runs[name])}", flush=True)
+    return {
+        "rows": len(lens),
+        "length_p50": lens[len(lens) // 2],
+        "length_p90": lens[int(0.9 * len(lens))],
+        "length_max": lens[-1],
+        "runs": runs,
+    }
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="measured optimizer steps per run")
@@ -231,56 +277,13 @@ def main(argv: list[str]) -> None:
     from forgetless.plan import shapes
 
     params = shapes.resolve_shape("smollm2-135m-instruct")[0].params()  # = the loaded model's count (tested)
-    total = args.warmup + args.steps
     peak = [matmul_peak()]
     work = Path(tempfile.mkdtemp(prefix="forgetless-speed-"))
     before_src = checkout(args.before, work) if args.before else None
     results: dict = {"mixes": {}}
     warnings: list[str] = []
     for mix in args.mixes.split(","):
-        data_file, rows_file = work / f"{mix}.jsonl", work / f"{mix}.tokens.jsonl"
-        write_rows(mix, data_file, n=BATCH * total * 2)
-        token_rows = rendered(data_file)
-        rows_file.write_text(
-            "".join(
-                json.dumps({"input_ids": r["input_ids"], "completion_mask": [int(x != -100) for x in r["labels"]]})
-                + "\n"
-                for r in token_rows
-            )
-        )
-        lens = sorted(len(r["input_ids"]) for r in token_rows)
-        runs: dict = {}
-        plan = []
-        for case in args.cases.split(","):
-            plan.append(("forgetless", case, None))
-            if case in args.trl.split(","):
-                plan.append(("trl", case, None))
-            if before_src is not None and case in ("lora", "lwf_rehearsal"):
-                plan.append(("before", case, before_src))
-        for tool, case, src in plan:
-            name = f"{tool}:{case}"
-            busy = busy_share()
-            if busy > 0.25:  # another job shares the cores: this run's numbers are not comparable
-                warnings.append(f"{mix} {name}: the CPU was {busy:.0%} busy with other work before the run")
-            print(f"[speed] {mix} {name} ...", flush=True)
-            out = work / mix / tool / case
-            raw = (
-                run_trl(case, rows_file, out, total)
-                if tool == "trl"
-                else run_forgetless(case, data_file, out, total, src)
-            )
-            runs[name] = measured(raw, args.warmup, params, peak[0])
-            if tool == "forgetless":
-                rows_per_batch = BATCH + (1 if case.startswith("lwf") else 0)  # quickstart: 1 rehearsal row
-                runs[name]["planner_gb"] = planner_estimate(case, rows_per_batch)
-            print(f"[speed] {mix} {name}: {json.dumps(runs[name])}", flush=True)
-        results["mixes"][mix] = {
-            "rows": len(lens),
-            "length_p50": lens[len(lens) // 2],
-            "length_p90": lens[int(0.9 * len(lens))],
-            "length_max": lens[-1],
-            "runs": runs,
-        }
+        results["mixes"][mix] = run_mix(mix, args, work, before_src, params, peak[0], warnings)
     peak.append(matmul_peak())
     if abs(peak[1] - peak[0]) > 0.15 * max(peak):
         warnings.append(f"the matmul peak moved from {peak[0]:.0f} to {peak[1]:.0f} GFLOP/s during the runs")

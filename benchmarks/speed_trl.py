@@ -17,16 +17,12 @@ from pathlib import Path
 import torch
 
 
-def trl_worker(rows_file: Path, case: str, steps: int, out: Path, settings: dict) -> None:
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+def base_model(case: str):
+    """The embedded model as TRL users load it: fp32, or 4-bit NF4 with double quantization (QLoRA)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from forgetless.model import loader as models
 
-    torch.manual_seed(0)
-    path = models.resolve("smollm2-135m-instruct")
     kwargs: dict = {"dtype": torch.float32}
     if case == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -36,19 +32,14 @@ def trl_worker(rows_file: Path, case: str, steps: int, out: Path, settings: dict
             bnb_4bit_compute_dtype=torch.float32,
         )
         kwargs["device_map"] = "cpu"
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    rows = [json.loads(x) for x in rows_file.read_text().splitlines()]
-    data = Dataset.from_list(rows)
-    times: list[float] = []
+    return AutoModelForCausalLM.from_pretrained(models.resolve("smollm2-135m-instruct"), **kwargs)
 
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t0)
+def sft_config(out: Path, steps: int, settings: dict):
+    """speed.py's settings as SFTConfig: loss on the completions, no checkpointing, fp32 on the CPU."""
+    from trl import SFTConfig
 
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(out / "trl"),
         per_device_train_batch_size=settings["batch"],
         gradient_accumulation_steps=1,
@@ -68,10 +59,29 @@ def trl_worker(rows_file: Path, case: str, steps: int, out: Path, settings: dict
         seed=0,
         disable_tqdm=True,
     )
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=data, peft_config=LoraConfig(task_type="CAUSAL_LM", **settings["lora"])
-    )
-    seen: list[tuple[int, int]] = []
+
+
+def trl_worker(rows_file: Path, case: str, steps: int, out: Path, settings: dict) -> None:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    torch.manual_seed(0)
+    model = base_model(case)
+    data = Dataset.from_list([json.loads(x) for x in rows_file.read_text().splitlines()])
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    lora = LoraConfig(task_type="CAUSAL_LM", **settings["lora"])
+    trainer = SFTTrainer(model=model, args=sft_config(out, steps, settings), train_dataset=data, peft_config=lora)
+    seen: list[tuple[int, int]] = []  # (real tokens, computed tokens) of each batch TRL collated
     inner = trainer.data_collator
 
     def recording(features):

@@ -4,7 +4,8 @@ a mask, the data order, the schedule) fails here even when every unit test still
 
 quickstart-long's values were produced by the code before the layout change and reproduced by the code
 after it (identical to 6 decimals), when it was the quickstart; the five-minute quickstart's (lr 3e-3
-constant, λ 1, the KL on a random quarter of its positions) were produced when it was introduced.
+constant, the KL on a random quarter of its positions, λ 0.5 as before) were produced when it was
+introduced.
 Tolerances allow for float differences between CPUs (AVX2 vs AVX-512). If a change is meant to move
 these numbers, say so in its commit and re-pin.
 """

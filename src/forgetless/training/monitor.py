@@ -92,8 +92,8 @@ def final_validation(model, out_dir: Path, summary: dict, result: dict, monitor,
     measured on the same rows: logged, watched and kept as the best adapter like any validation,
     and the summary's best step updated."""
     path = Path(out_dir) / "metrics.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    if any(json.loads(x).get("step") == summary["steps"] and "val_loss" in x for x in lines if x.strip()):
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.exists() else []
+    if any(row.get("step") == summary["steps"] and "val_loss" in row for row in rows):
         return  # a resumed run that had finished: its last validation is logged already
     log = MetricsLog(out_dir, append=True)
     log.write(summary["steps"], result)
