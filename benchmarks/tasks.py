@@ -15,7 +15,10 @@ import json
 import random
 from pathlib import Path
 
+from forgetless.data import similarity
 from forgetless.data.formats import builtin_path
+
+NEAR = 0.85  # forgetless data check's near-duplicate threshold: test rows stay below it against training
 
 ITEMS = ["blue mug", "notebook", "desk lamp", "usb cable", "water bottle", "backpack", "phone case", "tea set"]
 CITIES = ["Osaka", "Lyon", "Denver", "Hamburg", "Sapporo", "Porto", "Austin", "Nagoya"]
@@ -36,37 +39,47 @@ OPENINGS = ["Thank you for writing to us.", "Sorry for the trouble.", "Thanks fo
 CLOSINGS = ["Reply here if anything else comes up.", "Have a good day.", "We are here if you need us.", ""]
 
 
-def orders(n: int, seed: int) -> list[dict]:
-    """Order messages and the JSON a system downstream would read."""
+def _prompt(row: dict) -> str:
+    return f"{row['instruction']}\n\n{row['input']}"  # what the leakage check compares (data/check.prompt_of)
+
+
+def draw(make, n: int, seed: int, avoid: list[dict] | None = None) -> list[dict]:
+    """n rows of `make(rng)`; with `avoid` (the training rows), a row whose prompt equals or nearly
+    equals (Jaccard ≥ NEAR) a training prompt is drawn again, so the test split never leaks."""
     rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        q, item, city = rng.randint(1, 40), rng.choice(ITEMS), rng.choice(CITIES)
-        message = rng.choice(ASKS).format(q=q, i=item, c=city)
-        answer = json.dumps({"item": item, "qty": q, "city": city})
-        out.append({"instruction": "Extract the order as JSON.", "input": message, "output": answer})
-    return out
+    held = [similarity.shingles(_prompt(r)) for r in avoid or []]
+    out: list[dict] = []
+    for _ in range(1000 * n):
+        if len(out) == n:
+            return out
+        row = make(rng)
+        sh = similarity.shingles(_prompt(row))
+        if not any(similarity.jaccard(sh, other) >= NEAR for other in held):
+            out.append(row)
+    raise RuntimeError(f"{make.__name__}: no {n} rows below similarity {NEAR} to the training rows")
 
 
-def replies(n: int, seed: int) -> list[dict]:
+def order(rng: random.Random) -> dict:
+    """An order message and the JSON a system downstream would read."""
+    q, item, city = rng.randint(1, 40), rng.choice(ITEMS), rng.choice(CITIES)
+    message = rng.choice(ASKS).format(q=q, i=item, c=city)
+    answer = json.dumps({"item": item, "qty": q, "city": city})
+    return {"instruction": "Extract the order as JSON.", "input": message, "output": answer}
+
+
+def reply(rng: random.Random) -> dict:
     """A customer's complaint and a short reply in the help desk's voice: the facts (product, order,
     remedy) are fixed by the ticket, the wording varies, so only a text-similarity metric fits."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        kind = rng.choice(sorted(PROBLEMS))
-        ticket, remedies = PROBLEMS[kind]
-        product, order = rng.choice(PRODUCTS), rng.randint(10000, 99999)
-        remedy, closing = rng.choice(remedies), rng.choice(CLOSINGS)
-        reply = f"{rng.choice(OPENINGS)} Your {product} from order {order} {remedy}. {closing}"
-        out.append(
-            {
-                "instruction": "Reply to this customer in two or three sentences.",
-                "input": ticket.format(p=product, o=order),
-                "output": reply.strip(),
-            }
-        )
-    return out
+    kind = rng.choice(sorted(PROBLEMS))
+    ticket, remedies = PROBLEMS[kind]
+    product, number = rng.choice(PRODUCTS), rng.randint(10000, 99999)
+    remedy, closing = rng.choice(remedies), rng.choice(CLOSINGS)
+    text = f"{rng.choice(OPENINGS)} Your {product} from order {number} {remedy}. {closing}"
+    return {
+        "instruction": "Reply to this customer in two or three sentences.",
+        "input": ticket.format(p=product, o=number),
+        "output": text.strip(),
+    }
 
 
 def keigo(split: str) -> list[dict]:
@@ -85,12 +98,12 @@ def overrides(name: str, data: Path) -> list[str]:
     """The forgetless overrides that point a run at task `name` (its files written under `data`)."""
     if name == "triage":
         return ["data.train=builtin:quickstart/train.jsonl", "data.validation=builtin:quickstart/test.jsonl"]
-    made = {
-        "keigo": (keigo("train"), keigo("test"), "chrf"),
-        "replies": (replies(200, 2), replies(30, 3), "chrf"),
-        "orders": (orders(200, 0), orders(30, 1), "exact_match"),
-    }
-    train, test, metric = made[name]
+    if name == "keigo":
+        train, test, metric = keigo("train"), keigo("test"), "chrf"
+    else:  # the seeds are the ones the published tables were made with
+        make, seeds, metric = {"replies": (reply, (2, 3), "chrf"), "orders": (order, (0, 1), "exact_match")}[name]
+        train = draw(make, 200, seeds[0])
+        test = draw(make, 30, seeds[1], avoid=train)
     return [
         f"data.train={_write(data / f'{name}-train.jsonl', train)}",
         f"data.validation={_write(data / f'{name}-test.jsonl', test)}",

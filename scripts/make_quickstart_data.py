@@ -9,6 +9,12 @@ The category follows what the customer is asking about, the priority follows urg
 customer wrote it (#48213, ORD-48213, order 48213), or "none". The base model does not know
 this format, so its exact-match score before training is 0.
 
+Three splits: train (400 rows), validation (60, for choosing settings) and test (60, the rows the
+README's numbers are measured on). The held-out splits are disjoint from training and from each other,
+exactly and nearly: a held-out ticket whose prompt has a Jaccard similarity of 0.85 or more (the
+threshold of `forgetless data check`) to a row of an earlier split is drawn again, so the leakage check
+of every run finds nothing.
+
 Deterministic (seeded). Run: python scripts/make_quickstart_data.py
 """
 
@@ -18,9 +24,13 @@ import json
 import random
 from pathlib import Path
 
+from forgetless.data import similarity
+
 OUT = Path(__file__).resolve().parents[1] / "src" / "forgetless" / "assets" / "quickstart"
 SYSTEM = "You are the Acme help desk triage assistant."
 INSTRUCTION = "Triage this support ticket."
+NEAR = 0.85  # forgetless data check's near-duplicate threshold (data/check.py)
+SPLITS = (("train", 400), ("validation", 60), ("test", 60))
 
 PRODUCTS = [
     "the Aero 3 blender",
@@ -120,24 +130,44 @@ def ticket(rng: random.Random) -> tuple[str, str]:
     return message, answer
 
 
-def rows(n: int, rng: random.Random, seen: set[str]) -> list[dict]:
-    out = []
+def prompt(message: str) -> str:
+    """The text the leakage check compares: every turn but the answer (data/check.prompt_of)."""
+    return "\n".join((SYSTEM, f"{INSTRUCTION}\n\n{message}"))
+
+
+def rows(n: int, rng: random.Random, messages: set[str], near: list[set[str]] | None) -> list[dict]:
+    """n tickets whose messages are not in `messages` (every split's so far; the new ones join it).
+    With `near` (shingle sets of the prompts of earlier splits), a ticket within NEAR of one of them
+    is drawn again, and each kept ticket joins `near` so later held-out splits avoid it too."""
+    out: list[dict] = []
     while len(out) < n:
         message, answer = ticket(rng)
-        if message in seen:  # keep the held-out split disjoint from training
+        if message in messages:
             continue
-        seen.add(message)
+        if near is not None:
+            sh = similarity.shingles(prompt(message))
+            if any(similarity.jaccard(sh, other) >= NEAR for other in near):
+                continue
+            near.append(sh)
+        messages.add(message)
         out.append({"system": SYSTEM, "instruction": INSTRUCTION, "input": message, "output": answer})
     return out
 
 
 def main() -> None:
     rng = random.Random(20261123)
-    seen: set[str] = set()
+    messages: set[str] = set()
+    near: list[set[str]] = []
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, n in (("train", 400), ("test", 60)):
+    for name, n in SPLITS:
+        held_out = name != "train"
+        made = rows(n, rng, messages, near if held_out else None)
+        if not held_out:  # training rows only differ exactly among themselves; held-out rows avoid them
+            near += [similarity.shingles(prompt(r["input"])) for r in made]
         path = OUT / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows(n, rng, seen)), encoding="utf-8")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in made), encoding="utf-8")
+        tmp.replace(path)
         print(f"wrote {n} rows to {path}")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from forgetless import api, pipeline
 from forgetless.adapters.merge import merge
 from forgetless.config import loader
-from forgetless.data import augment, check
+from forgetless.data import augment, check, templates
 from forgetless.deploy import export, registry, reward, serve
 from forgetless.deploy.chat import Chat
 from forgetless.errors import UserError
@@ -151,6 +151,7 @@ def cmd_rehearsal(args: argparse.Namespace) -> int:
     dev = hardware.device()
     dtype = str(hardware.resolve_dtype(cfg.model.precision, dev))
     model, tokenizer, model_path = models.load(cfg.model, dev)
+    templates.apply(tokenizer, cfg.data.chat_template)  # the answers are generated as training renders them
     out = Path(args.out) if args.out else None
     made, found = rehearsal.self_rehearsal_file(cfg, model, tokenizer, model_path, dtype, out_dir=out, force=args.force)
     print(f"[forgetless] self-rehearsal data ({'generated' if found else 'cached'}): {made}")
@@ -166,6 +167,7 @@ def cmd_rehearsal(args: argparse.Namespace) -> int:
         e.retention_max_new_tokens,
         out_dir=out,
         force=args.force,
+        template=cfg.data.chat_template,
     )
     print(f"[forgetless] retention reference answers ({'generated' if found else 'cached'}): {made}")
     return 0

@@ -177,3 +177,24 @@ def test_augmentation_on_the_embedded_model_in_both_languages(tmp_path):
             r["augmented_from"] in (1, 2) and r["output"] == rows[r["augmented_from"] - 1]["output"] for r in kept
         )
         assert all("34364" in r["instruction"] for r in kept if r["augmented_from"] == 1)  # numbers survive
+
+
+def test_augment_copies_rows_with_raw_line_separators_whole(tmp_path):
+    """U+2028 / U+0085 inside a JSON string (json.dumps(ensure_ascii=False) writes them raw) are not
+    line ends: the original stays one valid line, and augmented_from names the right line."""
+    rows = [
+        {"instruction": "Please read this note\u2028and the next part\u0085before you answer me.", "output": "ok"},
+        *[{"instruction": r["instruction"], "output": r["output"]} for r in JA_ROWS[:1]],
+        {"instruction": "My order has not arrived and I would like to know where it is now.", "output": "shipping"},
+    ]
+    src = tmp_path / "raw.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "aug.jsonl"
+    rewrite.augment_file(str(src), out, augment.Settings("synonyms", n=2, seed=1))
+    lines = [x for x in out.read_text(encoding="utf-8").split("\n") if x]
+    written = [json.loads(x) for x in lines]  # every line is valid JSON
+    assert written[:3] == rows
+    new = written[3:]
+    assert new
+    for row in new:
+        assert row["output"] == rows[row["augmented_from"] - 1]["output"]

@@ -112,13 +112,48 @@ def test_cli_strict_and_bad_input(tmp_path, capsys):
     assert "data file not found" in capsys.readouterr().err
 
 
-def test_bundled_quickstart_split_names_its_near_copies():
-    """The quickstart's test file holds 5 tickets that are near copies of training tickets (the same
-    text with a greeting added, the same answer; a brute-force Jaccard over all 60 x 400 pairs finds
-    the same 5); the general retention sets do not leak."""
-    train, test = "builtin:quickstart/train.jsonl", "builtin:quickstart/test.jsonl"
-    report = check.check([train], [test])
-    assert report["leakage"][test]["rows"] == 5
+def test_bundled_quickstart_splits_are_disjoint_exactly_and_nearly():
+    """The quickstart's validation and test tickets are no near copies of training tickets or of each
+    other (the old test file held 5, a greeting added to a training ticket): the leakage check finds
+    none, and neither does a brute-force Jaccard over every pair (the LSH cannot hide one)."""
+    train, val, test = (f"builtin:quickstart/{s}.jsonl" for s in ("train", "validation", "test"))
+    report = check.check([train], [val, test])
+    assert report["leakage"][val]["rows"] == report["leakage"][test]["rows"] == 0
+    assert check.check([val], [test])["leakage"][test]["rows"] == 0
     assert all(report["leakage"][ref]["rows"] == 0 for ref in check.RETENTION_SETS)
     assert report["exact_duplicates"]["rows"] == 0
     assert report["near_duplicates"]["rows"] == 30 and report["near_duplicates"]["cluster_count"] == 17
+    sets = {s: [similarity.shingles(check.prompt_of(e)) for e in check.read([s]).examples] for s in (train, val, test)}
+    assert (len(sets[train]), len(sets[val]), len(sets[test])) == (400, 60, 60)
+    for held, against in ((val, [train]), (test, [train, val])):
+        worst = max(similarity.jaccard(a, b) for a in sets[held] for ref in against for b in sets[ref])
+        assert worst < 0.85
+
+
+def _raw_jsonl(path, rows):
+    """Rows as json.dumps(ensure_ascii=False) writes them: U+2028, U+2029 and U+0085 stay raw."""
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_dedup_numbers_lines_as_the_reader_does_with_raw_line_separators(tmp_path):
+    """Row 1 holds U+2028 and U+0085 raw (JSON allows both); rows 2 and 3 are duplicates, row 4 unique.
+    Splitting on those characters (str.splitlines) shifted every later line: the unique row was
+    deleted, both duplicates kept, and "4 kept" was reported for 3 rows."""
+    rows = [
+        {"instruction": "First line\u2028second line\u0085third, of a note about paragraph\u2029marks.", "output": "a"},
+        {"instruction": "Translate the greeting 'good morning, dear colleagues' into French.", "output": "b"},
+        {"instruction": "Translate the greeting 'good morning, dear colleagues' into French.", "output": "b"},
+        {"instruction": "Name the capital city of Australia and explain why it was chosen.", "output": "Canberra"},
+    ]
+    src = _raw_jsonl(tmp_path / "train.jsonl", rows)
+    assert "\u2028" in src.read_text(encoding="utf-8")
+    assert check.dedup(str(src), tmp_path / "out.jsonl") == (3, 1)
+    text = (tmp_path / "out.jsonl").read_text(encoding="utf-8")
+    assert [json.loads(x) for x in text.split("\n") if x] == [rows[0], rows[1], rows[3]]
+    log = json.loads((tmp_path / "out.removed.jsonl").read_text(encoding="utf-8"))
+    assert (log["line"], log["of_line"]) == (3, 2)
+    test = write_jsonl(tmp_path / "test.jsonl", [rows[3]])
+    assert check.decontaminate(str(src), [str(test)], tmp_path / "clean.jsonl") == (3, 1)
+    clean = (tmp_path / "clean.jsonl").read_text(encoding="utf-8")
+    assert [json.loads(x) for x in clean.split("\n") if x] == rows[:3]

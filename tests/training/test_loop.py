@@ -198,3 +198,16 @@ def test_held_ctrl_c_is_raised_after_the_block_and_an_ignored_one_stays_ignored(
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_resume_with_other_eval_settings_scores_the_base_model_again(tiny_overrides, tmp_path):
+    """eval_before.json of a run scored 2 validation rows at 4 new tokens; resumed with
+    eval.max_examples=1, "before" must come from the new settings too (it was read back unchanged,
+    so before had n=2 and after n=1)."""
+    scored = [*tiny_overrides, "eval.before_after=true", "eval.max_new_tokens=4", "eval.samples=0"]
+    first = forgetless.train({}, [*scored, "train.max_steps=2"])
+    assert first["task_before"]["n"] == first["task_after"]["n"] == 2
+    again = forgetless.train({}, [*scored, "train.max_steps=3", "eval.max_examples=1"], resume=True)
+    assert again["task_before"]["n"] == again["task_after"]["n"] == 1
+    same = forgetless.train({}, [*scored, "train.max_steps=4", "eval.max_examples=1"], resume=True)
+    assert same["task_before"] == again["task_before"]  # same settings: reused

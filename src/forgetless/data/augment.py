@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from forgetless.data import similarity, synonyms
 from forgetless.data.formats import RowError, detect_format, iter_rows, resolve_path, to_example
 from forgetless.errors import UserError
-from forgetless.files import read_text
+from forgetless.files import jsonl_lines, read_text, write_json, write_text
 
 METHODS = ("paraphrase", "backtranslate", "synonyms")
 LANGUAGES = ("auto", "en", "ja")
@@ -126,7 +126,8 @@ def read_rows(src: str, s: Settings) -> tuple[list[Row], list[str]]:
     augmenting a file that cannot be trained on would only multiply the problem."""
     path = resolve_path(src)
     rows, lines, fmt = [], [], None
-    verbatim = read_text(path).splitlines() if path.suffix.lower() == ".jsonl" else None
+    # The originals are copied as they are, numbered as the reader numbers them (on "\n" alone).
+    verbatim = [x.rstrip("\r") for x in jsonl_lines(read_text(path))] if path.suffix.lower() == ".jsonl" else None
     for line, raw in iter_rows(path):
         where = f"{path}:{line}"
         try:
@@ -232,9 +233,8 @@ def select(rows: list[Row], variants: list[list[list[str]]], s: Settings, nll=No
 
 def write(src: str, out: Path, s: Settings, rows: list[Row], lines: list[str], kept: list[dict], rejected) -> dict:
     """OUT: the originals' lines, then the kept variants; OUT.augment.json: settings and counts."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(line + "\n" for line in lines) + "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in kept)
-    out.write_text(text, encoding="utf-8")
+    write_text(out, text)
     stats = {
         "source": src,
         "out": str(out),
@@ -245,5 +245,5 @@ def write(src: str, out: Path, s: Settings, rows: list[Row], lines: list[str], k
         "rejected": dict(rejected.most_common()),
         "languages": dict(Counter(r.language for r in rows)),
     }
-    out.with_suffix(".augment.json").write_text(json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_json(out.with_suffix(".augment.json"), stats)
     return stats

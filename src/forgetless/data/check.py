@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from forgetless.data import similarity
 from forgetless.data.formats import Example, ReadReport, detect_format, iter_rows, read_file, read_prompts, resolve_path
 from forgetless.errors import UserError
-from forgetless.files import read_text
+from forgetless.files import jsonl_lines, read_text, write_text
 
 # The held-out sets of the retention suite: a training row equal to one of them hides forgetting.
 RETENTION_SETS = ["builtin:general/heldout.jsonl", "builtin:general/mc.jsonl"]
@@ -205,15 +205,11 @@ def _write(src: str, drop: dict[int, dict], out: Path) -> tuple[int, int]:
     path = resolve_path(src)
     if path.suffix.lower() != ".jsonl":
         raise UserError(f"{path}: dedup and decontaminate write JSONL; convert the file to .jsonl first")
-    lines = read_text(path).splitlines(keepends=True)
-    kept = [line for n, line in enumerate(lines, start=1) if n not in drop and line.strip()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(kept), encoding="utf-8")
-    log = out.with_suffix(".removed.jsonl")
-    log.write_text(
-        "".join(json.dumps({"line": n, **why}, ensure_ascii=False) + "\n" for n, why in sorted(drop.items())),
-        encoding="utf-8",
-    )
+    lines = jsonl_lines(read_text(path))  # numbered as the reader numbers them (on "\n" alone)
+    kept = [line + "\n" for n, line in enumerate(lines, start=1) if n not in drop and line.strip()]
+    write_text(out, "".join(kept))
+    removed = "".join(json.dumps({"line": n, **why}, ensure_ascii=False) + "\n" for n, why in sorted(drop.items()))
+    write_text(out.with_suffix(".removed.jsonl"), removed)
     return len(kept), len(drop)
 
 

@@ -19,6 +19,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -56,11 +57,24 @@ class Job:
     position: int = 0  # its position
     finished: bool = False
     checked: float = 0.0  # when the server last looked for the client's disconnect
+    release: Callable[[], None] | None = None  # called once, when the job holds no batch row or queue slot
 
     def emit(self, kind: str, value) -> None:
         """("text", piece) | ("end", finish_reason) | ("error", (status, message))."""
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+
+    def close(self, kind: str | None = None, value=None) -> None:
+        """The job's last event (if given), once; then its adapter is released. Called in the model's
+        thread where the job leaves the batch or the queue, so an adapter is never unloaded while a
+        row still decodes with it (a client that disconnects only asks for this, with `cancelled`)."""
+        if self.finished:
+            return
+        if kind is not None:
+            self.emit(kind, value)
+        self.finished = True
+        if self.release is not None:
+            self.release()
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float) -> int:
@@ -75,10 +89,12 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float) -> int:
 
 
 def held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters to keep unsent: a partial UTF-8 character, or the start of a stop."""
-    if text.endswith("\ufffd"):
-        return 1
-    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    """How many trailing characters to keep unsent: partial UTF-8 characters (decoded as U+FFFD), and
+    before them the start of a stop string (a stop's first characters must not leak while the rest of
+    a multi-byte character is still on its way)."""
+    body = text.rstrip("\ufffd")
+    partial = len(text) - len(body)
+    return partial + max((k for s in stops for k in range(1, len(s) + 1) if body.endswith(s[:k])), default=0)
 
 
 class Batcher:
@@ -112,6 +128,11 @@ class Batcher:
             self.wake.notify()
         return done
 
+    def nudge(self) -> None:
+        """Wake the model's thread (a waiting request was cancelled: its queue slot frees at once)."""
+        with self.wake:
+            self.wake.notify()
+
     def depth(self) -> tuple[int, int]:
         return len(self.waiting), len(self.active)
 
@@ -129,9 +150,10 @@ class Batcher:
                     self.wake.wait()
                 if not self.running and not self.active:
                     for job in self.waiting:  # (uvicorn drains requests before stopping us: normally none)
-                        job.emit("error", (503, "the server is shutting down"))
+                        job.close("error", (503, "the server is shutting down"))
                     return
                 commands, self.commands = list(self.commands), deque()
+                self._sweep()
             for fn, done in commands:
                 try:
                     done.set_result(fn())
@@ -143,8 +165,14 @@ class Batcher:
                     self._step()
             except Exception as e:  # a failed step fails its rows, never the server
                 for job in self.active:
-                    job.emit("error", (500, f"generation failed: {e}"))
+                    job.close("error", (500, f"generation failed: {e}"))
                 self._reset()
+
+    def _sweep(self) -> None:
+        """Waiting requests whose client left or whose deadline passed leave the queue now (with the
+        lock held): they would otherwise hold queue slots, and cause 429s, until admitted."""
+        if any(job.cancelled.is_set() or job.deadline is not None for job in self.waiting):
+            self.waiting = deque(job for job in self.waiting if not self._expired(job))
 
     def _admit(self) -> None:
         """Let waiting requests join: all that fit are prefilled together, in one padded forward."""
@@ -161,16 +189,23 @@ class Batcher:
                 continue
             try:
                 self.engine.ensure_loaded(job.adapter)
-                if not self.engine.batchable():
-                    self._alone(job)
-                    return
             except Exception as e:  # this request fails, the others go on
-                job.emit("error", (500, f"generation failed: {e}"))
-                job.finished = True
+                job.close("error", (500, f"generation failed: {e}"))
                 continue
+            if not self.engine.batchable():
+                if self.active or joining:  # its adapter, once loaded, cannot share: it waits, first in line
+                    with self.wake:
+                        self.waiting.appendleft(job)
+                    break
+                self._alone(job)
+                return
             joining.append(job)
         if joining:
-            self._prefill(joining)
+            try:
+                self._prefill(joining)
+            except Exception as e:  # the rows being prefilled fail; the running batch goes on
+                for job in joining:
+                    job.close("error", (500, f"generation failed: {e}"))
 
     def _forward(self, ids, mask, positions, cache, names: list[str]):
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, self.engine.cache_kw: cache}
@@ -179,8 +214,8 @@ class Batcher:
             kwargs["adapter_names"] = ["__base__" if n == BASE else n for n in names]
         elif self.engine.has_adapters():
             context = self.engine.switched_to(names[0])
-        with torch.no_grad(), context:
-            return self.engine.model(**kwargs, use_cache=True)
+        with torch.no_grad(), context:  # only the last position's logits are sampled from
+            return self.engine.model(**kwargs, use_cache=True, logits_to_keep=1)
 
     def _prefill(self, jobs: list[Job]) -> None:
         """The prompts, left-padded to one length, through the model at once; rows that go on join."""
@@ -250,20 +285,18 @@ class Batcher:
             job.emit("text", text[len(job.sent) : end])
             job.sent = text[:end]
         if finish:
-            job.emit("end", (finish, len(job.generated)))
-            job.finished = True
+            job.close("end", (finish, len(job.generated)))
         return finish is not None
 
     def _expired(self, job: Job) -> bool:
         if job.finished:
             return True
         if job.cancelled.is_set():
-            job.emit("end", ("cancelled", len(job.generated)))
+            job.close("end", ("cancelled", len(job.generated)))
         elif job.deadline is not None and time.monotonic() > job.deadline:
-            job.emit("error", (504, "the request timed out (the server's --request-timeout)"))
+            job.close("error", (504, "the request timed out (the server's --request-timeout)"))
         else:
             return False
-        job.finished = True
         return True
 
     def _keep(self, rows: list[int]) -> None:
@@ -287,9 +320,12 @@ class Batcher:
         def stop() -> bool:
             return job.finished or self._expired(job)
 
-        self.engine.generate_alone(job, lambda token: job.finished or self._take(job, token), stop)
-        if not job.finished and not job.cancelled.is_set():
-            job.emit("end", ("stop", len(job.generated)))
+        try:
+            self.engine.generate_alone(job, lambda token: job.finished or self._take(job, token), stop)
+        except Exception as e:
+            job.close("error", (500, f"generation failed: {e}"))
+        if not self._expired(job):
+            job.close("end", ("stop", len(job.generated)))
 
 
 def _pad(t: torch.Tensor, n: int) -> torch.Tensor:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import threading
 import time
 from collections import Counter, OrderedDict, deque
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from forgetless.adapters.saved import (
     OWN_FORMAT,
     activate,
     adapter_dir,
+    adapter_template,
     base_of,
     load_several,
     method_of,
@@ -115,7 +117,9 @@ class Engine:
         self.base_ref = base_ref
         self.adapters: dict[str, Path] = dict(dirs)  # every adapter a request may name
         self.paths: dict[str, Path] = dict(dirs)  # where to reload each from (kept while it unloads)
-        self.inflight: Counter[str] = Counter()  # requests accepted and not finished, per adapter
+        self.inflight: Counter[str] = Counter()  # requests accepted and not released, per adapter
+        self.lock = threading.Lock()  # inflight: counted up in the server's loop, down in the model's thread
+        self.busy: set[str] = set()  # adapter names being loaded or removed at run time
         self.loaded: OrderedDict[str, None] = OrderedDict((n, None) for n in dirs)  # in memory, LRU first
         self.root = Path(adapter_root).resolve() if adapter_root else None
         self.max_adapters = max_adapters
@@ -132,8 +136,10 @@ class Engine:
         return [BASE, *self.adapters]
 
     # ---- requests --------------------------------------------------------------------------
-    def job(self, req, prompt: str) -> Job:
-        """The request as a batcher job, or an ApiError saying what is wrong with it."""
+    def job(self, req, prompt: str, chat: bool = True) -> Job:
+        """The request as a batcher job, or an ApiError saying what is wrong with it. A chat prompt is
+        rendered by the template, which writes the BOS its model needs; a plain completion prompt gets
+        the tokenizer's special tokens (Llama-3 and Gemma degrade without their BOS)."""
         if req.model not in self.adapters and req.model != BASE:
             raise ApiError(404, f"model '{req.model}' does not exist; available: {', '.join(self.names)}", "model")
         max_new = req.max_tokens or min(256, self.max_tokens)
@@ -144,18 +150,47 @@ class Engine:
         if len(prompt) > CHARS_PER_TOKEN * limit:  # refused before tokenizing: a request cannot make us allocate
             raise ApiError(400, f"the prompt has {len(prompt)} characters; this server accepts at most {limit} tokens",
                            where)  # fmt: skip
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token
+        special = not chat and not (bos and prompt.startswith(bos))
+        ids = self.tokenizer(prompt, add_special_tokens=special)["input_ids"]
         if len(ids) > limit:
             raise ApiError(400, f"the prompt has {len(ids)} tokens; this server accepts at most {limit}", where)
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > 4 or any(len(s) > 200 for s in stops):
             raise ApiError(400, "stop: at most 4 strings of at most 200 characters (as the OpenAI API)", "stop")
+        if any(not s for s in stops):
+            raise ApiError(400, "stop: an empty string would end every answer before it starts; leave it out", "stop")
         return Job(req.model, ids, max_new, req.temperature, req.top_p, stops)
 
+    def hold(self, job: Job) -> None:
+        """Count the job against its adapter until the batcher releases it (Job.close, in the model's
+        thread, once its row or queue slot is gone): only then may the adapter be unloaded."""
+        with self.lock:
+            self.inflight[job.adapter] += 1
+
+        def release() -> None:
+            with self.lock:
+                self.inflight[job.adapter] -= 1
+
+        job.release = release
+
     def in_use(self, name: str) -> bool:
-        """Whether an accepted request for this adapter has not finished yet (counted by the server
-        from submission to its last event, so a request between the queue and the batch counts)."""
-        return self.inflight[name] > 0
+        """Whether an accepted request for this adapter still holds a queue slot or a batch row."""
+        with self.lock:
+            return self.inflight[name] > 0
+
+    @contextmanager
+    def changing(self, name: str):
+        """One POST or DELETE of an adapter name at a time: a second one meanwhile gets 409 (a POST
+        during a DELETE would load weights into the adapter that in-flight requests are using)."""
+        if name in self.busy:
+            raise ApiError(409, f"adapter '{name}' is being loaded or removed; try again when that has finished",
+                           "name")  # fmt: skip
+        self.busy.add(name)
+        try:
+            yield
+        finally:
+            self.busy.discard(name)
 
     # ---- the model's thread ----------------------------------------------------------------
     def batchable(self) -> bool:
@@ -240,6 +275,11 @@ class Engine:
             directory = adapter_dir(str(resolved))
         except UserError as e:
             raise ApiError(400, str(e), param="path") from None
+        # adapter_dir may step into RUN/adapter, and a link there (or to a file in it) may lead out
+        inside = [directory.resolve(), *(p.resolve() for p in directory.iterdir())]
+        if self.root is not None and not all(p.is_relative_to(self.root) for p in inside):
+            raise ApiError(403, f"{directory} links outside the server's --adapter-root {self.root}", "path")
+        self._check_origin(directory)
         if self.loaded and not isinstance(self.model, PeftModel):
             raise ApiError(400, f"a forgetless result ({', '.join(self.loaded)}) changed this model and serves alone; "
                            "DELETE it first", "path")  # fmt: skip
@@ -259,9 +299,23 @@ class Engine:
                 raise ApiError(400, f"{directory} is {theirs}; this server's adapters are {', '.join(ours)}", "path")
         return directory
 
+    def _check_origin(self, directory: Path) -> None:
+        """A run-time adapter must come from this server's base model and render prompts with the
+        template this server uses (all adapters share one tokenizer); the first one sets the template."""
+        base = base_of(directory)
+        if base is not None and not models.same_model(base, self.base_ref):
+            raise ApiError(400, f"{directory} was trained on {base}; this server's base model is {self.base_ref}",
+                           "path")  # fmt: skip
+        template = adapter_template(directory)
+        if template is not None and self.adapters and template != self.tokenizer.chat_template:
+            raise ApiError(400, f"{directory} was trained with another chat template than the adapters served here "
+                           f"({', '.join(self.adapters)}); serve it on a server of its own", "path")  # fmt: skip
+
     def register(self, name: str, directory: Path) -> None:
         """In the model's thread: load it now (errors reach the caller), then answer requests for it."""
         self._load(name, directory)
+        if not self.adapters:  # the first adapter: prompts are rendered as it was trained (as at start-up)
+            use_adapter_templates(self.tokenizer, [directory])
         self.adapters[name] = self.paths[name] = directory
 
     def check_removable(self, name: str) -> None:

@@ -79,23 +79,31 @@ class CompletionRequest(Sampling):
     _prompt = field_validator("prompt")(unicode_text)
 
 
+def no_nul(value: str) -> str:
+    if "\x00" in value:  # the file system refuses it (a 500 before this check)
+        raise ValueError("contains a NUL character (\\u0000), which no name or path may hold")
+    return value
+
+
 class AdapterRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     path: str
     _text = field_validator("name", "path")(unicode_text)
+    _nul = field_validator("name", "path")(no_nul)
 
 
 async def events(engine: Engine, job, request: Request | None):
-    """The job's events as they come; a disconnected client or a dropped stream cancels the job."""
+    """The job's events as they come; a disconnected client or a dropped stream cancels the job. The
+    adapter counts as in use from here until the batcher releases the job (its row has left)."""
     job.loop, job.events = asyncio.get_running_loop(), asyncio.Queue()
     if engine.request_timeout:
         job.deadline = time.monotonic() + engine.request_timeout
-    engine.inflight[job.adapter] += 1
+    engine.hold(job)
     try:
         engine.batcher.submit(job)
     except QueueFull:
-        engine.inflight[job.adapter] -= 1
+        job.close()  # never queued: released here
         engine.metrics.rejected += 1
         waiting, active = engine.batcher.depth()
         wait = max(1, math.ceil((engine.metrics.quantile(0.5) or 1.0) * (waiting + 1) / max(1, active)))
@@ -113,15 +121,19 @@ async def events(engine: Engine, job, request: Request | None):
                 engine.metrics.cancelled += value[0] == "cancelled"
                 return
     finally:
-        job.cancelled.set()  # no-op for a finished job; frees the row of an abandoned one
-        engine.inflight[job.adapter] -= 1
+        job.cancelled.set()  # no-op for a finished job; the batcher frees the row of an abandoned one
+        engine.batcher.nudge()
+
+
+GRACE = 5.0  # seconds past a request's deadline before the server side gives up waiting for the batcher
 
 
 async def _next(job, request: Request | None):
-    if request is None:  # a stream: Starlette cancels the generator when the client goes
-        return await job.events.get()
-    while True:  # a plain answer: look for a disconnect at least every quarter second
-        if not job.cancelled.is_set() and time.monotonic() - job.checked > 0.25:
+    """The job's next event. A plain answer looks for a disconnect at least every quarter second (a
+    stream's generator is cancelled by Starlette when the client goes). Past its deadline and a grace
+    the request ends with 504 whatever the batcher does, so no client waits forever."""
+    while True:
+        if request is not None and not job.cancelled.is_set() and time.monotonic() - job.checked > 0.25:
             job.checked = time.monotonic()
             if await request.is_disconnected():
                 job.cancelled.set()  # the batcher frees the row and sends its "cancelled" end
@@ -130,6 +142,8 @@ async def _next(job, request: Request | None):
         if done:
             return getter.result()
         getter.cancel()  # an item that arrives now stays in the queue for the next get
+        if job.deadline is not None and time.monotonic() > job.deadline + GRACE:
+            return "error", (504, "the request timed out (the server's --request-timeout)")
 
 
 def _choice(chat: bool, text: str | None, finish: str | None, delta: bool = False) -> dict:
@@ -145,7 +159,7 @@ async def respond(engine: Engine, req: Sampling, prompt: str, chat: bool, reques
     """The answer to a chat or completion request: one JSON body, or a server-sent event stream."""
     rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
     kind = "chat.completion" if chat else "text_completion"
-    job = engine.job(req, prompt)  # a bad request fails here, before any status line goes out
+    job = engine.job(req, prompt, chat)  # a bad request fails here, before any status line goes out
     head = {
         "id": rid,
         "object": kind + (".chunk" if chat and req.stream else ""),
@@ -298,7 +312,12 @@ def _model_routes(app: FastAPI, engine: Engine) -> None:
         messages = [m.model_dump() for m in req.messages]
         if messages[-1]["role"] == "assistant":
             raise ApiError(400, "the last message must be from the user (or system)", param="messages")
-        prompt = prompt_text(engine.tokenizer, messages)
+        if not getattr(engine.tokenizer, "chat_template", None):
+            raise ApiError(400, "this model has no chat template: use /v1/completions with a plain prompt", "messages")
+        try:
+            prompt = prompt_text(engine.tokenizer, messages)
+        except UserError as e:  # the template refuses the roles (Mistral's and Gemma-2's alternate strictly)
+            raise ApiError(400, str(e), param="messages") from None
         return await respond(engine, req, prompt, True, request)
 
     @app.post("/v1/completions")
@@ -317,20 +336,22 @@ def _adapter_routes(app: FastAPI, engine: Engine) -> None:
 
     @app.post("/v1/adapters")
     async def load_adapter(req: AdapterRequest):
-        directory = engine.check_new_adapter(req.name, req.path)
-        try:
-            await asyncio.wrap_future(engine.batcher.call(lambda: engine.register(req.name, directory)))
-        except Exception as e:  # PEFT's own refusal (a different base, a broken file): the caller's to fix
-            raise ApiError(400, f"could not load {directory}: {e}", param="path") from None
+        with engine.changing(req.name):  # a second POST or a DELETE of this name meanwhile: 409
+            directory = engine.check_new_adapter(req.name, req.path)
+            try:
+                await asyncio.wrap_future(engine.batcher.call(lambda: engine.register(req.name, directory)))
+            except Exception as e:  # PEFT's own refusal (a different base, a broken file): the caller's to fix
+                raise ApiError(400, f"could not load {directory}: {e}", param="path") from None
         return {"name": req.name, "path": str(directory), "loaded": True}
 
     @app.delete("/v1/adapters/{name}")
     async def unload_adapter(name: str):
-        engine.check_removable(name)
-        del engine.adapters[name]  # new requests for it get 404 from here on
-        while engine.in_use(name):  # the ones already accepted finish first
-            await asyncio.sleep(0.05)
-        await asyncio.wrap_future(engine.batcher.call(lambda: engine.forget(name)))
+        with engine.changing(name):
+            engine.check_removable(name)
+            del engine.adapters[name]  # new requests for it get 404 from here on
+            while engine.in_use(name):  # the ones already accepted finish first
+                await asyncio.sleep(0.05)
+            await asyncio.wrap_future(engine.batcher.call(lambda: engine.forget(name)))
         return {"name": name, "loaded": False}
 
 

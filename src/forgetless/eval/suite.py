@@ -145,6 +145,7 @@ def references(cfg: Config, model, tokenizer, model_path: str, dtype) -> list | 
         str(dtype),
         e.retention_prompts,
         e.retention_max_new_tokens,
+        template=cfg.data.chat_template,
     )
     return answers.read_answers(path, e.retention_max_prompts)[0]
 

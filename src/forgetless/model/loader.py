@@ -130,6 +130,20 @@ def resolve(name: str) -> str:
     return _hub_snapshot(name)
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two model references name the same weights: the same text, an alias and its hub id or
+    converted folder, or one local folder written two ways. Never downloads anything."""
+
+    def identity(ref: str) -> str:
+        for alias, (_, _, hub_id) in ALIASES.items():
+            if ref == alias or Path(ref).expanduser().resolve() == (cache_dir() / "models" / alias).resolve():
+                return hub_id
+        path = Path(ref).expanduser()
+        return str(path.resolve()) if path.exists() else ref
+
+    return a == b or identity(a) == identity(b)
+
+
 def _hub_snapshot(hub_id: str) -> str:
     """A hub id loads from the local HF cache, or downloads when the hub answers; never hangs."""
 

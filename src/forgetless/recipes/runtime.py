@@ -6,6 +6,7 @@ Each recipe (sft.py, dpo.py, reward.py, rlhf.py) still reads top to bottom; thes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
+from forgetless import files
 from forgetless.adapters import continued, methods, saved
 from forgetless.config import loader
 from forgetless.config.schema import Config, TrainConfig
@@ -28,13 +30,24 @@ from forgetless.training.monitor import Monitor
 from forgetless.training.rundir import DATA_CHECK
 
 
-def cached(path: Path, compute):
-    """Reuse a before-training score on resume: the base model has not changed."""
+def cached(path: Path, compute, settings: str):
+    """Reuse a before-training score on resume when it was made under the same `settings` (a fingerprint
+    of the eval settings and scored rows): the base model has not changed, but a resumed run may have
+    changed eval.*, and "before" and "after" must come from the same settings."""
     if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
+        found = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(found, dict) and found.get("settings") == settings:
+            return found["scores"]
+        print(f"[forgetless] {path.name} was scored under other eval settings: scoring the base model again")
     value = compute()
-    path.write_text(json.dumps(value, ensure_ascii=False, indent=2), encoding="utf-8")
+    files.write_json(path, {"settings": settings, "scores": value})
     return value
+
+
+def eval_settings(cfg: Config) -> str:
+    """A fingerprint of what decides a recipe's base-side scores besides the model: eval.* and data.*."""
+    parts = {"eval": cfg.eval.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -191,9 +204,12 @@ def score_base(run: Run, compute, what: str = "", shared: str | None = None) -> 
         print(f"[forgetless] base model scores: reused {found} (same model, eval set, settings)")
     else:
         print(f"[forgetless] evaluating the base model{f' ({what})' if what else ''} ...")
+    settings = shared or eval_settings(run.cfg)  # a shared file's name holds the key of its settings
     with distributed.all_cores():
         before = cached(
-            run.out / "eval_before.json", lambda: base_cache.reuse(shared, compute)[0] if shared else compute()
+            run.out / "eval_before.json",
+            lambda: base_cache.reuse(shared, compute)[0] if shared else compute(),
+            settings,
         )
     return before, time.time() - started
 

@@ -6,7 +6,8 @@ held-out prompts are the reference that KL and agreement are measured on).
 
 Generating is slow on a CPU (the embedded model answers ~300 prompts in about 3-4 minutes),
 so a file is keyed by everything that changes its content: the model, its precision and
-quantization, the prompt file's bytes, the answer length and this module's version. Lookups
+quantization, the chat template when data.chat_template replaces the model's own (the prompts are
+rendered with it), the prompt file's bytes, the answer length and this module's version. Lookups
 try the user cache (FORGETLESS_CACHE/generated/) and then the files forgetless ships in
 assets/generated/, which `forgetless rehearsal generate --out src/forgetless/assets/generated`
 wrote for the embedded model.
@@ -23,8 +24,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from forgetless import files
 from forgetless.adapters import continued
 from forgetless.config.schema import ModelConfig
+from forgetless.data import templates
 from forgetless.data.formats import Example, builtin_path, read_prompts, resolve_path
 from forgetless.model.generate import generate
 from forgetless.model.loader import ALIASES, cache_dir
@@ -44,7 +47,12 @@ def model_fingerprint(mcfg: ModelConfig, model_path: str) -> str:
     return f"{model_path}:{stats}{earlier}"
 
 
-def key(mcfg: ModelConfig, model_path: str, dtype: str, prompts_ref: str, max_new_tokens: int) -> str:
+def key(
+    mcfg: ModelConfig, model_path: str, dtype: str, prompts_ref: str, max_new_tokens: int, template: str | None = None
+) -> str:
+    """`template`: data.chat_template (a bundled name or a .jinja file), None for the model's own; it is
+    keyed by its text, so an edited .jinja file is another key. The model's own template is part of the
+    model (its fingerprint), which keeps the keys of the shipped files."""
     prompts = hashlib.sha256(resolve_path(prompts_ref).read_bytes()).hexdigest()
     parts = {
         "model": model_fingerprint(mcfg, model_path),
@@ -54,6 +62,8 @@ def key(mcfg: ModelConfig, model_path: str, dtype: str, prompts_ref: str, max_ne
         "max_new_tokens": max_new_tokens,
         "version": VERSION,
     }
+    if template is not None:
+        parts["template"] = hashlib.sha256(templates.resolve(template).encode()).hexdigest()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -100,7 +110,7 @@ def save(path: Path, rows: list[dict], meta: dict) -> Path:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     tmp.replace(path)
-    path.with_suffix(".meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+    files.write_json(path.with_suffix(".meta.json"), meta)
     return path
 
 
@@ -115,9 +125,11 @@ def ensure(
     max_new_tokens: int,
     out_dir: Path | None = None,
     force: bool = False,
+    template: str | None = None,
 ) -> tuple[Path, bool]:
-    """(path of the cached answers, whether they were generated now); generates on a miss."""
-    k = key(mcfg, model_path, dtype, prompts_ref, max_new_tokens)
+    """(path of the cached answers, whether they were generated now); generates on a miss. `template`:
+    data.chat_template, already applied to `tokenizer` (templates.apply)."""
+    k = key(mcfg, model_path, dtype, prompts_ref, max_new_tokens, template)
     name = file_name(kind, mcfg, k)
     found = None if force else lookup(name)
     if found is not None:
@@ -136,6 +148,7 @@ def ensure(
         "quantization": mcfg.quantization,
         "prompts": prompts_ref,
         "max_new_tokens": max_new_tokens,
+        "chat_template": template,
         "version": VERSION,
         "rows": len(rows),
         "empty": sum(1 for r in rows if r.get("empty")),
@@ -147,7 +160,7 @@ def ensure(
 def read_answers(path: Path, limit: int | None = None) -> tuple[list[Example], int]:
     """(the answers as examples, how many prompts were left out because the answer was empty)."""
     examples, empty = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in files.jsonl_lines(path.read_text(encoding="utf-8")):
         row = json.loads(line)
         if row.get("empty"):
             empty += 1

@@ -20,7 +20,16 @@ from forgetless.reference import answers
 def self_rehearsal_file(cfg: Config, model, tokenizer, model_path: str, dtype: str, **kw) -> tuple[Path, bool]:
     r = cfg.forgetting.rehearsal
     return answers.ensure(
-        "rehearsal", model, tokenizer, cfg.model, model_path, dtype, r.prompts, r.max_new_tokens, **kw
+        "rehearsal",
+        model,
+        tokenizer,
+        cfg.model,
+        model_path,
+        dtype,
+        r.prompts,
+        r.max_new_tokens,
+        template=cfg.data.chat_template,
+        **kw,
     )
 
 

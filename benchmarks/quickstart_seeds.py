@@ -1,0 +1,127 @@
+"""The quickstart's numbers over seeds: what the README quotes, as mean ± standard deviation.
+
+Each seed is one `forgetless train quickstart train.seed=S` (the whole first run a user makes: training,
+then the evaluation of the fine-tuned model; the base side comes from the shipped scores). With
+`--split validation` the runs score the validation split instead of the test split: that is where
+settings are chosen (pass them as extra overrides), so the test rows the README reports are never
+used to pick them.
+
+Run: python benchmarks/quickstart_seeds.py [--seeds 42 2 3] [--split test|validation] [--out runs/seeds]
+     [--recipe quickstart] [OVERRIDE ...]
+Writes OUT/seeds.json (every run's numbers and the summary) and OUT/seeds.md (the table); the runs'
+folders are kept (a finished seed is reused: delete its folder to redo it). About 3-5 minutes a seed
+on 2 CPU cores. docs/quickstart_seeds.{json,md} are this script's output for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+SPLITS = {"test": "builtin:quickstart/test.jsonl", "validation": "builtin:quickstart/validation.jsonl"}
+MEASURES = (  # (key, label, digits)
+    ("exact_match", "exact match", 3),
+    ("kl", "KL to base / token", 4),
+    ("unchanged", "unchanged greedy answers", 3),
+    ("mc", "multiple choice", 3),
+    ("wall_s", "wall s", 0),
+)
+
+
+def numbers(run: Path) -> dict:
+    """The README's measures of one finished run, from its eval.json and summary.json."""
+    ev = json.loads((run / "eval.json").read_text(encoding="utf-8"))
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    prompts = ev["retention"].get("prompts") or {}
+    bench = next(iter(ev["retention"].get("benchmarks", {}).values()), None)
+    return {
+        "exact_match": ev["task"]["exact_match"]["finetuned"],
+        "exact_match_base": ev["task"]["exact_match"]["base"],
+        "kl": prompts.get("kl_per_token"),
+        "unchanged": prompts.get("agreement"),
+        "mc": bench["acc"]["finetuned"] if bench else None,
+        "mc_base": bench["acc"]["base"] if bench else None,
+        "wall_s": summary.get("wall_seconds"),
+    }
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, sample standard deviation, smallest and largest value over the seeds."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def summarise(runs: dict[int, dict]) -> dict:
+    return {
+        key: spread([r[key] for r in runs.values() if r.get(key) is not None])
+        for key, _, _ in MEASURES
+        if any(r.get(key) is not None for r in runs.values())
+    }
+
+
+def table(runs: dict[int, dict], summary: dict) -> str:
+    keys = [(k, label, d) for k, label, d in MEASURES if k in summary]
+    lines = ["| seed | " + " | ".join(label for _, label, _ in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for seed, r in runs.items():
+        lines.append(f"| {seed} | " + " | ".join(f"{r[k]:.{d}f}" for k, _, d in keys) + " |")
+    cells = [f"{summary[k]['mean']:.{d}f} ± {summary[k]['std']:.{d}f}" for k, _, d in keys]
+    lines.append("| **mean ± sd** | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """The CPU model, its widest vector unit and the core count: numbers from different CPUs never mix."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("model name")), None)
+    vector = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else "no AVX2"
+    return f"{model or platform.processor() or 'unknown CPU'} ({vector}), {os.cpu_count()} CPUs"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 2, 3])
+    ap.add_argument("--split", choices=sorted(SPLITS), default="test")
+    ap.add_argument("--recipe", default="quickstart")
+    ap.add_argument("--out", default="runs/seeds")
+    ap.add_argument("overrides", nargs="*", help="extra key=value settings for every seed")
+    args = ap.parse_args()
+    out = Path(args.out)
+    runs: dict[int, dict] = {}
+    for seed in args.seeds:
+        run = out / f"{args.recipe}-{args.split}-seed{seed}"
+        if not (run / "eval.json").is_file():
+            cmd = [sys.executable, "-m", "forgetless", "train", args.recipe, f"train.seed={seed}"]
+            cmd += [f"data.validation={SPLITS[args.split]}", f"output_dir={run}", "--overwrite", *args.overrides]
+            print("[seeds] " + " ".join(cmd[2:]), flush=True)
+            subprocess.run(cmd, check=True)
+        runs[seed] = numbers(run)
+        print(f"[seeds] seed {seed}: {runs[seed]}", flush=True)
+    summary = summarise(runs)
+    result = {
+        "recipe": args.recipe,
+        "split": args.split,
+        "overrides": args.overrides,
+        "machine": machine(),
+        "runs": {str(s): r for s, r in runs.items()},
+        "summary": summary,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("seeds.json", json.dumps(result, indent=2) + "\n"), ("seeds.md", table(runs, summary) + "\n")):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)
+    print(table(runs, summary))
+
+
+if __name__ == "__main__":
+    main()
