@@ -70,11 +70,11 @@ class Job:
         row still decodes with it (a client that disconnects only asks for this, with `cancelled`)."""
         if self.finished:
             return
-        if kind is not None:
-            self.emit(kind, value)
         self.finished = True
         if self.release is not None:
             self.release()
+        if kind is not None:  # last: a client that has its answer sees the job released
+            self.emit(kind, value)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float) -> int:

@@ -36,9 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from forgetless.data.render import prompt_text
 from forgetless.deploy.batcher import QueueFull
 from forgetless.deploy.engine import CHARS_PER_TOKEN, ApiError, Engine, Metrics
+from forgetless.deploy.guard import LOOPBACK, LocalOnly
 from forgetless.errors import UserError
 
-__all__ = ["ApiError", "Engine", "create_app", "run"]
+__all__ = ["LOOPBACK", "ApiError", "Engine", "create_app", "run"]
 
 
 def unicode_text(value):
@@ -215,6 +216,12 @@ class AuthAndMetrics:
             metrics.errors += 1
             err = ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)", kind="authentication_error")
             return await JSONResponse(err.body(), status_code=401)(scope, receive, send)
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if scope["method"] == "POST" and content_type != b"application/json":
+            # a body without one was read as JSON: a web page's no-cors POST (text/plain) must not be
+            metrics.errors += 1
+            err = ApiError(400, "the body must be a JSON object, sent with Content-Type: application/json", "body")
+            return await JSONResponse(err.body(), status_code=400)(scope, receive, send)
         # what a request may make the server hold: a body a little above the longest prompt accepted
         limit = 4 * CHARS_PER_TOKEN * self.engine.max_prompt_tokens + 65536
         too_large = ApiError(413, f"the request body is over {limit} bytes (see --max-prompt-tokens)", param="body")
@@ -259,6 +266,8 @@ def create_app(engine: Engine, api_key: str | None):
     app = FastAPI(title="forgetless", docs_url=None, redoc_url=None, lifespan=lifespan)
 
     app.add_middleware(AuthAndMetrics, engine=engine, api_key=api_key)
+    if not api_key:  # loopback without a key: not for web pages (deploy/guard.py); added last, runs first
+        app.add_middleware(LocalOnly)
 
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -364,7 +373,6 @@ def named_adapters(items: list[str]) -> dict[str, str]:
     return out
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ENGINE_FLAGS = ("max_batch", "max_queue", "request_timeout", "adapter_root", "max_adapters")  # serve's CLI flags
 
 
