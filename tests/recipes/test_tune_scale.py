@@ -93,3 +93,31 @@ def test_the_command_line_needs_one_budget_and_a_run(tmp_path, capsys):
         main(["tune-scale", str(tmp_path), "--max-kl", "0.1", "--grid", "a,b"])
     assert main(["tune-scale", str(tmp_path), "--max-kl", "0.1"]) == 2
     assert "is not a run directory (no config.yaml)" in capsys.readouterr().err
+
+
+def test_a_resumed_run_is_dialled_from_its_new_adapter_not_by_the_stale_choice(tiny_dir, train_file, tmp_path):
+    """tune-scale chose 0.5; `train --resume` then saved the adapter again at the trained alpha while
+    tune_scale.json stayed, and the next tune-scale scaled by 1/0.5 (KL at "scale 1" was the KL at 2)."""
+    run = tmp_path / "run"
+    overrides = tiny_args(tiny_dir, train_file, run, "train.lr=5e-2", "train.max_steps=4", *EVAL)
+    api.train(api.load_config(None, overrides))
+    cfg = api.load_config(str(run / "config.yaml"))
+    trained_alpha = json.loads((run / "adapter" / "adapter_config.json").read_text())["lora_alpha"]
+    kl = {p["scale"]: p["kl_per_token"] for p in tune_scale.run(cfg, run, max_kl=1e9, min_task=None)["points"]}
+    assert tune_scale.run(cfg, run, max_kl=kl[0.5] * 1.0001, min_task=None)["chosen"] == 0.5
+
+    stale = json.loads((run / "tune_scale.json").read_text())
+    api.train(api.load_config(None, [*overrides, "train.max_steps=5"]), resume=True)
+    assert not (run / "tune_scale.json").exists()  # the new adapter is at its trained scale
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["lora_alpha"] == trained_alpha
+    (run / "tune_scale.json").write_text(json.dumps(stale))  # as a run from before this fix left it
+    again = tune_scale.run(cfg, run, max_kl=1e9, min_task=None)
+    model, tokenizer, path = models.load(cfg.model)
+    refs = references(cfg, model, tokenizer, path, "torch.float32")
+    fresh = PeftModel.from_pretrained(model, str(run / "adapter")).eval()
+    assert again["points"][-1]["kl_per_token"] == pytest.approx(kl_to_base(fresh, tokenizer, refs), rel=1e-4)
+
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(config | {"lora_alpha": 3.0}))
+    with pytest.raises(UserError, match="neither the trained"):
+        tune_scale.run(cfg, run, max_kl=1e9, min_task=None)

@@ -11,9 +11,9 @@ import sys
 import time
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
+from forgetless.training import checkpoint
 from tests.conftest import ROWS, tiny_args, write_jsonl
 
 STEPS = 14
@@ -35,7 +35,7 @@ def _all_checkpoints_load(out) -> int:
     found = sorted((out / "checkpoints").glob("step-*"))
     for ckpt in found:
         load_file(str(ckpt / "trainable.safetensors"))
-        torch.load(ckpt / "state.pt", weights_only=False)
+        checkpoint.load_state(ckpt / "state.pt")
     return len(found)
 
 

@@ -211,3 +211,25 @@ def test_resume_with_other_eval_settings_scores_the_base_model_again(tiny_overri
     assert again["task_before"]["n"] == again["task_after"]["n"] == 1
     same = forgetless.train({}, [*scored, "train.max_steps=4", "eval.max_examples=1"], resume=True)
     assert same["task_before"] == again["task_before"]  # same settings: reused
+
+
+class _Payload:
+    """A pickle that runs code when loaded (what a hostile state.pt in a copied run directory holds)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_never_runs_the_pickle_in_a_copied_checkpoint(tiny_overrides, tmp_path):
+    """torch.load(weights_only=False) executed whatever state.pt said; now it is read as data only."""
+    forgetless.train({}, [*tiny_overrides, "train.max_steps=2", "train.save_every=1"])
+    state = checkpoint.latest(tmp_path / "run") / "state.pt"
+    assert checkpoint.load_state(state)["progress"]["step"] == 2  # our own files load safely
+    marker = tmp_path / "pwned"
+    torch.save({"progress": _Payload(marker)}, state)
+    with pytest.raises(forgetless.UserError, match="cannot be read"):
+        forgetless.train({}, [*tiny_overrides, "train.max_steps=3"], resume=True)
+    assert not marker.exists()

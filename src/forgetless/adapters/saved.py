@@ -19,6 +19,7 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from forgetless import files
 from forgetless.adapters import bottleneck, selective
 from forgetless.adapters.methods import PEFT_METHODS
 from forgetless.config.schema import METHOD_FIELDS, PeftConfig
@@ -78,8 +79,14 @@ def method_of(directory: Path) -> str:
 
 
 def save(model, directory: Path, cfg: PeftConfig, base_model: str) -> None:
-    """Write the trained result: PEFT's format, a whole model (full), or our own layout."""
-    directory = Path(directory)
+    """Write the trained result (PEFT's format, a whole model for full, or our own layout) beside
+    `directory` and rename it into place: a kill or a full disk never leaves half an adapter (best/,
+    adapter/) where the last good one was."""
+    with files.replacing(directory) as tmp:
+        _write(model, tmp, cfg, base_model)
+
+
+def _write(model, directory: Path, cfg: PeftConfig, base_model: str) -> None:
     inner = extract_model_from_parallel(model)
     if cfg.method in PEFT_METHODS:  # only the trained adapter: a continuation also holds A's frozen copy
         inner.save_pretrained(directory, selected_adapters=["default"])
@@ -92,7 +99,7 @@ def save(model, directory: Path, cfg: PeftConfig, base_model: str) -> None:
         save_file(trained, str(directory / TRAINED))
     settings = {k: v for k, v in cfg.model_dump().items() if k == "method" or k in _own_settings(cfg.method)}
     facts = {"method": cfg.method, "base_model_name_or_path": base_model, "settings": settings, "format": 1}
-    (directory / OWN_FORMAT).write_text(json.dumps(facts, indent=2), encoding="utf-8")
+    files.write_json(directory / OWN_FORMAT, facts)
 
 
 def _own_settings(method: str) -> set[str]:

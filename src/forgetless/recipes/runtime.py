@@ -27,7 +27,7 @@ from forgetless.model import loader as models
 from forgetless.reference import rehearsal
 from forgetless.training import distributed
 from forgetless.training.monitor import Monitor
-from forgetless.training.rundir import DATA_CHECK
+from forgetless.training.rundir import DATA_CHECK, TUNE_SCALE
 
 
 def cached(path: Path, compute, settings: str):
@@ -179,9 +179,16 @@ def finish(run: Run, evaluation: dict, summary: dict) -> dict:
 
 
 def save_result(run: Run, model) -> None:
-    """adapter/: the trained result and the tokenizer beside it (chat, serve, merge and eval read both)."""
-    saved.save(model, run.out / "adapter", run.cfg.peft, run.cfg.model.name)
-    run.tokenizer.save_pretrained(run.out / "adapter")
+    """adapter/: the trained result and the tokenizer beside it (chat, serve, merge and eval read both),
+    written beside and renamed into place. A scale that tune-scale chose for the adapter before (a
+    resumed run) does not apply to the new one: its record goes."""
+    with files.replacing(run.out / "adapter") as tmp:
+        saved.save(model, tmp, run.cfg.peft, run.cfg.model.name)
+        run.tokenizer.save_pretrained(tmp)
+    stale = run.out / TUNE_SCALE
+    if stale.is_file():
+        stale.unlink()
+        run.say("the adapter was saved again at its trained scale: the earlier tune-scale choice no longer applies")
 
 
 def score_finetuned(run: Run, compute) -> tuple[dict, float]:

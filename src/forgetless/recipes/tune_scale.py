@@ -23,6 +23,7 @@ from pathlib import Path
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
+from forgetless import files
 from forgetless.adapters import continued, saved
 from forgetless.config.schema import Config
 from forgetless.data import templates
@@ -33,8 +34,9 @@ from forgetless.eval.retention import kl_to_base
 from forgetless.eval.task import task_eval
 from forgetless.model import hardware
 from forgetless.model import loader as models
+from forgetless.training import rundir
 
-RECORD = "tune_scale.json"
+RECORD = rundir.TUNE_SCALE
 GRID = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -44,7 +46,12 @@ def run(cfg: Config, run_dir: Path, max_kl: float | None, min_task: float | None
     if not grid or any(not 0 < s <= 2 for s in grid):
         raise UserError(f"tune-scale --grid {','.join(map(str, grid))}: scales in (0, 2], e.g. 0.25,0.5,0.75,1")
     adapter = run_dir / "adapter"
-    config = _trained_config(run_dir, adapter)
+    with rundir.locked(run_dir):  # a training run (--resume) or a second tune-scale in it waits
+        return _run(cfg, run_dir, adapter, max_kl, min_task, grid)
+
+
+def _run(cfg: Config, run_dir: Path, adapter: Path, max_kl: float | None, min_task: float | None, grid) -> dict:
+    config, earlier = _trained_config(run_dir, adapter)
     cfg = continued.on_original_base(cfg)  # a continued run's dial runs from the original base (scale 0) to it
     if not cfg.eval.retention and max_kl is not None:
         raise UserError("tune-scale --max-kl needs the retention probe: eval.retention=true")
@@ -56,7 +63,7 @@ def run(cfg: Config, run_dir: Path, max_kl: float | None, min_task: float | None
     if not examples:
         raise UserError(f"tune-scale: {run_dir} has no held-out rows to score the task on (data.validation)")
     refs = suite.references(cfg, model, tokenizer, model_path, hardware.resolve_dtype(cfg.model.precision, dev))
-    model = _at_trained_scale(PeftModel.from_pretrained(model, str(adapter)), run_dir)
+    model = _at_trained_scale(PeftModel.from_pretrained(model, str(adapter)), earlier)
     trained = {m: dict(m.scaling) for m in model.modules() if isinstance(m, LoraLayer)}
     metric, points = cfg.eval.metric, []
     for s in sorted(set(grid)):
@@ -94,35 +101,57 @@ def choose(points: list[dict], max_kl: float | None, min_task: float | None) -> 
     )
 
 
-def _trained_config(run_dir: Path, adapter: Path) -> dict:
-    """The adapter's config with the trained alpha (from tune_scale.json when an earlier run scaled it)."""
+def _trained_config(run_dir: Path, adapter: Path) -> tuple[dict, dict | None]:
+    """The adapter's config with the trained alpha, and the earlier tune-scale's record when it still
+    describes this adapter (its config then holds alpha × the chosen scale)."""
     path = adapter / "adapter_config.json"
     if not path.is_file():
         raise UserError(f"tune-scale: {run_dir} has no adapter/adapter_config.json; give a finished run directory")
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.get("peft_type") != "LORA" or config.get("use_dora"):
         raise UserError(f"tune-scale: {run_dir} holds a {config.get('peft_type')} adapter; the dial scales LoRA only")
-    earlier = run_dir / RECORD
-    if earlier.is_file():
-        config |= json.loads(earlier.read_text(encoding="utf-8"))["trained"]
-    return config
+    earlier = current_record(run_dir, config)
+    if earlier is not None:
+        config |= earlier["trained"]
+    return config, earlier
 
 
-def _at_trained_scale(model: PeftModel, run_dir: Path) -> PeftModel:
+def current_record(run_dir: Path, config: dict) -> dict | None:
+    """RUN/tune_scale.json when it describes the adapter saved now (its lora_alpha is the one the record
+    wrote). After `train --resume` saved the adapter again at the trained alpha, the record is stale:
+    dividing by its scale again would scale the adapter by 1/old choice."""
+    path = run_dir / RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    alpha, saved_alpha = config.get("lora_alpha"), record.get("saved", {}).get("lora_alpha")
+    if alpha == saved_alpha:
+        return record
+    if alpha == record["trained"]["lora_alpha"] or saved_alpha is None:
+        print(f"[forgetless] tune-scale: {path} describes an earlier save of the adapter; starting from this one")
+        return None
+    raise UserError(
+        f"tune-scale: {run_dir}/adapter/adapter_config.json has lora_alpha {alpha}, neither the trained "
+        f"{record['trained']['lora_alpha']} nor the {saved_alpha} that {path} saved; set it back to the trained "
+        "value and run tune-scale again"
+    )
+
+
+def _at_trained_scale(model: PeftModel, earlier: dict | None) -> PeftModel:
     """The loaded adapter at scale 1: an earlier tune-scale saved alpha × its chosen scale."""
-    earlier = run_dir / RECORD
-    if earlier.is_file():
-        before = json.loads(earlier.read_text(encoding="utf-8"))["chosen"]
+    if earlier is not None:
         for m in model.modules():
             if isinstance(m, LoraLayer):
-                m.scaling.update({k: v / before for k, v in m.scaling.items()})
+                m.scaling.update({k: v / earlier["chosen"] for k, v in m.scaling.items()})
     return model
 
 
 def _save(run_dir: Path, adapter: Path, config: dict, record: dict) -> None:
+    """Each file whole or not at all (a kill between the two is named by the next tune-scale)."""
     s = record["chosen"]
     scaled = dict(config, lora_alpha=config["lora_alpha"] * s)
     if config.get("alpha_pattern"):
         scaled["alpha_pattern"] = {k: v * s for k, v in config["alpha_pattern"].items()}
-    (adapter / "adapter_config.json").write_text(json.dumps(scaled, indent=2), encoding="utf-8")
-    (run_dir / RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    record["saved"] = {k: scaled.get(k) for k in ("lora_alpha", "alpha_pattern")}
+    files.write_json(adapter / "adapter_config.json", scaled)
+    files.write_json(run_dir / RECORD, record)

@@ -96,13 +96,23 @@ def latest(out_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def load_state(path: Path) -> dict:
+    """state.pt without running its pickle: a run directory may have been copied from anywhere, and
+    torch.load(weights_only=False) would execute whatever the file says. Only tensors, plain values
+    and numpy's RNG state (an array of the global generator) are read; anything else is an error."""
+    from numpy._core.multiarray import _reconstruct  # how numpy pickles an array
+
+    with torch.serialization.safe_globals([_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]):
+        return torch.load(path, weights_only=True)
+
+
 def restore(out_dir: Path, model, optimizer, scheduler) -> Progress:
     ckpt = latest(out_dir)
     if ckpt is None:
         raise UserError(f"--resume: no checkpoint in {Path(out_dir) / 'checkpoints'}; start without --resume")
     try:
         weights = load_file(str(ckpt / "trainable.safetensors"))
-        state = torch.load(ckpt / "state.pt", weights_only=False)  # our own file: RNG states are tuples
+        state = load_state(ckpt / "state.pt")
     except Exception as e:  # a damaged file: checkpoints are written atomically, so a disk or copy problem
         raise UserError(f"--resume: {ckpt} cannot be read ({str(e).splitlines()[0][:160]})") from None
     expected = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}

@@ -15,6 +15,7 @@ Only the main process claims (api.run_recipe); the others write nothing.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ PIPELINE_STATE = "pipeline.json"  # a pipeline's stage record beside its run doe
 DATA_CHECK = "data_check.json"  # nor does the report of its data stage
 PREPARED_DATA = "data"  # nor the training files its data stage prepared
 EXPORTED = "export"  # where a pipeline's export stage writes (after training: the run exists by then)
+TUNE_SCALE = "tune_scale.json"  # the scale `tune-scale` chose for the run's adapter, and its curve
 # Settings a resumed run may change: how long it trains and how it is evaluated, not what it trains.
 RESUMABLE = (
     "output_dir",
@@ -54,7 +56,7 @@ RESUMABLE = (
 @contextmanager
 def claim(out: Path, cfg: Config, resume: bool, overwrite: bool) -> Iterator[None]:
     _make_parent(out)
-    with _lock(out):
+    with locked(out):
         if resume:
             check_resume(out, cfg)
             aside = None
@@ -93,31 +95,55 @@ def alive(pid: int) -> bool:
 
 
 @contextmanager
-def _lock(out: Path) -> Iterator[None]:
+def locked(out: Path) -> Iterator[None]:
+    """The lock file `.NAME.lock` beside `out`, held with flock(2) for the run's lifetime: the kernel
+    releases it when the process dies, so taking over a dead run's lock is one atomic step (with PIDs
+    alone, two runs could both judge a lock stale, each remove it and each take it). The file names its
+    holder for the message others get; a holder named there that is alive on this host but holds no
+    flock (a forgetless before this lock) still counts."""
     lock = out.parent / f".{out.name}.lock"
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = _read_lock(lock)
-            if holder.get("host") == me["host"] and not alive(int(holder.get("pid", 0))):
-                print(f"[forgetless] removing a stale lock of a process that no longer runs ({lock})")
-                lock.unlink(missing_ok=True)
-                continue
-            raise UserError(
-                f"output_dir {out} is in use by another forgetless run (PID {holder.get('pid')} on "
-                f"{holder.get('host')}, since {holder.get('since')}); wait for it, or choose another output_dir=..."
-            ) from None
-        except OSError as e:
-            raise UserError(f"output_dir {out}: cannot write its lock file {lock} ({e.strerror})") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
+    fd = _acquire(out, lock)
     try:
+        holder = _read_lock(lock)
+        if holder and holder.get("pid") != me["pid"]:
+            if holder.get("host") != me["host"] or alive(int(holder.get("pid", 0))):
+                raise _in_use(out, holder)
+            print(f"[forgetless] removing a stale lock of a process that no longer runs ({lock})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        if _read_lock(lock).get("pid") == me["pid"]:
+            lock.unlink(missing_ok=True)  # while still held: a waiter then finds its file gone and retries
+        os.close(fd)
+
+
+def _acquire(out: Path, lock: Path) -> int:
+    """An open descriptor of `lock` holding its exclusive flock; a UserError when another process holds it."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as e:
+            raise UserError(f"output_dir {out}: cannot write its lock file {lock} ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _in_use(out, _read_lock(lock)) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed the file between our open and our flock: take the new one
+
+
+def _in_use(out: Path, holder: dict) -> UserError:
+    return UserError(
+        f"output_dir {out} is in use by another forgetless run (PID {holder.get('pid')} on "
+        f"{holder.get('host')}, since {holder.get('since')}); wait for it, or choose another output_dir=..."
+    )
 
 
 def _read_lock(lock: Path) -> dict:
