@@ -81,13 +81,13 @@ def run_recipe(cfg: Config, resume: bool = False, overwrite: bool = False) -> di
         for ref in _values(cfg, keys):
             if ref not in ("self", *TEMPLATE_NAMES) and not ref.startswith("builtin:") and not Path(ref).exists():
                 raise UserError(f"{'.'.join(keys)}: file not found: {ref}")
-    if cfg.data.chat_template:
-        templates.resolve(cfg.data.chat_template)  # a template jinja cannot parse fails here, not mid-run
+    # a template jinja cannot parse fails here, not mid-run
+    template = templates.resolve(cfg.data.chat_template) if cfg.data.chat_template else None
     models.resolve(cfg.model.name)
     if cfg.model.continue_from:
         from forgetless.adapters import continued  # peft, as above
 
-        continued.adapter_of(cfg)  # a run that cannot be continued is refused before a directory is made
+        continued.adapter_of(cfg, template)  # a run that cannot be continued is refused before a directory is made
     claim = rundir.claim(Path(cfg.output_dir), cfg, resume, overwrite) if distributed.is_main() else nullcontext()
     with claim:
         return recipes()[cfg.recipe](cfg, resume=resume)

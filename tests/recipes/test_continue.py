@@ -74,9 +74,13 @@ def test_the_result_is_one_plain_adapter_over_the_original_base(tiny_dir, stages
 
 
 def test_rehearsal_replays_the_earlier_runs_training_rows(stages):
+    """Under preset full the CE on rehearsal rows is left to the KL for the base model's own answers,
+    but A's rows carry real answers that the KL to A does not teach: they are replayed with CE (it was 0)."""
     a, b = stages
     assert _read(b / "summary.json")["general_rows"] == _read(a / "summary.json")["train_rows"]
     assert any("training rows of the earlier run" in n for n in _read(b / "summary.json")["data_notes"])
+    steps = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines() if '"ce_rehearsal"' in x]
+    assert steps and any(s["ce_rehearsal"] > 0 for s in steps)  # steps without a rehearsal row log 0
 
 
 def test_earlier_tasks_are_scored_and_the_report_shows_the_matrix(stages):
@@ -135,6 +139,24 @@ def test_refusals(tiny_dir, train_file, tmp_path, stages, capsys):
                 tiny_args(tiny_dir, train_file, out, f"model.continue_from={a}", "model.name=smollm2-135m-instruct"),
             )
         )
+    with pytest.raises(
+        UserError, match=r"set peft.alpha=16.0 peft.dropout=0.0 \(this config has alpha=32.0, dropout=0.1\)"
+    ):
+        api.train(
+            api.load_config(
+                None,
+                tiny_args(tiny_dir, train_file, out, f"model.continue_from={a}", "peft.alpha=32", "peft.dropout=0.1"),
+            )
+        )
+    with pytest.raises(UserError, match="was trained with another chat template, which this continuation keeps"):
+        api.train(
+            api.load_config(
+                None,
+                tiny_args(
+                    tiny_dir, train_file, out, f"model.continue_from={a}", "peft.dropout=0", "data.chat_template=llama3"
+                ),
+            )
+        )
     assert not out.exists()  # refused before the run directory is claimed
     with pytest.raises(UserError, match="continues an earlier run's LoRA/DoRA adapter with recipe sft"):
         api.load_config(None, [f"model.continue_from={a}", "peft.method=ia3"])
@@ -142,3 +164,24 @@ def test_refusals(tiny_dir, train_file, tmp_path, stages, capsys):
         api.load_config(None, [f"model.continue_from={a}", "recipe=dpo"])
     assert main(["train", *tiny_args(tiny_dir, train_file, out, "peft.r=8"), "--continue-from", str(a)]) == 2
     assert "forgetless: error: model.continue_from=" in capsys.readouterr().err
+
+
+def test_a_continuation_renders_prompts_with_the_earlier_runs_template(tiny_dir, train_file, tmp_path, stages):
+    """A trained with another template than the model's own: B (no data.chat_template) used the model's."""
+    import shutil
+
+    from forgetless.data.templates import LLAMA3
+
+    a, _ = stages
+    copy = tmp_path / "A-llama3"
+    shutil.copytree(a, copy)
+    config = _read(copy / "adapter" / "tokenizer_config.json")
+    (copy / "adapter" / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": LLAMA3}))
+    (copy / "adapter" / "chat_template.jinja").unlink(missing_ok=True)
+    out = tmp_path / "B"
+    api.train(
+        api.load_config(None, tiny_args(tiny_dir, train_file, out, f"model.continue_from={copy}", "peft.dropout=0"))
+    )
+    saved = out / "adapter" / "chat_template.jinja"
+    found = saved.read_text() if saved.is_file() else _read(out / "adapter" / "tokenizer_config.json")["chat_template"]
+    assert found == LLAMA3

@@ -15,6 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import yaml
 from peft import PeftModel
 from torch import nn
 
@@ -24,9 +25,11 @@ from forgetless.config.schema import Config
 from forgetless.errors import UserError
 
 
-def adapter_of(cfg: Config) -> Path:
+def adapter_of(cfg: Config, template: str | None = None) -> Path:
     """The earlier run's adapter directory, after checking that this run can continue it: same base
-    model, a LoRA/DoRA adapter of the method and rank this config asks for. One line per refusal."""
+    model, a LoRA/DoRA adapter of the method, rank, alpha, dropout and target modules this config asks
+    for, and no other chat template than its own (`template`: data.chat_template's text). One line per
+    refusal."""
     ref = cfg.model.continue_from
     key = f"model.continue_from={ref}"
     run = Path(ref)
@@ -45,7 +48,34 @@ def adapter_of(cfg: Config) -> Path:
     earlier = saved.base_of(directory)
     if earlier is not None and not _same_model(earlier, cfg.model.name):
         raise UserError(f"{key}: that run trained {earlier}, this config trains {cfg.model.name}; use one base model")
+    differ = _other_settings(run, settings, cfg)
+    if differ:
+        raise UserError(
+            f"{key}: the adapter goes on training with that run's settings, and this config asks for others; "
+            f"set {' '.join(f'peft.{k}={v}' for k, v in differ.items())} (this config has "
+            f"{', '.join(f'{k}={getattr(cfg.peft, k)}' for k in differ)})"
+        )
+    theirs = saved.adapter_template(directory)
+    if template is not None and theirs is not None and template != theirs:
+        raise UserError(
+            f"data.chat_template={cfg.data.chat_template}: {ref} was trained with another chat template, which "
+            "this continuation keeps (the earlier model and its scores stand on it); remove data.chat_template"
+        )
     return directory
+
+
+CONTINUED_SETTINGS = ("alpha", "dropout", "target_modules")  # fixed by the adapter B goes on training
+
+
+def _other_settings(run: Path, adapter_config: dict, cfg: Config) -> dict:
+    """The LoRA settings of the earlier run (its config.yaml, else its adapter_config.json) that this
+    config sets otherwise: they were silently replaced by A's before."""
+    saved_cfg = run / "config.yaml"
+    if saved_cfg.is_file():
+        theirs = (yaml.safe_load(saved_cfg.read_text(encoding="utf-8")) or {}).get("peft", {})
+    else:
+        theirs = {"alpha": adapter_config.get("lora_alpha"), "dropout": adapter_config.get("lora_dropout")}
+    return {k: theirs[k] for k in CONTINUED_SETTINGS if k in theirs and theirs[k] != getattr(cfg.peft, k)}
 
 
 def _same_model(a: str, b: str) -> bool:

@@ -68,9 +68,16 @@ class RehearsalConfig(BaseModel):
         None,
         ge=0,
         description="Weight of the CE on rehearsal answers (a token-mean). Unset: 1 when rehearsal is the only "
-        "control, 0 when the LwF KL already covers the rehearsal rows (preset full): CE on the base model's "
-        "greedy answers sharpens it towards them and cost task gain and retention (docs/forgetting.md).",
+        "control, 0 on the base model's own answers when the LwF KL already covers the rehearsal rows (preset "
+        "full): CE on its greedy answers sharpens it towards them and cost task gain and retention "
+        "(docs/forgetting.md). Rows with real answers (earlier runs, general files) are replayed with CE 1.",
     )
+
+    @property
+    def replays(self) -> bool:
+        """Whether some rehearsal rows carry real answers (earlier runs' rows, general files), not only the
+        base model's own."""
+        return self.source != "self" and any(ref != "self" for ref in self.source)
 
     @field_validator("source", mode="before")
     @classmethod
@@ -106,7 +113,14 @@ class ForgettingConfig(BaseModel):
 
     @property
     def rehearsal_ce_weight(self) -> float:
+        """The CE weight on the base model's own answers (self-rehearsal)."""
         return rehearsal_ce_weight(self.preset, self.rehearsal.weight, self.lwf.weight, self.lwf.tokens)
+
+    @property
+    def replay_ce_weight(self) -> float:
+        """The CE weight on rehearsal rows with real answers (earlier runs' rows, general files): the KL to
+        the base does not teach those answers, so the automatic weight stays 1 under `full` too."""
+        return 1.0 if self.rehearsal.weight is None else self.rehearsal.weight
 
 
 def rehearsal_ce_weight(preset: str, weight: float | None, lwf_weight: float, lwf_tokens: list[str]) -> float:

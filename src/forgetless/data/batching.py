@@ -20,7 +20,8 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest row; padding is masked out of attention and loss.
 
     `rehearsal` marks the rows that came from general (rehearsal) data, so the loss can treat
-    task rows and rehearsal rows differently.
+    task rows and rehearsal rows differently; `replay` marks the rehearsal rows whose answers are real
+    labels (earlier runs' rows, general files) rather than the base model's own answers.
     """
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -32,7 +33,8 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = torch.tensor(r["labels"])
         mask[i, :n] = 1
     rehearsal = torch.tensor([bool(r.get("rehearsal", False)) for r in rows])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "rehearsal": rehearsal}
+    replay = torch.tensor([bool(r.get("replay", False)) for r in rows])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "rehearsal": rehearsal, "replay": replay}
 
 
 class Batches:

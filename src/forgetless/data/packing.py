@@ -83,7 +83,7 @@ def _balanced(lengths: list[int], n: int) -> tuple[list[list[int]], int]:
 
 def collate_packed(rows: list[dict], pad_id: int, capacity: int, cost: float = math.inf) -> dict[str, torch.Tensor]:
     """Like `batching.collate`, packed: (S, W) tensors for S sequences, plus `position_ids` and a
-    per-token `rehearsal` flag (a sequence may hold task and rehearsal rows)."""
+    per-token `rehearsal` and `replay` flags (a sequence may hold task and rehearsal rows)."""
     groups = bins([len(r["input_ids"]) for r in rows], capacity, cost)
     width = max(sum(len(rows[i]["input_ids"]) for i in g) for g in groups)
     shape = (len(groups), width)
@@ -92,6 +92,7 @@ def collate_packed(rows: list[dict], pad_id: int, capacity: int, cost: float = m
     mask = torch.zeros(shape, dtype=torch.long)
     positions = torch.zeros(shape, dtype=torch.long)
     rehearsal = torch.zeros(shape, dtype=torch.bool)
+    replay = torch.zeros(shape, dtype=torch.bool)
     for s, group in enumerate(groups):
         at = 0
         for i in group:
@@ -103,9 +104,10 @@ def collate_packed(rows: list[dict], pad_id: int, capacity: int, cost: float = m
             mask[s, at : at + n] = 1
             positions[s, at : at + n] = torch.arange(n)
             rehearsal[s, at : at + n] = bool(r.get("rehearsal", False))
+            replay[s, at : at + n] = bool(r.get("replay", False))
             at += n
         positions[s, at:] = torch.arange(width - at)  # the padded tail: a segment of its own
-    out = {"input_ids": ids, "attention_mask": mask, "labels": labels, "rehearsal": rehearsal}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels, "rehearsal": rehearsal, "replay": replay}
     return out | {"position_ids": positions}
 
 

@@ -236,6 +236,7 @@ def position_masks(
     attention_mask: torch.Tensor,
     rehearsal: torch.Tensor,
     position_ids: torch.Tensor | None = None,
+    replay: torch.Tensor | None = None,
 ) -> dict:
     """Boolean (B, T-1) masks over shifted positions (position t predicts token t+1).
 
@@ -244,7 +245,8 @@ def position_masks(
     rehearsal row. The KL term picks its positions from the last three plus task_answers.
     `rehearsal` is per row (B,) or, in packed batches, per token (B, T). In packed batches
     (`position_ids` given) a token at position 0 starts a new row: predicting it from the
-    previous row's last token counts for nothing.
+    previous row's last token counts for nothing. `replay` (shaped like `rehearsal`) marks the
+    rehearsal rows with real answers: replayed_answers are their targets (a part of rehearsal_answers).
     """
     real = attention_mask[:, 1:].bool()
     if position_ids is not None:
@@ -252,9 +254,15 @@ def position_masks(
     answer = (labels[:, 1:] != IGNORE) & real
     reh = rehearsal.bool()
     reh = reh[:, None].expand_as(answer) if reh.dim() == 1 else reh[:, 1:]
+    if replay is None:
+        rep = torch.zeros_like(answer)
+    else:
+        rep = replay.bool()
+        rep = rep[:, None].expand_as(answer) if rep.dim() == 1 else rep[:, 1:]
     return {
         "task_answers": answer & ~reh,
         "rehearsal_answers": answer & reh,
+        "replayed_answers": answer & reh & rep,
         "context": real & ~answer & ~reh,
         "rehearsal": real & reh,
     }

@@ -2,6 +2,8 @@
 
     loss = CE(task answers)                          token-mean over the task answer tokens
          + w_r · CE(rehearsal answers)               token-mean over the rehearsal answer tokens
+                                                     (w_r: the self-answers' weight, or the replayed
+                                                     real answers' weight on those rows)
          + λ · T² · KL(p_finetuned ‖ p_base)         mean over the chosen KL positions
          + l2 · Σ(θ − θ₀)²  +  λ_ewc · Σ F·(θ − θ₀)²  once per optimizer step
 
@@ -49,9 +51,15 @@ def kl_positions(masks: dict[str, torch.Tensor], tokens: list[str]) -> torch.Ten
     return out
 
 
+def masks_of(batch: dict) -> dict[str, torch.Tensor]:
+    return position_masks(
+        batch["labels"], batch["attention_mask"], batch["rehearsal"], batch.get("position_ids"), batch.get("replay")
+    )
+
+
 def counts(batch: dict, cfg: ForgettingConfig) -> dict[str, int]:
     """How many units each loss term averages over, for the loop's step-wide normalisation."""
-    m = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"], batch.get("position_ids"))
+    m = masks_of(batch)
     out = {"targets": int(m["task_answers"].sum()), "rehearsal": int(m["rehearsal_answers"].sum()), "batches": 1}
     if cfg.uses_lwf:
         out["kl"] = int(kl_positions(m, cfg.lwf.tokens).sum())
@@ -70,7 +78,7 @@ def objective(
     lwf = cfg.lwf
 
     def loss_fn(model, batch: dict, norms: dict[str, float]) -> dict[str, torch.Tensor]:
-        masks = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"], batch.get("position_ids"))
+        masks = masks_of(batch)
         with record_function("forgetless::forward"):  # the regions of `train.profile_steps` (training/profile.py)
             out = forward.hidden(model, batch)
         states, targets = out.states[:, :-1], batch["labels"][:, 1:]
@@ -80,8 +88,14 @@ def objective(
                 return ce_sum_chunked(states[mask], targets[mask], out.head, chunk)
 
         terms = {"ce": ce(masks["task_answers"]) / norms["targets"]}
-        if cfg.uses_rehearsal and cfg.rehearsal_ce_weight > 0:
-            terms["ce_rehearsal"] = cfg.rehearsal_ce_weight * ce(masks["rehearsal_answers"]) / norms["rehearsal"]
+        own_w, replay_w = cfg.rehearsal_ce_weight, cfg.replay_ce_weight if cfg.rehearsal.replays else 0.0
+        if cfg.uses_rehearsal and (own_w > 0 or replay_w > 0):
+            if own_w == replay_w:  # one weight for every rehearsal answer
+                total = own_w * ce(masks["rehearsal_answers"])
+            else:  # preset full: the base model's own answers are left to the KL, real answers replayed
+                replayed = masks["replayed_answers"]
+                total = own_w * ce(masks["rehearsal_answers"] & ~replayed) + replay_w * ce(replayed)
+            terms["ce_rehearsal"] = total / norms["rehearsal"]
         if cfg.uses_lwf:
             where = kl_positions(masks, lwf.tokens)
             if lwf.positions < 1:

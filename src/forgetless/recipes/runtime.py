@@ -85,9 +85,19 @@ def start(cfg: Config, head: str = "causal") -> Run:
     templates.apply(tokenizer, cfg.data.chat_template)
     methods.check(model, cfg.peft)
     if earlier is not None:  # from here until attach, the model is the earlier run's model
+        _earlier_template(cfg, tokenizer, earlier)
         model = continued.load_previous(model, earlier)
         distributed.state().print(f"[forgetless] continuing {cfg.model.continue_from}: its model is the base")
     return Run(cfg, out, main, dev, dtype, model, tokenizer, model_path)
+
+
+def _earlier_template(cfg: Config, tokenizer, earlier: Path) -> None:
+    """A continuation renders prompts as the earlier run did: its saved chat template (another one named
+    in data.chat_template was refused by continued.adapter_of)."""
+    theirs = saved.adapter_template(earlier)
+    if theirs is not None and cfg.data.chat_template is None and theirs != tokenizer.chat_template:
+        tokenizer.chat_template = theirs
+        distributed.state().print(f"[forgetless] chat template: the one {cfg.model.continue_from} was trained with")
 
 
 def general_rows(run: Run) -> tuple[list[dict], list[str]]:
