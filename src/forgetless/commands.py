@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from forgetless import api, pipeline
+from forgetless import api, files, pipeline
 from forgetless.adapters.merge import merge
 from forgetless.config import loader
 from forgetless.data import augment, check, templates
@@ -195,7 +195,7 @@ def cmd_reward(args: argparse.Namespace) -> int:
         rows = reward.score_file(args.run, Path(args.file))
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         if args.out:
-            Path(args.out).write_text(text, encoding="utf-8")
+            files.write_text(Path(args.out), text)
             print(f"[forgetless] scored {len(rows)} rows -> {args.out}")
         else:
             print(text, end="")
@@ -349,7 +349,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         result = check.check(args.files, args.against, args.near, tokenizer, args.max_length)
         print(check.render(result))
         if args.json:
-            Path(args.json).write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+            files.write_json(Path(args.json), result)
         if args.strict and result["warnings"]:
             raise UserError(
                 f"data check --strict: {len(result['warnings'])} warning(s); first: {result['warnings'][0]}"

@@ -30,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from forgetless import api
+from forgetless import api, files
 from forgetless.data import augment, check
 from forgetless.data.build import build
 from forgetless.data.formats import resolve_path
@@ -145,7 +145,7 @@ class Record:
     def write(self, stage: str, status: str, result=None, error: str | None = None, seconds: float = 0.0) -> None:
         self.stages[stage] = {"status": status, "result": result, "error": error, "seconds": round(seconds, 1)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"stages": self.stages}, indent=2), encoding="utf-8")
+        files.write_json(self.path, {"stages": self.stages})
 
 
 def run(path: Path, serve_now: bool = True) -> dict:
@@ -241,7 +241,7 @@ def _data(cfg, pcfg: PipelineConfig, out: Path) -> dict:
         cfg.data.train, [*cfg.data.validation, *stage.against], stage.near, tokenizer, cfg.data.max_length
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / DATA_CHECK).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    files.write_json(out / DATA_CHECK, report)
     for warning in report["warnings"]:
         print(f"[forgetless] data check: {warning}")
     if stage.strict and report["warnings"]:

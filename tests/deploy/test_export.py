@@ -95,3 +95,19 @@ def test_bad_input_gets_one_line(run_dir, tmp_path, tokenizer):
     with pytest.raises(UserError, match="exporting gpt2 models to GGUF is not supported yet"):
         export.architecture(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=4))
     assert main(["export", str(run_dir), "--format", "gguf", "--out", str(tmp_path / "c"), "--quant", "q3_x"]) == 2
+
+
+def test_a_k_quant_export_that_fails_midway_leaves_no_file_under_the_final_name(run_dir, tmp_path, monkeypatch):
+    """llama.cpp's quantizer wrote straight to the output file: a killed or failed export left a half
+    GGUF under the final name."""
+    pytest.importorskip("llama_cpp", reason="the k-quants need llama-cpp-python")
+    import errno
+
+    def half_then_full_disk(src, out, quant):
+        out.write_bytes(b"GGUF" + b"\0" * 64)  # what llama.cpp had written when the disk filled
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    monkeypatch.setattr(export, "quantize_with_llama_cpp", half_then_full_disk)
+    with pytest.raises(OSError):
+        export.run(str(run_dir), "gguf", tmp_path / "out", "q4_k_m")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []

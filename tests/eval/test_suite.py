@@ -163,3 +163,23 @@ def test_forgetting_budget_warns_or_stops(capsys):
     assert "above eval.max_kl=0.1" in capsys.readouterr().out
     assert Monitor(max_kl=0.1, stop_on_kl=True).update(5, {"retention_kl": 0.2})[1] == "max_kl"
     assert Monitor(max_kl=0.1, stop_on_kl=True).update(5, {"retention_kl": 0.05})[1] is None
+
+
+def test_the_history_rebuilt_on_resume_reads_the_task_loss_and_survives_a_half_written_line(tmp_path):
+    """The live check fed the task loss (`ce`), the rebuilt one `loss` (CE plus the forgetting terms):
+    after a resume the two were mixed. A last line without its newline (being written) crashed it."""
+    from forgetless.training.monitor import Monitor
+
+    rows = [{"step": 1, "loss": 9.0, "ce": 2.0}, {"step": 2, "loss": 8.0, "ce": 1.5}, {"step": 2, "val_loss": 1.0}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo', encoding="utf-8")
+    rebuilt = Monitor()
+    rebuilt.replay(path)
+    live = Monitor()
+    for r in rows[:2]:
+        live.train_loss(r["ce"])
+    live.update(2, {"val_loss": 1.0})
+    assert rebuilt.train == live.train == [1.75] and rebuilt.val == [1.0]
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"metrics.jsonl:2: not a JSON line"):
+        Monitor().replay(path)

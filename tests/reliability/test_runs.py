@@ -4,6 +4,7 @@ Ctrl-C saves a checkpoint, bad rows skipped are counted, a BOM is read, a closed
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -168,3 +169,52 @@ def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
             peak = max(peak, depth)
         assert peak == 1 and sum(kind == "in" for kind, _ in events) >= 1, events
         assert not lock.exists()
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_good_one_and_ends_in_one_line(
+    tiny_dir, data, tmp_path, capsys, monkeypatch
+):
+    """tiny_args writes a checkpoint every step; the disk fills while step 2's is written."""
+    from forgetless.training import checkpoint
+
+    run = tmp_path / "run"
+    real_save, calls = checkpoint.torch.save, []
+
+    def save(obj, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            _no_space()
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    assert main(["train", *tiny_args(tiny_dir, data, run, "train.max_steps=3")]) == 2
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]  # (progress bars come before it)
+    assert "Traceback" not in err and last.startswith("forgetless: error: no space left on the device writing the ")
+    assert "checkpoint of step 2" in last
+    assert "step-0000001" in last and "is intact" in last
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000001"]  # no half-written folder
+    checkpoint.load_state(run / "checkpoints" / "step-0000001" / "state.pt")
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert main(["train", *tiny_args(tiny_dir, data, run, "train.max_steps=3"), "--resume"]) == 0
+
+
+def test_a_full_disk_while_writing_a_file_keeps_the_previous_one(tmp_path, monkeypatch):
+    """Every file the program writes (reports, eval.json, summaries, exports' records) goes through
+    files.write_text: the previous file stays whole and the error names the path."""
+    from pathlib import Path
+
+    from forgetless import files
+
+    target = tmp_path / "report.md"
+    target.write_text("the previous report", encoding="utf-8")
+    monkeypatch.setattr(Path, "write_text", _no_space)
+    with pytest.raises(UserError, match=r"no space left on the device writing .*report.md; free space"):
+        files.write_text(target, "a new report")
+    monkeypatch.undo()
+    assert target.read_text(encoding="utf-8") == "the previous report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # no temporary file left

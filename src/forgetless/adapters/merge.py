@@ -13,11 +13,11 @@ full-precision model (about 4 bytes per parameter on CPU, 2 in bf16), not a 4-bi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
+from forgetless import files
 from forgetless.adapters import methods, saved
 from forgetless.adapters.saved import adapter_dir, base_of
 from forgetless.config.schema import ModelConfig
@@ -78,5 +78,5 @@ def merge(ref: str, out: Path, base: str | None = None, precision: str = "auto")
         del merged.config.quantization_config  # the saved weights are plain tensors now
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "forgetless_merge.json").write_text(json.dumps(facts, indent=2), encoding="utf-8")
+    files.write_json(out / "forgetless_merge.json", facts)
     return facts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -70,14 +71,14 @@ class RehearsalConfig(BaseModel):
         description="Weight of the CE on rehearsal answers (a token-mean). Unset: 1 when rehearsal is the only "
         "control, 0 on the base model's own answers when the LwF KL already covers the rehearsal rows (preset "
         "full): CE on its greedy answers sharpens it towards them and cost task gain and retention "
-        "(docs/forgetting.md). Rows with real answers (earlier runs, general files) are replayed with CE 1.",
+        "(docs/forgetting.md). Earlier runs' training rows (an earlier task's real answers, which the KL to the "
+        "base does not teach) are replayed with CE 1.",
     )
 
     @property
     def replays(self) -> bool:
-        """Whether some rehearsal rows carry real answers (earlier runs' rows, general files), not only the
-        base model's own."""
-        return self.source != "self" and any(ref != "self" for ref in self.source)
+        """Whether earlier runs' training rows are among the sources (task after task)."""
+        return self.source != "self" and any((Path(ref) / "config.yaml").is_file() for ref in self.source)
 
     @field_validator("source", mode="before")
     @classmethod
@@ -118,8 +119,8 @@ class ForgettingConfig(BaseModel):
 
     @property
     def replay_ce_weight(self) -> float:
-        """The CE weight on rehearsal rows with real answers (earlier runs' rows, general files): the KL to
-        the base does not teach those answers, so the automatic weight stays 1 under `full` too."""
+        """The CE weight on earlier runs' training rows: the KL to the base does not teach an earlier task's
+        answers, so the automatic weight stays 1 under `full` too."""
         return 1.0 if self.rehearsal.weight is None else self.rehearsal.weight
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from forgetless import files
 from forgetless.config.fields import TEMPLATE_NAMES, is_path
 from forgetless.config.schema import Config
 from forgetless.errors import UserError
@@ -173,7 +174,7 @@ def dump(cfg: Config, path: Path) -> None:
     """config.yaml of a run. Paths a YAML file gave are already absolute; those still relative came from
     the command line, relative to the current directory: written absolute, so the run's config.yaml
     means the same files when read back (--resume, eval --run, an earlier run of --continue-from)."""
-    path.write_text(yaml.safe_dump(absolute(cfg), sort_keys=False), encoding="utf-8")
+    files.write_text(path, yaml.safe_dump(absolute(cfg), sort_keys=False))
 
 
 def absolute(cfg: Config) -> dict:

@@ -20,8 +20,8 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest row; padding is masked out of attention and loss.
 
     `rehearsal` marks the rows that came from general (rehearsal) data, so the loss can treat
-    task rows and rehearsal rows differently; `replay` marks the rehearsal rows whose answers are real
-    labels (earlier runs' rows, general files) rather than the base model's own answers.
+    task rows and rehearsal rows differently; `replay` marks the rehearsal rows that are an earlier
+    run's training rows (its task's real answers, replayed with CE under preset full too).
     """
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -19,7 +19,6 @@ Types the gguf package writes itself: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -128,8 +127,13 @@ def write_gguf(model, tokenizer, source_gguf: Path | None, out: Path, quant: str
     writer.close()
     if quant in LLAMA_CPP_TYPES:
         print(f"[forgetless] quantizing to {quant} with llama.cpp's quantizer (no progress shown; minutes for 7B)")
-        quantize_with_llama_cpp(tmp, out, quant)
-        tmp.unlink()
+        quantized = out.with_name(out.name + f".{quant}.part")  # renamed into place once llama.cpp is done
+        try:
+            quantize_with_llama_cpp(tmp, quantized, quant)
+            os.replace(quantized, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+            quantized.unlink(missing_ok=True)
     else:
         os.replace(tmp, out)
     return out
@@ -185,7 +189,7 @@ def run(ref: str, fmt: str, out_dir: Path, quant: str = "f16", base: str | None 
         record = _lora(ref, out_dir, base)
     else:
         record = _model(ref, fmt, out_dir, quant, base)
-    (out_dir / "forgetless_export.json").write_text(json.dumps(record, ensure_ascii=False, indent=2), encoding="utf-8")
+    files.write_json(out_dir / "forgetless_export.json", record)
     return record
 
 

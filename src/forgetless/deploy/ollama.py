@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from forgetless import files
 from forgetless.data.templates import BUNDLED
 
 PROBE = [{"role": "user", "content": "USER-PROBE"}, {"role": "assistant", "content": "ANSWER-PROBE"}]
@@ -77,6 +78,4 @@ def modelfile(gguf_name: str, tokenizer, system: str | None) -> tuple[str, str |
 
 def write(out_dir: Path, gguf_name: str, tokenizer, system: str | None) -> tuple[Path, str | None]:
     text, found = modelfile(gguf_name, tokenizer, system)
-    path = out_dir / "Modelfile"
-    path.write_text(text, encoding="utf-8")
-    return path, found
+    return files.write_text(out_dir / "Modelfile", text), found

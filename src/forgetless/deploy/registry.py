@@ -185,8 +185,7 @@ def log_run(run: Path, uri: str | None = None, tags: dict[str, str] | None = Non
     now = int(1000 * os.path.getmtime(run / "config.yaml"))
     series = []
     if (run / "metrics.jsonl").is_file():
-        for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for row in files.read_jsonl_records(run / "metrics.jsonl"):
             series += [
                 Metric(k, float(v), now, int(row["step"]))
                 for k, v in row.items()

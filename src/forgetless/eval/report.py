@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt
 import yaml
 
+from forgetless import files
 from forgetless.eval import sequence
 
 
@@ -32,7 +33,7 @@ def read_run(run: Path) -> dict:
 
     metrics = []
     if (run / "metrics.jsonl").exists():
-        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
+        metrics = files.read_jsonl_records(run / "metrics.jsonl")
     cfg = {}
     if (run / "config.yaml").exists():
         cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
@@ -114,7 +115,8 @@ def _line_plot(runs: list[dict], series: list[tuple[str, str, str]], ylabel: str
     if drawn:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with files.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return drawn
 
@@ -148,7 +150,8 @@ def _plot_tradeoff(runs: list[dict], path: Path) -> bool:
         title="task score versus retention",
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with files.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return True
 
@@ -171,7 +174,8 @@ def _plot_scale(runs: list[dict], path: Path) -> bool:
     ax.axvline(t["chosen"], color="grey", linestyle=":")
     ax.set_title(f"adapter scale dial (chosen {t['chosen']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with files.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return True
 
@@ -347,6 +351,6 @@ def write(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
             path.unlink()
     bl = blocks(runs, plots)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(to_markdown(bl, out), encoding="utf-8")
-    page.write_text(to_html(bl), encoding="utf-8")
+    files.write_text(md, to_markdown(bl, out))
+    files.write_text(page, to_html(bl))
     return md, page

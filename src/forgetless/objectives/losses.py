@@ -245,8 +245,8 @@ def position_masks(
     rehearsal row. The KL term picks its positions from the last three plus task_answers.
     `rehearsal` is per row (B,) or, in packed batches, per token (B, T). In packed batches
     (`position_ids` given) a token at position 0 starts a new row: predicting it from the
-    previous row's last token counts for nothing. `replay` (shaped like `rehearsal`) marks the
-    rehearsal rows with real answers: replayed_answers are their targets (a part of rehearsal_answers).
+    previous row's last token counts for nothing. `replay` (shaped like `rehearsal`) marks earlier
+    runs' training rows: replayed_answers are their targets (a part of rehearsal_answers).
     """
     real = attention_mask[:, 1:].bool()
     if position_ids is not None:

@@ -92,7 +92,7 @@ def objective(
         if cfg.uses_rehearsal and (own_w > 0 or replay_w > 0):
             if own_w == replay_w:  # one weight for every rehearsal answer
                 total = own_w * ce(masks["rehearsal_answers"])
-            else:  # preset full: the base model's own answers are left to the KL, real answers replayed
+            else:  # preset full: general rows are left to the KL, an earlier task's real answers replayed
                 replayed = masks["replayed_answers"]
                 total = own_w * ce(masks["rehearsal_answers"] & ~replayed) + replay_w * ce(replayed)
             terms["ce_rehearsal"] = total / norms["rehearsal"]

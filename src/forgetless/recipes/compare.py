@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from forgetless import files
 from forgetless.config import loader
 from forgetless.config.schema import Config, rehearsal_ce_weight
 from forgetless.errors import UserError
@@ -91,8 +92,8 @@ def run(cfg: Config, variants: dict[str, list[str]], train: Callable[..., dict],
         r["share_of_none_gain"] = r["gain"] / gain if gain and r["gain"] is not None else None
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    (out / "compare.md").write_text(table(rows, cfg.eval.metric) + "\n", encoding="utf-8")
+    files.write_json(out / "compare.json", rows)
+    files.write_text(out / "compare.md", table(rows, cfg.eval.metric) + "\n")
     if cfg.eval.report:
         report.write([Path(cfg.output_dir) / v for v in variants], out)
     return rows

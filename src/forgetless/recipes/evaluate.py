@@ -10,9 +10,9 @@ only the model itself is scored.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from forgetless import files
 from forgetless.adapters import continued, saved
 from forgetless.adapters.saved import adapter_dir
 from forgetless.config import loader
@@ -62,7 +62,7 @@ def run(cfg: Config, adapter: str | None, base_ref: str | None, out: Path) -> di
         after = suite.measure(finetuned, tokenizer, cfg, examples, rows, refs, base=None if adapter else base)
         result = suite.combine(before, after)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    files.write_json(out / "eval.json", result)
     if cfg.eval.report:
         report.write([out], out)
     return result

@@ -169,7 +169,7 @@ def check_data(run: Run) -> None:
         return
     cfg = run.cfg
     found = check.check(cfg.data.train, cfg.data.validation, tokenizer=run.tokenizer, max_length=cfg.data.max_length)
-    (run.out / DATA_CHECK).write_text(json.dumps(found, ensure_ascii=False, indent=2), encoding="utf-8")
+    files.write_json(run.out / DATA_CHECK, found)
     for warning in found["warnings"]:
         run.say(f"data check: {warning}")
 
@@ -177,10 +177,10 @@ def check_data(run: Run) -> None:
 def finish(run: Run, evaluation: dict, summary: dict) -> dict:
     """eval.json, summary.json (with the wall time), the report, and the MLflow run when asked for."""
     out, cfg = run.out, run.cfg
-    (out / "eval.json").write_text(json.dumps(evaluation, ensure_ascii=False, indent=2), encoding="utf-8")
+    files.write_json(out / "eval.json", evaluation)
     summary |= {"output_dir": str(out), "recipe": cfg.recipe, "model": cfg.model.name, "model_path": run.model_path}
     summary["wall_seconds"] = round(time.time() - run.started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    files.write_json(out / "summary.json", summary)
     if cfg.eval.report:
         report.write([out], out)
     if cfg.train.mlflow:

@@ -38,16 +38,16 @@ def general_rows(cfg: Config, model, tokenizer, model_path: str, dtype: str) -> 
     files (same rendering and length limit as the task data), and earlier runs' training rows."""
     sources = ["self"] if cfg.forgetting.rehearsal.source == "self" else cfg.forgetting.rehearsal.source
     notes: list[str] = []
-    own, labelled, rows = [], [], []  # the base model's answers; rows with real answers (replayed)
+    examples, rows = [], []
     for ref in sources:
         if ref == "self":
-            own += _self_examples(cfg, model, tokenizer, model_path, dtype, notes)
-        elif (Path(ref) / "config.yaml").is_file():
+            examples += _self_examples(cfg, model, tokenizer, model_path, dtype, notes)
+        elif (Path(ref) / "config.yaml").is_file():  # an earlier task's real answers: replayed with CE
             rows += [{**r, "replay": True} for r in _run_rows(ref, tokenizer, notes)]
         else:
             report = ReadReport()
             found = read_all([ref], cfg.data, report)
-            labelled += found
+            examples += found
             notes.append(f"rehearsal: {len(found)} rows from {ref}")
             if report.skipped:
                 first = report.skipped[0]
@@ -55,9 +55,7 @@ def general_rows(cfg: Config, model, tokenizer, model_path: str, dtype: str) -> 
     render = RenderReport()
     d = cfg.data
     # No data.system_prompt here: general rows keep the context the base model answered in.
-    rows += encode_all(tokenizer, own, d.max_length, d.overlong, d.loss_on, None, render)
-    replayed = encode_all(tokenizer, labelled, d.max_length, d.overlong, d.loss_on, None, render)
-    rows += [{**r, "replay": True} for r in replayed]
+    rows += encode_all(tokenizer, examples, d.max_length, d.overlong, d.loss_on, None, render)
     if render.truncated:
         notes.append(f"rehearsal: truncated {render.truncated} row(s) to data.max_length")
     if render.dropped:

@@ -8,6 +8,7 @@ that looks like a valid checkpoint.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -67,19 +68,21 @@ def save(out_dir: Path, model, optimizer, scheduler, prog: Progress, keep: int) 
         return final
     tmp = root / f".tmp-{prog.step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "progress": asdict(prog),
-            "rng": rng_state(),
-        },
-        tmp / "state.pt",
-    )
-    _fsync_dir(tmp)
-    os.replace(tmp, final)
+    try:
+        tmp.mkdir()
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        torch.save(state | {"progress": asdict(prog), "rng": rng_state()}, tmp / "state.pt")
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        last = latest(out_dir)
+        kept = f"the last good checkpoint, {last}, is intact (--resume continues from it)" if last else "no checkpoint"
+        raise UserError(f"no space left on the device writing the checkpoint of step {prog.step} in {root}; {kept}; "
+                        "free space and resume") from None  # fmt: skip
     for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -41,7 +41,7 @@ from forgetless.objectives.objective import CountFn, LossFn, Objective
 from forgetless.training import checkpoint
 from forgetless.training.checkpoint import Progress
 from forgetless.training.metrics_log import MetricsLog
-from forgetless.training.monitor import Monitor
+from forgetless.training.monitor import Monitor, task_loss
 from forgetless.training.oom import Oom
 from forgetless.training.profile import StepProfiler, region
 
@@ -267,7 +267,7 @@ class Bookkeeping:
         if prog.step % cfg.log_every == 0 or final:
             self.log.write(prog.step, last)
         if self.monitor is not None:
-            self.monitor.train_loss(last.get("ce", last["loss"]))  # the task loss, not the forgetting terms
+            self.monitor.train_loss(task_loss(last))
         epoch_end = prog.micro == 0
         due = prog.step % cfg.eval_every == 0 or epoch_end or final
         if self.evaluate and due and (self.last_validation or not final):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from forgetless import files
+
 
 class MetricsLog:
     def __init__(self, out_dir: Path, enabled: bool = True, resume_step: int = 0, append: bool = False):
@@ -30,9 +32,8 @@ class MetricsLog:
         """On resume, lines logged after the checkpoint belong to the lost future: remove them."""
         if not self.path.exists():
             return
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        self.path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+        kept = [row for row in files.read_jsonl_records(self.path) if row.get("step", 0) <= step]
+        files.write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def write(self, step: int, values: dict) -> None:
         if not self.enabled:

@@ -10,12 +10,18 @@ The history comes back from metrics.jsonl on resume, so patience survives a rest
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
+from forgetless import files
 from forgetless.training.metrics_log import MetricsLog
+
+
+def task_loss(row: dict) -> float:
+    """A logged step's task loss (`ce`), not the forgetting terms `loss` adds: the overfitting check
+    compares it with the task's validation loss, live and when the history is rebuilt on resume."""
+    return row.get("ce", row["loss"])
 
 
 @dataclass
@@ -74,10 +80,9 @@ class Monitor:
         """Rebuild the history from metrics.jsonl (after a resume), without printing warnings."""
         if not metrics_file.exists():
             return
-        for line in metrics_file.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for row in files.read_jsonl_records(metrics_file):
             if "loss" in row:
-                self._since.append(row["loss"])
+                self.train_loss(task_loss(row))
             elif "val_loss" in row:
                 if self._since:
                     self.train.append(sum(self._since) / len(self._since))
@@ -92,7 +97,7 @@ def final_validation(model, out_dir: Path, summary: dict, result: dict, monitor,
     measured on the same rows: logged, watched and kept as the best adapter like any validation,
     and the summary's best step updated."""
     path = Path(out_dir) / "metrics.jsonl"
-    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.exists() else []
+    rows = files.read_jsonl_records(path) if path.exists() else []
     if any(row.get("step") == summary["steps"] and "val_loss" in row for row in rows):
         return  # a resumed run that had finished: its last validation is logged already
     log = MetricsLog(out_dir, append=True)

@@ -12,12 +12,13 @@ kernels) run under torch.profiler, and the run directory gets
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
+
+from forgetless import files
 
 PREFIX = "forgetless::"
 STEP = PREFIX + "step"
@@ -65,9 +66,9 @@ class StepProfiler:
         prof.export_chrome_trace(str(self.out / "trace.json"))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         averages = prof.key_averages()
-        (self.out / "regions.md").write_text(report(averages, self.done, device), encoding="utf-8")
+        files.write_text(self.out / "regions.md", report(averages, self.done, device))
         found = {"steps": self.done, "device": device, "ms_per_step": regions(averages, self.done, device)}
-        (self.out / "regions.json").write_text(json.dumps(found, indent=1) + "\n", encoding="utf-8")
+        files.write_json(self.out / "regions.json", found, indent=1)
         print(f"[forgetless] profile of {self.done} step(s): {self.out / 'regions.md'} (timeline: trace.json)")
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from forgetless import files
 from forgetless.errors import UserError
 from forgetless.training import checkpoint, rundir
 
@@ -95,7 +96,7 @@ def metrics(run: Path) -> list[dict]:
     """metrics.jsonl; a line being written at this moment is skipped, not an error."""
     out = []
     try:
-        lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = files.jsonl_lines((run / "metrics.jsonl").read_text(encoding="utf-8"))
     except OSError:
         return out
     for line in lines:
@@ -216,9 +217,7 @@ def start(root: Path, name: str, config: str, overrides: list[str], resume: bool
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    (ui_dir(root) / f"{name}.json").write_text(
-        json.dumps({"pid": proc.pid, "argv": argv, "started": time.time()}), encoding="utf-8"
-    )
+    files.write_json(ui_dir(root) / f"{name}.json", {"pid": proc.pid, "argv": argv, "started": time.time()})
     return proc.pid
 
 

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from forgetless import files
+
 
 def main(argv: list[str]) -> int:
     exit_file, args = Path(argv[0]), argv[1:]
@@ -24,7 +26,7 @@ def main(argv: list[str]) -> int:
     try:
         rc = subprocess.call([sys.executable, "-m", "forgetless", *args])
     finally:
-        exit_file.write_text(str(rc), encoding="utf-8")
+        files.write_text(exit_file, str(rc))
     return rc
 
 
