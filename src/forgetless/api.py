@@ -83,7 +83,7 @@ def run_recipe(cfg: Config, resume: bool = False, overwrite: bool = False) -> di
                 raise UserError(f"{'.'.join(keys)}: file not found: {ref}")
     # a template jinja cannot parse fails here, not mid-run
     template = templates.resolve(cfg.data.chat_template) if cfg.data.chat_template else None
-    models.resolve(cfg.model.name)
+    cfg = _within_context(cfg, models.context_length(models.resolve(cfg.model.name)))
     if cfg.model.continue_from:
         from forgetless.adapters import continued  # peft, as above
 
@@ -91,6 +91,20 @@ def run_recipe(cfg: Config, resume: bool = False, overwrite: bool = False) -> di
     claim = rundir.claim(Path(cfg.output_dir), cfg, resume, overwrite) if distributed.is_main() else nullcontext()
     with claim:
         return recipes()[cfg.recipe](cfg, resume=resume)
+
+
+def _within_context(cfg: Config, context: int | None) -> Config:
+    """data.max_length no longer than the model reads: a length the user set is refused, the default
+    is capped with a line that says so."""
+    if context is None or cfg.data.max_length <= context:
+        return cfg
+    if "max_length" in cfg.data.model_fields_set:
+        raise UserError(
+            f"data.max_length={cfg.data.max_length} is longer than {cfg.model.name} reads "
+            f"(max_position_embeddings={context}); set data.max_length={context} or less"
+        )
+    print(f"[forgetless] data.max_length: {cfg.data.max_length} -> {context}, the positions {cfg.model.name} reads")
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": context})})
 
 
 def _values(cfg: Config, keys: tuple[str, ...]) -> list[str]:

@@ -52,7 +52,7 @@ def _train(sub) -> None:
     t.add_argument(
         "--launch",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="start N local processes with accelerate (data parallel; CPU processes use gloo)",
     )

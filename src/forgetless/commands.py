@@ -27,13 +27,14 @@ from forgetless.plan import planner
 from forgetless.recipes import compare, evaluate, tune_scale
 from forgetless.reference import answers, rehearsal, rewrite
 from forgetless.training import distributed
+from forgetless.training.loop import UNCHANGED
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:
         print(loader.describe())
         return 0
-    if args.launch:
+    if args.launch is not None:  # --launch 0 is refused there, not taken for "no launcher"
         return launch(args)
     path, items = _config_and_overrides(args.items)
     items = ([f"recipe={args.recipe}"] if args.recipe else []) + items
@@ -77,6 +78,8 @@ def print_summary(s: dict) -> None:
     )
     for note in s.get("data_notes", []):
         print(f"[forgetless] data: {note}")
+    if s.get("adapter_unchanged"):
+        print(f"[forgetless] warning: {UNCHANGED}")
     ev_path = Path(s["output_dir"]) / "eval.json"
     if not ev_path.exists():
         return

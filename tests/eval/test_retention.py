@@ -96,3 +96,27 @@ def test_the_probe_kl_from_the_whole_pass_equals_the_probe_alone(tiny_dir, token
     assert result["probe_kl"] == pytest.approx(kl_to_base(model, tokenizer, refs[:2]), rel=1e-5)
     assert result["probe_kl"] != pytest.approx(result["kl_per_token"], rel=1e-3)  # a subset, not the whole
     assert "probe_kl" not in retention(model, tokenizer, refs, max_new_tokens=3)
+
+
+def test_a_retention_measure_over_no_prompt_is_not_measured_anywhere(tiny_overrides, tmp_path, monkeypatch):
+    """Every base answer empty (seen with a small Qwen2): every retention prompt was left out and the
+    report printed "KL to base per token (0 held-out prompts) | 0 | 0.0000", a perfect row over nothing,
+    which a registry gate on KL passed."""
+    import json
+
+    import forgetless
+    from forgetless.deploy import registry
+    from forgetless.reference import answers
+
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(answers, "generate", lambda model, tok, prompts, *a, **k: [""] * len(prompts))
+    ev = ["eval.retention=true", "eval.benchmarks=[]", "eval.report=true", "eval.retention_max_prompts=4"]
+    summary = forgetless.train({}, [*tiny_overrides, "train.max_steps=1", *ev])
+    run = tmp_path / "run"
+    prompts = json.loads((run / "eval.json").read_text())["retention"]["prompts"]
+    assert prompts["n"] == 0 and prompts["kl_per_token"] is None and prompts["agreement"] is None
+    assert "base-model answer" in prompts["not_measured"] and summary["retention"]["not_measured"]
+    report = (run / "report.md").read_text()
+    assert "not measured: no held-out general prompt" in report and "0 held-out prompts" not in report
+    failed = registry.check_gates(registry.metrics(run), registry.gates({}, max_kl=0.5))
+    assert failed == ["KL to base not measured > 0.5"]

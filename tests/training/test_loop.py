@@ -233,3 +233,13 @@ def test_resume_never_runs_the_pickle_in_a_copied_checkpoint(tiny_overrides, tmp
     with pytest.raises(forgetless.UserError, match="cannot be read"):
         forgetless.train({}, [*tiny_overrides, "train.max_steps=3"], resume=True)
     assert not marker.exists()
+
+
+def test_a_run_whose_every_step_is_warm_up_says_its_adapter_did_not_change(tiny_overrides, tmp_path, capsys):
+    """train.max_steps=1 with a warm-up: the only step runs at lr 0 and the saved adapter equals its
+    initialisation; the run reported success as if it had trained."""
+    summary = forgetless.train({}, [*tiny_overrides, "train.max_steps=1", "train.warmup_ratio=0.05"])
+    assert summary["adapter_unchanged"] is True
+    assert "every step ran at learning rate 0" in capsys.readouterr().out
+    moved = forgetless.train({}, [*tiny_overrides, "train.max_steps=2", "train.warmup_ratio=0.05"], overwrite=True)
+    assert moved["adapter_unchanged"] is False

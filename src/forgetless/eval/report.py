@@ -22,6 +22,7 @@ import yaml
 
 from forgetless import files
 from forgetless.eval import sequence
+from forgetless.training.loop import UNCHANGED
 
 
 def read_run(run: Path) -> dict:
@@ -74,7 +75,9 @@ def retention_table(ev: dict) -> list[list[str]]:
     r = ev.get("retention", {})
     rows = [["retention", "base", "fine-tuned", "difference (95% CI)"]]
     pr = r.get("prompts")
-    if pr:
+    if pr and pr.get("not_measured"):
+        rows.append(["KL to base per token, unchanged greedy answers", "–", f"not measured: {pr['not_measured']}", ""])
+    elif pr:
         rows.append([f"KL to base per token ({pr['n']} held-out prompts)", "0", fmt(pr["kl_per_token"], ".4f"), ""])
         agree = f"{fmt(pr['agreement'])}{_ci(pr.get('agreement_ci'))}"
         rows.append([f"unchanged greedy answers ({pr['n']} prompts)", "1", agree, ""])
@@ -239,6 +242,8 @@ def run_blocks(r: dict) -> list[tuple]:
                 + (f"; stopped early: {s['stopped_early']}" if s.get("stopped_early") else ""),
             )
         )
+        if s.get("adapter_unchanged"):
+            out.append(("p", f"warning: {UNCHANGED}"))
     if r["data"]:
         out += data_blocks(r["data"])
     if r["eval"]:

@@ -24,6 +24,11 @@ from forgetless.model.forward import logits_of
 from forgetless.model.generate import generate
 from forgetless.objectives.losses import ce_sum, count_targets, kl_rows, position_masks
 
+NO_REFERENCES = (
+    "no held-out general prompt has a base-model answer to compare with (every answer came back empty, "
+    "or eval.retention_prompts holds none)"
+)
+
 
 @torch.no_grad()
 def kl_to_base(
@@ -162,6 +167,9 @@ def retention(
     """KL to base and agreement; `base` is a separate base model (else: this model, adapters off).
     `probe` > 0 adds probe_kl: the KL over the first `probe` references alone, which is what the
     training loop's retention probe measures (so the last validation need not run it again)."""
+    if not references:  # a measure over nothing is no measure: never a KL of 0 and 100% unchanged
+        return {"n": 0, "kl_per_token": None, "agreement": None, "agreement_ci": None, "samples": [],
+                "not_measured": NO_REFERENCES}  # fmt: skip
     was_training = model.training
     model.eval()
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -128,6 +129,20 @@ def resolve(name: str) -> str:
     if name.count("/") != 1 or name.startswith((".", "/")):
         raise UserError(f"model '{name}' is not an alias ({', '.join(ALIASES)}), a directory, a .gguf file or a hub id")
     return _hub_snapshot(name)
+
+
+def context_length(path: str) -> int | None:
+    """The longest sequence the model was built for (config.json's max_position_embeddings, or the
+    names other families use), None when the folder does not say."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    found = json.loads(config.read_text(encoding="utf-8"))
+    found = found.get("text_config", found) if "max_position_embeddings" not in found else found
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(found.get(key), int):
+            return found[key]
+    return None
 
 
 def same_model(a: str, b: str) -> bool:

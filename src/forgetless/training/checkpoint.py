@@ -9,6 +9,7 @@ that looks like a valid checkpoint.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import random
 import shutil
@@ -33,6 +34,7 @@ class Progress:
     targets: int = 0  # tokens that carried the loss
     elapsed: float = 0.0  # seconds spent in training steps
     planned: int = 0  # the run's total optimizer steps when this was saved (a resume may change it)
+    max_lr: float = 0.0  # the highest learning rate a step has used: 0 means the weights never moved
 
 
 def rng_state() -> dict:
@@ -132,4 +134,5 @@ def restore(out_dir: Path, model, optimizer, scheduler) -> Progress:
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     print(f"[forgetless] resumed from {ckpt} (step {state['progress']['step']})")
-    return Progress(**state["progress"])
+    # a checkpoint from before max_lr was kept: its steps are taken to have moved the weights
+    return Progress(**({"max_lr": math.inf} | state["progress"]))

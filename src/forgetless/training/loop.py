@@ -221,7 +221,16 @@ def fit(
         profiler.close()
         bar.close()
         log.close()
-    return _facts(prog, batches, last, effective, acc, run.stopped, monitor)
+    facts = _facts(prog, batches, last, effective, acc, run.stopped, monitor)
+    if facts["adapter_unchanged"]:
+        acc.print(f"[forgetless] warning: {UNCHANGED}")
+    return facts
+
+
+UNCHANGED = (
+    "every step ran at learning rate 0 (all of them inside the warm-up of train.warmup_ratio): the adapter is "
+    "its initialisation and the model did not change; raise train.max_steps or lower train.warmup_ratio"
+)
 
 
 def _facts(prog: Progress, batches, last: dict, effective: int, acc, stopped, monitor) -> dict:
@@ -240,6 +249,8 @@ def _facts(prog: Progress, batches, last: dict, effective: int, acc, stopped, mo
         "peak_memory_gb": peak_memory_gb(acc.device),
         "best_step": monitor.best_step if monitor is not None else None,
         "best_val_loss": monitor.best_val if monitor is not None and monitor.val else None,
+        # every step at learning rate 0 (all inside the warm-up): the result is its initialisation
+        "adapter_unchanged": prog.step > 0 and prog.max_lr == 0.0,
     }
 
 
@@ -345,6 +356,7 @@ def _one_step(model, batches, objective: Objective, optimizer, scheduler, acc, c
         prog.tokens += sum(int(b["attention_mask"].sum()) for b in parts(window))
         prog.targets += counts.get("targets", 0)
         prog.elapsed += time.perf_counter() - t0
+        prog.max_lr = max(prog.max_lr, lr)
     return {
         "loss": loss,
         **(terms if len(terms) > 1 else {}),

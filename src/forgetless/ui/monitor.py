@@ -43,6 +43,7 @@ def table(found: list[runs.RunInfo]) -> list[list[str]]:
         step = f"{r.step}/{r.max_steps}" if r.max_steps else str(r.step)
         before_after = f"{report.fmt(task.get('base'))} → {report.fmt(task.get('finetuned'))}" if task else ""
         kl = report.fmt(kept.get("kl_per_token"), ".4f") if kept else ""
+        kl = "not measured" if kept and kept.get("not_measured") else kl
         rows.append([r.name, r.status, step, _eta(r.eta_s), r.summary.get("forgetting_preset", ""), before_after, kl])
         rows[-1].append(r.error if len(r.error) <= 60 else r.error[:57] + "...")  # whole on choosing the run
     return rows
