@@ -39,6 +39,10 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium browser (a
 @pytest.fixture
 def ui(tmp_path):
     """`forgetless ui` on a free loopback port, as a user starts it; its URL and runs folder."""
+    yield from _serving_ui(tmp_path)
+
+
+def _serving_ui(tmp_path):
     root, port = tmp_path / "runs", free_port()
     log = (tmp_path / "ui.log").open("w")
     proc = subprocess.Popen(
@@ -169,3 +173,21 @@ def registry(pg, root: Path) -> None:
     sync_api.expect(said).to_contain_text("refused")
     sync_api.expect(said).to_contain_text("exact_match")
     shot(pg, "registry")
+
+
+def test_the_runs_page_draws_the_curves_of_the_run_it_preselects(tiny_dir, train_file, tmp_path, page):
+    """With runs in the folder, the Runs page opens on one of them, and its detail and curves are there
+    when the page is: they came only with the refresh timers (2 s, 5 s) or after another run was picked."""
+    import forgetless
+
+    forgetless.train({}, tiny_args(tiny_dir, train_file, tmp_path / "runs" / "earlier", "train.max_steps=2"))
+    serving = _serving_ui(tmp_path)
+    url, _ = next(serving)
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Runs").click()
+        sync_api.expect(page.locator("#runs-choice input")).to_have_value("earlier")
+        sync_api.expect(page.locator("#run-detail")).to_contain_text("trained 2 steps", timeout=1_500)
+        sync_api.expect(page.locator("#run-curves img")).to_be_visible(timeout=2_500)  # the plot timer: 5 s
+    finally:
+        serving.close()

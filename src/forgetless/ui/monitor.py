@@ -106,13 +106,15 @@ def _act(fn, root: Path, name: str | None, done: str) -> str:
 def runs_page(root: Path) -> None:
     """The Runs tab: the table, status and curves refreshed on timers (one scan of the folder per refresh)."""
     found = runs.scan(root)
+    first = found[0].name if found else None  # the run the page opens on: its detail and curves drawn too
     grid = gr.Dataframe(headers=HEAD, value=table(found), interactive=False, elem_id="runs-table", wrap=True)
     with gr.Row():
-        chosen = gr.Dropdown([r.name for r in found], label="run", elem_id="runs-choice")
+        chosen = gr.Dropdown([r.name for r in found], value=first, label="run", elem_id="runs-choice")
         stop_btn = gr.Button("Stop", elem_id="stop-run")
         resume_btn = gr.Button("Resume", elem_id="resume-run")
-    about = gr.Markdown(elem_id="run-detail")
-    plot = gr.Plot(label="curves")
+    # values as functions: computed at each page load, not once when the UI started
+    about = gr.Markdown(lambda: detail(root, first) if first else "", elem_id="run-detail")
+    plot = gr.Plot(lambda: curves(runs.run_dir(root, first)) if first else None, label="curves", elem_id="run-curves")
     said = gr.Markdown(elem_id="runs-message")
 
     def refresh(name):
