@@ -188,7 +188,7 @@ def _serve(sub) -> None:
     sv.add_argument("--max-prompt-tokens", type=int, default=2048, help="longest prompt accepted")
     sv.add_argument("--max-batch", type=int, default=8, help="requests decoded together (1: one at a time)")
     sv.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which the answer is 429")
-    sv.add_argument("--request-timeout", type=float, default=None, help="seconds before a request gets 504")
+    sv.add_argument("--request-timeout", type=float, default=600, help="seconds (queue included) before a 504")
     sv.add_argument("--adapter-root", default=None, help="POST /v1/adapters loads only from under this directory")
     sv.add_argument("--max-adapters", type=int, default=None, help="adapters kept loaded (least recently used go)")
 
