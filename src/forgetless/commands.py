@@ -27,7 +27,7 @@ from forgetless.plan import planner
 from forgetless.recipes import compare, evaluate, tune_scale
 from forgetless.reference import answers, rehearsal, rewrite
 from forgetless.training import distributed
-from forgetless.training.loop import UNCHANGED
+from forgetless.training.monitor import UNCHANGED
 
 
 def cmd_train(args: argparse.Namespace) -> int:

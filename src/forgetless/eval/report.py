@@ -22,7 +22,7 @@ import yaml
 
 from forgetless import files
 from forgetless.eval import sequence
-from forgetless.training.loop import UNCHANGED
+from forgetless.training.monitor import UNCHANGED
 
 
 def read_run(run: Path) -> dict:

@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from forgetless.errors import UserError
 
 PREFIX = "step-"
+# how numpy pickles an array (numpy 2 keeps it in numpy._core, 1.26 in numpy.core): allowed in state.pt
+_RECONSTRUCT = (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct
 
 
 @dataclass
@@ -105,9 +107,7 @@ def load_state(path: Path) -> dict:
     """state.pt without running its pickle: a run directory may have been copied from anywhere, and
     torch.load(weights_only=False) would execute whatever the file says. Only tensors, plain values
     and numpy's RNG state (an array of the global generator) are read; anything else is an error."""
-    from numpy._core.multiarray import _reconstruct  # how numpy pickles an array
-
-    with torch.serialization.safe_globals([_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]):
+    with torch.serialization.safe_globals([_RECONSTRUCT, np.ndarray, np.dtype, type(np.dtype(np.uint32))]):
         return torch.load(path, weights_only=True)
 
 

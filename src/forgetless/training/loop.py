@@ -41,7 +41,7 @@ from forgetless.objectives.objective import CountFn, LossFn, Objective
 from forgetless.training import checkpoint
 from forgetless.training.checkpoint import Progress
 from forgetless.training.metrics_log import MetricsLog
-from forgetless.training.monitor import Monitor, task_loss
+from forgetless.training.monitor import UNCHANGED, Monitor, task_loss
 from forgetless.training.oom import Oom
 from forgetless.training.profile import StepProfiler, region
 
@@ -225,12 +225,6 @@ def fit(
     if facts["adapter_unchanged"]:
         acc.print(f"[forgetless] warning: {UNCHANGED}")
     return facts
-
-
-UNCHANGED = (
-    "every step ran at learning rate 0 (all of them inside the warm-up of train.warmup_ratio): the adapter is "
-    "its initialisation and the model did not change; raise train.max_steps or lower train.warmup_ratio"
-)
 
 
 def _facts(prog: Progress, batches, last: dict, effective: int, acc, stopped, monitor) -> dict:

@@ -17,6 +17,11 @@ from pathlib import Path
 from forgetless import files
 from forgetless.training.metrics_log import MetricsLog
 
+UNCHANGED = (
+    "every step ran at learning rate 0 (all of them inside the warm-up of train.warmup_ratio): the adapter is "
+    "its initialisation and the model did not change; raise train.max_steps or lower train.warmup_ratio"
+)
+
 
 def task_loss(row: dict) -> float:
     """A logged step's task loss (`ce`), not the forgetting terms `loss` adds: the overfitting check
