@@ -94,16 +94,14 @@ def run_recipe(cfg: Config, resume: bool = False, overwrite: bool = False) -> di
 
 
 def _within_context(cfg: Config, context: int | None) -> Config:
-    """data.max_length no longer than the model reads: a length the user set is refused, the default
-    is capped with a line that says so."""
+    """data.max_length no longer than the model reads, capped with a line that says so (a config written
+    out by forgetless spells the default 1024 out, so a set value is no sign of intent)."""
     if context is None or cfg.data.max_length <= context:
         return cfg
-    if "max_length" in cfg.data.model_fields_set:
-        raise UserError(
-            f"data.max_length={cfg.data.max_length} is longer than {cfg.model.name} reads "
-            f"(max_position_embeddings={context}); set data.max_length={context} or less"
-        )
-    print(f"[forgetless] data.max_length: {cfg.data.max_length} -> {context}, the positions {cfg.model.name} reads")
+    print(
+        f"[forgetless] data.max_length {cfg.data.max_length} -> {context}: {cfg.model.name} reads at most "
+        f"{context} positions (max_position_embeddings)"
+    )
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": context})})
 
 

@@ -201,7 +201,7 @@ def _prepare(cfg, pcfg: PipelineConfig, out: Path) -> tuple[list[str], dict]:
     """dedup -> decontaminate -> augment on each training file; returns the files and what each step did."""
     prep, near = pcfg.data_prep, pcfg.data_check.near
     held_out = [*cfg.data.validation, *pcfg.data_check.against]
-    files, steps = [], {}
+    prepared, steps = [], {}
     for ref, target in zip(cfg.data.train, _prepared(cfg, out), strict=True):
         current, target = ref, Path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -222,8 +222,8 @@ def _prepare(cfg, pcfg: PipelineConfig, out: Path) -> tuple[list[str], dict]:
             current = str(target)
         if current == ref:  # no step touched this file (decontaminate without held-out files)
             shutil.copy(resolve_path(ref), target)
-        files.append(str(target))
-    return files, steps
+        prepared.append(str(target))
+    return prepared, steps
 
 
 def _data(cfg, pcfg: PipelineConfig, out: Path) -> dict:
@@ -233,8 +233,8 @@ def _data(cfg, pcfg: PipelineConfig, out: Path) -> dict:
     stage = pcfg.data_check
     steps = {}
     if pcfg.data_prep.any():
-        files, steps = _prepare(cfg, pcfg, out)
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": files})})
+        prepared, steps = _prepare(cfg, pcfg, out)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": prepared})})
     tokenizer = models.load_tokenizer(models.resolve(cfg.model.name))
     data = build(cfg.data, tokenizer, cfg.train.seed)
     report = check.check(

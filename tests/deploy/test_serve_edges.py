@@ -307,20 +307,30 @@ def test_a_keyless_server_answers_programs_on_this_machine_but_no_web_page(tiny_
 
 
 def test_the_ui_without_a_key_answers_no_web_page(tmp_path):
+    """`forgetless ui` on loopback without a key: a rebound host name or another site's page gets 403
+    (a page could start runs on local files and read snippets back); this machine's browser gets the page."""
     pytest.importorskip("gradio", reason="forgetless[ui] is not installed")
-    from starlette.testclient import TestClient
+    import subprocess
+    import sys
 
-    from forgetless.ui import app
+    from tests.ui.browser import free_port, wait_for
 
-    client = TestClient(app.asgi(tmp_path, "127.0.0.1", 7860, None), base_url="http://127.0.0.1:7860")
-    assert client.get("/config").status_code == 200
-    assert client.get("/config", headers={"Host": "rebound.example:7860"}).status_code == 403
-    assert (
-        client.post("/gradio_api/queue/join", content=b"{}", headers={"Origin": "https://evil.example"}).status_code
-        == 403
-    )
-    keyed = TestClient(app.asgi(tmp_path, "0.0.0.0", 7860, "k"), base_url="http://192.0.2.1:7860")
-    assert keyed.get("/config").status_code == 401  # a key: any host, the login decides
+    port = free_port()
+    cmd = [sys.executable, "-m", "forgetless", "ui", "--runs", str(tmp_path), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/", proc)
+        assert _raw(url, {}, path="/config")[0] == 200
+        assert _raw(url, {"Origin": url}, path="/config")[0] == 200
+        code, text = _raw(url, {"Host": f"rebound.example:{port}"}, path="/config")
+        assert code == 403 and "not a loopback name" in text
+        join = json.dumps({"data": [], "fn_index": 0, "session_hash": "x"}).encode()
+        headers = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+        assert _raw(url, headers, join, "/gradio_api/queue/join")[0] == 403
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_a_seeded_fuzz_of_adapter_loads_deletes_and_early_disconnects_gets_no_5xx(tiny_dir, dirs):
@@ -372,3 +382,24 @@ def test_a_seeded_fuzz_of_adapter_loads_deletes_and_early_disconnects_gets_no_5x
             time.sleep(0.05)
         assert not any(engine.in_use(n) for n in ("a", "c", "d", "base"))
         assert {m: ask(url, m) for m in ("a", "base")} == before
+
+
+def test_prefill_and_decode_compute_the_last_positions_logits_only(engine):
+    """8 rows × 2,048 tokens × a 128k vocabulary is ~8 GB of fp32 logits when every position gets them."""
+    real, shapes = engine.batcher._forward, []
+
+    def forward(*args, **kwargs):
+        out = real(*args, **kwargs)
+        shapes.append((args[0].shape[1], out.logits.shape[1]))
+        return out
+
+    engine.batcher._forward = forward
+
+    async def go():
+        jobs = [Job("a", ids(engine, "A longer prompt with several tokens in it."), 3), Job("b", ids(engine), 3)]
+        _submit_together(engine, jobs, asyncio.get_running_loop())
+        return await asyncio.gather(*(_events(j) for j in jobs))
+
+    asyncio.run(go())
+    assert shapes and shapes[0][0] > 1  # a prefill went through
+    assert all(kept == 1 for _, kept in shapes)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -243,3 +244,11 @@ def test_a_run_whose_every_step_is_warm_up_says_its_adapter_did_not_change(tiny_
     assert "every step ran at learning rate 0" in capsys.readouterr().out
     moved = forgetless.train({}, [*tiny_overrides, "train.max_steps=2", "train.warmup_ratio=0.05"], overwrite=True)
     assert moved["adapter_unchanged"] is False
+
+
+def test_a_max_length_beyond_the_models_context_is_capped_with_a_line(tiny_overrides, tmp_path, capsys):
+    """data.max_length=100000000 for a model of 512 positions was accepted as it was."""
+    forgetless.train({}, [*tiny_overrides, "train.max_steps=1", "data.max_length=100000000"])
+    assert "data.max_length 100000000 -> 512" in capsys.readouterr().out
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["max_length"] == 512

@@ -42,15 +42,22 @@ def fill(pg, elem_id: str, text: str) -> None:
 
 def pick(pg, elem_id: str, option: str) -> None:
     """Choose an option of a Gradio dropdown (a text input with a listbox): type to filter the list, then
-    move the keyboard's highlight to the option itself (the list moves while pages refresh: no mouse)."""
+    move the keyboard's highlight to the option itself (the list moves while pages refresh: no mouse).
+    A tab's refresh of the choices that lands during the pick can undo it: then it is picked again."""
     box = pg.locator(f"#{elem_id} input")
-    box.click()
-    box.fill(option)
-    for _ in range(20):
-        active = pg.locator(f"#{elem_id} li[role=option].active")  # none yet: the first ArrowDown makes one
-        if active.count() and active.first.get_attribute("aria-label") == option:
-            break
-        pg.keyboard.press("ArrowDown")
-        pg.wait_for_timeout(50)
-    pg.keyboard.press("Enter")
-    pg.keyboard.press("Escape")
+    for _ in range(3):
+        box.click()
+        box.fill(option)
+        for _ in range(20):
+            active = pg.locator(f"#{elem_id} li[role=option].active")  # none yet: the first ArrowDown makes one
+            if active.count() and active.first.get_attribute("aria-label") == option:
+                break
+            pg.keyboard.press("ArrowDown")
+            pg.wait_for_timeout(50)
+        pg.keyboard.press("Enter")
+        pg.keyboard.press("Escape")
+        pg.wait_for_timeout(300)
+        chips = [t.strip() for t in pg.locator(f"#{elem_id} .token").all_inner_texts()]  # a multiselect's choices
+        if option == box.input_value() or option in chips:
+            return
+    raise AssertionError(f"#{elem_id}: could not pick {option!r} (shows {box.input_value()!r})")

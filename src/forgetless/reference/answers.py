@@ -42,8 +42,8 @@ def model_fingerprint(mcfg: ModelConfig, model_path: str) -> str:
     if mcfg.name in ALIASES:
         return f"alias:{mcfg.name}{earlier}"
     path = Path(model_path)
-    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else [path]
-    stats = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files if f.exists()]
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else [path]
+    stats = [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in weights if f.exists()]
     return f"{model_path}:{stats}{earlier}"
 
 

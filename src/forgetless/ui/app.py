@@ -14,8 +14,7 @@ import os
 from pathlib import Path
 
 import gradio as gr
-import uvicorn
-from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from forgetless.deploy.guard import LOOPBACK, LocalOnly
 from forgetless.errors import UserError
@@ -58,26 +57,23 @@ def check_access(host: str, api_key: str | None) -> str | None:
 def launch(root: str, host: str = "127.0.0.1", port: int = 7860, api_key: str | None = None) -> None:
     key = check_access(host, api_key)
     Path(root).mkdir(parents=True, exist_ok=True)
-    print(f"[forgetless] UI for the runs in {Path(root).resolve()} on http://{host}:{port}", flush=True)
-    uvicorn.run(asgi(Path(root), host, port, key), host=host, port=port, log_level="warning")
-
-
-def asgi(root: Path, host: str, port: int, key: str | None) -> FastAPI:
-    """The UI as an ASGI app: Gradio mounted in a FastAPI app that, without a key, refuses requests
-    from web pages and rebound host names (deploy/guard.py): a page could otherwise start runs on
-    local files and read their snippets back. Gradio's own CORS check only hides answers from pages."""
     auth = (lambda _user, password: hmac.compare_digest(password.encode(), key.encode())) if key else None
-    app = FastAPI(docs_url=None, redoc_url=None)
-    if not key:
-        app.add_middleware(LocalOnly)
-    return gr.mount_gradio_app(
-        app,
-        build(root),
-        path="",
+    print(f"[forgetless] UI for the runs in {Path(root).resolve()} on http://{host}:{port}", flush=True)
+    build(Path(root)).launch(
         server_name=host,
         server_port=port,
         auth=auth,
         auth_message="user: any name; password: the UI's API key" if key else None,
+        share=False,
         footer_links=[],
         css=CSS,
+        quiet=True,
+        app_kwargs=app_settings(key),
     )
+
+
+def app_settings(key: str | None) -> dict:
+    """Gradio's web app, without a key, refuses requests from web pages and rebound host names
+    (deploy/guard.py): a page could otherwise start runs on local files and read their snippets back.
+    Gradio's own CORS check only hides the answers from pages; the request still runs."""
+    return {} if key else {"middleware": [Middleware(LocalOnly)]}
