@@ -3,6 +3,7 @@ model (same logits, same tokens), Ollama Modelfiles, and one-line errors for wha
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
@@ -111,3 +112,23 @@ def test_a_k_quant_export_that_fails_midway_leaves_no_file_under_the_final_name(
     with pytest.raises(OSError):
         export.run(str(run_dir), "gguf", tmp_path / "out", "q4_k_m")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_the_modelfile_carries_the_templates_default_system_turn(tokenizer):
+    """SmolLM2's template writes "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    as the system turn of a conversation without one; the ChatML Go template writes a system turn only
+    from SYSTEM, so the Modelfile dropped the turn the model was trained and evaluated with."""
+    from forgetless.data.templates import CHATML
+    from forgetless.deploy import ollama
+
+    text, found = ollama.modelfile("m.gguf", tokenizer, None)
+    default = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert found == "chatml" and f'SYSTEM """{default}"""' in text
+    # with it as the system message, the bundled format renders what the model's own template renders
+    marked = [{"role": "system", "content": default}, ollama.PROBE[0]]
+    ours = tokenizer.apply_chat_template(marked, chat_template=CHATML, tokenize=False, add_generation_prompt=True)
+    assert ours == tokenizer.apply_chat_template(ollama.PROBE[:1], tokenize=False, add_generation_prompt=True)
+    assert 'SYSTEM """Triage tickets."""' in ollama.modelfile("m.gguf", tokenizer, "Triage tickets.")[0]
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = CHATML  # a template without a default system message
+    assert "SYSTEM" not in ollama.modelfile("m.gguf", plain, None)[0]

@@ -63,14 +63,37 @@ def recognise(tokenizer) -> str | None:
     return next((name for name in ("chatml", "llama3", "gemma", "mistral") if tail(BUNDLED[name]) == theirs), None)
 
 
+def default_system(tokenizer, found: str) -> str | None:
+    """The system message the tokenizer's own template writes into a conversation that has none
+    (SmolLM2's and Qwen2.5's name the assistant), or None. Read by rendering the probe without a system
+    message through the model's template, and with a marker as the system message through the bundled
+    format it was recognised as: what stands where the marker stood is the default. The Go templates
+    write a system turn only from SYSTEM, so without this Ollama answers without the turn the model
+    was trained and evaluated with."""
+    theirs = tokenizer.apply_chat_template(PROBE[:1], tokenize=False, add_generation_prompt=True)
+    marked = [{"role": "system", "content": "SYSTEM-PROBE"}, PROBE[0]]
+    try:
+        ours = tokenizer.apply_chat_template(
+            marked, chat_template=BUNDLED[found], tokenize=False, add_generation_prompt=True
+        )
+    except Exception:  # a format without a system role (Gemma's raises): no default to carry
+        return None
+    before, after = ours.split("SYSTEM-PROBE")
+    if len(theirs) > len(before) + len(after) and theirs.startswith(before) and theirs.endswith(after):
+        return theirs[len(before) : len(theirs) - len(after)]
+    return None
+
+
 def modelfile(gguf_name: str, tokenizer, system: str | None) -> tuple[str, str | None]:
-    """(Modelfile text, the recognised format or None)."""
+    """(Modelfile text, the recognised format or None). `system`: the run's data.system_prompt; without
+    one, the template's own default system message, if it writes one."""
     found = recognise(tokenizer)
     lines = [f"FROM ./{gguf_name}"]
     if found:
         go, stops = GO_TEMPLATES[found]
         lines.append(f'TEMPLATE """{go}"""')
         lines += [f'PARAMETER stop "{s}"' for s in stops]
+        system = system or default_system(tokenizer, found)
     if system:
         lines.append(f'SYSTEM """{system}"""')
     return "\n".join(lines) + "\n", found
