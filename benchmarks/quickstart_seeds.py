@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import machine  # benchmarks/machine.py: the CPU the seeds ran on
 
 SPLITS = {"test": "builtin:quickstart/test.jsonl", "validation": "builtin:quickstart/validation.jsonl"}
 MEASURES = (  # (key, label, digits)
@@ -79,14 +79,6 @@ def table(runs: dict[int, dict], summary: dict) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    """The CPU model, its widest vector unit and the core count: numbers from different CPUs never mix."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("model name")), None)
-    vector = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else "no AVX2"
-    return f"{model or platform.processor() or 'unknown CPU'} ({vector}), {os.cpu_count()} CPUs"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 2, 3])
@@ -111,12 +103,14 @@ def main() -> None:
         "recipe": args.recipe,
         "split": args.split,
         "overrides": args.overrides,
-        "machine": machine(),
+        "machine": machine.describe(),
         "runs": {str(s): r for s, r in runs.items()},
         "summary": summary,
     }
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("seeds.json", json.dumps(result, indent=2) + "\n"), ("seeds.md", table(runs, summary) + "\n")):
+    md = f"Machine: {machine.line(result['machine'])}; recipe {args.recipe}, {args.split} split.\n\n"
+    md += table(runs, summary) + "\n"
+    for name, text in (("seeds.json", json.dumps(result, indent=2) + "\n"), ("seeds.md", md)):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(out / name)

@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine  # benchmarks/machine.py: the CPU, its vector extensions, the cores
 import torch
 from speed_report import table, targets, write  # benchmarks/speed_report.py: targets and the table
 
@@ -297,8 +297,7 @@ def main(argv: list[str]) -> None:
         "settings": {"batch": BATCH, "max_length": MAX_LEN, "lr": LR, "lora": LORA, "steps": args.steps},
         "warmup": args.warmup,
         "before": args.before,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": machine.describe(),
         "targets": targets(results["mixes"], max(peak)),
     }
     Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2), encoding="utf-8")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import machine  # benchmarks/machine.py
+
 MARK = "<!-- speed-table -->"
 
 
@@ -64,7 +66,10 @@ def _range(spread: list | None) -> str:
 
 
 def table(res: dict) -> str:
+    m = res["machine"]
     lines = [
+        f"Machine: {machine.line(m) if isinstance(m, dict) else m}.",
+        "",
         f"Matmul peak (fp32, measured before and after): {res['matmul_peak_gflops_runs']} GFLOP/s; MFU = 4 × "
         f"{res['model_parameters']:,} parameters × tokens/s over the higher one.",
         "",
