@@ -187,7 +187,7 @@ def test_the_runs_page_draws_the_curves_of_the_run_it_preselects(tiny_dir, train
         page.goto(url)
         page.get_by_role("tab", name="Runs").click()
         sync_api.expect(page.locator("#runs-choice input")).to_have_value("earlier")
-        sync_api.expect(page.locator("#run-detail")).to_contain_text("trained 2 steps", timeout=1_500)
-        sync_api.expect(page.locator("#run-curves img")).to_be_visible(timeout=2_500)  # the plot timer: 5 s
+        sync_api.expect(page.locator("#run-curves img")).to_be_visible(timeout=3_500)  # the plot's timer: 5 s
+        sync_api.expect(page.locator("#run-detail")).to_contain_text("trained 2 steps")
     finally:
         serving.close()
