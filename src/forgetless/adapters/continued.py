@@ -23,6 +23,7 @@ from forgetless.adapters import saved
 from forgetless.adapters.methods import CONTINUED, PREVIOUS, TRAINED
 from forgetless.config.schema import Config
 from forgetless.errors import UserError
+from forgetless.model import loader as models
 
 
 def adapter_of(cfg: Config, template: str | None = None) -> Path:
@@ -46,7 +47,7 @@ def adapter_of(cfg: Config, template: str | None = None) -> Path:
             f"set peft.method={method} peft.r={settings['r']} (this config has {cfg.peft.method} r={cfg.peft.r})"
         )
     earlier = saved.base_of(directory)
-    if earlier is not None and not _same_model(earlier, cfg.model.name):
+    if earlier is not None and not models.same_model(earlier, cfg.model.name):
         raise UserError(f"{key}: that run trained {earlier}, this config trains {cfg.model.name}; use one base model")
     differ = _other_settings(run, settings, cfg)
     if differ:
@@ -76,12 +77,6 @@ def _other_settings(run: Path, adapter_config: dict, cfg: Config) -> dict:
     else:
         theirs = {"alpha": adapter_config.get("lora_alpha"), "dropout": adapter_config.get("lora_dropout")}
     return {k: theirs[k] for k in CONTINUED_SETTINGS if k in theirs and theirs[k] != getattr(cfg.peft, k)}
-
-
-def _same_model(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
 
 
 def fingerprint(ref: str) -> str:

@@ -94,7 +94,7 @@ def held_back(text: str, stops: list[str]) -> int:
     a multi-byte character is still on its way)."""
     body = text.rstrip("\ufffd")
     partial = len(text) - len(body)
-    return partial + max((k for s in stops for k in range(1, len(s) + 1) if body.endswith(s[:k])), default=0)
+    return partial + max((k for s in stops for k in range(1, len(s)) if body.endswith(s[:k])), default=0)
 
 
 class Batcher:

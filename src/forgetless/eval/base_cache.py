@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
 from pathlib import Path
 
+from forgetless import files
 from forgetless.config.schema import Config
 from forgetless.data.formats import resolve_path
 from forgetless.model.loader import ALIASES, cache_dir
@@ -61,9 +60,5 @@ def reuse(name: str, compute) -> tuple[dict, bool]:
     if found is not None:
         return json.loads(found.read_text(encoding="utf-8")), True
     value = compute()
-    path = cache_dir() / "eval" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.{time.time_ns()}.tmp")  # two runs at once never see half a file
-    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    files.write_json(cache_dir() / "eval" / name, value)  # two runs at once never see half a file
     return value, False

@@ -76,6 +76,8 @@ def objective(
     (`forward.hidden`); with `teacher` (a cached top-k teacher) there is no teacher forward pass.
     """
     lwf = cfg.lwf
+    # the rehearsal CE's weights, once (whether earlier runs are among the sources looks at the disk)
+    own_w, replay_w = cfg.rehearsal_ce_weight, cfg.replay_ce_weight if cfg.rehearsal.replays else 0.0
 
     def loss_fn(model, batch: dict, norms: dict[str, float]) -> dict[str, torch.Tensor]:
         masks = masks_of(batch)
@@ -88,7 +90,6 @@ def objective(
                 return ce_sum_chunked(states[mask], targets[mask], out.head, chunk)
 
         terms = {"ce": ce(masks["task_answers"]) / norms["targets"]}
-        own_w, replay_w = cfg.rehearsal_ce_weight, cfg.replay_ce_weight if cfg.rehearsal.replays else 0.0
         if cfg.uses_rehearsal and (own_w > 0 or replay_w > 0):
             if own_w == replay_w:  # one weight for every rehearsal answer
                 total = own_w * ce(masks["rehearsal_answers"])

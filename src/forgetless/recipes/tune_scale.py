@@ -124,15 +124,16 @@ def current_record(run_dir: Path, config: dict) -> dict | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
-    alpha, saved_alpha = config.get("lora_alpha"), record.get("saved", {}).get("lora_alpha")
+    trained = record["trained"]["lora_alpha"]
+    alpha, saved_alpha = config.get("lora_alpha"), trained * record["chosen"]  # what _save wrote
     if alpha == saved_alpha:
         return record
-    if alpha == record["trained"]["lora_alpha"] or saved_alpha is None:
+    if alpha == trained:
         print(f"[forgetless] tune-scale: {path} describes an earlier save of the adapter; starting from this one")
         return None
     raise UserError(
         f"tune-scale: {run_dir}/adapter/adapter_config.json has lora_alpha {alpha}, neither the trained "
-        f"{record['trained']['lora_alpha']} nor the {saved_alpha} that {path} saved; set it back to the trained "
+        f"{trained} nor the {saved_alpha} that {path} saved; set it back to the trained "
         "value and run tune-scale again"
     )
 
@@ -152,6 +153,5 @@ def _save(run_dir: Path, adapter: Path, config: dict, record: dict) -> None:
     scaled = dict(config, lora_alpha=config["lora_alpha"] * s)
     if config.get("alpha_pattern"):
         scaled["alpha_pattern"] = {k: v * s for k, v in config["alpha_pattern"].items()}
-    record["saved"] = {k: scaled.get(k) for k in ("lora_alpha", "alpha_pattern")}
     files.write_json(adapter / "adapter_config.json", scaled)
     files.write_json(run_dir / RECORD, record)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -104,12 +103,7 @@ def answer_prompts(model, tokenizer, prompts_ref: str, max_new_tokens: int, desc
 
 def save(path: Path, rows: list[dict], meta: dict) -> Path:
     """Write atomically: a crash mid-write must not leave a truncated file that later runs trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    files.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     files.write_json(path.with_suffix(".meta.json"), meta)
     return path
 
