@@ -25,7 +25,7 @@ from pathlib import Path
 from forgetless import api
 from forgetless.data import augment
 from forgetless.data.formats import builtin_path
-from forgetless.reference import rewrite
+from forgetless.reference import paraphrase
 
 TASKS = {
     "en": {"train": "quickstart/train.jsonl", "test": "quickstart/test.jsonl", "small": 100, "large": 300},
@@ -126,7 +126,7 @@ def main() -> None:
         augmented = {}
         for method in METHODS[lang]:
             out = root / f"{lang}-small-{method}.jsonl"
-            stats = rewrite.augment_file(small, out, augment.Settings(method, n=2, seed=0))
+            stats = paraphrase.augment_file(small, out, augment.Settings(method, n=2, seed=0))
             augmented[method] = {k: stats[k] for k in ("rows", "candidates", "written", "rejected")}
             runs.append(train(f"{lang}-small+{method}", str(out), test, args.steps, root))
         large = _write(root / f"{lang}-large.jsonl", rows[: t["large"]])

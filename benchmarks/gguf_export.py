@@ -91,8 +91,8 @@ def main(argv: list[str]) -> None:
         render(json.loads(OUT.read_text()))
         return
     from forgetless.adapters import merge
-    from forgetless.data.render import prompt_text
     from forgetless.deploy import export
+    from forgetless.model.chat_format import prompt_text
 
     rows = tickets(args.n)
     _, tokenizer, _ = merge.load_merged(args.run, None, "fp32")

@@ -104,7 +104,7 @@ def run_case(model_name: str, method: str, batch: int, seq: int, steps: int) -> 
 
     import torch
 
-    from forgetless.adapters import methods
+    from forgetless.adapters import attaching
     from forgetless.config.schema import ForgettingConfig, PeftConfig, TrainConfig
     from forgetless.objectives.sft import objective
     from forgetless.plan import memory, shapes
@@ -116,7 +116,7 @@ def run_case(model_name: str, method: str, batch: int, seq: int, steps: int) -> 
         for p in model.parameters():
             p.requires_grad_(True)
     else:
-        model = methods.attach(model, PeftConfig(), quantized=method == "qlora", grad_checkpointing=False)
+        model = attaching.attach(model, PeftConfig(), quantized=method == "qlora", grad_checkpointing=False)
     model.train()
     optimizer = loop.make_optimizer(model, TrainConfig())
     loss_fn = objective(ForgettingConfig(preset="none")).loss

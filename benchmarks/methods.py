@@ -62,7 +62,7 @@ def step_seconds(method: str, steps: int = 4, warmup: int = 2) -> float:
 
     import torch
 
-    from forgetless.adapters import methods
+    from forgetless.adapters import attaching
     from forgetless.data.batching import Batches
     from forgetless.data.build import build
     from forgetless.model import loader as models
@@ -72,7 +72,7 @@ def step_seconds(method: str, steps: int = 4, warmup: int = 2) -> float:
     cfg = api.load_config(RECIPE, overrides_for(method) + ["forgetting.preset=lwf"])
     torch.manual_seed(0)
     model, tok, path = models.load(cfg.model)
-    model = methods.attach(model, cfg.peft, quantized=False, grad_checkpointing=False, model_path=path)
+    model = attaching.attach(model, cfg.peft, quantized=False, grad_checkpointing=False, model_path=path)
     rows = build(cfg.data, tok, 0).train
     batches = list(Batches(rows, 4, 0, tok.pad_token_id).epoch(0))[: warmup + steps]
     opt = loop.make_optimizer(model, cfg.train)

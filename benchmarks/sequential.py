@@ -22,7 +22,7 @@ from pathlib import Path
 import tasks  # benchmarks/tasks.py: the task data
 
 from forgetless import api
-from forgetless.eval import sequence
+from forgetless.eval import earlier_tasks
 
 STAGES = [("1-triage", "triage"), ("2-keigo", "keigo"), ("3-orders", "orders")]
 
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
     lines = ["# Three tasks in a row (benchmarks/sequential.py)", ""]
     for preset in args.presets:
         runs = chain(out, preset, args.steps, common)
-        table = sequence.matrix(runs[-1])
+        table = earlier_tasks.matrix(runs[-1])
         seconds = sum(json.loads((r / "summary.json").read_text())["wall_seconds"] for r in runs)
         rows = ["| " + " | ".join(r) + " |" for r in table]
         rows.insert(1, "|" + "---|" * len(table[0]))

@@ -43,7 +43,7 @@ BEGIN, END = "<!-- serve-table -->", "<!-- /serve-table -->"
 def make_adapters(root: Path) -> list[str]:
     import torch
 
-    from forgetless.adapters import methods
+    from forgetless.adapters import attaching
     from forgetless.config.schema import ModelConfig, PeftConfig
     from forgetless.model import loader as models
 
@@ -51,7 +51,7 @@ def make_adapters(root: Path) -> list[str]:
     for i, name in enumerate(("support", "legal", "medical")):
         model, _, _ = models.load(ModelConfig(name="smollm2-135m-instruct"))
         torch.manual_seed(i)
-        tuned = methods.attach(model, PeftConfig(r=8), quantized=False, grad_checkpointing=False)
+        tuned = attaching.attach(model, PeftConfig(r=8), quantized=False, grad_checkpointing=False)
         with torch.no_grad():
             for n, p in tuned.named_parameters():
                 if "lora_B" in n:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from forgetless import api
-from forgetless.adapters import methods, saved
+from forgetless.adapters import saved, views
 from forgetless.data.batching import collate
 from forgetless.data.build import build
 from forgetless.model import forward
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
                 position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"]), cfg.forgetting.lwf.tokens
             )
             student = forward.logits_of(model, batch["input_ids"], batch["attention_mask"])[:, :-1][where]
-            with methods.base_view(model) as b:
+            with views.base_view(model) as b:
                 teacher = forward.logits_of(b, batch["input_ids"], batch["attention_mask"])[:, :-1][where]
             exact += float(kl_sum(student, teacher))
             for k, cache in caches.items():

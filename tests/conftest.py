@@ -15,10 +15,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from forgetless.adapters import methods
+from forgetless.adapters import attaching
 from forgetless.config.schema import PeftConfig
-from forgetless.data.render import IGNORE
 from forgetless.model import loader as models
+from forgetless.model.likelihood import IGNORE
 
 ROWS = [
     {
@@ -118,7 +118,7 @@ def lora_model(tiny_dir: str, seed: int = 0):
     """The tiny model with LoRA (r=4) whose B matrices are moved off zero, so the adapter changes
     the output and the base view differs from the adapted model."""
     torch.manual_seed(seed)
-    model = methods.attach(
+    model = attaching.attach(
         AutoModelForCausalLM.from_pretrained(tiny_dir), PeftConfig(r=4), quantized=False, grad_checkpointing=False
     )
     with torch.no_grad():

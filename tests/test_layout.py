@@ -162,6 +162,6 @@ def test_one_definition_of_the_ignored_label_and_of_the_main_process():
         for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
         if re.search(r"(?<![\w.])-100(?!\d)", line.split("#")[0])  # -100, not 0-100 or 20-100
     ]
-    assert [x.split(":")[0] for x in literal] == ["data/render.py"], literal
+    assert [x.split(":")[0] for x in literal] == ["model/likelihood.py"], literal
     rank = [str(p.relative_to(SRC)) for p in FILES if '"RANK"' in p.read_text(encoding="utf-8")]
     assert rank == [], f"detect the main process with training.distributed.is_main(): {rank}"

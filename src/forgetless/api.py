@@ -14,8 +14,8 @@ from pathlib import Path
 from forgetless.config import loader
 from forgetless.config.fields import TEMPLATE_NAMES
 from forgetless.config.schema import Config
-from forgetless.data import templates
 from forgetless.errors import UserError
+from forgetless.model import chat_format
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 QUICKSTART = CONFIGS / "quickstart.yaml"
@@ -82,7 +82,7 @@ def run_recipe(cfg: Config, resume: bool = False, overwrite: bool = False) -> di
             if ref not in ("self", *TEMPLATE_NAMES) and not ref.startswith("builtin:") and not Path(ref).exists():
                 raise UserError(f"{'.'.join(keys)}: file not found: {ref}")
     # a template jinja cannot parse fails here, not mid-run
-    template = templates.resolve(cfg.data.chat_template) if cfg.data.chat_template else None
+    template = chat_format.template_text(cfg.data.chat_template) if cfg.data.chat_template else None
     cfg = _within_context(cfg, models.context_length(models.resolve(cfg.model.name)))
     if cfg.model.continue_from:
         from forgetless.adapters import continued  # peft, as above

@@ -14,18 +14,19 @@ from pathlib import Path
 from forgetless import api, files, pipeline
 from forgetless.adapters.merge import merge
 from forgetless.config import loader
-from forgetless.data import augment, check, templates
-from forgetless.deploy import export, registry, reward, serve
+from forgetless.data import augment, check
+from forgetless.deploy import export, registry, serve
 from forgetless.deploy.chat import Chat
 from forgetless.errors import UserError
 from forgetless.eval import report
 from forgetless.eval.report import print_tables
 from forgetless.files import read_yaml
-from forgetless.model import hardware
+from forgetless.model import chat_format, hardware
 from forgetless.model import loader as models
+from forgetless.objectives import reward_model
 from forgetless.plan import planner
 from forgetless.recipes import compare, evaluate, tune_scale
-from forgetless.reference import answers, rehearsal, rewrite
+from forgetless.reference import answers, paraphrase, rehearsal
 from forgetless.training import distributed
 from forgetless.training.monitor import UNCHANGED
 
@@ -154,7 +155,7 @@ def cmd_rehearsal(args: argparse.Namespace) -> int:
     dev = hardware.device()
     dtype = str(hardware.resolve_dtype(cfg.model.precision, dev))
     model, tokenizer, model_path = models.load(cfg.model, dev)
-    templates.apply(tokenizer, cfg.data.chat_template)  # the answers are generated as training renders them
+    chat_format.apply_template(tokenizer, cfg.data.chat_template)  # the answers are generated as training renders them
     out = Path(args.out) if args.out else None
     made, found = rehearsal.self_rehearsal_file(cfg, model, tokenizer, model_path, dtype, out_dir=out, force=args.force)
     print(f"[forgetless] self-rehearsal data ({'generated' if found else 'cached'}): {made}")
@@ -195,7 +196,7 @@ def cmd_reward(args: argparse.Namespace) -> int:
     if bool(args.file) == bool(args.prompt):
         raise UserError("reward score: give --prompt P --answer A (repeat --answer to compare), or --file F.jsonl")
     if args.file:
-        rows = reward.score_file(args.run, Path(args.file))
+        rows = reward_model.score_file(args.run, Path(args.file))
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         if args.out:
             files.write_text(Path(args.out), text)
@@ -205,10 +206,10 @@ def cmd_reward(args: argparse.Namespace) -> int:
         return 0
     if not args.answer:
         raise UserError("reward score: --prompt needs at least one --answer")
-    model, tokenizer = reward.load_reward_model(args.run)
+    model, tokenizer = reward_model.load_reward_model(args.run)
     prompt = [{"role": "user", "content": args.prompt}]
     for answer, value in zip(
-        args.answer, reward.score(model, tokenizer, [(prompt, a) for a in args.answer]), strict=True
+        args.answer, reward_model.score(model, tokenizer, [(prompt, a) for a in args.answer]), strict=True
     ):
         print(f"{value:+.4f}  {answer}")
     return 0
@@ -334,7 +335,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         settings = augment.Settings(
             args.method, args.n, args.model, args.seed, args.answers, args.rate, args.max_drift, args.language
         )
-        stats = rewrite.augment_file(args.file, Path(args.out), settings)
+        stats = paraphrase.augment_file(args.file, Path(args.out), settings)
         print(
             f"[forgetless] augment ({args.method}): {stats['rows']} row(s) -> {stats['written']} new of "
             f"{stats['candidates']} candidates, rejected {stats['rejected'] or 'none'} -> {args.out} "

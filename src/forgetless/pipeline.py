@@ -41,7 +41,7 @@ from forgetless.files import read_yaml
 from forgetless.model import loader as models
 from forgetless.recipes import evaluate
 from forgetless.recipes.compare import same_run
-from forgetless.reference import rewrite
+from forgetless.reference import paraphrase
 from forgetless.training import checkpoint
 from forgetless.training.rundir import DATA_CHECK, EXPORTED, PIPELINE_STATE, PREPARED_DATA
 
@@ -215,7 +215,7 @@ def _prepare(cfg, pcfg: PipelineConfig, out: Path) -> tuple[list[str], dict]:
         if prep.augment is not None:
             a = prep.augment
             settings = augment.Settings(a.method, a.n, a.model or cfg.model.name, a.seed, a.answers)
-            stats = rewrite.augment_file(current, target.with_suffix(".tmp.jsonl"), settings)
+            stats = paraphrase.augment_file(current, target.with_suffix(".tmp.jsonl"), settings)
             target.with_suffix(".tmp.jsonl").replace(target)
             target.with_suffix(".tmp.augment.json").replace(target.with_suffix(".augment.json"))
             steps[f"{ref}: augment"] = {k: stats[k] for k in ("rows", "written", "rejected")}

@@ -11,12 +11,12 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 import forgetless
 from forgetless import api
-from forgetless.adapters import merge, methods, saved
+from forgetless.adapters import attaching, merge, saved, views
 from forgetless.config import loader
 from forgetless.config.schema import PeftConfig
 from forgetless.errors import UserError
 from forgetless.model import forward
-from forgetless.objectives.losses import ce_sum
+from forgetless.model.likelihood import ce_sum
 
 IDENTITY = ["lora", "dora", "ia3", "adapter", "bitfit", "selective", "full"]  # start as the base model
 ALL = [*IDENTITY, "prefix", "prompt"]
@@ -56,7 +56,7 @@ def _base(path: str):
 def _attach(path: str, method: str):
     torch.manual_seed(1)
     cfg = PeftConfig(method=method, **SETTINGS.get(method, {}))
-    return methods.attach(_base(path), cfg, quantized=False, grad_checkpointing=False, model_path=path), cfg
+    return attaching.attach(_base(path), cfg, quantized=False, grad_checkpointing=False, model_path=path), cfg
 
 
 def _batch(tokenizer):
@@ -124,7 +124,7 @@ def test_method_learns_changes_only_its_parameters_and_round_trips(method, tiny_
 
     model.eval()
     # The base view is the untrained base: the LwF teacher and the retention reference.
-    with methods.base_view(model) as base:
+    with views.base_view(model) as base:
         torch.testing.assert_close(_logits(base, ids, mask), _logits(_base(path), ids, mask), atol=1e-5, rtol=1e-5)
     trained = _logits(model, ids, mask)
     assert not torch.allclose(trained, _logits(_base(path), ids, mask), atol=1e-4)
@@ -133,7 +133,7 @@ def test_method_learns_changes_only_its_parameters_and_round_trips(method, tiny_
     assert saved.method_of(tmp_path / "out") == method
     loaded = saved.load(_base(path), tmp_path / "out").eval()
     torch.testing.assert_close(_logits(loaded, ids, mask), trained, atol=1e-5, rtol=1e-5)
-    with methods.base_view(loaded) as base:  # a loaded result still gives the base view
+    with views.base_view(loaded) as base:  # a loaded result still gives the base view
         torch.testing.assert_close(_logits(base, ids, mask), _logits(_base(path), ids, mask), atol=1e-5, rtol=1e-5)
 
     if method in MERGEABLE:
@@ -197,12 +197,12 @@ def test_bitfit_without_biases_points_to_selective(tiny_dir):
 def test_selective_layer_choice_is_checked(tiny_dir):
     cfg = PeftConfig(method="selective", layers=[5])
     with pytest.raises(UserError, match=r"peft.layers=\[5\]: the model has blocks 0..1"):
-        methods.attach(_base(tiny_dir), cfg, quantized=False, grad_checkpointing=False)
+        attaching.attach(_base(tiny_dir), cfg, quantized=False, grad_checkpointing=False)
 
 
 def test_prompt_tuning_from_text(tiny_dir, tokenizer):
     cfg = PeftConfig(method="prompt", virtual_tokens=4, prompt_init="text", prompt_init_text="Classify the ticket:")
-    model = methods.attach(_base(tiny_dir), cfg, quantized=False, grad_checkpointing=False, model_path=tiny_dir)
+    model = attaching.attach(_base(tiny_dir), cfg, quantized=False, grad_checkpointing=False, model_path=tiny_dir)
     ids, mask, _ = _batch(tokenizer)
     assert _logits(model, ids, mask).shape[1] == ids.shape[1]  # the virtual tokens' positions are dropped
     emb = model.get_input_embeddings().weight
@@ -252,7 +252,7 @@ def test_methods_train_on_a_4bit_base(method, tiny_dir, biased_dir, tokenizer):
     path = _dir(method, tiny_dir, biased_dir)
     base, _, _ = models.load(ModelConfig(name=path, quantization="4bit", precision="fp32"))
     cfg = PeftConfig(method=method, **SETTINGS.get(method, {}))
-    model = methods.attach(base, cfg, quantized=True, grad_checkpointing=False, model_path=path)
+    model = attaching.attach(base, cfg, quantized=True, grad_checkpointing=False, model_path=path)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     losses = _train(model, tokenizer, method, steps=10)
     assert losses[-1] < losses[0] and trainable

@@ -12,7 +12,7 @@ import pytest
 from forgetless.cli import main
 from forgetless.data import augment, check, synonyms
 from forgetless.data.formats import builtin_path
-from forgetless.reference import rewrite
+from forgetless.reference import paraphrase
 from tests.conftest import write_jsonl
 
 JA_ROWS = [
@@ -53,7 +53,7 @@ def test_synonym_augmentation_records_origins_keeps_answers_and_reproduces(tmp_p
     lines = builtin_path("quickstart/train.jsonl").read_text(encoding="utf-8").splitlines()[:20]
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "aug.jsonl"
-    stats = rewrite.augment_file(str(src), out, augment.Settings("synonyms", n=2, seed=3))
+    stats = paraphrase.augment_file(str(src), out, augment.Settings("synonyms", n=2, seed=3))
     rows = _lines(out)
     originals, new = rows[:20], rows[20:]
     assert originals == [json.loads(x) for x in lines]  # the originals first, unchanged, on the same lines
@@ -63,7 +63,7 @@ def test_synonym_augmentation_records_origins_keeps_answers_and_reproduces(tmp_p
         assert row["method"] == "synonyms" and row["output"] == origin["output"]  # the label never changes
         assert row["input"] != origin["input"] or row["instruction"] != origin["instruction"]
     again = tmp_path / "again.jsonl"
-    rewrite.augment_file(str(src), again, augment.Settings("synonyms", n=2, seed=3))
+    paraphrase.augment_file(str(src), again, augment.Settings("synonyms", n=2, seed=3))
     assert again.read_bytes() == out.read_bytes()  # --seed makes it reproducible
     report = check.check([str(out)], [])
     assert report["errors"]["count"] == 0 and report["augmented"]["rows"] == len(new)
@@ -106,20 +106,20 @@ def test_model_methods_run_on_a_tiny_model_and_account_for_every_candidate(tiny_
     written with its origin or counted under a reason, and that the run is reproducible."""
     src = write_jsonl(tmp_path / "t.jsonl", [*JA_ROWS[:1], {"instruction": "Refund order 12 please.", "output": "x"}])
     settings = augment.Settings(method, n=2, model=tiny_dir, seed=1)
-    stats = rewrite.augment_file(str(src), tmp_path / "a.jsonl", settings)
+    stats = paraphrase.augment_file(str(src), tmp_path / "a.jsonl", settings)
     assert stats["candidates"] == 4 and stats["written"] + sum(stats["rejected"].values()) == 4
     assert stats["languages"] == {"ja": 1, "en": 1}
     assert len(_lines(tmp_path / "a.jsonl")) == 2 + stats["written"]
-    again = rewrite.augment_file(str(src), tmp_path / "b.jsonl", settings)
+    again = paraphrase.augment_file(str(src), tmp_path / "b.jsonl", settings)
     assert again["rejected"] == stats["rejected"]
 
 
 def test_paraphrase_keeps_a_faithful_rewrite_and_rejects_a_drifting_one(tiny_dir, tmp_path, monkeypatch):
     """The generation is replaced by fixed rewrites so that the filters see known text."""
     fixed = iter(["Please give me back the money for order 12.", "Tell me a joke about cats and dogs."])
-    monkeypatch.setattr(rewrite, "_generate", lambda m, t, asks, desc, temp: [next(fixed) for _ in asks])
+    monkeypatch.setattr(paraphrase, "_generate", lambda m, t, asks, desc, temp: [next(fixed) for _ in asks])
     src = write_jsonl(tmp_path / "t.jsonl", [{"instruction": "Please refund the money for order 12.", "output": "x"}])
-    stats = rewrite.augment_file(
+    stats = paraphrase.augment_file(
         str(src), tmp_path / "a.jsonl", augment.Settings("paraphrase", 2, tiny_dir, max_drift=99)
     )
     assert stats["written"] == 1 and stats["rejected"] == {"overlap": 1}
@@ -128,11 +128,11 @@ def test_paraphrase_keeps_a_faithful_rewrite_and_rejects_a_drifting_one(tiny_dir
 
 def test_the_drift_filter_uses_the_answer_likelihood(tiny_dir, tmp_path, monkeypatch):
     fixed = iter(["Please return the money for order 12 now."] * 2)
-    monkeypatch.setattr(rewrite, "_generate", lambda m, t, asks, desc, temp: [next(fixed) for _ in asks])
+    monkeypatch.setattr(paraphrase, "_generate", lambda m, t, asks, desc, temp: [next(fixed) for _ in asks])
     nll = iter([1.0, 1.7])  # original prompt, rewritten prompt: +0.7 nats per answer token
-    monkeypatch.setattr(rewrite, "answer_nll", lambda *a: next(nll))
+    monkeypatch.setattr(paraphrase, "answer_nll", lambda *a: next(nll))
     src = write_jsonl(tmp_path / "t.jsonl", [{"instruction": "Please refund the money for order 12.", "output": "x"}])
-    stats = rewrite.augment_file(
+    stats = paraphrase.augment_file(
         str(src), tmp_path / "a.jsonl", augment.Settings("paraphrase", 1, tiny_dir, max_drift=0.5)
     )
     assert stats["rejected"] == {"drift": 1} and stats["written"] == 0
@@ -169,7 +169,7 @@ def test_augmentation_on_the_embedded_model_in_both_languages(tmp_path):
     src = write_jsonl(tmp_path / "t.jsonl", rows)
     for method in ("paraphrase", "backtranslate"):
         out = tmp_path / f"{method}.jsonl"
-        stats = rewrite.augment_file(str(src), out, augment.Settings(method, n=1, seed=0))
+        stats = paraphrase.augment_file(str(src), out, augment.Settings(method, n=1, seed=0))
         assert stats["languages"] == {"en": 1, "ja": 1}
         assert stats["written"] + sum(stats["rejected"].values()) == 2
         kept = _lines(out)[2:]
@@ -190,7 +190,7 @@ def test_augment_copies_rows_with_raw_line_separators_whole(tmp_path):
     src = tmp_path / "raw.jsonl"
     src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "aug.jsonl"
-    rewrite.augment_file(str(src), out, augment.Settings("synonyms", n=2, seed=1))
+    paraphrase.augment_file(str(src), out, augment.Settings("synonyms", n=2, seed=1))
     lines = [x for x in out.read_text(encoding="utf-8").split("\n") if x]
     written = [json.loads(x) for x in lines]  # every line is valid JSON
     assert written[:3] == rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 from forgetless.data.batching import Batches
 from forgetless.data.mixture import MixedBatches
 from forgetless.data.packing import bins, collate_packed, padding_share
-from forgetless.data.render import IGNORE
+from forgetless.model.likelihood import IGNORE
 from tests.conftest import token_rows
 
 

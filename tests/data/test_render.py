@@ -1,7 +1,8 @@
 """Masking with the embedded model's real chat template."""
 
 from forgetless.data.formats import Example
-from forgetless.data.render import IGNORE, RenderReport, encode, encode_all
+from forgetless.data.render import RenderReport, encode, encode_all
+from forgetless.model.likelihood import IGNORE
 
 
 def labelled_text(tokenizer, row) -> list[str]:

@@ -118,8 +118,8 @@ def test_the_modelfile_carries_the_templates_default_system_turn(tokenizer):
     """SmolLM2's template writes "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     as the system turn of a conversation without one; the ChatML Go template writes a system turn only
     from SYSTEM, so the Modelfile dropped the turn the model was trained and evaluated with."""
-    from forgetless.data.templates import CHATML
     from forgetless.deploy import ollama
+    from forgetless.model.chat_format import CHATML
 
     text, found = ollama.modelfile("m.gguf", tokenizer, None)
     default = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"

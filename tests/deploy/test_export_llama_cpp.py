@@ -15,8 +15,8 @@ from llama_cpp import Llama
 import forgetless
 from forgetless.adapters import merge
 from forgetless.data.formats import builtin_path
-from forgetless.data.render import prompt_text
 from forgetless.deploy import export
+from forgetless.model.chat_format import prompt_text
 
 NEW = 32
 TEXTS = ["My order 48213 is late, please help!", "注文番号 5522 の商品が届きません。", "  spaces\tand\nlines  "]

@@ -185,11 +185,11 @@ def _own_format_result(tiny_dir, path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from forgetless.adapters import methods, saved
+    from forgetless.adapters import attaching, saved
     from forgetless.config.schema import PeftConfig
 
     cfg = PeftConfig(method="selective", layers=1)
-    model = methods.attach(
+    model = attaching.attach(
         AutoModelForCausalLM.from_pretrained(tiny_dir), cfg, quantized=False, grad_checkpointing=False
     )
     torch.manual_seed(4)

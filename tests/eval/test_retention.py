@@ -23,11 +23,11 @@ def test_task_kl_is_base_to_tuned_per_answer_token(tiny_dir, tokenizer):
     (labels ≠ -100 shifted by one), computed here directly from the two models' logits."""
     import torch
 
-    from forgetless.adapters.methods import base_view
+    from forgetless.adapters.views import base_view
     from forgetless.data.batching import fixed_batches
-    from forgetless.data.render import IGNORE
     from forgetless.eval.retention import kl_on_rows, task_kl
     from forgetless.eval.suite import mean_nll
+    from forgetless.model.likelihood import IGNORE
 
     model = lora_model(tiny_dir).eval()
     ids = torch.tensor([5, 17, 42, 99, 7, 8, 300, 2])

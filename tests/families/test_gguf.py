@@ -12,9 +12,9 @@ from llama_cpp import Llama
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from forgetless.adapters import merge
-from forgetless.data.render import prompt_text
 from forgetless.deploy import export
 from forgetless.errors import UserError
+from forgetless.model.chat_format import prompt_text
 from tests.conftest import lora_model
 from tests.families.conftest import FAMILIES, family_model_dir, family_tokenizer
 

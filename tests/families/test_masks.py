@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from forgetless.data.formats import Example
-from forgetless.data.render import answer_spans, encode, prompt_text
+from forgetless.data.render import encode
+from forgetless.model.chat_format import answer_spans, prompt_text
 from tests.data.test_render import labelled_text
 from tests.families.conftest import FAMILIES, family_tokenizer
 

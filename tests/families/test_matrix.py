@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import forgetless
-from forgetless.adapters import methods, saved
+from forgetless.adapters import saved, views
 from forgetless.cli import main
 from forgetless.config.schema import ModelConfig
 from forgetless.deploy import serve
@@ -85,7 +85,7 @@ def test_lora_with_forgetting_controls_resumes_merges_and_serves(family_dir, tmp
     tuned = saved.load(base, run / "adapter")
     adapted = logits(tuned, ids)
     assert not torch.allclose(adapted, plain, atol=1e-3)
-    with methods.base_view(tuned) as view:
+    with views.base_view(tuned) as view:
         torch.testing.assert_close(logits(view, ids), plain)  # the LwF teacher is the base
 
     out = tmp_path / "merged"

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from forgetless.adapters import methods
+from forgetless.adapters import attaching
 from forgetless.config.schema import ModelConfig, PeftConfig
 from forgetless.errors import UserError
 from forgetless.model import loader as models
@@ -58,7 +58,7 @@ def test_quantized_base_forward_and_backward_on_cpu(embedded_dir, quantization):
         assert qs.quant_type == "nf4" and qs.nested  # NF4 with double quantization
     generate(model, tok, [[{"role": "user", "content": "hi"}]], 4)  # eval-mode use first, as before/after scoring does
     torch.manual_seed(0)
-    peft_model = methods.attach(model, PeftConfig(dropout=0.0), quantized=True, grad_checkpointing=False)
+    peft_model = attaching.attach(model, PeftConfig(dropout=0.0), quantized=True, grad_checkpointing=False)
     peft_model.train()
     ids = tok(["category: billing | priority: high | order: 12345"] * 2, return_tensors="pt")["input_ids"]
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)

@@ -9,13 +9,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from forgetless.adapters import methods
+from forgetless.adapters import attaching, views
 from forgetless.config.schema import ForgettingConfig, PeftConfig
 from forgetless.data.batching import collate
 from forgetless.data.packing import bins, collate_packed
-from forgetless.data.render import IGNORE
 from forgetless.model import forward
-from forgetless.objectives.losses import ce_sum, kl_sum
+from forgetless.model.likelihood import IGNORE, ce_sum
+from forgetless.objectives.losses import kl_sum
 from forgetless.objectives.sft import counts, objective
 from tests.conftest import lora_model, token_rows
 
@@ -60,7 +60,7 @@ def test_lean_loss_equals_the_plain_full_logits_loss(tiny_dir):
     norms = {k: float(v) for k, v in counts(batch, cfg).items()}
     terms = objective(cfg, chunk=5).loss(model, batch, norms)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    with torch.no_grad(), methods.base_view(model) as base:
+    with torch.no_grad(), views.base_view(model) as base:
         t_logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     ce = ce_sum(logits, batch["labels"]) / norms["targets"]
     real = batch["attention_mask"][:, 1:].bool() & (batch["labels"][:, 1:] == IGNORE)
@@ -71,7 +71,7 @@ def test_lean_loss_equals_the_plain_full_logits_loss(tiny_dir):
 
 def test_prompt_tuning_falls_back_to_logits(tiny_dir):
     torch.manual_seed(0)
-    model = methods.attach(
+    model = attaching.attach(
         AutoModelForCausalLM.from_pretrained(tiny_dir),
         PeftConfig(method="prompt", virtual_tokens=4),
         quantized=False,

@@ -6,12 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from forgetless.model.likelihood import IGNORE, ce_sum, count_targets
 from forgetless.objectives.losses import (
-    IGNORE,
     bradley_terry_loss,
-    ce_sum,
     ce_sum_chunked,
-    count_targets,
     dpo_loss,
     ewc_penalty,
     frozen_linear,

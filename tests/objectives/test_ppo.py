@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from forgetless.adapters import methods
+from forgetless.adapters import attaching
 from forgetless.config.schema import PeftConfig, RlhfConfig
 
 
@@ -16,7 +16,7 @@ def test_ppo_step_changes_only_trainable_parameters_and_starts_at_zero_kl(tiny_d
     from forgetless.training import loop
 
     torch.manual_seed(0)
-    model = methods.attach(
+    model = attaching.attach(
         AutoModelForCausalLM.from_pretrained(tiny_dir), PeftConfig(r=4), quantized=False, grad_checkpointing=False
     )
     add_value_head(model)

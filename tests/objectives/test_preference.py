@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from forgetless.adapters import methods
+from forgetless.adapters import attaching, views
 from forgetless.config.preference import DpoConfig, RlhfConfig
 from forgetless.config.schema import ForgettingConfig, PeftConfig
 from forgetless.data.preference import Preference, collate_pairs, encode_pair
@@ -33,7 +33,7 @@ def test_sft_term_is_the_token_mean_nll_of_the_chosen_answers(tiny_dir, tokenize
     """Defect: with loss=ipo the SFT term used the length-averaged log-probs and divided by the
     chosen-token count again (about 1/length too weak). It is −Σ log p(chosen tokens) / their count
     for both losses."""
-    model = methods.attach(
+    model = attaching.attach(
         AutoModelForCausalLM.from_pretrained(tiny_dir), PeftConfig(r=4), quantized=False, grad_checkpointing=False
     )
     batch = _pairs(tokenizer)
@@ -108,14 +108,14 @@ def test_dpo_reference_is_the_adapter_free_model(tiny_dir, tokenizer):
         encode_pair(tokenizer, Preference("t", ({"role": "user", "content": "q"},), "yes", "no"), 64, RenderReport())
     ]
     batch = collate_pairs(rows, tokenizer.pad_token_id)
-    model = methods.attach(
+    model = attaching.attach(
         AutoModelForCausalLM.from_pretrained(tiny_dir), PeftConfig(r=4), quantized=False, grad_checkpointing=False
     )
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05)  # a trained adapter
-    with torch.no_grad(), methods.base_view(model) as ref:
+    with torch.no_grad(), views.base_view(model) as ref:
         torch.testing.assert_close(
             ref(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits,
             base(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits,

@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from forgetless.adapters import methods
+from forgetless.adapters import views
 from forgetless.config.schema import ForgettingConfig
-from forgetless.objectives.losses import IGNORE, batch_seed, kl_sum, position_masks, sample_positions
+from forgetless.model.likelihood import IGNORE
+from forgetless.objectives.losses import batch_seed, kl_sum, position_masks, sample_positions
 from forgetless.objectives.sft import counts, kl_positions, objective
 from forgetless.reference.fisher import make_anchor
 from tests.conftest import lora_model
@@ -18,7 +19,7 @@ def test_teacher_is_exactly_the_adapter_free_base(tiny_dir):
     base = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
     model = lora_model(tiny_dir).eval()
     ids = torch.tensor([[5, 17, 300, 42, 9]])
-    with torch.no_grad(), methods.base_view(model) as teacher:
+    with torch.no_grad(), views.base_view(model) as teacher:
         t = teacher(input_ids=ids).logits
     with torch.no_grad():
         torch.testing.assert_close(t, base(input_ids=ids).logits, rtol=0, atol=0)
@@ -112,7 +113,7 @@ def test_lwf_term_on_sampled_positions_is_scaled_by_the_share(tiny_dir, tokenize
     assert 0 < int(where.sum()) < norms["kl"]  # some positions sampled out, some kept
     with torch.no_grad():
         s = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        with methods.base_view(model) as base:
+        with views.base_view(model) as base:
             t = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     want = kl_sum(s[where], t[where]) / (norms["kl"] * 0.5)
     torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-6)

@@ -9,7 +9,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from forgetless.adapters import methods
+from forgetless.adapters import attaching
 from forgetless.cli import main
 from forgetless.config.schema import ForgettingConfig, PeftConfig, TrainConfig
 from forgetless.data.batching import Batches
@@ -150,7 +150,7 @@ def test_plan_cli_writes_a_config_that_trains(tiny_dir, tiny_overrides, tmp_path
 
 def _tiny_lora(tiny_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    return methods.attach(model, PeftConfig(r=4, dropout=0.0), quantized=False, grad_checkpointing=False)
+    return attaching.attach(model, PeftConfig(r=4, dropout=0.0), quantized=False, grad_checkpointing=False)
 
 
 def _train(tiny_dir, tmp_path, limit=None, on_oom="retry"):

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from forgetless import api
-from forgetless.adapters.methods import base_view, is_continued
+from forgetless.adapters.views import base_view, is_continued
 from forgetless.cli import main
 from forgetless.errors import UserError
-from forgetless.eval.sequence import earlier_runs
+from forgetless.eval.earlier_tasks import earlier_runs
 from forgetless.recipes import evaluate
 from tests.conftest import ROWS, tiny_args, write_jsonl
 
@@ -170,7 +170,7 @@ def test_a_continuation_renders_prompts_with_the_earlier_runs_template(tiny_dir,
     """A trained with another template than the model's own: B (no data.chat_template) used the model's."""
     import shutil
 
-    from forgetless.data.templates import LLAMA3
+    from forgetless.model.chat_format import LLAMA3
 
     a, _ = stages
     copy = tmp_path / "A-llama3"

@@ -65,7 +65,7 @@ def test_reward_model_beats_chance_and_scores(pref_overrides, tmp_path, capsys):
         ],
     )
     assert summary["task_after"]["accuracy"] >= 0.8 and summary["validation_pairs"] == 10
-    from forgetless.deploy.reward import score_file
+    from forgetless.objectives.reward_model import score_file
 
     scored = score_file(
         str(out),

@@ -14,12 +14,13 @@ from transformers import AutoModelForCausalLM
 
 import forgetless
 from forgetless import api
-from forgetless.adapters import methods
+from forgetless.adapters import attaching
 from forgetless.config.schema import ForgettingConfig, PeftConfig
 from forgetless.data.batching import collate
 from forgetless.data.packing import collate_packed
 from forgetless.errors import UserError
 from forgetless.model import loader as models
+from forgetless.model import speedups
 from forgetless.objectives.sft import counts, objective
 from tests.conftest import write_jsonl
 
@@ -32,7 +33,7 @@ def test_gpu_only_choices_fail_clearly_on_cpu(tiny_dir):
         models.attention("flash_attention_2", cpu)
     assert models.attention("auto", cpu) == "sdpa"
     with pytest.raises(UserError, match="train.liger needs a CUDA GPU"):
-        methods.apply_liger(AutoModelForCausalLM.from_pretrained(tiny_dir), cpu)
+        speedups.apply_liger(AutoModelForCausalLM.from_pretrained(tiny_dir), cpu)
 
 
 def test_packing_refuses_virtual_token_methods():
@@ -85,7 +86,7 @@ def test_bf16_training_on_gpu_with_checkpointing_and_paged_adamw(tiny_overrides,
 def test_packed_and_padded_loss_agree_in_bf16_on_gpu(tiny_dir):
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.bfloat16).cuda()
-    lora = methods.attach(base, PeftConfig(r=4, dropout=0.0), quantized=False, grad_checkpointing=False)
+    lora = attaching.attach(base, PeftConfig(r=4, dropout=0.0), quantized=False, grad_checkpointing=False)
     rows = [{"input_ids": list(range(10 + i, 30 + 3 * i)), "labels": list(range(10 + i, 30 + 3 * i))} for i in range(4)]
     cfg = ForgettingConfig(preset="lwf")
     terms = []

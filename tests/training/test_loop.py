@@ -113,10 +113,10 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_overrides, tmp_path)
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny_dir, tokenizer, tmp_path):
-    from forgetless.adapters import methods
+    from forgetless.adapters import attaching
     from forgetless.config.schema import PeftConfig
 
-    model = methods.attach(
+    model = attaching.attach(
         AutoModelForCausalLM.from_pretrained(tiny_dir), PeftConfig(r=4), quantized=False, grad_checkpointing=False
     )
     rows = [{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]}] * 8

@@ -20,7 +20,7 @@ from peft import PeftModel
 from torch import nn
 
 from forgetless.adapters import saved
-from forgetless.adapters.methods import CONTINUED, PREVIOUS, TRAINED
+from forgetless.adapters.views import CONTINUED, PREVIOUS, TRAINED
 from forgetless.config.schema import Config
 from forgetless.errors import UserError
 from forgetless.model import loader as models

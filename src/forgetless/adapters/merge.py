@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from forgetless import files
-from forgetless.adapters import methods, saved
+from forgetless.adapters import attaching, saved
 from forgetless.adapters.saved import adapter_dir, base_of
 from forgetless.config.schema import ModelConfig
 from forgetless.errors import UserError
@@ -56,7 +56,7 @@ def load_merged(ref: str, base: str | None = None, precision: str = "auto"):
         dtype = hardware.resolve_dtype(precision, hardware.device())
         model = model.dequantize(dtype=dtype)  # the base the adapter was trained against, in full precision
     merged = saved.load(model, adapter)
-    if kind in methods.PEFT_METHODS:
+    if kind in attaching.PEFT_METHODS:
         merged = merged.merge_and_unload()
     facts = {
         "adapter": str(adapter),

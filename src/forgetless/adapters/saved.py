@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from forgetless import files
 from forgetless.adapters import bottleneck, selective
-from forgetless.adapters.methods import PEFT_METHODS
+from forgetless.adapters.attaching import PEFT_METHODS
 from forgetless.config.schema import METHOD_FIELDS, PeftConfig
 from forgetless.errors import UserError
 

@@ -11,7 +11,7 @@ STRICT = ConfigDict(extra="forbid", frozen=True)
 PATH = "path"  # json_schema_extra marker of a field that holds file paths
 
 
-# data.chat_template names of the bundled templates (data/templates.py): names, not relative paths.
+# data.chat_template names of the bundled templates (model/chat_format.py): names, not relative paths.
 TEMPLATE_NAMES = ("chatml", "qwen", "llama3", "gemma", "mistral")
 
 

@@ -1,7 +1,7 @@
 """`forgetless data augment`: more rows from the ones a user has, by paraphrase, back-translation or synonyms.
 
 This module holds what needs no model (rows, synonyms, filters, output); the model methods and the
-drift filter run in reference/rewrite.py, which also ties the steps together.
+drift filter run in reference/paraphrase.py, which also ties the steps together.
 
 What is rewritten: the prompt side of a row (instruction and input, a pair's input, a chat's user
 turns, a text row's text); the expected answer only with `answers=True`, because the answer is

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from forgetless.data.packing import collate_packed, padding_share
-from forgetless.data.render import IGNORE
+from forgetless.model.likelihood import IGNORE
 
 
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from forgetless.data.render import IGNORE
+from forgetless.model.likelihood import IGNORE
 
 
 def attention_cost(config, attention: str) -> float:

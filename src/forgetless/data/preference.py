@@ -19,8 +19,9 @@ import torch
 from forgetless.data.batching import collate
 from forgetless.data.build import split
 from forgetless.data.formats import Example, ReadReport, RowError, _check_chat, iter_rows, resolve_path
-from forgetless.data.render import IGNORE, RenderReport, encode
+from forgetless.data.render import RenderReport, encode
 from forgetless.errors import UserError
+from forgetless.model.likelihood import IGNORE
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from forgetless.adapters.methods import base_view
 from forgetless.adapters.saved import activate, adapter_dir, base_of, load_several, use_adapter_templates
+from forgetless.adapters.views import base_view
 from forgetless.config.schema import ModelConfig
 from forgetless.errors import UserError
 from forgetless.model import loader as models

@@ -19,7 +19,6 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from forgetless.adapters import saved
-from forgetless.adapters.methods import base_view
 from forgetless.adapters.saved import (
     OWN_FORMAT,
     activate,
@@ -30,6 +29,7 @@ from forgetless.adapters.saved import (
     method_of,
     use_adapter_templates,
 )
+from forgetless.adapters.views import base_view
 from forgetless.config.schema import ModelConfig
 from forgetless.deploy.batcher import MIN_TEMPERATURE, Batcher, Job
 from forgetless.deploy.chat import BASE

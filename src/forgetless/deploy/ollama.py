@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from forgetless import files
-from forgetless.data.templates import BUNDLED
+from forgetless.model.chat_format import BUNDLED
 
 PROBE = [{"role": "user", "content": "USER-PROBE"}, {"role": "assistant", "content": "ANSWER-PROBE"}]
 

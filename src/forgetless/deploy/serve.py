@@ -33,11 +33,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from forgetless.data.render import prompt_text
 from forgetless.deploy.batcher import QueueFull
 from forgetless.deploy.engine import CHARS_PER_TOKEN, ApiError, Engine, Metrics
 from forgetless.deploy.guard import LOOPBACK, LocalOnly
 from forgetless.errors import UserError
+from forgetless.model.chat_format import prompt_text
 
 __all__ = ["LOOPBACK", "ApiError", "Engine", "create_app", "run"]
 

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import yaml
 
 from forgetless import files
-from forgetless.eval import sequence
+from forgetless.eval import earlier_tasks
 from forgetless.training.monitor import UNCHANGED
 
 
@@ -256,7 +256,7 @@ def run_blocks(r: dict) -> list[tuple]:
                     f"base:       {smp['answer_base']}\nfine-tuned: {smp['answer']}",
                 )
             )
-    table = sequence.matrix(r["dir"]) if r["summary"].get("continued_from") else None
+    table = earlier_tasks.matrix(r["dir"]) if r["summary"].get("continued_from") else None
     if table:
         note = (
             "Task after task (--continue-from): each row is the model after a stage, each task column that "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from forgetless.adapters.methods import base_view
+from forgetless.adapters.views import base_view
 from forgetless.data.batching import fixed_batches, length_order
 from forgetless.data.formats import Example
 from forgetless.data.render import encode
@@ -22,7 +22,8 @@ from forgetless.eval.metrics import normalize
 from forgetless.eval.stats import bootstrap_ci, mean
 from forgetless.model.forward import logits_of
 from forgetless.model.generate import generate
-from forgetless.objectives.losses import ce_sum, count_targets, kl_rows, position_masks
+from forgetless.model.likelihood import ce_sum, count_targets
+from forgetless.objectives.losses import kl_rows, position_masks
 
 NO_REFERENCES = (
     "no held-out general prompt has a base-model answer to compare with (every answer came back empty, "

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from forgetless.adapters.methods import switchable
+from forgetless.adapters.views import switchable
 from forgetless.config.schema import Config
 from forgetless.data.batching import fixed_batches
 from forgetless.data.formats import read_file
@@ -27,7 +27,7 @@ from forgetless.eval import choice, stats
 from forgetless.eval.retention import retention, task_kl
 from forgetless.eval.task import task_eval
 from forgetless.model.forward import logits_of
-from forgetless.objectives.losses import ce_sum, count_targets
+from forgetless.model.likelihood import ce_sum, count_targets
 from forgetless.reference import answers
 
 

@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from forgetless.data.render import prompt_text, with_system
+from forgetless.model.chat_format import prompt_text, with_system
 
 
 class _Ticks(StoppingCriteria):

@@ -22,9 +22,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
 from forgetless.config.schema import ModelConfig
-from forgetless.data import templates
 from forgetless.errors import UserError
-from forgetless.model import gguf_read, hardware
+from forgetless.model import chat_format, gguf_read, hardware
 
 # alias -> (python package holding the file, file name, hub id of the original model)
 ALIASES = {
@@ -33,7 +32,7 @@ ALIASES = {
 
 # Used when a tokenizer ships no chat template and data.chat_template names none: ChatML, the
 # format most instruct models share.
-FALLBACK_CHAT_TEMPLATE = templates.CHATML
+FALLBACK_CHAT_TEMPLATE = chat_format.CHATML
 
 
 def cache_dir() -> Path:

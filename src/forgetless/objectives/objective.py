@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forgetless.objectives.losses import count_targets
+from forgetless.model.likelihood import count_targets
 
 Terms = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, dict, dict[str, float]], Terms | tuple[Terms, Terms]]

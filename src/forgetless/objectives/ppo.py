@@ -20,11 +20,12 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from forgetless.adapters.methods import base_view
+from forgetless.adapters.views import base_view
 from forgetless.config.schema import RlhfConfig
 from forgetless.data.batching import collate
-from forgetless.data.render import IGNORE, prompt_text
+from forgetless.model.chat_format import prompt_text
 from forgetless.model.forward import logits_of
+from forgetless.model.likelihood import IGNORE
 from forgetless.objectives.losses import gae, ppo_losses
 from forgetless.objectives.objective import Objective
 

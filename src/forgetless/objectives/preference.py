@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from forgetless.adapters.methods import base_view
+from forgetless.adapters.views import base_view
 from forgetless.config.schema import DpoConfig, ForgettingConfig
 from forgetless.model.forward import logits_of
+from forgetless.model.likelihood import IGNORE
 from forgetless.objectives import sft
 from forgetless.objectives.losses import (
-    IGNORE,
     batch_seed,
     bradley_terry_loss,
     dpo_loss,

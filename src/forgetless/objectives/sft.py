@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.profiler import record_function
 
-from forgetless.adapters.methods import base_view
+from forgetless.adapters.views import base_view
 from forgetless.config.schema import ForgettingConfig
 from forgetless.model import forward
 from forgetless.objectives.losses import (

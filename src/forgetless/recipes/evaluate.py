@@ -17,10 +17,9 @@ from forgetless.adapters import continued, saved
 from forgetless.adapters.saved import adapter_dir
 from forgetless.config import loader
 from forgetless.config.schema import Config
-from forgetless.data import templates
 from forgetless.data.build import held_out
 from forgetless.eval import base_cache, report, suite
-from forgetless.model import hardware
+from forgetless.model import chat_format, hardware
 from forgetless.model import loader as models
 
 
@@ -32,7 +31,7 @@ def run(cfg: Config, adapter: str | None, base_ref: str | None, out: Path) -> di
     model, tokenizer, model_path = models.load(cfg.model, dev)
     if cfg.model.continue_from:  # a continued run: its base side is the earlier run's model, as in training
         model = continued.load_previous(model, continued.adapter_of(cfg))
-    templates.apply(tokenizer, cfg.data.chat_template)
+    chat_format.apply_template(tokenizer, cfg.data.chat_template)
     if adapter:  # rendered as the adapter was trained, for the base side too: one prompt format for both
         saved.use_adapter_templates(tokenizer, [adapter_dir(adapter)])
     data = held_out(cfg.data, tokenizer, cfg.train.seed)

@@ -14,12 +14,12 @@ from safetensors.torch import save_file
 from forgetless.config.schema import Config
 from forgetless.data.build import split
 from forgetless.data.formats import Example, read_prompts
-from forgetless.deploy.reward import load_reward_model, score
 from forgetless.errors import UserError
 from forgetless.eval import suite
 from forgetless.eval.retention import kl_to_base
 from forgetless.model.generate import generate
 from forgetless.objectives.ppo import VALUE_HEAD, Rollouts, add_value_head, ppo_objective
+from forgetless.objectives.reward_model import load_reward_model, score
 from forgetless.recipes import runtime
 from forgetless.training import loop
 

@@ -16,13 +16,13 @@ import torch
 from transformers import set_seed
 
 from forgetless import files
-from forgetless.adapters import continued, methods, saved
+from forgetless.adapters import attaching, continued, saved
 from forgetless.config import loader
 from forgetless.config.schema import Config, TrainConfig
-from forgetless.data import check, templates
+from forgetless.data import check
 from forgetless.deploy import registry
 from forgetless.eval import base_cache, report, suite
-from forgetless.model import hardware
+from forgetless.model import chat_format, hardware, speedups
 from forgetless.model import loader as models
 from forgetless.reference import rehearsal
 from forgetless.training import distributed
@@ -82,8 +82,8 @@ def start(cfg: Config, head: str = "causal") -> Run:
     dtype = hardware.resolve_dtype(cfg.model.precision, dev)
     earlier = continued.adapter_of(cfg) if cfg.model.continue_from else None  # refused before the slow load
     model, tokenizer, model_path = models.load(cfg.model, dev, head=head)
-    templates.apply(tokenizer, cfg.data.chat_template)
-    methods.check(model, cfg.peft)
+    chat_format.apply_template(tokenizer, cfg.data.chat_template)
+    attaching.check(model, cfg.peft)
     if earlier is not None:  # from here until attach, the model is the earlier run's model
         _earlier_template(cfg, tokenizer, earlier)
         model = continued.load_previous(model, earlier)
@@ -120,15 +120,15 @@ def attach(run: Run, task_type: str = "CAUSAL_LM") -> tuple[object, int, int]:
     draws random numbers, and the initialisation must not depend on whether the cache was warm."""
     cfg = run.cfg
     if cfg.train.liger:
-        methods.apply_liger(run.model, run.dev)
+        speedups.apply_liger(run.model, run.dev)
     set_seed(cfg.train.seed)
-    ckpt = methods.use_grad_checkpointing(cfg.train.grad_checkpointing, run.dev)
+    ckpt = speedups.use_grad_checkpointing(cfg.train.grad_checkpointing, run.dev)
     quantized = cfg.model.quantization != "none"
     if cfg.model.continue_from:
-        model = methods.prepare(run.model, quantized=quantized, grad_checkpointing=ckpt)
+        model = attaching.prepare(run.model, quantized=quantized, grad_checkpointing=ckpt)
         model = continued.continue_training(model, continued.adapter_of(cfg))
     else:
-        model = methods.attach(
+        model = attaching.attach(
             run.model,
             cfg.peft,
             quantized=quantized,
@@ -136,7 +136,7 @@ def attach(run: Run, task_type: str = "CAUSAL_LM") -> tuple[object, int, int]:
             model_path=run.model_path,
             task_type=task_type,
         )
-    trainable, total = methods.count_parameters(model)
+    trainable, total = attaching.count_parameters(model)
     run.say(
         f"{cfg.peft.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "
         f"forgetting preset: {cfg.forgetting.preset}"

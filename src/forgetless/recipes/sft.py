@@ -19,7 +19,7 @@ from forgetless.data.batching import Batches, fixed_batches
 from forgetless.data.build import build
 from forgetless.data.mixture import MixedBatches
 from forgetless.data.packing import attention_cost
-from forgetless.eval import base_cache, sequence, suite
+from forgetless.eval import base_cache, earlier_tasks, suite
 from forgetless.eval.retention import kl_to_base
 from forgetless.objectives import sft
 from forgetless.plan import planner
@@ -119,7 +119,7 @@ def _earlier_tasks(r: runtime.Run, model, summary: dict) -> dict:
         return {}
     summary["continued_from"] = str(Path(ref).resolve())
     with distributed.all_cores():
-        return {"earlier_tasks": sequence.score_earlier(model, r.tokenizer, sequence.earlier_runs(ref))}
+        return {"earlier_tasks": earlier_tasks.score_earlier(model, r.tokenizer, earlier_tasks.earlier_runs(ref))}
 
 
 def _batches(r: runtime.Run, train: list[dict], general: list[dict]) -> tuple[Batches, dict]:

@@ -26,13 +26,12 @@ from peft.tuners.lora import LoraLayer
 from forgetless import files
 from forgetless.adapters import continued, saved
 from forgetless.config.schema import Config
-from forgetless.data import templates
 from forgetless.data.build import held_out
 from forgetless.errors import UserError
 from forgetless.eval import report, suite
 from forgetless.eval.retention import kl_to_base
 from forgetless.eval.task import task_eval
-from forgetless.model import hardware
+from forgetless.model import chat_format, hardware
 from forgetless.model import loader as models
 from forgetless.training import rundir
 
@@ -57,7 +56,7 @@ def _run(cfg: Config, run_dir: Path, adapter: Path, max_kl: float | None, min_ta
         raise UserError("tune-scale --max-kl needs the retention probe: eval.retention=true")
     dev = hardware.device()
     model, tokenizer, model_path = models.load(cfg.model, dev)
-    templates.apply(tokenizer, cfg.data.chat_template)
+    chat_format.apply_template(tokenizer, cfg.data.chat_template)
     saved.use_adapter_templates(tokenizer, [adapter])
     examples = held_out(cfg.data, tokenizer, cfg.train.seed).validation_examples
     if not examples:

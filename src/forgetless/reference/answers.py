@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from forgetless import files
 from forgetless.adapters import continued
 from forgetless.config.schema import ModelConfig
-from forgetless.data import templates
 from forgetless.data.formats import Example, builtin_path, read_prompts, resolve_path
+from forgetless.model import chat_format
 from forgetless.model.generate import generate
 from forgetless.model.loader import ALIASES, cache_dir
 
@@ -62,7 +62,7 @@ def key(
         "version": VERSION,
     }
     if template is not None:
-        parts["template"] = hashlib.sha256(templates.resolve(template).encode()).hexdigest()
+        parts["template"] = hashlib.sha256(chat_format.template_text(template).encode()).hexdigest()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -122,7 +122,7 @@ def ensure(
     template: str | None = None,
 ) -> tuple[Path, bool]:
     """(path of the cached answers, whether they were generated now); generates on a miss. `template`:
-    data.chat_template, already applied to `tokenizer` (templates.apply)."""
+    data.chat_template, already applied to `tokenizer` (chat_format.apply_template)."""
     k = key(mcfg, model_path, dtype, prompts_ref, max_new_tokens, template)
     name = file_name(kind, mcfg, k)
     found = None if force else lookup(name)

@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from forgetless.data.batching import collate
-from forgetless.data.render import IGNORE
 from forgetless.model.forward import logits_of
+from forgetless.model.likelihood import IGNORE
 
 
 @dataclass

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from forgetless.data.batching import collate
 from forgetless.model.forward import logits_of
-from forgetless.objectives.losses import soften
+from forgetless.model.likelihood import soften
 
 
 def row_key(ids) -> str:

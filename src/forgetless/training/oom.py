@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from forgetless.adapters.methods import enable_grad_checkpointing
 from forgetless.errors import UserError
+from forgetless.model.speedups import enable_grad_checkpointing
 
 
 @dataclass

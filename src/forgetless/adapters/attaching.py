@@ -1,4 +1,4 @@
-"""Attach a fine-tuning method to a loaded base model, save its result, load it back.
+"""Attach a fine-tuning method to a loaded base model (saving and loading it back: saved.py).
 
 One config key (`peft.method`) chooses:
   PEFT's   lora, dora (LoRA with a learned magnitude), prefix, prompt, ia3   -> PEFT's format
@@ -14,10 +14,7 @@ checkpointing works.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
-from accelerate.utils import extract_model_from_parallel
 from peft import (
     IA3Config,
     LoraConfig,
@@ -31,23 +28,9 @@ from peft import (
 from forgetless.adapters import bottleneck, selective
 from forgetless.config.schema import PeftConfig
 from forgetless.errors import UserError
+from forgetless.model.speedups import enable_grad_checkpointing
 
 PEFT_METHODS = {"lora", "dora", "prefix", "prompt", "ia3"}
-OWN_FORMAT = "forgetless_adapter.json"
-TRAINED = "trained.safetensors"
-
-
-def use_grad_checkpointing(setting, dev: torch.device) -> bool:
-    """auto: on for GPUs (memory is the limit there), off on CPU (it only costs time)."""
-    return dev.type == "cuda" if setting == "auto" else bool(setting)
-
-
-def enable_grad_checkpointing(model) -> None:
-    """Recompute each block's activations in backward. Non-reentrant: works with frozen inputs and DDP.
-    Also used mid-run by the loop's out-of-memory fallback (on a PEFT model or a plain one)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    inner.enable_input_require_grads()
 
 
 def expert_weights(model) -> list[str]:
@@ -164,77 +147,3 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-
-
-def apply_liger(model, dev: torch.device) -> None:
-    """`train.liger`: swap RMSNorm, RoPE and the SwiGLU MLP for Liger's fused Triton kernels. The loss
-    kernels stay off: forgetless computes its losses on selected positions itself (model/forward.py)."""
-    if dev.type != "cuda":
-        raise UserError("train.liger needs a CUDA GPU (Liger's kernels are written in Triton); set train.liger=false")
-    try:
-        # optional (CUDA only): pip install liger-kernel
-        from liger_kernel.transformers import _apply_liger_kernel_to_instance
-    except ImportError:
-        raise UserError("train.liger needs liger-kernel: pip install liger-kernel") from None
-    _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False)
-
-
-def switchable(model) -> bool:
-    """Whether base_view can give this model's base: a method is attached that it can switch off."""
-    inner = extract_model_from_parallel(model)
-    return hasattr(inner, "disable_adapter") or bottleneck.present(inner) or hasattr(inner, selective.INITIAL)
-
-
-@contextmanager
-def base_view(model):
-    """The base model from the same weights (the LwF teacher, the retention and DPO reference).
-
-    No second copy of the model exists: PEFT routes the forward pass around its adapter layers,
-    our bottleneck adapters pass their input through, and bitfit/selective/full swap their
-    trained tensors back to the initial values for the duration. `model` may be wrapped by
-    accelerate/DDP. Use under no_grad.
-    """
-    inner = extract_model_from_parallel(model)
-    if is_continued(inner):  # a continuation (adapters/continued.py): the base is the earlier run's model
-        with previous_view(inner):
-            yield inner
-    elif hasattr(inner, "disable_adapter"):
-        with inner.disable_adapter():
-            yield inner
-    elif bottleneck.present(inner):
-        with bottleneck.disabled(inner):
-            yield inner
-    elif hasattr(inner, selective.INITIAL):
-        with selective.initial_weights(inner):
-            yield inner
-    else:
-        raise UserError("this needs the base model's predictions, but the model has no method attached to switch off")
-
-
-# A run that continues an earlier run's adapter (adapters/continued.py) holds it twice.
-PREVIOUS = "previous"
-TRAINED = "default"
-
-
-CONTINUED = "_forgetless_continued"  # set by continued.load_previous: adapter names alone are user-chosen in serve
-
-
-def is_continued(inner) -> bool:
-    """A model that trains a continuation and can switch to the earlier run's adapter."""
-    configs = getattr(inner, "peft_config", None)
-    return getattr(inner, CONTINUED, False) and isinstance(configs, dict) and TRAINED in configs
-
-
-@contextmanager
-def previous_view(inner):
-    """A's model from the same weights: the frozen `previous` adapter active for the duration.
-    PEFT's set_adapter also sets requires_grad; the flags are put back exactly as they were, so the
-    optimizer's view of what trains never changes. Use under no_grad."""
-    flags = [(p, p.requires_grad) for p in inner.parameters()]
-    inner.base_model.set_adapter(PREVIOUS, inference_mode=True)
-    try:
-        yield inner
-    finally:
-        inner.base_model.set_adapter(TRAINED, inference_mode=True)
-        for p, flag in flags:
-            p.requires_grad_(flag)

@@ -18,7 +18,7 @@ from forgetless.data.render import encode
 from forgetless.model import loader as models
 from forgetless.model.forward import logits_of
 from forgetless.model.generate import generate
-from forgetless.objectives.losses import ce_sum, count_targets
+from forgetless.model.likelihood import ce_sum, count_targets
 
 
 def augment_file(src: str, out: Path, s: augment.Settings) -> dict:
