@@ -14,6 +14,7 @@ from pathlib import Path
 from forgetless import api, files, pipeline
 from forgetless.adapters.merge import merge
 from forgetless.config import loader
+from forgetless.config import pipeline as pipeline_config
 from forgetless.data import augment, check
 from forgetless.deploy import export, registry, serve
 from forgetless.deploy.chat import Chat
@@ -261,7 +262,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def _gates(args: argparse.Namespace):
     tree = (read_yaml(Path(args.gates))[0] or {}) if args.gates else {}
-    return registry.gates(tree, args.min_task, args.max_kl, args.max_benchmark_drop)
+    return pipeline_config.gates(tree, args.min_task, args.max_kl, args.max_benchmark_drop)
 
 
 def cmd_registry(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from pydantic import ValidationError
 
 from forgetless import api
 from forgetless.config import loader
+from forgetless.config import pipeline as pipeline_config
 from forgetless.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,9 +118,8 @@ def test_every_shipped_yaml_loads(path):
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("pipeline*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_pipeline_loads(path):
-    from forgetless import pipeline
 
-    cfg = pipeline.load(path)
+    cfg = pipeline_config.load(path)
     loader.load(cfg.train)  # and the training config it names
 
 

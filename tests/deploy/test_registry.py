@@ -9,6 +9,7 @@ import yaml
 import forgetless
 from forgetless.cli import main
 from forgetless.config import loader
+from forgetless.config import pipeline as pipeline_config
 from forgetless.deploy import registry
 
 
@@ -56,9 +57,9 @@ def test_register_list_show_and_gated_promotion(scored_overrides, tmp_path, caps
 
 def test_gates_by_hand():
     values = {"task.exact_match": 0.7, "retention.kl_per_token": 0.05, "retention.mc.jsonl.acc_diff": -0.1}
-    assert registry.check_gates(values, registry.Gates(min_task={"exact_match": 0.6}, max_kl=0.1)) == []
+    assert registry.check_gates(values, pipeline_config.Gates(min_task={"exact_match": 0.6}, max_kl=0.1)) == []
     failed = registry.check_gates(
-        values, registry.Gates(min_task={"rouge_l": 0.5}, max_kl=0.01, max_benchmark_drop=0.05)
+        values, pipeline_config.Gates(min_task={"rouge_l": 0.5}, max_kl=0.01, max_benchmark_drop=0.05)
     )
     assert failed == [
         "task rouge_l missing < 0.5",
@@ -130,9 +131,7 @@ def test_pipeline_file_errors_name_the_key(tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text("train: x.yaml\nregistry: {name: a}\nstages: 3\n")
     with pytest.raises(forgetless.UserError, match=r"p.yaml:3: stages: Extra inputs are not permitted"):
-        from forgetless import pipeline
-
-        pipeline.load(bad)
+        pipeline_config.load(bad)
 
 
 def test_training_logs_to_mlflow_when_enabled(tiny_overrides, tmp_path):

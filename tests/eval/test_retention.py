@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM
 
+from forgetless.config import pipeline as pipeline_config
 from forgetless.eval.retention import kl_to_base
 from tests.conftest import lora_model
 
@@ -118,5 +119,5 @@ def test_a_retention_measure_over_no_prompt_is_not_measured_anywhere(tiny_overri
     assert "base-model answer" in prompts["not_measured"] and summary["retention"]["not_measured"]
     report = (run / "report.md").read_text()
     assert "not measured: no held-out general prompt" in report and "0 held-out prompts" not in report
-    failed = registry.check_gates(registry.metrics(run), registry.gates({}, max_kl=0.5))
+    failed = registry.check_gates(registry.metrics(run), pipeline_config.gates({}, max_kl=0.5))
     assert failed == ["KL to base not measured > 0.5"]

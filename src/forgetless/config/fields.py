@@ -14,6 +14,13 @@ PATH = "path"  # json_schema_extra marker of a field that holds file paths
 # data.chat_template names of the bundled templates (model/chat_format.py): names, not relative paths.
 TEMPLATE_NAMES = ("chatml", "qwen", "llama3", "gemma", "mistral")
 
+# `forgetless export --format` (and the pipeline's export stage): name -> what it writes (deploy/export.py).
+EXPORT_FORMATS = {
+    "gguf": "merged into one GGUF (or a base model as it is)",
+    "gguf-lora": "the adapter alone as a GGUF LoRA",
+    "ollama": "GGUF + Modelfile",
+}
+
 
 def path_field(*args: Any, **kw: Any) -> Any:
     """A Field holding a file path (or a list of them): relative paths in a YAML file are relative to

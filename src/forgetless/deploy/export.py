@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from forgetless import files
 from forgetless.adapters import merge
 from forgetless.adapters.saved import adapter_dir
+from forgetless.config.fields import EXPORT_FORMATS
 from forgetless.config.schema import ModelConfig
 from forgetless.deploy import gguf_arch, gguf_lora, gguf_vocab, ollama
 from forgetless.deploy.gguf_arch import architecture
@@ -148,7 +149,7 @@ def quantize_with_llama_cpp(src: Path, out: Path, quant: str) -> None:
         raise UserError(f"llama.cpp could not quantize {src} to {quant}")
 
 
-FORMATS = ("gguf", "gguf-lora", "ollama")
+FORMATS = tuple(EXPORT_FORMATS)
 
 
 def source_gguf(base_ref: str) -> Path | None:

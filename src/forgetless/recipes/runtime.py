@@ -20,12 +20,11 @@ from forgetless.adapters import attaching, continued, saved
 from forgetless.config import loader
 from forgetless.config.schema import Config, TrainConfig
 from forgetless.data import check
-from forgetless.deploy import registry
 from forgetless.eval import base_cache, report, suite
 from forgetless.model import chat_format, hardware, speedups
 from forgetless.model import loader as models
 from forgetless.reference import rehearsal
-from forgetless.training import distributed
+from forgetless.training import distributed, tracking
 from forgetless.training.monitor import Monitor
 from forgetless.training.rundir import DATA_CHECK, TUNE_SCALE
 
@@ -184,7 +183,7 @@ def finish(run: Run, evaluation: dict, summary: dict) -> dict:
     if cfg.eval.report:
         report.write([out], out)
     if cfg.train.mlflow:
-        print(f"[forgetless] logged to MLflow as run {registry.log_run(out, cfg.train.mlflow_tracking_uri)}")
+        print(f"[forgetless] logged to MLflow as run {tracking.log_run(out, cfg.train.mlflow_tracking_uri)}")
     return summary
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from forgetless.adapters.saved import adapter_dir, base_of
+from forgetless.config import pipeline as pipeline_config
 from forgetless.deploy import registry
 from forgetless.deploy.chat import BASE, Chat
 from forgetless.errors import UserError
@@ -161,9 +162,9 @@ def _short(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("task.") or "kl" in k)
 
 
-def _gates(min_task: str, max_kl: str) -> registry.Gates:
+def _gates(min_task: str, max_kl: str) -> pipeline_config.Gates:
     try:
         kl = float(max_kl) if max_kl.strip() else None
     except ValueError:
         raise UserError(f"max KL '{max_kl}': give a number, e.g. 0.05") from None
-    return registry.gates({}, [x for x in min_task.split(",") if x.strip()], kl)
+    return pipeline_config.gates({}, [x for x in min_task.split(",") if x.strip()], kl)
