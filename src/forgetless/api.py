@@ -14,7 +14,7 @@ from pathlib import Path
 from forgetless.config import loader
 from forgetless.config.fields import TEMPLATE_NAMES
 from forgetless.config.schema import Config
-from forgetless.errors import UserError
+from forgetless.errors import OutOfMemory, UserError
 from forgetless.model import chat_format
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -90,7 +90,12 @@ def run_recipe(cfg: Config, resume: bool = False, overwrite: bool = False) -> di
         continued.adapter_of(cfg, template)  # a run that cannot be continued is refused before a directory is made
     claim = rundir.claim(Path(cfg.output_dir), cfg, resume, overwrite) if distributed.is_main() else nullcontext()
     with claim:
-        return recipes()[cfg.recipe](cfg, resume=resume)
+        try:
+            return recipes()[cfg.recipe](cfg, resume=resume)
+        except OutOfMemory as e:
+            from forgetless.plan import planner  # torch, as above
+
+            raise OutOfMemory(f"{e}; {planner.advice(cfg)}") from None
 
 
 def _within_context(cfg: Config, context: int | None) -> Config:

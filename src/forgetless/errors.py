@@ -10,3 +10,8 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+class OutOfMemory(UserError):
+    """A step ran out of GPU memory with nothing left to step down; api.run_recipe adds the planner's
+    advice for the config (the planner sits above the recipes, so they do not ask it themselves)."""

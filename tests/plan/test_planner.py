@@ -9,11 +9,12 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
+from forgetless import api
 from forgetless.adapters import attaching
 from forgetless.cli import main
 from forgetless.config.schema import ForgettingConfig, PeftConfig, TrainConfig
 from forgetless.data.batching import Batches
-from forgetless.errors import UserError
+from forgetless.errors import OutOfMemory, UserError
 from forgetless.objectives.objective import Objective
 from forgetless.objectives.sft import objective
 from forgetless.plan import memory, planner, shapes
@@ -166,7 +167,7 @@ def _train(tiny_dir, tmp_path, limit=None, on_oom="retry"):
         return base(m, batch, norms)
 
     cfg = TrainConfig(max_steps=4, batch_size=4, grad_accum=1, lr=1e-2, on_oom=on_oom)
-    summary = loop.fit(model, Batches(rows, 4, 0, 0), Objective(loss_fn), cfg, tmp_path, oom_advice=lambda: "try 4-bit")
+    summary = loop.fit(model, Batches(rows, 4, 0, 0), Objective(loss_fn), cfg, tmp_path)
     return model, summary
 
 
@@ -182,10 +183,22 @@ def test_oom_fallback_halves_the_micro_batch_with_the_same_update(tiny_dir, tmp_
 def test_oom_fallback_turns_on_checkpointing_then_stops_with_advice(tiny_dir, tmp_path, capsys):
     _, summary = _train(tiny_dir, tmp_path / "a", limit=lambda m, b: not m.get_base_model().is_gradient_checkpointing)
     assert summary["steps"] == 4 and "out of memory: gradient checkpointing on" in capsys.readouterr().out
-    with pytest.raises(UserError, match=r"out of memory \(CUDA out of memory.*\(injected\)\); try 4-bit"):
+    with pytest.raises(OutOfMemory, match=r"out of memory \(CUDA out of memory.*\(injected\)\)"):
         _train(tiny_dir, tmp_path / "b", limit=lambda m, b: True)
-    with pytest.raises(UserError, match="try 4-bit"):
+    with pytest.raises(OutOfMemory):
         _train(tiny_dir, tmp_path / "c", limit=lambda m, b: b["input_ids"].shape[0] > 1, on_oom="stop")
+
+
+def test_an_out_of_memory_stop_gets_the_planners_advice_at_the_api_door(tiny_overrides, tmp_path, monkeypatch):
+    """The recipes do not ask the planner (it sits above them); api.run_recipe adds its advice."""
+
+    def stopped(cfg, resume):
+        raise OutOfMemory("out of memory (injected)")
+
+    monkeypatch.setattr(api, "recipes", lambda: {"sft": stopped})
+    cfg = api.load_config(None, [*tiny_overrides, f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(OutOfMemory, match=r"^out of memory \(injected\); the planner \(forgetless plan\) suggests: "):
+        api.run_recipe(cfg)
 
 
 def test_train_auto_plans_for_this_machine(tiny_overrides):

@@ -22,7 +22,6 @@ from forgetless.eval import suite
 from forgetless.eval.retention import kl_to_base
 from forgetless.model.generate import generate
 from forgetless.objectives.preference import dpo_objective, dpo_scores
-from forgetless.plan import planner
 from forgetless.recipes import runtime
 from forgetless.training import loop
 
@@ -85,7 +84,6 @@ def run(cfg: Config, resume: bool = False) -> dict:
         resume=resume,
         mixed_precision=runtime.mixed_precision(r),
         monitor=runtime.monitor(cfg),
-        oom_advice=lambda: planner.advice(cfg),
     )
     if not main:
         return summary

@@ -13,7 +13,6 @@ from forgetless.config.schema import Config
 from forgetless.data.batching import Batches
 from forgetless.data.preference import build_pairs, collate_pairs, fixed_pairs
 from forgetless.objectives.preference import REWARD, reward_accuracy
-from forgetless.plan import planner
 from forgetless.recipes import runtime
 from forgetless.training import loop
 
@@ -43,7 +42,6 @@ def run(cfg: Config, resume: bool = False) -> dict:
         resume=resume,
         mixed_precision=runtime.mixed_precision(r),
         monitor=runtime.monitor(cfg),
-        oom_advice=lambda: planner.advice(cfg),
     )
     if not main:
         return summary

@@ -22,7 +22,6 @@ from forgetless.data.packing import attention_cost
 from forgetless.eval import base_cache, earlier_tasks, suite
 from forgetless.eval.retention import kl_to_base
 from forgetless.objectives import sft
-from forgetless.plan import planner
 from forgetless.recipes import runtime
 from forgetless.reference import topk
 from forgetless.reference.fisher import Anchor, fisher_cached, make_anchor
@@ -105,7 +104,6 @@ def _fit(r: runtime.Run, model, batches, objective, validation, refs, last_from_
         mixed_precision=runtime.mixed_precision(r),
         monitor=monitor,
         on_best=on_best,
-        oom_advice=lambda: planner.advice(cfg),
         last_validation=not last_from_eval,
     )
     return summary, monitor, on_best

@@ -179,7 +179,6 @@ def fit(
     mixed_precision: str = "no",
     monitor: Monitor | None = None,
     on_best: Callable[[torch.nn.Module], None] | None = None,
-    oom_advice: Callable[[], str] | None = None,
     last_validation: bool = True,
 ) -> dict:
     """Train `model` on `batches` for the configured steps; returns the run's training facts.
@@ -204,7 +203,7 @@ def fit(
     run = Bookkeeping(acc, cfg, steps, out_dir, log, evaluate, monitor, on_best, optimizer, scheduler, last_validation)
     model.train()
     bar = tqdm(total=steps, initial=prog.step, disable=not acc.is_main_process, desc="train", unit="step")
-    oom = Oom(cfg.on_oom == "retry" and acc.num_processes == 1, oom_advice)
+    oom = Oom(cfg.on_oom == "retry" and acc.num_processes == 1)
     profiler = StepProfiler(cfg.profile_steps, out_dir, acc.is_main_process, first=prog.step + 1)
     last: dict[str, float] = {}
     try:

@@ -1,7 +1,7 @@
 """`train.on_oom`: what the loop does when a step runs out of GPU memory.
 
 retry: step down and run the same step again (same effective batch, same update); stop: stop at once
-with the planner's advice for this config.
+with advice (api.run_recipe adds the planner's for this config).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from forgetless.errors import UserError
+from forgetless.errors import OutOfMemory
 from forgetless.model.speedups import enable_grad_checkpointing
 
 
@@ -27,7 +27,6 @@ class Oom:
     """
 
     retry: bool  # one process only: under DDP the other processes would wait in the all-reduce
-    advice: Callable[[], str] | None
     chunks: int = 1
     checkpointing: bool = False
 
@@ -55,6 +54,5 @@ class Oom:
                     torch.cuda.empty_cache()
                 change = self.escalate(model, rows) if self.retry else None
                 if change is None:
-                    advice = self.advice() if self.advice else "lower train.batch_size or data.max_length"
-                    raise UserError(f"out of memory ({str(e).splitlines()[0][:120]}); {advice}") from None
+                    raise OutOfMemory(f"out of memory ({str(e).splitlines()[0][:120]})") from None
                 say(f"[forgetless] out of memory: {change}; retrying the step")
