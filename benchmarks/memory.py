@@ -105,10 +105,10 @@ def run_case(model_name: str, method: str, batch: int, seq: int, steps: int) -> 
     import torch
 
     from forgetless.adapters import attaching
-    from forgetless.config.schema import ForgettingConfig, PeftConfig, TrainConfig
+    from forgetless.config.schema import DEFAULT_LR, ForgettingConfig, PeftConfig, TrainConfig
     from forgetless.objectives.sft import objective
     from forgetless.plan import memory, shapes
-    from forgetless.training import loop
+    from forgetless.training import optim
 
     torch.manual_seed(0)
     model, path = _load(model_name, method)
@@ -118,7 +118,7 @@ def run_case(model_name: str, method: str, batch: int, seq: int, steps: int) -> 
     else:
         model = attaching.attach(model, PeftConfig(), quantized=method == "qlora", grad_checkpointing=False)
     model.train()
-    optimizer = loop.make_optimizer(model, TrainConfig())
+    optimizer = optim.make_optimizer(model, TrainConfig(lr=DEFAULT_LR["lora"]))
     loss_fn = objective(ForgettingConfig(preset="none")).loss
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (batch, seq))

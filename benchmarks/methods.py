@@ -67,7 +67,7 @@ def step_seconds(method: str, steps: int = 4, warmup: int = 2) -> float:
     from forgetless.data.build import build
     from forgetless.model import loader as models
     from forgetless.objectives.sft import counts, objective
-    from forgetless.training import loop
+    from forgetless.training import optim
 
     cfg = api.load_config(RECIPE, overrides_for(method) + ["forgetting.preset=lwf"])
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def step_seconds(method: str, steps: int = 4, warmup: int = 2) -> float:
     model = attaching.attach(model, cfg.peft, quantized=False, grad_checkpointing=False, model_path=path)
     rows = build(cfg.data, tok, 0).train
     batches = list(Batches(rows, 4, 0, tok.pad_token_id).epoch(0))[: warmup + steps]
-    opt = loop.make_optimizer(model, cfg.train)
+    opt = optim.make_optimizer(model, cfg.train.model_copy(update={"lr": cfg.lr}))
     loss_fn = objective(cfg.forgetting).loss
     model.train()
     for i, b in enumerate(batches):

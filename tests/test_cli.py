@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import forgetless
-from forgetless import api, commands
+from forgetless import api
 from forgetless.cli import main, parse
+from forgetless.commands import training as train_command
 from forgetless.training import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,9 +159,9 @@ def test_report_runs_and_unknown_options_after_positionals():
 def test_launch_hands_every_other_flag_to_the_processes(monkeypatch):
     """Defect: `--launch N --auto` (and --debug) were silently dropped from the launched command."""
     seen = []
-    monkeypatch.setattr(commands.subprocess, "call", lambda cmd: seen.append(cmd) or 0)
+    monkeypatch.setattr(train_command.subprocess, "call", lambda cmd: seen.append(cmd) or 0)
     argv = ["--debug", "train", "my.yaml", "--launch", "2", "--auto", "train.max_steps=2", "--resume"]
-    assert commands.cmd_train(parse(argv)) == 0
+    assert train_command.train(parse(argv)) == 0
     tail = seen[0][seen[0].index("forgetless") + 1 :]
     assert tail == ["--debug", "train", "my.yaml", "--auto", "train.max_steps=2", "--resume"]
     assert distributed.without_launch(["train", "--launch=2", "q"]) == ["train", "q"]

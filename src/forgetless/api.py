@@ -1,8 +1,11 @@
-"""The Python API; each function mirrors a CLI subcommand.
+"""The Python API, and the one door every `forgetless` subcommand goes through (commands/ only parses
+and prints): each function here does one subcommand's work and returns what it made.
 
 A recipe is named by `recipe:` in the config and found in the plain dict `recipes()` returns; shipped
 configs (src/forgetless/configs/*.yaml) are package data, so `load_config("dpo")` works from an
-installed wheel as from a checkout.
+installed wheel as from a checkout. Importing this module loads the config schema only: torch,
+transformers and the rest load inside the function that needs them, so `forgetless --help` and
+`import forgetless` stay instant (each such import says so).
 """
 
 from __future__ import annotations
@@ -63,11 +66,34 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
 ) -> dict:
-    """Train as `forgetless train` does and return the run summary (also in output_dir/summary.json)."""
+    """Train as `forgetless train` does and return the run summary (also in output_dir/summary.json).
+    A Config without overrides is used as it is: it was validated when it was made."""
     from forgetless.model.hardware import quiet_third_party_logs  # torch: not at `import forgetless`
 
     quiet_third_party_logs()
-    return run_recipe(load_config(cfg, overrides), resume=resume, overwrite=overwrite)
+    cfg = cfg if isinstance(cfg, Config) and not overrides else load_config(cfg, overrides)
+    return run_recipe(cfg, resume=resume, overwrite=overwrite)
+
+
+def quiet_third_party_logs() -> None:
+    """Third-party warnings a user cannot act on stay out of the terminal (model/hardware.py says which)."""
+    from forgetless.model import hardware as hw  # torch, as above
+
+    hw.quiet_third_party_logs()
+
+
+def is_main_process() -> bool:
+    """The process that prints and writes (the only one without a launcher)."""
+    from forgetless.training import distributed  # torch, as above
+
+    return distributed.is_main()
+
+
+def launch_command(processes: int, argv: list[str]) -> list[str]:
+    """`train --launch N`: the accelerate command that starts N processes running this command line."""
+    from forgetless.training import distributed  # as above
+
+    return distributed.launch_command(processes, distributed.without_launch(argv))
 
 
 def run_recipe(cfg: Config, resume: bool = False, overwrite: bool = False) -> dict:
@@ -122,3 +148,187 @@ def compare_presets(cfg: Config, variants: dict[str, list[str]], overwrite: bool
     from forgetless.recipes import compare  # as above
 
     return compare.run(cfg, variants, run_recipe, overwrite=overwrite)
+
+
+def evaluate(cfg: Config, adapter: str | None, base: str | None, out: Path) -> dict:
+    """`forgetless eval`: score a base model, base + adapter, or a merged model; writes eval.json to `out`."""
+    from forgetless.recipes import evaluate as recipe  # torch & transformers, as above
+
+    return recipe.run(cfg, adapter, base, Path(out))
+
+
+def tune_scale(cfg: Config, run: Path, max_kl: float | None, min_task: float | None, grid: list[float]) -> dict:
+    """`forgetless tune-scale`: the adapter scale that meets the budget, saved with the run's adapter."""
+    from forgetless.recipes import tune_scale as recipe  # as above
+
+    return recipe.run(cfg, Path(run), max_kl, min_task, grid)
+
+
+def compare(cfg: Config, presets: list[str], overwrite: bool = False) -> tuple[list[dict], str]:
+    """`forgetless compare`: one run per forgetting preset; the rows and their markdown table."""
+    from forgetless.recipes import compare as recipe  # as above
+
+    rows = compare_presets(cfg, recipe.preset_variants(presets), overwrite=overwrite)
+    return rows, recipe.table(rows, cfg.eval.metric)
+
+
+def report(runs: list[Path], out: Path) -> tuple[Path, Path]:
+    """`forgetless report`: report.md and report.html for one run or several side by side."""
+    from forgetless.eval import report as reports  # matplotlib, as above
+
+    return reports.write([Path(r) for r in runs], Path(out))
+
+
+def result_tables(ev: dict) -> None:
+    """Print eval.json's task and retention tables as the terminal shows them."""
+    from forgetless.eval.report import print_tables  # as above
+
+    print_tables(ev)
+
+
+def reference_answers(cfg: Config, out: Path | None = None, force: bool = False) -> list[tuple[str, Path, bool]]:
+    """`forgetless rehearsal generate`: the base model's answers training would otherwise generate on
+    first use (self-rehearsal rows, retention references); (what, file, generated now) for each."""
+    from forgetless.model import chat_format, hardware  # torch, as above
+    from forgetless.model import loader as models  # as above
+    from forgetless.reference import answers, rehearsal  # as above
+
+    dev = hardware.device()
+    dtype = str(hardware.resolve_dtype(cfg.model.precision, dev))
+    model, tokenizer, model_path = models.load(cfg.model, dev)
+    chat_format.apply_template(tokenizer, cfg.data.chat_template)  # generated as training renders them
+    made, generated = rehearsal.self_rehearsal_file(cfg, model, tokenizer, model_path, dtype, out_dir=out, force=force)
+    done = [("self-rehearsal data", made, generated)]
+    e = cfg.eval
+    made, generated = answers.ensure(
+        "retention", model, tokenizer, cfg.model, model_path, dtype, e.retention_prompts,
+        e.retention_max_new_tokens, out_dir=out, force=force, template=cfg.data.chat_template,
+    )  # fmt: skip
+    return [*done, ("retention reference answers", made, generated)]
+
+
+def chat(model: str | None, adapters: list[str], system: str | None, max_new_tokens: int, quantization: str):
+    """`forgetless chat`: a session that answers prompts with a model and its named adapters."""
+    from forgetless.deploy.chat import Chat  # torch, as above
+
+    return Chat(model, adapters, system, max_new_tokens, quantization)
+
+
+def score_rewards(run: str, prompt: str, answers: list[str]) -> list[float]:
+    """`forgetless reward score --prompt`: a reward model's score for each answer to one prompt."""
+    from forgetless.objectives import reward_model  # torch, as above
+
+    model, tokenizer = reward_model.load_reward_model(run)
+    messages = [{"role": "user", "content": prompt}]
+    return reward_model.score(model, tokenizer, [(messages, a) for a in answers])
+
+
+def score_reward_file(run: str, path: Path) -> list[dict]:
+    """`forgetless reward score --file`: every row of a JSONL file with its rewards."""
+    from forgetless.objectives import reward_model  # as above
+
+    return reward_model.score_file(run, Path(path))
+
+
+def merge(adapter: str, out: Path, base: str | None = None, precision: str = "auto") -> dict:
+    """`forgetless merge`: fold an adapter into its base and save a plain transformers model."""
+    from forgetless.adapters.merge import merge as fold  # peft, as above
+
+    return fold(adapter, Path(out), base, precision)
+
+
+def export(ref: str, fmt: str, out: Path, quant: str = "f16", base: str | None = None) -> dict:
+    """`forgetless export`: GGUF (merged or base), GGUF LoRA, or GGUF + Ollama Modelfile."""
+    from forgetless.deploy import export as exporter  # torch, as above
+
+    return exporter.run(ref, fmt, Path(out), quant, base)
+
+
+def serve(model: str | None, adapters: list[str], host: str, port: int, api_key: str | None, **settings) -> None:
+    """`forgetless serve`: the OpenAI-compatible server until interrupted (settings: deploy/serve.run's)."""
+    from forgetless.deploy import serve as server  # fastapi & torch, as above
+
+    server.run(model, server.named_adapters(adapters), host, port, api_key, **settings)
+
+
+def register(run: Path, name: str, uri: str | None = None) -> dict:
+    """`forgetless registry register`: a run's adapter as a new version with lineage and metrics."""
+    from forgetless.deploy import registry  # mlflow, as above
+
+    return registry.register(Path(run), name, uri)
+
+
+def versions(name: str | None = None, uri: str | None = None) -> list[dict]:
+    """`forgetless registry list / show`: registered versions with aliases, tags and metrics."""
+    from forgetless.deploy import registry  # as above
+
+    return registry.versions(name, uri)
+
+
+def promote(name: str, version: int, alias: str, gates, uri: str | None = None) -> list[str]:
+    """`forgetless registry promote`: set the alias if the version passes `gates`; the failed gates otherwise."""
+    from forgetless.deploy import registry  # as above
+
+    return registry.promote(name, version, alias, gates, uri)
+
+
+def plan(model: str, gpu_memory_gb: float | None = None, bf16: bool = True, **goal):
+    """`forgetless plan`: method, precision and batch settings for this machine (or a GPU of
+    `gpu_memory_gb`); goal: goal, need, seq_len, batch_size, short_deadline, processes, sharding."""
+    from forgetless.plan import planner  # torch, as above
+
+    hw = planner.given(gpu_memory_gb, bf16) if gpu_memory_gb is not None else planner.detect()
+    return planner.plan(model, hw, **goal)
+
+
+def auto_overrides(cfg: Config) -> tuple[object, list[str]]:
+    """`train --auto`: the plan for this machine from the config's model, length and batch, and the
+    overrides it suggests, less the config's own choices (recipe, model, method, preset)."""
+    from forgetless.plan import planner  # as above
+
+    p = planner.plan_for(cfg)
+    keep = ("recipe=", "rlhf.", "model.name=", "peft.method=", "forgetting.preset=")
+    return p, [o for o in p.overrides() if not o.startswith(keep)]
+
+
+def render_plan(p) -> str:
+    from forgetless.plan import planner  # as above
+
+    return planner.render(p)
+
+
+def hardware() -> dict:
+    """`forgetless env`: the devices, precisions and libraries forgetless sees."""
+    from forgetless.model import hardware as hw  # torch, as above
+
+    return hw.summary()
+
+
+def check_data(files: list[str], against: list[str], near: float, model: str, max_length: int) -> tuple[dict, str]:
+    """`forgetless data check`: the report (and its text) on rows, lengths, languages, duplicates, leaks."""
+    from forgetless.data import check  # as above
+    from forgetless.model import loader as models  # transformers, as above
+
+    result = check.check(files, against, near, models.load_tokenizer(models.resolve(model)), max_length)
+    return result, check.render(result)
+
+
+def dedup(src: str, out: Path, near: float) -> tuple[int, int]:
+    """`forgetless data dedup`: (kept, removed); the removed rows are logged beside `out`."""
+    from forgetless.data import check  # as above
+
+    return check.dedup(src, Path(out), near)
+
+
+def decontaminate(src: str, against: list[str], out: Path, near: float) -> tuple[int, int]:
+    """`forgetless data decontaminate`: (kept, removed) after dropping rows also in held-out files."""
+    from forgetless.data import check  # as above
+
+    return check.decontaminate(src, against, Path(out), near)
+
+
+def augment(src: str, out: Path, settings) -> dict:
+    """`forgetless data augment`: the original rows, then the kept variants; the counts."""
+    from forgetless.reference import paraphrase  # torch, as above
+
+    return paraphrase.augment_file(src, Path(out), settings)

@@ -127,7 +127,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tiny_dir, tokeniz
         loss = objective(ForgettingConfig(preset="none")).loss(m, batch, norm)["ce"]
         return {"ce": loss * float("nan") if calls["n"] > 4 else loss}
 
-    cfg = TrainConfig(max_steps=10, batch_size=2, grad_accum=1, save_every=2)
+    cfg = TrainConfig(max_steps=10, batch_size=2, grad_accum=1, save_every=2, lr=2e-4)
     with pytest.raises(
         TrainingDiverged, match=r"loss became nan \(grad norm nan\) at step 5; the last good checkpoint"
     ):

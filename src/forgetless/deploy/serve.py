@@ -373,9 +373,6 @@ def named_adapters(items: list[str]) -> dict[str, str]:
     return out
 
 
-ENGINE_FLAGS = ("max_batch", "max_queue", "request_timeout", "adapter_root", "max_adapters")  # serve's CLI flags
-
-
 def run(
     base_ref: str | None,
     adapters: dict[str, str],

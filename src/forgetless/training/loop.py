@@ -32,56 +32,20 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
-from forgetless.config.schema import DEFAULT_LR, TrainConfig
+from forgetless.config.schema import TrainConfig
 from forgetless.data.batching import Batches
-from forgetless.errors import TrainingDiverged, UserError
+from forgetless.errors import TrainingDiverged
 from forgetless.objectives.objective import CountFn, LossFn, Objective
 from forgetless.training import checkpoint
 from forgetless.training.checkpoint import Progress
 from forgetless.training.metrics_log import MetricsLog
 from forgetless.training.monitor import UNCHANGED, Monitor, task_loss
 from forgetless.training.oom import Oom
+from forgetless.training.optim import make_optimizer, make_scheduler, total_steps
 from forgetless.training.profile import StepProfiler, region
 
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay only on matrices (not on biases and norms), as in GPT-2/nanoGPT."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise UserError("the model has no trainable parameters; check peft settings")
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    # Recipes pass Config.lr (train.lr, or the final method's literature rate); a TrainConfig used
-    # alone, as in tests, gets LoRA's rate.
-    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR["lora"]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    if not torch.cuda.is_available():
-        raise UserError(f"train.optimizer={cfg.optimizer} needs a CUDA GPU; use train.optimizer=adamw on CPU")
-    import bitsandbytes as bnb  # 8-bit optimizers: CUDA only, checked above
-
-    cls = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-    return cls(groups, lr=lr)
-
-
-def make_scheduler(optimizer, cfg: TrainConfig, steps: int):
-    """Linear warm-up over train.warmup_ratio of the steps, then cosine, linear or constant."""
-    warmup = math.ceil(cfg.warmup_ratio * steps)
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
-
-
-def total_steps(cfg: TrainConfig, batches: Batches, processes: int = 1) -> int:
-    if cfg.max_steps:
-        return cfg.max_steps
-    per_epoch = math.ceil(len(batches) / (cfg.grad_accum * processes))
-    return max(1, math.ceil(cfg.epochs * per_epoch))
 
 
 def next_window(batches: Batches, prog: Progress, size: int) -> list[dict]:
