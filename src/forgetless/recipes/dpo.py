@@ -12,47 +12,20 @@ greedy answers to held-out prompts that show the preferred behaviour.
 
 from __future__ import annotations
 
-import re
-
 from forgetless.config.schema import Config
 from forgetless.data.batching import Batches
 from forgetless.data.mixture import MixedBatches
 from forgetless.data.preference import build_pairs, collate_pairs, fixed_pairs
 from forgetless.eval import suite
+from forgetless.eval.preference import measure
 from forgetless.eval.retention import kl_to_base
-from forgetless.model.generate import generate
 from forgetless.objectives.preference import dpo_objective, dpo_scores
 from forgetless.recipes import runtime
-from forgetless.training import loop
-
-
-def behaviour(model, tokenizer, cfg: Config, prompts: list) -> dict | None:
-    """Share of greedy answers to held-out prompts that match eval.behaviour_pattern, with samples."""
-    if not cfg.eval.behaviour_pattern or not prompts:
-        return None
-    pattern = re.compile(cfg.eval.behaviour_pattern)
-    answers = generate(model, tokenizer, [list(p) for p in prompts], max_new_tokens=cfg.eval.max_new_tokens)
-    hits = [bool(pattern.search(a)) for a in answers]
-    shown = [
-        {"prompt": p[-1]["content"], "answer": a} for p, a in zip(prompts[: cfg.eval.samples], answers, strict=False)
-    ]
-    return {"rate": sum(hits) / len(hits), "n": len(hits), "samples": shown}
-
-
-def measure(model, tokenizer, cfg: Config, val: list[dict], prompts: list, refs, reference: bool) -> dict:
-    """One side of the evaluation: pair scores, behaviour rate, and the retention suite."""
-    side = {"task": dpo_scores(model, val, cfg.dpo.beta, reference) if val else {}}
-    rate = behaviour(model, tokenizer, cfg, prompts)
-    if rate is not None:
-        side["task"]["behaviour_rate"] = rate["rate"]
-        side["behaviour_samples"] = rate["samples"]
-    # The base side passes no references: its KL to itself is 0 by definition.
-    return side | suite.measure(model, tokenizer, cfg, [], [], refs if reference else None)
 
 
 def run(cfg: Config, resume: bool = False) -> dict:
     r = runtime.start(cfg)
-    model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
+    model, tokenizer, main = r.model, r.tokenizer, r.main
     data = build_pairs(cfg.data, tokenizer, cfg.train.seed)
     r.say(f"data: {len(data.train)} training pairs, {len(data.validation)} held-out pairs")
     general, more = runtime.general_rows(r)
@@ -64,9 +37,9 @@ def run(cfg: Config, resume: bool = False) -> dict:
     val = fixed_pairs(data.validation, cfg.train.batch_size, pad)
     prompts = [p.prompt for p in data.validation_pairs][: cfg.eval.max_examples]
     refs = runtime.references(r)
-    before, t_base = runtime.score_base(r, lambda: measure(model, tokenizer, cfg, val, prompts, refs, False))
+    before = runtime.score_base(r, lambda: measure(model, tokenizer, cfg, val, prompts, refs, False))
 
-    model, trainable, total = runtime.attach(r)
+    model = runtime.attach(r)
     fcfg = cfg.forgetting
     args = (cfg.train.batch_size, cfg.train.seed, pad)
     if fcfg.uses_rehearsal:
@@ -74,39 +47,20 @@ def run(cfg: Config, resume: bool = False) -> dict:
         r.say(batches.describe())
     else:
         batches = Batches(data.train, *args, collate_pairs)
-    summary = loop.fit(
-        model,
-        batches,
-        dpo_objective(cfg.dpo, fcfg),
-        runtime.train_settings(cfg, on_oom="stop"),  # splitting a micro-batch's rows would separate pairs
-        out,
-        evaluate=_in_training_eval(cfg, tokenizer, val, refs),
-        resume=resume,
-        mixed_precision=runtime.mixed_precision(r),
-        monitor=runtime.monitor(cfg),
-    )
+    evaluate = _in_training_eval(cfg, tokenizer, val, refs)
+    # on_oom=stop: splitting a micro-batch's rows would separate pairs
+    summary = runtime.fit(r, model, batches, dpo_objective(cfg.dpo, fcfg), resume, on_oom="stop", evaluate=evaluate)
     if not main:
         return summary
     runtime.save_result(r, model)
-    after, t_after = runtime.score_finetuned(r, lambda: measure(model, tokenizer, cfg, val, prompts, refs, True))
+    after = runtime.score_finetuned(r, lambda: measure(model, tokenizer, cfg, val, prompts, refs, True))
     evaluation = suite.combine(before, after)
     evaluation["behaviour_samples"] = {
         "base": before.get("behaviour_samples"),
         "finetuned": after.get("behaviour_samples"),
     }
-    summary |= {
-        "forgetting_preset": fcfg.preset,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "train_pairs": len(data.train),
-        "validation_pairs": len(data.validation),
-        "general_rows": len(general),
-        "data_notes": notes,
-        "task_before": before.get("task"),
-        "task_after": after.get("task"),
-        "retention": after.get("prompts"),
-        "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
-    }
+    counts = {"train_pairs": len(data.train), "validation_pairs": len(data.validation), "general_rows": len(general)}
+    summary = runtime.summary(r, summary, before, after, forgetting_preset=fcfg.preset, **counts, data_notes=notes)
     return runtime.finish(r, evaluation, summary)
 
 

@@ -14,12 +14,11 @@ from forgetless.data.batching import Batches
 from forgetless.data.preference import build_pairs, collate_pairs, fixed_pairs
 from forgetless.objectives.preference import REWARD, reward_accuracy
 from forgetless.recipes import runtime
-from forgetless.training import loop
 
 
 def run(cfg: Config, resume: bool = False) -> dict:
     r = runtime.start(cfg, head="score")
-    model, tokenizer, out, main = r.model, r.tokenizer, r.out, r.main
+    model, tokenizer, main = r.model, r.tokenizer, r.main
     data = build_pairs(cfg.data, tokenizer, cfg.train.seed)
     r.say(f"data: {len(data.train)} training pairs, {len(data.validation)} held-out pairs")
     for note in data.notes:
@@ -31,18 +30,11 @@ def run(cfg: Config, resume: bool = False) -> dict:
     # The head is random before training: its accuracy is the chance level of this held-out set.
     before = {"task": reward_accuracy(model, val)} if val else {}
 
-    model, trainable, total = runtime.attach(r, task_type="SEQ_CLS")
-    summary = loop.fit(
-        model,
-        Batches(data.train, cfg.train.batch_size, cfg.train.seed, pad, collate_pairs),
-        REWARD,
-        runtime.train_settings(cfg, on_oom="stop"),  # splitting rows would separate pairs
-        out,
-        evaluate=(lambda m: {"val_accuracy": reward_accuracy(m, val)["accuracy"]}) if val else None,
-        resume=resume,
-        mixed_precision=runtime.mixed_precision(r),
-        monitor=runtime.monitor(cfg),
-    )
+    model = runtime.attach(r, task_type="SEQ_CLS")
+    batches = Batches(data.train, cfg.train.batch_size, cfg.train.seed, pad, collate_pairs)
+    evaluate = (lambda m: {"val_accuracy": reward_accuracy(m, val)["accuracy"]}) if val else None
+    # on_oom=stop: splitting rows would separate pairs
+    summary = runtime.fit(r, model, batches, REWARD, resume, on_oom="stop", evaluate=evaluate)
     if not main:
         return summary
     runtime.save_result(r, model)
@@ -56,13 +48,6 @@ def run(cfg: Config, resume: bool = False) -> dict:
         else {},
         "retention": {},
     }
-    summary |= {
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "train_pairs": len(data.train),
-        "validation_pairs": len(data.validation),
-        "data_notes": data.notes,
-        "task_before": before.get("task"),
-        "task_after": after.get("task"),
-    }
+    counts = {"train_pairs": len(data.train), "validation_pairs": len(data.validation), "data_notes": data.notes}
+    summary = runtime.summary(r, summary, before, after, **counts)
     return runtime.finish(r, evaluation, summary)

@@ -21,7 +21,6 @@ from forgetless.model.generate import generate
 from forgetless.objectives.ppo import VALUE_HEAD, Rollouts, add_value_head, ppo_objective
 from forgetless.objectives.reward_model import load_reward_model, score
 from forgetless.recipes import runtime
-from forgetless.training import loop
 
 
 def prompts_of(refs: list[str]) -> list[tuple]:
@@ -77,20 +76,13 @@ def run(cfg: Config, resume: bool = False) -> dict:
         return score(reward_model, reward_tok, [(p, a or "-") for p, a in zip(prompts, answers, strict=True)])
 
     refs = runtime.references(r)
-    before, t_base = runtime.score_base(r, lambda: measure(model, tokenizer, scorer, val, cfg, None))
+    before = runtime.score_base(r, lambda: measure(model, tokenizer, scorer, val, cfg, None))
 
-    model, trainable, total = runtime.attach(r)
+    model = runtime.attach(r)
     add_value_head(model)
     rollouts = Rollouts(model, tokenizer, scorer, train, cfg.rlhf, cfg.train.batch_size, cfg.train.seed)
-    summary = loop.fit(
-        model,
-        rollouts,
-        ppo_objective(cfg.rlhf),
-        runtime.train_settings(cfg, on_oom="stop"),  # rollouts are whole micro-batches
-        out,
-        resume=resume,
-        mixed_precision=runtime.mixed_precision(r),
-    )
+    # on_oom=stop: rollouts are whole micro-batches; no monitor: PPO has no validation loss to watch
+    summary = runtime.fit(r, model, rollouts, ppo_objective(cfg.rlhf), resume, on_oom="stop", monitor=None)
     if not main:
         return summary
     runtime.save_result(r, model)  # the policy: a plain PEFT adapter
@@ -98,18 +90,9 @@ def run(cfg: Config, resume: bool = False) -> dict:
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(out / "value_head.safetensors")
     )
-    after, t_after = runtime.score_finetuned(r, lambda: measure(model, tokenizer, scorer, val, cfg, refs))
+    after = runtime.score_finetuned(r, lambda: measure(model, tokenizer, scorer, val, cfg, refs))
     evaluation = suite.combine(before, after)
     evaluation["rlhf_samples"] = {"base": before.get("rlhf_samples"), "finetuned": after.get("rlhf_samples")}
-    summary |= {
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "train_prompts": len(train),
-        "validation_prompts": len(val),
-        "rollouts": rollouts.history,
-        "task_before": before.get("task"),
-        "task_after": after.get("task"),
-        "retention": after.get("prompts"),
-        "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
-    }
+    counts = {"train_prompts": len(train), "validation_prompts": len(val), "rollouts": rollouts.history}
+    summary = runtime.summary(r, summary, before, after, **counts)
     return runtime.finish(r, evaluation, summary)

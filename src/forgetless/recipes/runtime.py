@@ -23,8 +23,9 @@ from forgetless.data import check
 from forgetless.eval import base_cache, report, suite
 from forgetless.model import chat_format, hardware, speedups
 from forgetless.model import loader as models
+from forgetless.objectives.objective import Objective
 from forgetless.reference import rehearsal
-from forgetless.training import distributed, tracking
+from forgetless.training import distributed, loop, tracking
 from forgetless.training.monitor import Monitor
 from forgetless.training.rundir import DATA_CHECK, TUNE_SCALE
 
@@ -62,6 +63,8 @@ class Run:
     tokenizer: object
     model_path: str
     started: float = field(default_factory=time.time)
+    parameters: tuple[int, int] = (0, 0)  # trainable, total: set by attach
+    eval_seconds: dict[str, float] = field(default_factory=dict)  # base, finetuned: set by the scoring steps
 
     def say(self, text: str) -> None:
         distributed.state().print(f"[forgetless] {text}")
@@ -114,7 +117,7 @@ def references(run: Run):
         return suite.references(run.cfg, run.model, run.tokenizer, run.model_path, run.dtype)
 
 
-def attach(run: Run, task_type: str = "CAUSAL_LM") -> tuple[object, int, int]:
+def attach(run: Run, task_type: str = "CAUSAL_LM"):
     """The method on the base, seeded right before its initialisation: converting a GGUF on first use
     draws random numbers, and the initialisation must not depend on whether the cache was warm."""
     cfg = run.cfg
@@ -146,8 +149,32 @@ def attach(run: Run, task_type: str = "CAUSAL_LM") -> tuple[object, int, int]:
             f"full fine-tuning: about {gib:.1f} GiB for weights, gradients and optimizer state, plus a copy of "
             "the initial weights for the base view (LwF, retention); LoRA needs a fraction of this"
         )
-    run.model = model
-    return model, trainable, total
+    run.model, run.parameters = model, (trainable, total)
+    return model
+
+
+def fit(run: Run, model, batches, objective: Objective, resume: bool, on_oom: str | None = None, **hooks) -> dict:
+    """The training loop, handed what every recipe hands it the same way: the train section with the
+    resolved learning rate (and `on_oom` where a recipe's rows must stay whole), the run's folder, its
+    mixed precision and the monitor (hooks: evaluate, on_best, last_validation, monitor=None for none)."""
+    hooks.setdefault("monitor", monitor(run.cfg))
+    settings = train_settings(run.cfg, **({"on_oom": on_oom} if on_oom else {}))
+    return loop.fit(
+        model, batches, objective, settings, run.out, resume=resume, mixed_precision=mixed_precision(run), **hooks
+    )
+
+
+def summary(run: Run, facts: dict, before: dict, after: dict, **counts) -> dict:
+    """The loop's facts plus what every recipe's summary.json says the same way: the parameters
+    trained, the recipe's own counts (rows, pairs, prompts, notes), the task scores before and after,
+    retention and the evaluation's seconds."""
+    trainable, total = run.parameters
+    facts |= {"trainable_parameters": trainable, "total_parameters": total, **counts}
+    facts |= {"task_before": before.get("task"), "task_after": after.get("task")}
+    if run.eval_seconds:  # the recipes that score a base and a trained side (not the reward model)
+        facts["retention"] = after.get("prompts")
+        facts["eval_seconds"] = {"base": run.eval_seconds.get("base", 0.0), **run.eval_seconds}
+    return facts
 
 
 def train_settings(cfg: Config, **changes) -> TrainConfig:
@@ -200,20 +227,21 @@ def save_result(run: Run, model) -> None:
         run.say("the adapter was saved again at its trained scale: the earlier tune-scale choice no longer applies")
 
 
-def score_finetuned(run: Run, compute) -> tuple[dict, float]:
-    """The trained model's scores (main process, all cores) and the seconds they took."""
+def score_finetuned(run: Run, compute) -> dict:
+    """The trained model's scores (main process, all cores); the seconds they took go to the summary."""
     started = time.time()
     print("[forgetless] evaluating the fine-tuned model ...")
     with distributed.all_cores():
         after = compute()
-    return after, time.time() - started
+    run.eval_seconds["finetuned"] = round(time.time() - started, 1)
+    return after
 
 
-def score_base(run: Run, compute, what: str = "", shared: str | None = None) -> tuple[dict, float]:
-    """The base model's scores (main process, all cores) and the seconds taken: kept in the run for
-    --resume and, with `shared` (a eval/base_cache file name), reused across runs."""
+def score_base(run: Run, compute, what: str = "", shared: str | None = None) -> dict:
+    """The base model's scores (main process, all cores): kept in the run for --resume and, with
+    `shared` (a eval/base_cache file name), reused across runs; the seconds go to the summary."""
     if not run.main:
-        return {}, 0.0  # only the main process evaluates
+        return {}  # only the main process evaluates
     started = time.time()
     found = base_cache.lookup(shared) if shared is not None else None
     if found is not None:
@@ -227,7 +255,8 @@ def score_base(run: Run, compute, what: str = "", shared: str | None = None) -> 
             lambda: base_cache.reuse(shared, compute)[0] if shared else compute(),
             settings,
         )
-    return before, time.time() - started
+    run.eval_seconds["base"] = round(time.time() - started, 1)
+    return before
 
 
 def monitor(cfg: Config) -> Monitor:

@@ -26,7 +26,7 @@ from forgetless.recipes import runtime
 from forgetless.reference import topk
 from forgetless.reference.fisher import Anchor, fisher_cached, make_anchor
 from forgetless.reference.topk import TeacherCache
-from forgetless.training import distributed, loop
+from forgetless.training import distributed
 from forgetless.training.monitor import final_validation
 
 
@@ -45,12 +45,12 @@ def run(cfg: Config, resume: bool = False) -> dict:
     refs = runtime.references(r)
     scored = data.validation_examples if cfg.eval.before_after else []
     scored_rows = data.validation if cfg.eval.before_after else []
-    before, t_base = _score_base(r, scored, scored_rows)
+    before = _score_base(r, scored, scored_rows)
 
     fcfg = cfg.forgetting
     pad = tokenizer.pad_token_id
     teacher = _teacher(r, data.train + general)
-    model, trainable, total = runtime.attach(r)
+    model = runtime.attach(r)
     anchor = _anchor(model, fcfg, general, pad, out)
     batches, padding = _batches(r, data.train, general)
     # The final evaluation scores the validation rows and the probe's prompts: the loop's last
@@ -66,23 +66,12 @@ def run(cfg: Config, resume: bool = False) -> dict:
         saved.restore(model, out / "best")
 
     runtime.save_result(r, model)
-    after, t_after = runtime.score_finetuned(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows, refs))
+    after = runtime.score_finetuned(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows, refs))
     if last_from_eval and not summary["stopped_early"]:
         final_validation(model, out, summary, _validation_of(after), monitor, on_best)
-    summary |= {
-        "forgetting_preset": fcfg.preset,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "train_rows": len(data.train),
-        "validation_rows": len(data.validation),
-        "general_rows": len(general),
-        "data_notes": notes,
-        **padding,
-        "task_before": before.get("task"),
-        "task_after": after.get("task"),
-        "retention": after.get("prompts"),
-        "eval_seconds": {"base": round(t_base, 1), "finetuned": round(t_after, 1)},
-    }
+    counts = {"train_rows": len(data.train), "validation_rows": len(data.validation), "general_rows": len(general)}
+    summary = runtime.summary(r, summary, before, after, forgetting_preset=fcfg.preset, **counts, data_notes=notes)
+    summary |= padding
     return runtime.finish(r, suite.combine(before, after) | _earlier_tasks(r, model, summary), summary)
 
 
@@ -93,19 +82,9 @@ def _fit(r: runtime.Run, model, batches, objective, validation, refs, last_from_
     val = fixed_batches(validation, cfg.train.batch_size, r.tokenizer.pad_token_id)
     monitor = runtime.monitor(cfg)
     on_best = (lambda m: saved.save(m, out / "best", cfg.peft, cfg.model.name)) if val else None
-    summary = loop.fit(
-        model,
-        batches,
-        objective,
-        runtime.train_settings(cfg),
-        out,
-        evaluate=_in_training_eval(cfg, r.tokenizer, val, refs),
-        resume=resume,
-        mixed_precision=runtime.mixed_precision(r),
-        monitor=monitor,
-        on_best=on_best,
-        last_validation=not last_from_eval,
-    )
+    evaluate = _in_training_eval(cfg, r.tokenizer, val, refs)
+    hooks = {"evaluate": evaluate, "monitor": monitor, "on_best": on_best, "last_validation": not last_from_eval}
+    summary = runtime.fit(r, model, batches, objective, resume, **hooks)
     return summary, monitor, on_best
 
 
@@ -139,7 +118,7 @@ def _batches(r: runtime.Run, train: list[dict], general: list[dict]) -> tuple[Ba
     return batches, padding
 
 
-def _score_base(r: runtime.Run, scored: list, scored_rows: list[dict]) -> tuple[dict, float]:
+def _score_base(r: runtime.Run, scored: list, scored_rows: list[dict]) -> dict:
     """The base side: task scores (eval.before_after) and the retention baseline (eval.retention),
     reused from eval/base_cache when an earlier run scored the same; with neither there is nothing to
     score, and nothing is said."""
@@ -147,7 +126,7 @@ def _score_base(r: runtime.Run, scored: list, scored_rows: list[dict]) -> tuple[
     shared = base_cache.file_name(cfg, base_cache.key(cfg, r.model_path, str(r.dtype), r.dev.type, scored, scored_rows))
     compute = lambda: suite.measure(r.model, r.tokenizer, cfg, scored, scored_rows)  # noqa: E731
     if not (e.before_after or e.retention):
-        return {}, 0.0
+        return {}
     what = "task and retention baseline" if e.before_after else "retention baseline only: eval.before_after=false"
     return runtime.score_base(r, compute, what if e.retention else "task", shared)
 
