@@ -33,20 +33,12 @@ from forgetless.adapters.views import base_view
 from forgetless.config.schema import ModelConfig
 from forgetless.deploy.batcher import MIN_TEMPERATURE, Batcher, Job
 from forgetless.deploy.chat import BASE
+from forgetless.deploy.openai_schemas import ApiError
 from forgetless.errors import UserError
 from forgetless.model import loader as models
 
 CHARS_PER_TOKEN = 16  # no tokenizer averages more characters per token: longer prompts are refused unread
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param=None, kind: str = "invalid_request_error", headers=None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.headers = status, message, kind, param, headers
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
 
 
 class Metrics:

@@ -31,67 +31,15 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from forgetless.deploy.batcher import QueueFull
-from forgetless.deploy.engine import CHARS_PER_TOKEN, ApiError, Engine, Metrics
+from forgetless.deploy.engine import CHARS_PER_TOKEN, Engine, Metrics
 from forgetless.deploy.guard import LOOPBACK, LocalOnly
+from forgetless.deploy.openai_schemas import AdapterRequest, ApiError, ChatRequest, CompletionRequest, Sampling, choice
 from forgetless.errors import UserError
 from forgetless.model.chat_format import prompt_text
 
 __all__ = ["LOOPBACK", "ApiError", "Engine", "create_app", "run"]
-
-
-def unicode_text(value):
-    """JSON may carry lone UTF-16 surrogates ("\\ud800"), which no tokenizer or UTF-8 writer accepts."""
-    for text in [value] if isinstance(value, str) else value or []:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ValueError(f"contains a lone UTF-16 surrogate at character {e.start}; send valid Unicode") from None
-    return value
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: str = Field(pattern="^(system|user|assistant)$")
-    content: str
-    _text = field_validator("content")(unicode_text)
-
-
-class Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (n=1, user, ...)
-    model: str
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = Field(1, ge=1, le=1, description="one choice per request (send n requests for n answers)")
-    _text = field_validator("model", "stop")(unicode_text)
-
-
-class ChatRequest(Sampling):
-    messages: list[Message] = Field(min_length=1)
-
-
-class CompletionRequest(Sampling):
-    prompt: str
-    _prompt = field_validator("prompt")(unicode_text)
-
-
-def no_nul(value: str) -> str:
-    if "\x00" in value:  # the file system refuses it (a 500 before this check)
-        raise ValueError("contains a NUL character (\\u0000), which no name or path may hold")
-    return value
-
-
-class AdapterRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    path: str
-    _text = field_validator("name", "path")(unicode_text)
-    _nul = field_validator("name", "path")(no_nul)
 
 
 async def events(engine: Engine, job, request: Request | None):
@@ -147,15 +95,6 @@ async def _next(job, request: Request | None):
             return "error", (504, "the request timed out (the server's --request-timeout)")
 
 
-def _choice(chat: bool, text: str | None, finish: str | None, delta: bool = False) -> dict:
-    """One choice of an OpenAI-style answer: chat message (or streamed delta), or completion text."""
-    if not chat:
-        return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-    key = "delta" if delta else "message"
-    body = {"role": "assistant", "content": text} if not delta else ({"content": text} if text else {})
-    return {"index": 0, key: body, "finish_reason": finish}
-
-
 async def respond(engine: Engine, req: Sampling, prompt: str, chat: bool, request: Request):
     """The answer to a chat or completion request: one JSON body, or a server-sent event stream."""
     rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -178,7 +117,7 @@ async def respond(engine: Engine, req: Sampling, prompt: str, chat: bool, reques
             try:
                 async for what, value in _chain(first, stream):
                     piece, finish = (value, None) if what == "text" else (None, value[0])
-                    yield f"data: {json.dumps(head | {'choices': [_choice(chat, piece, finish, delta=True)]})}\n\n"
+                    yield f"data: {json.dumps(head | {'choices': [choice(chat, piece, finish, delta=True)]})}\n\n"
             except ApiError as e:  # the 200 status line has gone out: the error travels as an event
                 yield f"data: {json.dumps(e.body())}\n\n"
                 return
@@ -192,7 +131,7 @@ async def respond(engine: Engine, req: Sampling, prompt: str, chat: bool, reques
         else:
             finish, n_new = value
     usage = {"prompt_tokens": len(job.ids), "completion_tokens": n_new, "total_tokens": len(job.ids) + n_new}
-    return head | {"choices": [_choice(chat, text, finish)], "usage": usage}
+    return head | {"choices": [choice(chat, text, finish)], "usage": usage}
 
 
 async def _chain(first, rest):

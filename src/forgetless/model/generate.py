@@ -47,6 +47,8 @@ class _Diverged(StoppingCriteria):
         return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
 
 
+# one piece: the tokenizer's padding side and the model's mode change for the whole batch loop and
+# come back in its `finally`
 @torch.no_grad()
 def generate(
     model,

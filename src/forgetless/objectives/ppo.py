@@ -84,6 +84,7 @@ class Rollouts:
             rows = slice(m * self.batch_size, (m + 1) * self.batch_size)
             yield {name: t[rows] for name, t in data.items()}
 
+    # one piece: sample -> score -> per-token KL penalty -> GAE -> whitened advantages, in PPO's order
     @torch.no_grad()
     def rollout(self, prompts: list) -> dict[str, torch.Tensor]:
         model, tok, cfg = self.model, self.tokenizer, self.cfg

@@ -24,7 +24,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -37,15 +36,14 @@ from forgetless.config.schema import TrainConfig
 from forgetless.data.batching import Batches
 from forgetless.errors import TrainingDiverged
 from forgetless.objectives.objective import CountFn, LossFn, Objective
-from forgetless.training import checkpoint
+from forgetless.training.bookkeeping import Bookkeeping, EvalFn
+from forgetless.training.bookkeeping import resume as resume_state
 from forgetless.training.checkpoint import Progress
 from forgetless.training.metrics_log import MetricsLog
-from forgetless.training.monitor import UNCHANGED, Monitor, task_loss
+from forgetless.training.monitor import UNCHANGED, Monitor
 from forgetless.training.oom import Oom
 from forgetless.training.optim import make_optimizer, make_scheduler, total_steps
 from forgetless.training.profile import StepProfiler, region
-
-EvalFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
 def next_window(batches: Batches, prog: Progress, size: int) -> list[dict]:
@@ -131,6 +129,7 @@ def train_step(model, window, loss_fn: LossFn, acc: Accelerator, counts: dict[st
     return {k: values[k] for k in terms}, {k: values[k] for k in metrics}
 
 
+# one piece: the loop itself; each step inside is one call, and its `finally` closes the profiler, bar and log
 def fit(
     model,
     batches: Batches,
@@ -160,7 +159,7 @@ def fit(
     )
     prog = Progress(planned=steps)
     if resume:
-        prog = _resume(out_dir, acc.unwrap_model(model), optimizer, scheduler, steps)
+        prog = resume_state(out_dir, acc.unwrap_model(model), optimizer, scheduler, steps)
     log = MetricsLog(out_dir, enabled=acc.is_main_process, resume_step=prog.step)
     if monitor is not None and resume:
         monitor.replay(log.path)
@@ -209,72 +208,6 @@ def _facts(prog: Progress, batches, last: dict, effective: int, acc, stopped, mo
         # every step at learning rate 0 (all inside the warm-up): the result is its initialisation
         "adapter_unchanged": prog.step > 0 and prog.max_lr == 0.0,
     }
-
-
-@dataclass
-class Bookkeeping:
-    """What happens between optimizer steps: the metrics line, validation (with early stopping and
-    the forgetting budget), and the checkpoint."""
-
-    acc: Accelerator
-    cfg: TrainConfig
-    steps: int
-    out_dir: Path
-    log: MetricsLog
-    evaluate: EvalFn | None
-    monitor: Monitor | None
-    on_best: Callable[[torch.nn.Module], None] | None
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    last_validation: bool = True
-    stopped: str | None = None
-    saved: int = -1  # the step of the last checkpoint this run wrote
-
-    def after_step(self, model, prog: Progress, last: dict[str, float]) -> None:
-        cfg, acc, final = self.cfg, self.acc, prog.step == self.steps
-        if prog.step % cfg.log_every == 0 or final:
-            self.log.write(prog.step, last)
-        if self.monitor is not None:
-            self.monitor.train_loss(task_loss(last))
-        epoch_end = prog.micro == 0
-        due = prog.step % cfg.eval_every == 0 or epoch_end or final
-        if self.evaluate and due and (self.last_validation or not final):
-            result = _validate(model, self.evaluate, acc)
-            self.log.write(prog.step, result)
-            if self.monitor is not None:
-                improved, self.stopped = self.monitor.update(prog.step, result)
-                if improved and self.on_best is not None and acc.is_main_process:
-                    self.on_best(acc.unwrap_model(model))
-        if self.stopped or prog.step % cfg.save_every == 0 or epoch_end or final:
-            self.save(model, prog)
-
-    def save(self, model, prog: Progress) -> None:
-        if self.acc.is_main_process:
-            unwrapped = self.acc.unwrap_model(model)
-            checkpoint.save(self.out_dir, unwrapped, self.optimizer, self.scheduler, prog, self.cfg.keep_checkpoints)
-        self.acc.wait_for_everyone()
-        self.saved = prog.step
-
-    def interrupted(self, model, prog: Progress) -> None:
-        """Ctrl-C: save the last finished step (atomically, as always), so that --resume has it."""
-        if prog.step == 0 or prog.step == self.saved or not self.acc.is_main_process:
-            return
-        unwrapped = self.acc.unwrap_model(model)
-        checkpoint.save(self.out_dir, unwrapped, self.optimizer, self.scheduler, prog, self.cfg.keep_checkpoints)
-        self.saved = prog.step
-        print(f"\n[forgetless] interrupted: saved a checkpoint at step {prog.step}")
-
-
-def _resume(out_dir: Path, model, optimizer, scheduler, steps: int) -> Progress:
-    """The checkpoint's state; when the run's length changed (train.max_steps or epochs), the learning
-    rate follows the schedule recomputed for the new length from the next step on."""
-    prog = checkpoint.restore(out_dir, model, optimizer, scheduler)
-    if prog.planned and prog.planned != steps:
-        scheduler.last_epoch -= 1  # step() recomputes this step's rate from the new length's schedule
-        scheduler.step()
-        print(f"[forgetless] resume: {prog.planned} -> {steps} optimizer steps; the schedule is recomputed for {steps}")
-    prog.planned = steps
-    return prog
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -348,11 +281,3 @@ def _postfix(last: dict) -> dict[str, str]:
     terms = [k for k in last if k not in ("loss", "lr", "grad_norm", "epoch", "tokens_per_s", "tokens")]
     out = {"loss": f"{last['loss']:.4f}", **{k: f"{last[k]:.4f}" for k in terms}}
     return out | {"lr": f"{last['lr']:.2e}", "tok_s": f"{last['tokens_per_s']:.0f}"}
-
-
-def _validate(model, evaluate: EvalFn, acc: Accelerator) -> dict[str, float]:
-    model.eval()
-    with torch.no_grad():
-        result = evaluate(acc.unwrap_model(model))
-    model.train()
-    return result

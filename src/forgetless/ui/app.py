@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 
 from forgetless.deploy.guard import LOOPBACK, LocalOnly
 from forgetless.errors import UserError
-from forgetless.ui import chat_page, monitor, new_run
+from forgetless.ui import chat, monitor, new_run, registry_page
 
 CSS = "#run-detail code{white-space:pre-wrap}"
 
@@ -35,14 +35,14 @@ def build(root: Path) -> gr.Blocks:
             with gr.Tab("Report and compare", id="report") as report_tab:
                 report_runs = monitor.report_page(root)
             with gr.Tab("Chat", id="chat") as chat_tab:
-                chat_runs = chat_page.chat_page(root)
+                chat_runs = chat.chat_page(root)
             with gr.Tab("Registry", id="registry") as registry_tab:
-                registry_runs = chat_page.registry_page(root)
+                registry_runs = registry_page.registry_page(root)
         # runs finish while the page is open: the choosers list them when their tab is opened
         report_tab.select(lambda: gr.update(choices=monitor.finished(root)), None, report_runs)
-        chat_tab.select(lambda: chat_page.refresh_choices(root), None, chat_runs)
+        chat_tab.select(lambda: chat.refresh_choices(root), None, chat_runs)
         if registry_runs is not None:
-            registry_tab.select(lambda: chat_page.refresh_choices(root), None, registry_runs)
+            registry_tab.select(lambda: chat.refresh_choices(root), None, registry_runs)
     return app
 
 
