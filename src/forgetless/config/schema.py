@@ -1,6 +1,6 @@
 """The config sections: one pydantic model per concern, defaults from the literature.
 
-Every section forbids unknown keys and is frozen; `config.py` loads YAML and overrides into
+Every section forbids unknown keys and is frozen; `config/loader.py` loads YAML and overrides into
 `Config`. Field descriptions are the help text `forgetless train --help-config` prints.
 """
 

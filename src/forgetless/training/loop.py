@@ -224,8 +224,12 @@ def _one_step(model, batches, objective: Objective, optimizer, scheduler, acc, c
     window = next_window(batches, prog, cfg.grad_accum * acc.num_processes)
     counts = step_counts(window, objective.count)
     rows = max(p["input_ids"].shape[0] for p in parts(window))
-    step = lambda chunks: train_step(model, window, objective.loss, acc, counts, chunks)  # noqa: E731
-    terms, metrics = oom.step(step, model, rows, optimizer, acc.print)
+    while True:  # once, unless a step runs out of memory and train.on_oom=retry steps down (oom.py)
+        try:
+            terms, metrics = train_step(model, window, objective.loss, acc, counts, oom.chunks)
+            break
+        except torch.OutOfMemoryError as e:
+            oom.recover(e, model, rows, optimizer, acc.print)
     loss = sum(terms.values())
     grad_norm = float(acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm))
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):

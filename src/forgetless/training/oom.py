@@ -42,17 +42,14 @@ class Oom:
             return "gradient checkpointing on"
         return None
 
-    def step(self, run: Callable[[int], tuple], model, rows: int, optimizer, say: Callable[[str], None]):
-        """`run(chunks)`: the step's forward/backward with each micro-batch split into `chunks` row
-        slices; `rows`: the most rows of any micro-batch."""
-        while True:
-            try:
-                return run(self.chunks)
-            except torch.OutOfMemoryError as e:
-                optimizer.zero_grad(set_to_none=True)  # drop the failed attempt's partial gradients
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                change = self.escalate(model, rows) if self.retry else None
-                if change is None:
-                    raise OutOfMemory(f"out of memory ({str(e).splitlines()[0][:120]})") from None
-                say(f"[forgetless] out of memory: {change}; retrying the step")
+    def recover(self, error: torch.OutOfMemoryError, model, rows: int, optimizer, say: Callable[[str], None]) -> None:
+        """After a step's forward/backward ran out of memory: drop its partial gradients and step down,
+        so that the loop can run the step again with `chunks` row slices per micro-batch (`rows`: the
+        most rows of any micro-batch); or stop with OutOfMemory when nothing is left to step down."""
+        optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        change = self.escalate(model, rows) if self.retry else None
+        if change is None:
+            raise OutOfMemory(f"out of memory ({str(error).splitlines()[0][:120]})") from None
+        say(f"[forgetless] out of memory: {change}; retrying the step")
