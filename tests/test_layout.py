@@ -225,3 +225,23 @@ def test_one_definition_of_the_ignored_label_and_of_the_main_process():
     assert [x.split(":")[0] for x in literal] == ["model/likelihood.py"], literal
     rank = [str(p.relative_to(SRC)) for p in FILES if '"RANK"' in p.read_text(encoding="utf-8")]
     assert rank == [], f"detect the main process with training.distributed.is_main(): {rank}"
+
+
+def test_the_architecture_doc_matches_the_tree():
+    """docs/architecture.md's tree names every module of every folder, in FLOW's order, and no other."""
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    tree = doc.split("```")[1]
+    listed: dict[str, set[str]] = {}
+    order = []
+    for line in tree.splitlines():
+        m = re.match(r"\s+(\w+)/\s{2,}(.*)", line)
+        if m:
+            order.append(m.group(1))
+            listed[m.group(1)] = set(re.findall(r"\w+", m.group(2)))
+    for folder, names in listed.items():
+        stems = {p.stem for p in (SRC / folder).glob("*.py")} - {"__init__"}
+        assert stems <= names, f"docs/architecture.md: {folder}/ lacks {sorted(stems - names)}"
+        assert folder in FLOW, folder
+    assert order == [n for n in FLOW if n in listed], f"the tree's order {order} is not FLOW's"
+    roots = {p.stem for p in SRC.glob("*.py")} - {"__init__", "__main__"}
+    assert all(f"{r}.py" in tree for r in roots), sorted(r for r in roots if f"{r}.py" not in tree)
