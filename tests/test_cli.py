@@ -178,6 +178,6 @@ def test_help_answers_without_loading_torch():
 def test_shipped_recipes_load_by_name_from_any_directory(tmp_path, monkeypatch):
     """The recipes are package data: an installed wheel has them (the CI wheel step runs one)."""
     monkeypatch.chdir(tmp_path)
-    assert {"quickstart", "dpo", "reward", "rlhf"} <= set(api.shipped_configs())
+    assert {"quickstart", "dpo", "reward", "rlhf", "grpo"} <= set(api.shipped_configs())
     assert api.load_config("dpo").recipe == "dpo" and api.load_config().output_dir == "runs/quickstart"
     assert main(["train", "no-such-recipe"]) == 2

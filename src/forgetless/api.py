@@ -26,9 +26,9 @@ QUICKSTART = CONFIGS / "quickstart.yaml"
 
 def recipes() -> dict[str, Callable[..., dict]]:
     """recipe name -> its run(cfg, resume); the output directory is claimed by run_recipe."""
-    from forgetless.recipes import dpo, reward, rlhf, sft  # torch & transformers: not at `import forgetless`
+    from forgetless.recipes import dpo, grpo, reward, rlhf, sft  # torch & transformers: not at `import forgetless`
 
-    return {"sft": sft.run, "dpo": dpo.run, "reward": reward.run, "rlhf": rlhf.run}
+    return {"sft": sft.run, "dpo": dpo.run, "reward": reward.run, "rlhf": rlhf.run, "grpo": grpo.run}
 
 
 def shipped_configs() -> list[str]:
@@ -37,7 +37,7 @@ def shipped_configs() -> list[str]:
 
 
 def config_path(ref: str | Path | None) -> Path:
-    """A config file: a path, or the name of a shipped recipe (quickstart, quickstart-long, dpo, reward, rlhf)."""
+    """A config file: a path, or the name of a shipped recipe (quickstart, quickstart-long, dpo, reward, rlhf, grpo)."""
     if ref is None:
         return QUICKSTART
     path = Path(ref)

@@ -27,7 +27,7 @@ TABLE = (
     Command(
         "train",
         "train from a YAML config or a shipped recipe "
-        "(quickstart, quickstart-long, dpo, reward, rlhf; default quickstart)",
+        "(quickstart, quickstart-long, dpo, reward, rlhf, grpo; default quickstart)",
         training.train_parser,
         training.train,
     ),

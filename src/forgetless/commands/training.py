@@ -24,7 +24,9 @@ def train_parser(t: argparse.ArgumentParser) -> None:
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
     t.add_argument("--help-config", action="store_true", help="list every config key with default and help")
     t.add_argument("--auto", action="store_true", help="let the planner pick precision, 4-bit and batch settings")
-    t.add_argument("--recipe", choices=["sft", "dpo", "reward", "rlhf"], help="shorthand for the override recipe=NAME")
+    t.add_argument(
+        "--recipe", choices=["sft", "dpo", "reward", "rlhf", "grpo"], help="shorthand for the override recipe=NAME"
+    )
     t.add_argument(
         "--continue-from",
         metavar="RUN",

@@ -19,7 +19,7 @@ from forgetless.config.forgetting import (  # noqa: F401  (one place to import e
     RehearsalConfig,
     rehearsal_ce_weight,
 )
-from forgetless.config.preference import DpoConfig, RlhfConfig
+from forgetless.config.preference import DpoConfig, GrpoConfig, RlhfConfig
 
 
 class ModelConfig(BaseModel):
@@ -266,11 +266,12 @@ class TrainConfig(BaseModel):
 
 class Config(BaseModel):
     model_config = STRICT
-    recipe: Literal["sft", "dpo", "reward", "rlhf"] = Field(
+    recipe: Literal["sft", "dpo", "reward", "rlhf", "grpo"] = Field(
         "sft",
         description="sft: instruction tuning; dpo: preference tuning without a reward model; reward: a reward "
-        "model from preference pairs; rlhf: PPO against a reward model. DPO improves or stabilises existing "
-        "behaviour; RLHF teaches a new behaviour policy.",
+        "model from preference pairs; rlhf: PPO against a reward model; grpo: RL with verifiable rewards "
+        "(group-relative advantages, no value model). DPO improves or stabilises existing behaviour; RLHF "
+        "and GRPO teach a new behaviour policy.",
     )
     output_dir: str = Field("runs/latest", description="Run directory: adapter, config, metrics, report.")
     model: ModelConfig = ModelConfig()
@@ -281,6 +282,7 @@ class Config(BaseModel):
     eval: EvalConfig = EvalConfig()
     dpo: DpoConfig = DpoConfig()
     rlhf: RlhfConfig = RlhfConfig()
+    grpo: GrpoConfig = GrpoConfig()
 
     @property
     def lr(self) -> float:
@@ -297,15 +299,20 @@ class Config(BaseModel):
                 f"peft.method=full cannot train a {quant} base (quantized weights have no gradients); "
                 "use model.quantization=none, or peft.method=lora with the quantized base (QLoRA)"
             )
-        if self.recipe in ("reward", "rlhf") and method not in ("lora", "dora"):
+        if self.recipe in ("reward", "rlhf", "grpo") and method not in ("lora", "dora"):
             raise ValueError(
-                f"recipe {self.recipe} trains LoRA or DoRA adapters (a score or value head sits on the adapted "
-                f"model); peft.method is {method}: use peft.method=lora"
+                f"recipe {self.recipe} trains LoRA or DoRA adapters (a score or value head, or the "
+                f"reference as the adapter switched off); peft.method is {method}: use peft.method=lora"
             )
         if self.model.continue_from and (self.recipe != "sft" or method not in ("lora", "dora")):
             raise ValueError(
                 "model.continue_from continues an earlier run's LoRA/DoRA adapter with recipe sft; "
                 f"this config has recipe {self.recipe}, peft.method {method}"
+            )
+        if self.recipe == "grpo" and self.forgetting.preset == "lwf":
+            raise ValueError(
+                "recipe grpo: its KL to the base on the task's prompts is grpo.kl_coef; forgetting.preset lwf "
+                "adds no general rows to keep: use rehearsal or full (general rows beside every micro-batch)"
             )
         if self.recipe == "rlhf" and not self.rlhf.reward_model:
             raise ValueError("recipe rlhf needs rlhf.reward_model: the run directory of a `recipe: reward` run")

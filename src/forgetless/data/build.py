@@ -18,6 +18,7 @@ class Dataset:
     train: list[dict]
     validation: list[dict]
     validation_examples: list[Example]  # the held-out conversations, for generation-based scores
+    train_examples: list[Example] = field(default_factory=list)  # the training conversations (GRPO's prompts)
     read: ReadReport = field(default_factory=ReadReport)
     render: RenderReport = field(default_factory=RenderReport)
 
@@ -75,7 +76,7 @@ def build(cfg: DataConfig, tokenizer, seed: int) -> Dataset:
     val = encode_all(*args, val_ex, **kw)
     if not train:
         raise UserError("no training rows are left after validation and truncation; see the messages above")
-    return Dataset(train, val, val_ex, read, render)
+    return Dataset(train, val, val_ex, train_ex, read, render)
 
 
 def held_out(cfg: DataConfig, tokenizer, seed: int) -> Dataset:
@@ -87,7 +88,7 @@ def held_out(cfg: DataConfig, tokenizer, seed: int) -> Dataset:
     examples = read_all(cfg.validation, cfg, read)
     render = RenderReport()
     rows = encode_all(tokenizer, examples, cfg.max_length, cfg.overlong, cfg.loss_on, cfg.system_prompt, render)
-    return Dataset([], rows, examples, read, render)
+    return Dataset([], rows, examples, [], read, render)
 
 
 def of_run(run: Path, tokenizer) -> tuple[Config, Dataset]:

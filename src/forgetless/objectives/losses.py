@@ -321,3 +321,24 @@ def ppo_losses(
     clipped = old_values + torch.clamp(values - old_values, -value_clip, value_clip)
     value = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
     return (policy * mask).sum(), (value * mask).sum()
+
+
+def grpo_losses(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+    per_row_tokens: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(policy loss, KL) summed over answers, each answer's per-token values summed and divided by
+    `per_row_tokens` (its own token count: GRPO; a constant, max_new_tokens: Dr. GRPO). Per token: the
+    clipped surrogate −min(ρA, clip(ρ, 1±ε)A) with ρ = π/π_old, and the k3 estimate of KL(π ‖ π_ref),
+    exp(ref − logp) − (ref − logp) − 1 ≥ 0 (DeepSeekMath). (B, T) tensors; `advantages` (B,)."""
+    adv = advantages.unsqueeze(-1)
+    ratio = torch.exp(logp - old_logp)
+    surrogate = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    delta = ref_logp - logp
+    kl = torch.exp(delta) - delta - 1
+    return (surrogate * mask).sum(-1).div(per_row_tokens).sum(), (kl * mask).sum(-1).div(per_row_tokens).sum()
