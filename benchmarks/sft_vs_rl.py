@@ -8,8 +8,9 @@ number of optimizer steps, each with and without the forgetting controls, over s
 
 Every run starts from configs/grpo.yaml (40 optimizer steps of 16 sequences: 8 rows × 2 accumulation
 for SFT, 4 prompts × 4 answers for GRPO) and reports on the test split; SFT trains at the quickstart's
-LoRA rate (3e-3), GRPO at its config's (3e-4); no setting was tuned on the test rows. Per run: exact
-match before and after (the task gain), KL to the base per token on held-out general prompts, KL(base ‖
+LoRA rate (3e-3), GRPO at its config's (3e-4); no setting was tuned on the test rows. Per run: numeric
+match (the answer's last number is the result: GRPO's reward, the same check for both) before and after
+(the task gain), KL to the base per token on held-out general prompts, KL(base ‖
 tuned) per answer token on the task's own held-out rows (RL's Razor's measure), multiple-choice accuracy
 with its 95% interval, wall time.
 
@@ -23,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import machine  # benchmarks/machine.py: the CPU the runs ran on
@@ -38,8 +41,8 @@ METHODS = {
     "GRPO + full": ["recipe=grpo", "forgetting.preset=full"],
 }
 MEASURES = (  # (key, label, digits)
-    ("gain", "exact-match gain", 3),
-    ("exact_match", "exact match after", 3),
+    ("gain", "numeric-match gain", 3),
+    ("numeric_match", "numeric match after", 3),
     ("kl_general", "KL to base, general prompts", 4),
     ("kl_task", "KL(base ‖ tuned), task prompts", 4),
     ("mc_diff", "multiple-choice Δ", 3),
@@ -50,11 +53,11 @@ MEASURES = (  # (key, label, digits)
 def numbers(run: Path) -> dict:
     ev = json.loads((run / "eval.json").read_text(encoding="utf-8"))
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    em = ev["task"]["exact_match"]
+    em = ev["task"]["numeric_match"]
     bench = next(iter(ev["retention"].get("benchmarks", {}).values()), {"acc": {}})["acc"]
     out = {
-        "exact_match_base": em["base"],
-        "exact_match": em["finetuned"],
+        "numeric_match_base": em["base"],
+        "numeric_match": em["finetuned"],
         "gain": em["finetuned"] - em["base"],
         "kl_general": (ev["retention"].get("prompts") or {}).get("kl_per_token"),
         "kl_task": (ev["retention"].get("task_prompts") or {}).get("kl_base_to_tuned"),
@@ -105,7 +108,7 @@ def chart(results: dict[str, dict[str, dict]], path: Path) -> None:
             x, y = spread(xs), spread(ys)
             ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=4, label=method)
         ax.set_xlabel(label)
-        ax.set_ylabel("exact-match gain on the test split")
+        ax.set_ylabel("numeric-match gain on the test split")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("SFT against GRPO on the arithmetic task (mean ± sd over seeds)")
@@ -122,24 +125,47 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     ap.add_argument("--out", default="runs/sft_vs_rl")
     ap.add_argument("--docs", default="docs")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, the cores split between them (wall times then compare within this table only)",
+    )
     ap.add_argument("overrides", nargs="*", help="extra key=value settings for every run")
     args = ap.parse_args()
     out, docs = Path(args.out), Path(args.docs)
-    results: dict[str, dict[str, dict]] = {}
-    for method in [m.strip() for m in args.methods.split(",")]:
-        results[method] = {}
+    methods = [m.strip() for m in args.methods.split(",")]
+    todo = []
+    for method in methods:
         for seed in args.seeds:
             run = out / f"{method.replace(' + ', '-').replace(' ', '-').lower()}-seed{seed}"
-            if not (run / "eval.json").is_file():
-                cmd = [sys.executable, "-m", "forgetless", "train", "grpo", *METHODS[method], f"train.seed={seed}"]
-                cmd += [f"data.validation={TEST}", f"output_dir={run}", "--overwrite", *args.overrides]
-                print("[sft_vs_rl] " + " ".join(cmd[2:]), flush=True)
-                subprocess.run(cmd, check=True)
-            results[method][str(seed)] = numbers(run)
-            print(f"[sft_vs_rl] {method} seed {seed}: {results[method][str(seed)]}", flush=True)
+            cmd = [sys.executable, "-m", "forgetless", "train", "grpo", *METHODS[method], f"train.seed={seed}"]
+            cmd += [f"data.validation={TEST}", f"output_dir={run}", "--overwrite", *args.overrides]
+            todo.append((method, seed, run, cmd))
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if args.jobs > 1 else {})
+    running: list[subprocess.Popen] = []
+    for _, _, run, cmd in todo:
+        if (run / "eval.json").is_file():
+            continue
+        while sum(p.poll() is None for p in running) >= args.jobs:
+            time.sleep(5)
+        print("[sft_vs_rl] " + " ".join(cmd[2:]), flush=True)
+        log = (out / f"{run.name}.log").open("w") if args.jobs > 1 else None
+        out.mkdir(parents=True, exist_ok=True)
+        running.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None))
+    if any(p.wait() != 0 for p in running):
+        raise SystemExit("[sft_vs_rl] a run failed: see its log under " + str(out))
+    results: dict[str, dict[str, dict]] = {m: {} for m in methods}
+    for method, seed, run, _ in todo:
+        results[method][str(seed)] = numbers(run)
+        print(f"[sft_vs_rl] {method} seed {seed}: {results[method][str(seed)]}", flush=True)
     result = {"machine": machine.describe(), "overrides": args.overrides, "methods": METHODS, "runs": results}
+    result["jobs"], result["threads_per_run"] = args.jobs, threads
     docs.mkdir(parents=True, exist_ok=True)
-    md = f"Machine: {machine.line(result['machine'])}; seeds {', '.join(map(str, args.seeds))}; test split.\n\n"
+    md = f"Machine: {machine.line(result['machine'])}; seeds {', '.join(map(str, args.seeds))}; test split; "
+    md += f"`python benchmarks/sft_vs_rl.py {' '.join(sys.argv[1:])}`"
+    md += f" ({args.jobs} runs at a time, {threads} thread(s) each).\n\n" if args.jobs > 1 else ".\n\n"
     md += table(results) + "\n"
     for name, text in (("sft_vs_rl.json", json.dumps(result, indent=2) + "\n"), ("sft_vs_rl.md", md)):
         tmp = docs / f".{name}.tmp"

@@ -65,7 +65,9 @@ def read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
                     )
                 lines[key] = line
                 walk(value_node, key)
-        elif isinstance(node, yaml.SequenceNode):  # items are keyed by position: `- kind: a` `- kind: b` is no duplicate
+        elif isinstance(
+            node, yaml.SequenceNode
+        ):  # items are keyed by position: `- kind: a` `- kind: b` is no duplicate
             for i, item in enumerate(node.value):
                 lines[(*prefix, str(i))] = item.start_mark.line + 1
                 walk(item, (*prefix, str(i)))

@@ -14,7 +14,8 @@ class EvalConfig(BaseModel):
     before_after: bool = Field(True, description="Score the held-out split before and after training.")
     metric: str = Field(
         "exact_match",
-        description="Headline task score: exact_match, rouge1, rouge2, rouge_l, bleu, chrf, accuracy, macro_f1 "
+        description="Headline task score: exact_match, rouge1, rouge2, rouge_l, bleu, chrf, numeric_match (the "
+        "answer's last number equals the reference, when every reference is a number), accuracy, macro_f1 "
         "(the last two need eval.labels), or the name of a custom metric.",
     )
     behaviour_pattern: str | None = Field(
@@ -72,7 +73,7 @@ class EvalConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_metric(self):
-        known = ["exact_match", "rouge1", "rouge2", "rouge_l", "bleu", "chrf"]
+        known = ["exact_match", "rouge1", "rouge2", "rouge_l", "bleu", "chrf", "numeric_match"]
         known += ["accuracy", "macro_f1"] if self.labels else []
         known += [ref.partition(":")[2] for ref in self.custom_metrics]
         if self.metric not in known:

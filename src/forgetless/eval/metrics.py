@@ -1,7 +1,8 @@
 """Task metrics on generated answers, computed with the standard packages.
 
-exact match; ROUGE-1/2/L F1 (rouge-score) and BLEU / chrF (sacrebleu); accuracy and macro-F1
-when the answers are labels; and user-defined metrics named as `module:function`.
+exact match; ROUGE-1/2/L F1 (rouge-score) and BLEU / chrF (sacrebleu); numeric match when every
+reference is a number; accuracy and macro-F1 when the answers are labels; and user-defined metrics
+named as `module:function`.
 
 Japanese works: rouge-score's default tokenizer keeps only [a-z0-9] and so scores Japanese
 text as empty, so forgetless hands it a tokenizer that splits Latin text into lower-cased words
@@ -19,6 +20,7 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
 from forgetless.errors import UserError
+from forgetless.objectives.rewards import NUMBER, last_number
 
 _CJK = r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f]"
 # Words of letters/digits, or any single CJK character (kana, kanji, half-width kana).
@@ -31,6 +33,12 @@ def normalize(text: str) -> str:
 
 def exact_match(prediction: str, reference: str) -> float:
     return float(normalize(prediction) == normalize(reference))
+
+
+def numeric_match(prediction: str, reference: str) -> float:
+    """The prediction's last number equals the reference's number ("12 + 8 = 20" for 20): GRPO's
+    `numeric` reward at tolerance 0, so that SFT and RL runs are scored alike."""
+    return float(last_number(prediction) == float(reference.strip()))
 
 
 def tokens(text: str) -> list[str]:
@@ -120,6 +128,8 @@ def score(
     for key in ("rouge1", "rouge2", "rouge_l"):
         out[key] = sum(x[key] for x in per_row) / n
     out |= bleu_chrf(predictions, references)
+    if references and all(NUMBER.fullmatch(r.strip()) for r in references):  # answers that are numbers
+        out["numeric_match"] = sum(numeric_match(p, r) for p, r in zip(predictions, references, strict=True)) / n
     if labels:
         out |= classification(predictions, references, labels)
     for ref in custom or []:
