@@ -151,8 +151,8 @@ def main() -> None:
         while sum(p.poll() is None for p in running) >= args.jobs:
             time.sleep(5)
         print("[sft_vs_rl] " + " ".join(cmd[2:]), flush=True)
-        log = (out / f"{run.name}.log").open("w") if args.jobs > 1 else None
         out.mkdir(parents=True, exist_ok=True)
+        log = (out / f"{run.name}.log").open("w") if args.jobs > 1 else None
         running.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None))
     if any(p.wait() != 0 for p in running):
         raise SystemExit("[sft_vs_rl] a run failed: see its log under " + str(out))
