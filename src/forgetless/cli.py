@@ -69,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nforgetless: interrupted; resume with --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `forgetless train --help-config | head`: the reader left, which is no error (an
+        # OSError too: caught before the handler below, which re-raises every OSError but a full disk)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0
     except OSError as e:  # a full disk where no writer named its file (each writes to a temporary name first)
         if args.debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         where = f" writing {e.filename}" if e.filename else ""
         print(f"forgetless: error: no space left on the device{where}; free space and run again", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `forgetless train --help-config | head`: the reader left, which is no error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
-        return 0
