@@ -67,6 +67,7 @@ def trl(steps: int, seed: int, out: Path) -> dict:
         warmup_steps=0, per_device_train_batch_size=8, gradient_accumulation_steps=2, num_generations=4,
         max_completion_length=16, temperature=1.0, beta=0.04, loss_type="grpo", logging_steps=1,
         save_strategy="no", report_to="none", use_cpu=True, seed=seed, bf16=False,
+        gradient_checkpointing=False,  # on by default in TRL's GRPOConfig; forgetless does not checkpoint on CPU
     )  # fmt: skip
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = GRPOTrainer(
