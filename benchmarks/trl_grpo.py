@@ -2,7 +2,8 @@
 model (SmolLM2-135M-Instruct), LoRA (r 8, alpha 16, dropout 0.05, all linear layers), rewards (the last
 number right: 1, an answer of at most 20 characters: 0.1, as configs/grpo.yaml), group size 4, 4 prompts
 per optimizer step, answers of at most 16 tokens, sampling temperature 0.8, β 0.04, learning rate 3e-4,
-and number of steps; optimizer steps per second (training time only, model loading and evaluation excluded) and the mean reward of every step's rollouts, side by side.
+and number of steps; optimizer steps per second (training time only, model loading and evaluation
+excluded) and the mean reward of every step's rollouts, side by side.
 
 Run: python benchmarks/trl_grpo.py [--steps 20] [--seed 1] [--out runs/trl_grpo] [--docs docs]
      (needs TRL: pip install 'forgetless[bench]')
