@@ -22,6 +22,8 @@ import platform
 import time
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
+
 from forgetless import api
 from forgetless.data import augment
 from forgetless.data.formats import builtin_path
@@ -41,7 +43,7 @@ def _rows(ref: str) -> list[dict]:
 
 
 def _write(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    outputs.write_jsonl(path, rows)
     return str(path)
 
 
@@ -132,7 +134,7 @@ def main() -> None:
         large = _write(root / f"{lang}-large.jsonl", rows[: t["large"]])
         runs.append(train(f"{lang}-real-x3", large, test, args.steps, root))
         result[lang] = {"runs": runs, "augmentation": augmented}
-        Path(args.out).write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+        outputs.write_json(args.out, result)
     print(table(result))
 
 

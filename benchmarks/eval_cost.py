@@ -22,8 +22,8 @@ import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
 import torch
 
 from forgetless import api
@@ -112,7 +112,7 @@ def main() -> None:
         }
         if args.adapter:  # last: loading the adapter changes r.model in place
             result["retention_answers"] = retention_answers(r, cfg, args.adapter)
-    Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    outputs.write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
 import tasks  # benchmarks/tasks.py: the task data
 
 from forgetless import api
@@ -147,7 +148,7 @@ def sdft_teacher(cfg: Config, task_dir: Path) -> dict:
     answers = generate(model, tokenizer, prompts, cfg.eval.max_new_tokens, desc="sdft teacher: answers")
     result = {"n": len(rows), **score(answers, [a for _, a in pairs], cfg.eval.labels, cfg.eval.custom_metrics)}
     result["samples"] = [{"reference": r, "teacher": a} for (_, r), a in zip(pairs[:3], answers, strict=False)]
-    found.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
+    outputs.write_json(found, result)
     return result
 
 
@@ -166,7 +167,7 @@ def run_method(shared: list[str], method: str, run: Path) -> dict:
     trained = time.time() - started
     result = evaluate.run(cfg, str(run), None, run / "eval")
     found = {"method": method, "train_seconds": round(trained, 1), "eval": result}
-    summary_file.write_text(json.dumps(found, ensure_ascii=False, indent=2), encoding="utf-8")
+    outputs.write_json(summary_file, found)
     print(f"[frontier] {run}: trained in {trained:.0f} s")
     return found
 
@@ -235,7 +236,7 @@ def chart(results: dict[str, list[dict]], path: Path) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
-    fig.savefig(path, dpi=110)
+    outputs.save_figure(fig, path)
 
 
 def main(argv: list[str]) -> None:
@@ -266,8 +267,8 @@ def main(argv: list[str]) -> None:
                 f"{teacher[metric]:.3f} on the same {teacher['n']} rows.",
                 "",
             ]
-    (out / "frontier.md").write_text("\n".join(lines), encoding="utf-8")
-    (out / "frontier.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    outputs.write_text(out / "frontier.md", "\n".join(lines))
+    outputs.write_json(out / "frontier.json", results)
     chart(results, out / "frontier.png")
     print("\n".join(lines))
 

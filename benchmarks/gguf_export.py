@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "gguf_export.json"
 DOC = ROOT / "docs" / "deploy.md"
@@ -128,7 +130,7 @@ def main(argv: list[str]) -> None:
         }
         result["types"].append(row)
         print(json.dumps(row))
-    OUT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    outputs.write_json(OUT, result)
     render(result)
 
 
@@ -144,7 +146,6 @@ def _cpu() -> str:
 
 def render(res: dict) -> None:
     lines = [
-        BEGIN,
         f"`python benchmarks/gguf_export.py` on {res['run']} ({res['tickets']} held-out tickets, greedy, "
         f"{res['new_tokens']} new tokens; {res['machine']}; transformers' exact match {res['transformers_exact']}):",
         "",
@@ -156,13 +157,7 @@ def render(res: dict) -> None:
         f"{t['exact_match']} |"
         for t in res["types"]
     ]
-    lines.append(END)
-    text = DOC.read_text(encoding="utf-8")
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END) :]
-    else:
-        text += "\n" + "\n".join(lines) + "\n"
-    DOC.write_text(text, encoding="utf-8")
+    outputs.fill_section(DOC, BEGIN, "\n".join(lines), END)
 
 
 if __name__ == "__main__":

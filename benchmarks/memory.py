@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
+
 CASES = [
     # (model, method, batch, seq)
     ("smollm2-135m-instruct", "lora", 4, 256),
@@ -206,16 +208,8 @@ def write(rows: list[dict], out: Path) -> None:
         )
     worst = max(abs(r["error"]) for r in rows)
     table = head + "\n".join(lines) + f"\n\nLargest error: {100 * worst:.1f}%.\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    (out.parent / "memory.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    marker = "<!-- memory-table -->"
-    if out.exists() and marker in out.read_text(encoding="utf-8"):
-        text = out.read_text(encoding="utf-8")
-        before, _, rest = text.partition(marker)
-        _, _, after = rest.partition(marker)
-        out.write_text(f"{before}{marker}\n{table}{marker}{after}", encoding="utf-8")
-    else:
-        out.write_text(f"{marker}\n{table}{marker}\n", encoding="utf-8")
+    outputs.write_json(out.parent / "memory.json", rows)
+    outputs.fill_section(out, "<!-- memory-table -->", table)
     print(table)
 
 

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
+
 from forgetless import api
 from forgetless.config.schema import DEFAULT_LR, METHODS
 from forgetless.errors import UserError
@@ -138,11 +140,8 @@ def _iso(r: dict) -> str:
 
 
 def write(out: Path, text: str) -> None:
-    doc = out.read_text(encoding="utf-8")
-    head, _, rest = doc.partition(MARK)
-    _, _, tail = rest.partition(MARK)
     machine = f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, {platform.python_version()}"
-    out.write_text(f"{head}{MARK}\n{text}\n\nMachine: {machine}.\n{MARK}{tail}", encoding="utf-8")
+    outputs.fill_section(out, MARK, f"{text}\n\nMachine: {machine}.")
 
 
 def main(argv: list[str]) -> None:
@@ -159,7 +158,7 @@ def main(argv: list[str]) -> None:
             r["isolated_step_seconds"] = step_seconds(r["method"])
     text = table(rows, metric)
     print(text)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    outputs.write_json(Path(args.out).with_suffix(".json"), rows)
     write(Path(args.out), text)
 
 

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
+
 from forgetless import api
 from forgetless.recipes import compare
 
@@ -74,13 +76,10 @@ def main(argv: list[str]) -> None:
     text = table(runs)
     print(text)
     rollouts = runs["rlhf"].get("rollouts", [])
-    Path(args.out).with_suffix(".json").write_text(json.dumps(runs, indent=2, ensure_ascii=False), encoding="utf-8")
-    doc = Path(args.out).read_text(encoding="utf-8")
-    head, _, rest = doc.partition(MARK)
-    _, _, tail = rest.partition(MARK)
+    outputs.write_json(Path(args.out).with_suffix(".json"), runs)
     per_rollout = ", ".join(f"{x['score']:+.2f}/{x['kl']:.2f}" for x in rollouts)
     body = f"{text}\n\nRLHF rollouts (mean reward / summed KL per answer, in order): {per_rollout}\n"
-    Path(args.out).write_text(f"{head}{MARK}\n{body}{MARK}{tail}", encoding="utf-8")
+    outputs.fill_section(args.out, MARK, body)
 
 
 if __name__ == "__main__":

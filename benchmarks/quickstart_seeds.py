@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import machine  # benchmarks/machine.py: the CPU the seeds ran on
+import outputs  # benchmarks/outputs.py: every file written whole
 
 SPLITS = {"test": "builtin:quickstart/test.jsonl", "validation": "builtin:quickstart/validation.jsonl"}
 MEASURES = (  # (key, label, digits)
@@ -107,13 +108,10 @@ def main() -> None:
         "runs": {str(s): r for s, r in runs.items()},
         "summary": summary,
     }
-    out.mkdir(parents=True, exist_ok=True)
     md = f"Machine: {machine.line(result['machine'])}; recipe {args.recipe}, {args.split} split.\n\n"
     md += table(runs, summary) + "\n"
-    for name, text in (("seeds.json", json.dumps(result, indent=2) + "\n"), ("seeds.md", md)):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
+    outputs.write_json(out / "seeds.json", result)
+    outputs.write_text(out / "seeds.md", md)
     print(table(runs, summary))
 
 

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
 import tasks  # benchmarks/tasks.py: the task data
 
 from forgetless import api
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> None:
         rows.insert(1, "|" + "---|" * len(table[0]))
         lines += [f"## preset {preset} ({seconds:.0f} s for the three stages)", "", *rows, ""]
     text = "\n".join(lines)
-    (out / "sequential.md").write_text(text, encoding="utf-8")
+    outputs.write_text(out / "sequential.md", text)
     print(text)
 
 

@@ -28,6 +28,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
+
 PROMPTS = [
     "My parcel is late, order 12345. Please help.",
     "What is the capital of France?",
@@ -59,7 +61,7 @@ def make_adapters(root: Path) -> list[str]:
         tuned.save_pretrained(root / name)
         facts = json.loads((root / name / "adapter_config.json").read_text())
         facts["base_model_name_or_path"] = "smollm2-135m-instruct"
-        (root / name / "adapter_config.json").write_text(json.dumps(facts))
+        outputs.write_json(root / name / "adapter_config.json", facts)
         out.append(f"{name}={root / name}")
     return out
 
@@ -170,7 +172,7 @@ def main(argv: list[str]) -> None:
         "rows": rows,
     }
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        outputs.write_json(args.out, report)
         if Path(args.out).resolve() == ROOT / "docs" / "serve_load.json":
             render(report)
 
@@ -190,9 +192,7 @@ def render(report: dict) -> None:
             f"| {r['new_tokens']} | {r['clients']} | {r['max_batch']} | {r['requests_per_s']} | {r['tokens_per_s']} | "
             f"{r['p50_s']} | {r['p99_s']} | {r['errors']} | {r['peak_rss_mb']} |"
         )
-    text = DOC.read_text(encoding="utf-8")
-    head, rest = text.split(BEGIN, 1)
-    DOC.write_text(head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + rest.split(END, 1)[1], encoding="utf-8")
+    outputs.fill_section(DOC, BEGIN, "\n".join(lines), END)
 
 
 def _cpu() -> str:

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serve_load import _cpu, make_adapters
@@ -57,7 +59,7 @@ def main(argv: list[str]) -> None:
             print(json.dumps(rows[-1]), flush=True)
     if args.out:
         report = {"machine": _cpu(), "rows": rows}
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        outputs.write_json(args.out, report)
 
 
 if __name__ == "__main__":

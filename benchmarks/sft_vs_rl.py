@@ -17,7 +17,8 @@ with its 95% interval, wall time.
 Run: python benchmarks/sft_vs_rl.py [--seeds 1 2 3] [--out runs/sft_vs_rl] [--docs docs]
 Writes DOCS/sft_vs_rl.json (every run's numbers), DOCS/sft_vs_rl.md (the table) and DOCS/sft_vs_rl.png
 (task gain against KL on the task's prompts, one point per method, bars: sd over seeds). A finished run
-is reused (delete its folder to redo it).
+is reused (delete its folder to redo it), and so is a run DOCS/sft_vs_rl.json already holds when its
+folder is gone but the overrides, threads per run and CPU are the same (each run records its machine).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 import machine  # benchmarks/machine.py: the CPU the runs ran on
+import outputs  # benchmarks/outputs.py: every file written whole
 
 TEST = "builtin:arithmetic/test.jsonl"
 METHODS = {
@@ -71,6 +73,25 @@ def numbers(run: Path) -> dict:
         out |= {"reward_base": ev["task"]["reward"]["base"], "reward": ev["task"]["reward"]["finetuned"]}
         out["reward_diff_ci"] = ev["task"]["reward"]["diff_ci"]
     return out
+
+
+def recorded(path: Path, overrides: list[str], threads: int) -> dict[str, dict[str, dict]]:
+    """The runs an earlier table holds that this one may reuse: same overrides, threads per run and CPU."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text(encoding="utf-8"))
+    here = machine.describe()
+    if old.get("overrides") != overrides or old.get("threads_per_run") != threads:
+        return {}
+    same = {k: here[k] for k in ("cpu", "vector", "cores", "torch")}
+    return {
+        method: {
+            seed: run | {"machine": run.get("machine", old["machine"])}
+            for seed, run in runs.items()
+            if {k: run.get("machine", old["machine"])[k] for k in same} == same
+        }
+        for method, runs in old["runs"].items()
+    }
 
 
 def spread(values: list[float]) -> dict:
@@ -113,10 +134,7 @@ def chart(results: dict[str, dict[str, dict]], path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("SFT against GRPO on the arithmetic task (mean ± sd over seeds)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    outputs.save_figure(fig, path)
 
 
 def main() -> None:
@@ -143,10 +161,11 @@ def main() -> None:
             cmd += [f"data.validation={TEST}", f"output_dir={run}", "--overwrite", *args.overrides]
             todo.append((method, seed, run, cmd))
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    earlier = recorded(docs / "sft_vs_rl.json", args.overrides, threads)
     env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if args.jobs > 1 else {})
     running: list[subprocess.Popen] = []
-    for _, _, run, cmd in todo:
-        if (run / "eval.json").is_file():
+    for method, seed, run, cmd in todo:
+        if (run / "eval.json").is_file() or str(seed) in earlier.get(method, {}):
             continue
         while sum(p.poll() is None for p in running) >= args.jobs:
             time.sleep(5)
@@ -158,19 +177,20 @@ def main() -> None:
         raise SystemExit("[sft_vs_rl] a run failed: see its log under " + str(out))
     results: dict[str, dict[str, dict]] = {m: {} for m in methods}
     for method, seed, run, _ in todo:
-        results[method][str(seed)] = numbers(run)
+        if (run / "eval.json").is_file():
+            results[method][str(seed)] = numbers(run) | {"machine": machine.describe()}
+        else:
+            results[method][str(seed)] = earlier[method][str(seed)]
+            print(f"[sft_vs_rl] {method} seed {seed}: from the earlier {docs / 'sft_vs_rl.json'}", flush=True)
         print(f"[sft_vs_rl] {method} seed {seed}: {results[method][str(seed)]}", flush=True)
     result = {"machine": machine.describe(), "overrides": args.overrides, "methods": METHODS, "runs": results}
     result["jobs"], result["threads_per_run"] = args.jobs, threads
-    docs.mkdir(parents=True, exist_ok=True)
     md = f"Machine: {machine.line(result['machine'])}; seeds {', '.join(map(str, args.seeds))}; test split; "
     md += f"`python benchmarks/sft_vs_rl.py {' '.join(sys.argv[1:])}`"
     md += f" ({args.jobs} runs at a time, {threads} thread(s) each).\n\n" if args.jobs > 1 else ".\n\n"
     md += table(results) + "\n"
-    for name, text in (("sft_vs_rl.json", json.dumps(result, indent=2) + "\n"), ("sft_vs_rl.md", md)):
-        tmp = docs / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(docs / name)
+    outputs.write_json(docs / "sft_vs_rl.json", result)
+    outputs.write_text(docs / "sft_vs_rl.md", md)
     chart(results, docs / "sft_vs_rl.png")
     print(md)
 

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import machine  # benchmarks/machine.py: the CPU, its vector extensions, the cores
+import outputs  # benchmarks/outputs.py: every file written whole
 import torch
 from speed_report import table, targets, write  # benchmarks/speed_report.py: targets and the table
 
@@ -100,7 +101,7 @@ def write_rows(mix: str, path: Path, n: int) -> None:
             at = 0
         rows.append({"instruction": tok.decode(stream[at : at + p]), "output": tok.decode(stream[at + p : at + body])})
         at += body
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    outputs.write_jsonl(path, rows)
 
 
 def rendered(data_file: Path) -> list[dict]:
@@ -223,12 +224,8 @@ def run_mix(mix: str, args, work: Path, before_src: Path | None, params: int, pe
     data_file, rows_file = work / f"{mix}.jsonl", work / f"{mix}.tokens.jsonl"
     write_rows(mix, data_file, n=BATCH * total * 2)
     token_rows = rendered(data_file)
-    rows_file.write_text(
-        "".join(
-            json.dumps({"input_ids": r["input_ids"], "completion_mask": [int(x != -100) for x in r["labels"]]}) + "\n"
-            for r in token_rows
-        )
-    )
+    rows = [{"input_ids": r["input_ids"], "completion_mask": [int(x != -100) for x in r["labels"]]} for r in token_rows]
+    outputs.write_jsonl(rows_file, rows)
     lens = sorted(len(r["input_ids"]) for r in token_rows)
     plan = []
     for case in args.cases.split(","):
@@ -300,7 +297,7 @@ def main(argv: list[str]) -> None:
         "machine": machine.describe(),
         "targets": targets(results["mixes"], max(peak)),
     }
-    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    outputs.write_json(Path(args.out).with_suffix(".json"), results)
     text = table(results)
     print(text)
     write(Path(args.out), text)

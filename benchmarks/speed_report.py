@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import machine  # benchmarks/machine.py
+import outputs  # benchmarks/outputs.py: every file written whole
 
 MARK = "<!-- speed-table -->"
 
@@ -96,7 +97,6 @@ def table(res: dict) -> str:
 
 
 def write(out: Path, text: str) -> None:
-    doc = out.read_text(encoding="utf-8") if out.exists() else f"# Performance\n\n{MARK}\n{MARK}\n"
-    head, _, rest = doc.partition(MARK)
-    _, _, tail = rest.partition(MARK)
-    out.write_text(f"{head}{MARK}\n{text}\n{MARK}{tail}", encoding="utf-8")
+    if not out.exists():
+        outputs.write_text(out, "# Performance\n\n")
+    outputs.fill_section(out, MARK, text)

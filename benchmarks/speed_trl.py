@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
 import torch
 
 
@@ -100,7 +101,7 @@ def trl_worker(rows_file: Path, case: str, steps: int, out: Path, settings: dict
         "peak_gb": round(peak, 3),
         "padding_share": round(1 - real / max(total, 1), 4),
     }
-    (out / "trl.json").write_text(json.dumps(result))
+    outputs.write_json(out / "trl.json", result)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import platform
 import tempfile
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
 import speed  # benchmarks/speed.py: the rows and the forgetless run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def main() -> None:
             results[mix] = {c: profile_case(c, data_file, Path(tmp) / mix / c, args.steps) for c in cases}
             lines += table(mix, results[mix])
     print("\n".join(lines))
-    (ROOT / "docs" / "step_profile.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    outputs.write_json(ROOT / "docs" / "step_profile.json", results, indent=1)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import json
 import random
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
+
 from forgetless.data import similarity
 from forgetless.data.formats import builtin_path
 
@@ -90,7 +92,7 @@ def keigo(split: str) -> list[dict]:
 
 def _write(path: Path, rows: list[dict]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    outputs.write_jsonl(path, rows)
     return str(path)
 
 

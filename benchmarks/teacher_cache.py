@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
 import torch
 
 from forgetless import api
@@ -74,7 +75,7 @@ def main(argv: list[str]) -> None:
         },
     }
     print(json.dumps(result, indent=2))
-    Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    outputs.write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import machine  # benchmarks/machine.py: the CPU both ran on
+import outputs  # benchmarks/outputs.py: every file written whole
 
 MARK = "<!-- trl-grpo -->"
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -103,10 +104,7 @@ def chart(result: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    outputs.save_figure(fig, path)
 
 
 def main() -> None:
@@ -140,20 +138,9 @@ def main() -> None:
         f"{args.steps}` ([raw](trl_grpo.json), [curves](trl_grpo.png)). forgetless/TRL steps per second: "
         f"{ratio:.2f}×.\n\n" + "\n".join(rows)
     )
-    docs.mkdir(parents=True, exist_ok=True)
-    tmp = docs / ".trl_grpo.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(docs / "trl_grpo.json")
+    outputs.write_json(docs / "trl_grpo.json", result)
     chart(result, docs / "trl_grpo.png")
-    perf = docs / "performance.md"
-    page = perf.read_text(encoding="utf-8")
-    if page.count(MARK) == 2:
-        head, _, rest = page.partition(MARK)
-        _, _, tail = rest.partition(MARK)
-        page = f"{head}{MARK}\n{text}\n{MARK}{tail}"
-        tmp = perf.with_name(".performance.md.tmp")
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(perf)
+    outputs.fill_section(docs / "performance.md", MARK, text)
     print(text)
 
 
