@@ -11,10 +11,11 @@ import torch
 
 from forgetless.config import loader
 from forgetless.config.preference import RewardSpec
+from forgetless.data.answers import last_number
 from forgetless.errors import UserError
 from forgetless.objectives.grpo import group_advantages
 from forgetless.objectives.losses import grpo_losses
-from forgetless.objectives.rewards import Rewards, Rollout, last_number
+from forgetless.objectives.rewards import Rewards, Rollout
 
 
 def test_group_advantages_by_hand():

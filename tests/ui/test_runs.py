@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("gradio", reason="forgetless[ui] is not installed")
 
+from forgetless import api
 from forgetless.errors import UserError
 from forgetless.ui import new_run, runs
 from tests.conftest import tiny_args
@@ -114,3 +115,15 @@ def test_an_empty_name_box_gets_a_new_name_and_a_typed_one_is_kept():
 def test_every_knob_is_a_config_key_with_help():
     for key in (*new_run.TEXT_KNOBS, *new_run.CHOICE_KNOBS):
         assert new_run.help_text(key), key
+
+
+def test_the_new_run_page_offers_grpo_and_its_form_validates_as_a_grpo_run(tmp_path):
+    """The recipe dropdown lists every shipped recipe, GRPO's included; the form's GRPO choice becomes a
+    config whose recipe is grpo with the shipped rewards, and preset lwf (refused for GRPO) is one error."""
+    assert "grpo" in api.shipped_configs()
+    cfg = new_run.validate(tmp_path, form(recipe="grpo", **{"train.max_steps": "2"}))
+    assert cfg.recipe == "grpo" and cfg.train.max_steps == 2
+    assert [s.kind for s in cfg.grpo.rewards] == ["numeric", "length"]
+    said = new_run.start(tmp_path, form(recipe="grpo", **{"forgetting.preset": "lwf"}))
+    assert said.startswith("forgetless: error:") and "lwf" in said
+    assert not (tmp_path / "x").exists()

@@ -12,15 +12,13 @@ references contain CJK characters, else its standard '13a'; chrF is character-ba
 
 from __future__ import annotations
 
-import importlib
 import re
-from collections.abc import Callable
 
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
-from forgetless.errors import UserError
-from forgetless.objectives.rewards import NUMBER, last_number
+from forgetless.config.user_code import load_callable
+from forgetless.data.answers import NUMBER, last_number
 
 _CJK = r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f]"
 # Words of letters/digits, or any single CJK character (kana, kanji, half-width kana).
@@ -103,20 +101,6 @@ def classification(predictions: list[str], references: list[str], labels: list[s
     }
 
 
-def load_callable(ref: str) -> Callable:
-    """`package.module:function` -> the function; a clear error when it cannot be imported."""
-    module, sep, name = ref.partition(":")
-    if not sep or not module or not name:
-        raise UserError(f"eval.custom_metrics: '{ref}' is not 'module:function'")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"eval.custom_metrics: cannot load '{ref}' ({e})") from None
-    if not callable(fn):
-        raise UserError(f"eval.custom_metrics: '{ref}' is not callable")
-    return fn
-
-
 def score(
     predictions: list[str], references: list[str], labels: list[str] | None = None, custom: list[str] | None = None
 ) -> dict[str, float]:
@@ -133,7 +117,7 @@ def score(
     if labels:
         out |= classification(predictions, references, labels)
     for ref in custom or []:
-        value = load_callable(ref)(predictions, references)
+        value = load_callable(ref, "eval.custom_metrics")(predictions, references)
         name = ref.partition(":")[2]
         out |= {f"{name}.{k}": float(v) for k, v in value.items()} if isinstance(value, dict) else {name: float(value)}
     return out

@@ -8,14 +8,19 @@ from forgetless.eval.metrics import score
 from forgetless.model.generate import generate, split_prompt
 
 
-def task_eval(model, tokenizer, examples: list[Example], cfg: Config) -> dict:
+def task_eval(model, tokenizer, examples: list[Example], cfg: Config, answers: list[str] | None = None) -> dict:
+    """eval.metric and the other metrics of the model's greedy answers to the held-out chats; `answers`:
+    those answers when the caller generated them already (GRPO's held-out rewards score the same ones)."""
     chats = [e for e in examples if e.messages][: cfg.eval.max_examples]
     if not chats:
         return {}
     pairs = [split_prompt(e.messages, cfg.data.system_prompt) for e in chats]
-    answers = generate(
-        model, tokenizer, [p for p, _ in pairs], max_new_tokens=cfg.eval.max_new_tokens, desc="eval: task answers"
-    )
+    if answers is None:
+        answers = generate(
+            model, tokenizer, [p for p, _ in pairs], max_new_tokens=cfg.eval.max_new_tokens, desc="eval: task answers"
+        )
+    elif len(answers) != len(pairs):
+        raise ValueError(f"task_eval: {len(answers)} answers for {len(pairs)} held-out chats")
     refs = [r for _, r in pairs]
     samples = [
         {"prompt": p[-1]["content"], "reference": r, "answer": a}

@@ -15,7 +15,6 @@ naming the reward and the row (file:line).
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
@@ -25,10 +24,10 @@ from dataclasses import dataclass
 import jsonschema
 
 from forgetless.config.preference import RewardSpec
+from forgetless.config.user_code import load_callable
+from forgetless.data.answers import fold, last_number
 from forgetless.errors import UserError
 from forgetless.objectives.reward_model import score
-
-NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -41,17 +40,8 @@ class Rollout:
     reference: str
 
 
-def _fold(text: str) -> str:
-    return " ".join(text.split()).casefold()
-
-
-def last_number(text: str) -> float | None:
-    found = NUMBER.findall(text.replace(",", ""))
-    return float(found[-1]) if found else None
-
-
 def exact_match(answer: str, reference: str, spec: RewardSpec) -> float:
-    return float(_fold(answer) == _fold(reference))
+    return float(fold(answer) == fold(reference))
 
 
 def numeric(answer: str, reference: str, spec: RewardSpec) -> float:
@@ -85,17 +75,6 @@ BUILTIN: dict[str, Callable[[str, str, RewardSpec], float]] = {
 }
 
 
-def user_function(ref: str) -> Callable:
-    module, _, name = ref.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"grpo.rewards: cannot load '{ref}' ({e})") from None
-    if not callable(fn):
-        raise UserError(f"grpo.rewards: '{ref}' is not callable")
-    return fn
-
-
 def _checked(value, kind: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UserError(f"{where}: reward {kind} returned {value!r}, not a finite number; fix the reward function")
@@ -108,7 +87,7 @@ class Rewards:
     def __init__(self, specs: list[RewardSpec], reward_model=None):
         """`reward_model`: (model, tokenizer) of a `recipe: reward` run, when a spec names one."""
         self.specs, self.reward_model = specs, reward_model
-        self.functions = {s.kind: user_function(s.kind) for s in specs if ":" in s.kind}
+        self.functions = {s.kind: load_callable(s.kind, "grpo.rewards") for s in specs if ":" in s.kind}
 
     def _one(self, spec: RewardSpec, rollouts: list[Rollout]) -> list[float]:
         if spec.kind == "reward_model":

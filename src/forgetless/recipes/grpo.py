@@ -19,6 +19,7 @@ from forgetless.data.build import build
 from forgetless.data.formats import Example
 from forgetless.errors import UserError
 from forgetless.eval import base_cache, stats, suite
+from forgetless.eval.task import task_eval
 from forgetless.model.chat_format import with_system
 from forgetless.model.generate import generate
 from forgetless.objectives import grpo, sft
@@ -40,13 +41,14 @@ def prompt_rows(examples: list[Example], system_prompt: str | None) -> list[tupl
 
 
 def reward_scores(model, tokenizer, rewards: Rewards, rows: list, cfg: Config) -> dict:
-    """The greedy answers to the held-out prompts, their rewards (mean and each reward's), with samples."""
+    """The greedy answers to the held-out prompts (kept under "answers"), their rewards (mean and each
+    reward's), with samples."""
     answers = generate(model, tokenizer, [p for _, p, _ in rows], max_new_tokens=cfg.grpo.max_new_tokens)
     values, means = rewards([Rollout(w, p, a, ref) for (w, p, ref), a in zip(rows, answers, strict=True)])
     shown = zip(rows[: cfg.eval.samples], answers, strict=False)
     samples = [{"prompt": p[-1]["content"], "reference": ref, "answer": a} for (_, p, ref), a in shown]
     task = {"reward": sum(values) / len(values), **means, "n": len(values)}
-    return {"task": task, "rewards": values, "grpo_samples": samples}
+    return {"task": task, "rewards": values, "grpo_samples": samples, "answers": answers}
 
 
 def run(cfg: Config, resume: bool = False) -> dict:
@@ -65,9 +67,15 @@ def run(cfg: Config, resume: bool = False) -> dict:
     # eval.metric on the same held-out rows as an SFT run scores them (eval.before_after), beside the reward
     scored = data.validation_examples[: cfg.eval.max_examples] if cfg.eval.before_after else []
 
+    # the rewards' greedy answers are eval.metric's answers too when both have the same length limit
+    same_answers = cfg.eval.max_new_tokens == g.max_new_tokens
+
     def measure(m, references):
-        side = suite.measure(m, tokenizer, cfg, scored, data.validation, references)
         rewarded = reward_scores(m, tokenizer, rewards, val, cfg)
+        answers = rewarded.pop("answers")
+        side = suite.measure(m, tokenizer, cfg, [] if same_answers else scored, data.validation, references)
+        if same_answers and scored:
+            side["task"] = task_eval(m, tokenizer, scored, cfg, answers) | side.get("task", {})
         return side | rewarded | {"task": side.get("task", {}) | rewarded["task"]}
 
     before = runtime.score_base(r, lambda: measure(model, None), shared=_shared_base(r, scored, data.validation, val))
