@@ -183,3 +183,22 @@ def test_the_history_rebuilt_on_resume_reads_the_task_loss_and_survives_a_half_w
     path.write_text('{"step": 1}\nnot json\n{"step": 2}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"metrics.jsonl:2: not a JSON line"):
         Monitor().replay(path)
+
+
+def test_task_eval_scores_answers_it_is_given_without_generating(tmp_path):
+    """GRPO hands task_eval the greedy answers its rewards scored: they are scored as given (no model
+    is called: model=None), and a count that does not match the chats is refused."""
+    from forgetless import api
+    from forgetless.data.formats import Example
+    from forgetless.eval.task import task_eval
+
+    cfg = api.load_config("grpo", [f"output_dir={tmp_path}/run"])
+    chats = [
+        Example(f"t.jsonl:{i}", ({"role": "user", "content": q}, {"role": "assistant", "content": a}))
+        for i, (q, a) in enumerate([("2+3?", "5"), ("4+4?", "8")], 1)
+    ]
+    got = task_eval(None, None, chats, cfg, answers=["2 + 3 = 5", "9"])
+    assert got["n"] == 2 and got["numeric_match"] == 0.5 and got["exact_match"] == 0.0
+    assert got["samples"][0] == {"prompt": "2+3?", "reference": "5", "answer": "2 + 3 = 5"}
+    with pytest.raises(ValueError, match="1 answers for 2"):
+        task_eval(None, None, chats, cfg, answers=["5"])

@@ -43,7 +43,8 @@ def prompt_rows(examples: list[Example], system_prompt: str | None) -> list[tupl
 def reward_scores(model, tokenizer, rewards: Rewards, rows: list, cfg: Config) -> dict:
     """The greedy answers to the held-out prompts (kept under "answers"), their rewards (mean and each
     reward's), with samples."""
-    answers = generate(model, tokenizer, [p for _, p, _ in rows], max_new_tokens=cfg.grpo.max_new_tokens)
+    prompts = [p for _, p, _ in rows]
+    answers = generate(model, tokenizer, prompts, max_new_tokens=cfg.grpo.max_new_tokens, desc="eval: held-out answers")
     values, means = rewards([Rollout(w, p, a, ref) for (w, p, ref), a in zip(rows, answers, strict=True)])
     shown = zip(rows[: cfg.eval.samples], answers, strict=False)
     samples = [{"prompt": p[-1]["content"], "reference": ref, "answer": a} for (_, p, ref), a in shown]
