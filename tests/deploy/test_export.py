@@ -15,6 +15,7 @@ import forgetless
 from forgetless.adapters import merge
 from forgetless.cli import main
 from forgetless.deploy import export
+from forgetless.deploy.formats import gguf_model
 from forgetless.errors import UserError
 
 TEXTS = ["My order 48213 is late, please help!", "注文番号 5522 の商品が届きません。", "  spaces\tand\nlines  "]
@@ -108,7 +109,7 @@ def test_a_k_quant_export_that_fails_midway_leaves_no_file_under_the_final_name(
         out.write_bytes(b"GGUF" + b"\0" * 64)  # what llama.cpp had written when the disk filled
         raise OSError(errno.ENOSPC, "No space left on device", str(out))
 
-    monkeypatch.setattr(export, "quantize_with_llama_cpp", half_then_full_disk)
+    monkeypatch.setattr(gguf_model, "quantize_with_llama_cpp", half_then_full_disk)
     with pytest.raises(OSError):
         export.run(str(run_dir), "gguf", tmp_path / "out", "q4_k_m")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
@@ -118,7 +119,7 @@ def test_the_modelfile_carries_the_templates_default_system_turn(tokenizer):
     """SmolLM2's template writes "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     as the system turn of a conversation without one; the ChatML Go template writes a system turn only
     from SYSTEM, so the Modelfile dropped the turn the model was trained and evaluated with."""
-    from forgetless.deploy import ollama
+    from forgetless.deploy.formats import ollama
     from forgetless.model.chat_format import CHATML
 
     text, found = ollama.modelfile("m.gguf", tokenizer, None)
@@ -132,3 +133,22 @@ def test_the_modelfile_carries_the_templates_default_system_turn(tokenizer):
     plain = copy.deepcopy(tokenizer)
     plain.chat_template = CHATML  # a template without a default system message
     assert "SYSTEM" not in ollama.modelfile("m.gguf", plain, None)[0]
+
+
+def test_a_type_can_keep_tensor_groups_at_f16(run_dir, tmp_path):
+    """`--quant q8_0:f16=embed` keeps the embedding (the output head when tied) at f16 and quantizes the
+    rest: docs/deploy.md measures which groups cost q8_0 its agreement with transformers."""
+    import gguf
+
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    assert gguf_model.stored_type("token_embd.weight", (96, 64), "q8_0:f16=embed") == gguf_model.F16
+    assert gguf_model.stored_type("blk.0.attn_q.weight", (64, 64), "q8_0:f16=embed") == q8
+    assert gguf_model.stored_type("blk.0.ffn_up.weight", (64, 64), "q8_0:f16=attn,ffn") == gguf_model.F16
+    assert gguf_model.stored_type("blk.0.attn_norm.weight", (64,), "q8_0:f16=attn") == gguf_model.F32
+    for bad in ("q8_0:f16=head", "q4_k_m:f16=embed"):
+        with pytest.raises(UserError, match="keep groups"):
+            export.run(str(run_dir), "gguf", tmp_path / bad.replace(":", "-"), bad)
+    record = export.run(str(run_dir), "gguf", tmp_path / "out", "q8_0:f16=embed")
+    assert record["file"] == "run-q8_0-f16-embed.gguf" and record["quant"] == "q8_0:f16=embed"
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "out" / record["file"]).tensors}
+    assert types["token_embd.weight"] == gguf_model.F16 and types["blk.0.attn_q.weight"] == q8

@@ -8,6 +8,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
+    Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
@@ -54,6 +55,17 @@ ARCHITECTURES = {
             "final_logit_softcapping": 30.0,
             "attn_logit_softcapping": 50.0,
             "sliding_window": 256,
+            "tie_word_embeddings": True,
+        },
+    ),
+    "gemma3": (
+        "gemma",
+        Gemma3TextConfig,
+        {  # q/k norms; sliding layers (rope base 10000) and a full one every 6th (base 1M); a short window
+            "num_hidden_layers": 6,
+            "head_dim": 8,
+            "query_pre_attn_scalar": 8,
+            "sliding_window": 16,
             "tie_word_embeddings": True,
         },
     ),

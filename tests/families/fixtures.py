@@ -79,10 +79,8 @@ def ensure() -> Path:
     return root()
 
 
-def _extract() -> Path:
-    raw = root() / "llama.cpp"
-    if (raw / "LICENSE").is_file():
-        return raw
+def _sdist() -> Path:
+    """The llama-cpp-python source archive (downloaded once; pip's cache keeps it too)."""
     sdist_dir = root() / "sdist"
     sdist_dir.mkdir(parents=True, exist_ok=True)
     name = f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
@@ -104,23 +102,88 @@ def _extract() -> Path:
             ],
             check=True,
         )
-    wanted = {f"models/ggml-vocab-{v}.gguf" for v, *_ in TOKENIZERS.values()}
-    wanted |= {f"models/templates/{t}.jinja" for _, t, *_ in TOKENIZERS.values()} | {"LICENSE"}
+    return sdist_dir / name
+
+
+def _unpack(out: Path, wanted, marker: str) -> Path:
+    """The files of llama.cpp's tree for which `wanted(relative path)` holds, under `out` (atomic:
+    `marker` is one of them, and the folder is renamed into place once all are there)."""
+    if (out / marker).is_file():
+        return out
     prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
-    tmp = raw.with_name("llama.cpp.tmp")
+    tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with tarfile.open(sdist_dir / name) as tar:
+    with tarfile.open(_sdist()) as tar:
         for member in tar.getmembers():
             rel = member.name.removeprefix(prefix)
-            if rel in wanted:
+            if rel != member.name and member.isfile() and wanted(rel):
                 member.name = rel
                 tar.extract(member, tmp, filter="data")
-    missing = sorted(w for w in wanted if not (tmp / w).is_file())
+    if not (tmp / marker).is_file():
+        raise RuntimeError(f"llama-cpp-python {LLAMA_CPP_PYTHON} lacks {marker}")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _extract() -> Path:
+    wanted = {f"models/ggml-vocab-{v}.gguf" for v, *_ in TOKENIZERS.values()}
+    wanted |= {f"models/ggml-vocab-{v}.gguf.{end}" for v, *_ in TOKENIZERS.values() for end in ("inp", "out")}
+    wanted |= {f"models/templates/{t}.jinja" for _, t, *_ in TOKENIZERS.values()} | {"LICENSE"}
+    raw = root() / "llama.cpp"
+    if any(not (raw / w).is_file() for w in wanted):  # a folder from an earlier version of this list
+        shutil.rmtree(raw, ignore_errors=True)
+    _unpack(raw, wanted.__contains__, "LICENSE")
+    missing = sorted(w for w in wanted if not (raw / w).is_file())
     if missing:
         raise RuntimeError(f"llama-cpp-python {LLAMA_CPP_PYTHON} lacks {missing}")
-    shutil.rmtree(raw, ignore_errors=True)
-    os.replace(tmp, raw)
     return raw
+
+
+def converter() -> Path:
+    """llama.cpp's own converter (convert_hf_to_gguf.py, its conversion/ package and the gguf-py it
+    imports), unpacked from the same source archive: the reference the GGUF export is compared with."""
+
+    def wanted(rel: str) -> bool:
+        return rel == "convert_hf_to_gguf.py" or rel.startswith(("conversion/", "gguf-py/gguf/"))
+
+    return _unpack(root() / "converter", wanted, "convert_hf_to_gguf.py")
+
+
+def vocab_vectors(family: str) -> list[tuple[str, list[int]]]:
+    """llama.cpp's tokenizer test vectors for the family's vocabulary: (text, the ids llama.cpp's
+    tests expect, which its maintainers made with the model's own Hugging Face tokenizer)."""
+    vocab = _extract() / "models" / f"ggml-vocab-{TOKENIZERS[family][0]}.gguf"
+    texts = vocab.with_name(vocab.name + ".inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    ids = vocab.with_name(vocab.name + ".out").read_text(encoding="utf-8").split("\n")
+    return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, ids, strict=False)]
+
+
+def sentencepiece_model(family: str, out: Path, pieces: int, dummy_prefix: bool) -> None:
+    """A sentencepiece tokenizer.model holding the first `pieces` tokens of the family's llama.cpp
+    vocabulary with their scores and types: what llama.cpp's converter reads for Phi-3 and Gemma (it
+    has no Hugging Face-only path for them). The tokens after `pieces` are the tokenizer's added ones."""
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2 as sp
+
+    reader = gguf.GGUFReader(str(root() / "llama.cpp" / "models" / f"ggml-vocab-{TOKENIZERS[family][0]}.gguf"))
+    tokens, scores, types = (
+        reader.fields[f"tokenizer.ggml.{k}"].contents() for k in ("tokens", "scores", "token_type")
+    )
+    model = sp.ModelProto()
+    model.trainer_spec.model_type = sp.TrainerSpec.BPE
+    model.trainer_spec.vocab_size = pieces
+    model.trainer_spec.byte_fallback = True
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = dummy_prefix
+    model.normalizer_spec.remove_extra_whitespaces = False
+    model.normalizer_spec.escape_whitespaces = True
+    for token, score, kind in zip(tokens[:pieces], scores[:pieces], types[:pieces], strict=True):
+        piece = model.pieces.add()
+        piece.piece, piece.score, piece.type = token, score, kind
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(model.SerializeToString())
+    os.replace(tmp, out)
 
 
 def _convert(gguf: Path, template: Path, special: dict, out: Path) -> None:

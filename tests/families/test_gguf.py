@@ -112,3 +112,63 @@ def test_unsupported_rope_scaling_is_refused(family_model_dirs, family_tokenizer
     with pytest.raises(UserError, match="rope scaling 'yarn' is not supported"):
         export.run(str(tmp_path / "yarn"), "gguf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_gguf_lora_honours_rank_and_alpha_patterns_and_refuses_what_it_cannot_hold(
+    family_model_dirs, family_tokenizers, tmp_path_factory, tmp_path
+):
+    """PEFT's rank_pattern and alpha_pattern give modules their own rank and alpha; llama.cpp reads the rank
+    from each tensor and one alpha per file, so a module with its own alpha has its B scaled. Biases and
+    modules_to_save were dropped silently; they are refused now."""
+    from peft import LoraConfig, get_peft_model
+
+    base_dir = family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, "llama3")
+    tokenizer = family_tokenizer(family_tokenizers, "llama3")
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    ranks, alphas = {"q_proj": 2, "down_proj": 6}, {"v_proj": 32, "layers.1.mlp.up_proj": 2}
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas)
+    torch.manual_seed(0)
+    tuned = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), config)
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    tuned.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    ids = tokenizer(prompt_text(tokenizer, CHAT), add_special_tokens=False)["input_ids"]
+    merged, _, _ = merge.load_merged(str(tmp_path / "adapter"), base_dir, "fp32")
+    with torch.no_grad():
+        expected = merged(input_ids=torch.tensor([ids])).logits[0].numpy()
+    base_file = tmp_path / "base" / export.run(base_dir, "gguf", tmp_path / "base", "f32")["file"]
+    lora_file = tmp_path / "lora" / export.run(str(tmp_path / "adapter"), "gguf-lora", tmp_path / "lora")["file"]
+    got = llama_cpp_logits(base_file, ids, lora=lora_file)
+    scale = np.abs(expected).max()
+    assert np.abs(got - expected).max() < 0.01 * scale
+    plain = AutoModelForCausalLM.from_pretrained(base_dir)
+    with torch.no_grad():
+        assert np.abs(plain(input_ids=torch.tensor([ids])).logits[0].numpy() - expected).max() > 0.05 * scale
+
+    refused = (({"bias": "lora_only"}, "trained bias="), ({"modules_to_save": ["lm_head"]}, "modules_to_save"))
+    for extra, match in refused:
+        torch.manual_seed(0)
+        other = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, target_modules=["q_proj"], **extra)
+        )
+        name = next(iter(extra))
+        other.save_pretrained(tmp_path / name)
+        with pytest.raises(UserError, match=match):
+            export.run(str(tmp_path / name), "gguf-lora", tmp_path / f"out-{name}")
+
+
+def test_a_gemma_3_layer_layout_llama_cpp_does_not_run_is_refused(
+    family_model_dirs, family_tokenizers, tmp_path_factory, tmp_path
+):
+    """llama.cpp fixes Gemma-3's layout (every 6th layer attends fully) and does not read layer_types."""
+    base_dir = family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, "gemma3")
+    config = AutoConfig.from_pretrained(base_dir)
+    config.layer_types = ["full_attention"] * config.num_hidden_layers
+    AutoModelForCausalLM.from_pretrained(base_dir, config=config).save_pretrained(tmp_path / "all-full")
+    family_tokenizer(family_tokenizers, "gemma3").save_pretrained(tmp_path / "all-full")
+    with pytest.raises(UserError, match="llama.cpp runs every 6th layer with full attention"):
+        export.run(str(tmp_path / "all-full"), "gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

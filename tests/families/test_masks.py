@@ -21,6 +21,7 @@ END = {
     "qwen3": "<|im_end|>\n",
     "phi3": "<|end|>\n",
     "gemma": "<end_of_turn>\n",
+    "gemma3": "<end_of_turn>\n",
 }
 LAST = {"phi3": "<|endoftext|>"}  # Phi-3.5's template appends EOS after the conversation
 THINK = "<think>\n\n</think>\n\n"  # Qwen3's template puts an empty reasoning block before the last answer

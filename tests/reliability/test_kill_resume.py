@@ -27,8 +27,12 @@ def _cmd(tiny_dir, data, out, *flags) -> list[str]:
 
 
 def _steps_logged(out) -> int:
-    path = out / "metrics.jsonl"
-    return sum('"loss"' in line for line in path.read_text().splitlines()) if path.is_file() else 0
+    # read while the run writes: `--overwrite` clears the folder between a check and a read
+    try:
+        text = (out / "metrics.jsonl").read_text()
+    except FileNotFoundError:
+        return 0
+    return sum('"loss"' in line for line in text.splitlines())
 
 
 def _all_checkpoints_load(out) -> int:

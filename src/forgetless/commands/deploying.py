@@ -77,7 +77,10 @@ def export_parser(ex: argparse.ArgumentParser) -> None:
         help=", ".join(f"{name} ({does})" for name, does in EXPORT_FORMATS.items()),
     )
     ex.add_argument(
-        "--quant", default="f16", help="f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1; q4_k_m q5_k_m q6_k with forgetless[gguf]"
+        "--quant",
+        default="f16",
+        help="f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1; q4_k_m q5_k_m q6_k with forgetless[gguf]; "
+        "TYPE:f16=embed,attn,ffn keeps those tensor groups at f16 (q8_0:f16=embed: the embedding / output head)",
     )
 
 

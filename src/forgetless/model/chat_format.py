@@ -159,7 +159,7 @@ def answer_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, 
     return full, spans
 
 
-def _turn_end(tokenizer) -> str:
+def turn_end(tokenizer) -> str:
     """What the template writes after an answer's text (e.g. '<|eot_id|>', '<end_of_turn>\n', '</s>')."""
     probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ANSWER-PROBE"}]
     text = _chat(tokenizer, probe)
@@ -168,7 +168,7 @@ def _turn_end(tokenizer) -> str:
 
 def _located_spans(tokenizer, messages: list[dict], full: str) -> list[tuple[int, int]]:
     """Each answer found in order in the full text, plus as much of the end-of-turn marker as follows it."""
-    end, spans, cursor = _turn_end(tokenizer), [], 0
+    end, spans, cursor = turn_end(tokenizer), [], 0
     for m in messages:
         if m["role"] != "assistant":
             continue

@@ -8,10 +8,10 @@ the largest tensor of a small model's step.
 
 The model is still called through its own forward (so DDP's gradient hooks, PEFT's adapter
 switches and the quantized layers behave as usual), with `logits_to_keep=1`; a forward hook on
-the decoder captures its output. Architectures whose head does more than a linear map (Gemma-2's
-logit soft-capping, Granite's logit scaling, ...) and PEFT methods that prepend virtual tokens
-(prompt, prefix tuning) get their logits the plain way: `Outputs.head` is then None and
-`Outputs.states` are logits.
+the decoder captures its output. Heads that do more than a linear map (a config with logit
+soft-capping, as Gemma-2's; families not in model/families.py, such as Granite's logit scaling) and
+PEFT methods that prepend virtual tokens (prompt, prefix tuning) get their logits the plain way:
+`Outputs.head` is then None and `Outputs.states` are logits.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-# Decoder-only families whose logits are exactly lm_head(final hidden state).
-PLAIN_HEAD = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "olmo2", "smollm3"}
+from forgetless.model.families import family
 
 
 @dataclass
@@ -63,7 +62,9 @@ def cache_argument(model) -> str:
 def lean(model) -> bool:
     """Whether `hidden` can hand out hidden states and a linear head for this model."""
     _, base = _unwrapped(model)
-    return not virtual_tokens(model) and getattr(base.config, "model_type", None) in PLAIN_HEAD
+    known = family(getattr(base.config, "model_type", None))
+    plain = known is not None and known.plain_head and not getattr(base.config, "final_logit_softcapping", None)
+    return plain and not virtual_tokens(model)
 
 
 def hidden(model, batch: dict[str, torch.Tensor]) -> Outputs:

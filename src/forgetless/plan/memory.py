@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from forgetless.errors import UserError
+from forgetless.model.families import family
 
 GB = 1e9
 NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8
@@ -77,7 +78,13 @@ class Shape:
 
 
 def shape_from_config(cfg: dict) -> Shape:
-    cfg = cfg.get("text_config", cfg)
+    known = family(cfg.get("model_type"))
+    # a family's record says where its decoder's shape is; an unknown vision-language model keeps it in text_config too
+    where = known.shape_in if known else ("text_config" if "text_config" in cfg else "config")
+    if where == "text_config":
+        if "text_config" not in cfg:
+            raise UserError(f"model config of {cfg.get('model_type')} has no text_config (the decoder's shape)")
+        cfg = cfg["text_config"]
     try:
         heads = cfg["num_attention_heads"]
         experts = cfg.get("num_local_experts") or cfg.get("num_experts") or 0

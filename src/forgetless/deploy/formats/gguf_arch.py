@@ -1,47 +1,29 @@
-"""Which architectures the GGUF export writes, and what llama.cpp expects of each: its architecture
-name, its layout of the weights and the hyperparameters it reads. One table row per Hugging Face
-model_type; the tensor names themselves come from the gguf package's map."""
+"""What llama.cpp expects of each exported family (model/families.py holds the facts: its
+architecture name, rope row order, norm offset, soft-capping, sliding window): the hyperparameters it
+reads and the weights in its layout. The tensor names themselves come from the gguf package's map."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import gguf
 import numpy as np
 import torch
 
 from forgetless.errors import UserError
+from forgetless.model.families import Family, exported, family
+
+# rope scalings llama.cpp gets from the file: 'llama3' (Llama-3.1/3.2) as a rope_freqs tensor,
+# 'linear' (Gemma-3 4B+) as a scaling factor
+ROPE_TYPES = ("default", "llama3", "linear")
 
 
-@dataclass(frozen=True)
-class Arch:
-    gguf: gguf.MODEL_ARCH
-    # llama.cpp's 'norm' rope pairs dimension i with i+1 where transformers pairs i with i+d/2: the
-    # q/k rows are reordered (Llama, Mistral, Mixtral); NEOX-rope architectures keep transformers' order.
-    reorder: bool = False
-    # Gemma's RMSNorm multiplies by (1 + w) and stores w; llama.cpp's multiplies by what it reads.
-    norm_plus_one: bool = False
-
-
-ARCHITECTURES = {
-    "llama": Arch(gguf.MODEL_ARCH.LLAMA, reorder=True),
-    "mistral": Arch(gguf.MODEL_ARCH.LLAMA, reorder=True),  # llama.cpp runs Mistral as Llama
-    "mixtral": Arch(gguf.MODEL_ARCH.LLAMA, reorder=True),  # Llama with expert tensors
-    "qwen2": Arch(gguf.MODEL_ARCH.QWEN2),
-    "qwen3": Arch(gguf.MODEL_ARCH.QWEN3),
-    "phi3": Arch(gguf.MODEL_ARCH.PHI3),  # fused qkv and gate|up, which llama.cpp reads fused
-    "gemma2": Arch(gguf.MODEL_ARCH.GEMMA2, norm_plus_one=True),
-}
-# rope scalings llama.cpp gets from the file: 'llama3' (Llama-3.1/3.2) as a rope_freqs tensor
-ROPE_TYPES = ("default", "llama3")
-
-
-def architecture(config) -> Arch:
+def architecture(config) -> Family:
     kind = config.model_type
-    if kind not in ARCHITECTURES:
+    known = family(kind)
+    if known is None or known.gguf is None:
         raise UserError(
-            f"exporting {kind} models to GGUF is not supported yet (supported: {', '.join(ARCHITECTURES)}); "
+            f"exporting {kind} models to GGUF is not supported yet (supported: {', '.join(exported())}); "
             "use forgetless merge and llama.cpp's convert_hf_to_gguf.py"
         )
     rope = rope_parameters(config)
@@ -50,23 +32,42 @@ def architecture(config) -> Arch:
             f"{kind} with rope scaling '{rope['rope_type']}' is not supported by the GGUF export yet "
             f"(supported: {', '.join(ROPE_TYPES)})"
         )
-    if kind == "gemma2" and config.query_pre_attn_scalar != _gemma2_scalar(config):
+    _check_sliding_layers(config, known)
+    scalar = getattr(config, "query_pre_attn_scalar", None)
+    if scalar is not None and scalar != _attention_scalar(config, known):
         raise UserError(
-            f"gemma2 with query_pre_attn_scalar={config.query_pre_attn_scalar}: llama.cpp scales attention by "
-            f"{_gemma2_scalar(config)} for a model of this size, so the exported file would answer differently"
+            f"{kind} with query_pre_attn_scalar={scalar}: llama.cpp scales attention by "
+            f"{_attention_scalar(config, known)} for a model of this size, so the exported file would answer "
+            "differently"
         )
-    return ARCHITECTURES[kind]
+    return known
+
+
+def _check_sliding_layers(config, known: Family) -> None:
+    """llama.cpp fixes which layers slide for the architecture; it does not read layer_types."""
+    if known.swa_pattern is None:
+        return
+    n = known.swa_pattern
+    layers = ["sliding_attention" if (i + 1) % n else "full_attention" for i in range(config.num_hidden_layers)]
+    if list(getattr(config, "layer_types", layers)) != layers:
+        raise UserError(
+            f"{config.model_type} with layer_types {config.layer_types}: llama.cpp runs every {n}th layer with full "
+            "attention and the others with the sliding window, so the exported file would answer differently"
+        )
+
+
+def _attention_scalar(config, known: Family) -> float:
+    # llama.cpp: hidden/heads for the 27B Gemmas (told apart by their layer count), head_dim for the others
+    if config.num_hidden_layers == known.hidden_scale_layers:
+        return config.hidden_size // config.num_attention_heads
+    return head_dim(config)
 
 
 def rope_parameters(config) -> dict:
-    return getattr(config, "rope_parameters", None) or {}
-
-
-def _gemma2_scalar(config) -> float:
-    # llama.cpp: hidden/heads for Gemma-2 27B (46 layers), head_dim for the others
-    if config.num_hidden_layers == 46:
-        return config.hidden_size // config.num_attention_heads
-    return config.head_dim
+    """The rope settings of the full-attention layers (Gemma-3 keeps one set per attention type; llama.cpp
+    reads the global layers' from the file and fixes the sliding layers' base at 10000)."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    return rope.get("full_attention", rope)
 
 
 def head_dim(config) -> int:
@@ -92,11 +93,27 @@ def hyperparameters(w: gguf.GGUFWriter, cfg) -> None:
     if getattr(cfg, "num_local_experts", None):
         w.add_expert_count(cfg.num_local_experts)
         w.add_expert_used_count(cfg.num_experts_per_tok)
-    if cfg.model_type == "gemma2":
+    _family_hyperparameters(w, cfg, family(cfg.model_type))
+
+
+def _family_hyperparameters(w: gguf.GGUFWriter, cfg, known: Family) -> None:
+    rope = rope_parameters(cfg)
+    local = (getattr(cfg, "rope_parameters", None) or {}).get("sliding_attention", {}).get("rope_theta")
+    if local is not None:  # the sliding layers' rope base (Gemma-3: 10000, the full layers' 1M)
+        w.add_rope_freq_base_swa(local)
+    if rope.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    if known.soft_capping and getattr(cfg, "attn_logit_softcapping", None):
         w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
+    if known.soft_capping and getattr(cfg, "final_logit_softcapping", None):
         w.add_final_logit_softcapping(cfg.final_logit_softcapping)
-    if cfg.model_type in ("gemma2", "phi3") and getattr(cfg, "sliding_window", None):
-        w.add_sliding_window(cfg.sliding_window)
+    window = getattr(cfg, "sliding_window", None)
+    if known.sliding_window == "always" or (known.sliding_window == "if_set" and window):
+        w.add_sliding_window(window or 0)  # 0: no window (how llama.cpp tells Phi-3 from Phi-4)
+    original = rope.get("original_max_position_embeddings") or getattr(cfg, "original_max_position_embeddings", 0)
+    if known.original_context and original:
+        w.add_rope_scaling_orig_ctx_len(original)
 
 
 def reorder_for_rope(w: torch.Tensor, heads: int) -> torch.Tensor:
@@ -125,7 +142,7 @@ def weights(model):
             raise UserError(f"GGUF export: no llama.cpp name for tensor {hf_name} of {cfg.model_type}")
         if not name.endswith((".weight", ".bias")):  # fused expert parameters have no suffix
             name += ".weight"
-        if arch.reorder and (".attn_q." in name or ".attn_k." in name):
+        if arch.rope_reorder and (".attn_q." in name or ".attn_k." in name):
             w = reorder_for_rope(w, cfg.num_attention_heads if ".attn_q." in name else cfg.num_key_value_heads)
         if arch.norm_plus_one and name.endswith("norm.weight"):
             w = w + 1

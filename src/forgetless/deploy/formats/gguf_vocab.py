@@ -31,11 +31,12 @@ CHAT_TEMPLATE = "tokenizer.chat_template"
 HINT = "; export from a base that came as a GGUF file, or convert with llama.cpp's convert_hf_to_gguf.py"
 
 
-def add(writer: gguf.GGUFWriter, tokenizer, source_gguf: Path | None, vocab_size: int) -> None:
+def add(writer: gguf.GGUFWriter, tokenizer, source_gguf: Path | None, vocab_size: int, pre: str | None) -> None:
+    """`pre`: the family's own pre-tokenizer name (model/families.py), preferred where a regex has several."""
     if source_gguf is not None:
         copy_from(writer, source_gguf)
     else:
-        from_tokenizer_json(writer, tokenizer, vocab_size)
+        from_tokenizer_json(writer, tokenizer, vocab_size, pre)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
 
@@ -50,7 +51,7 @@ def copy_from(writer: gguf.GGUFWriter, source: Path) -> None:
         writer.add_key_value(key, field.contents(), main, sub)
 
 
-def pre_tokenizer_name(spec: dict) -> str:
+def pre_tokenizer_name(spec: dict, preferred: str | None = None) -> str:
     """llama.cpp's name for the tokenizer.json's pre-tokenizer (its split regex)."""
     # transformers' table of llama.cpp pre-tokenizer names and their regexes (its GGUF reader's)
     from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
@@ -68,10 +69,10 @@ def pre_tokenizer_name(spec: dict) -> str:
     names = [name for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items() if regex == patterns[0]]
     if not names:
         raise UserError(f"GGUF export: llama.cpp has no pre-tokenizer with the split {patterns[0][:80]!r}{HINT}")
-    return next((n for n in PREFERRED if n in names), names[0])
+    return next((n for n in (preferred, *PREFERRED) if n in names), names[0])
 
 
-def from_tokenizer_json(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
+def from_tokenizer_json(writer: gguf.GGUFWriter, tokenizer, vocab_size: int, pre: str | None = None) -> None:
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec["model"]
     if model.get("type") != "BPE":
@@ -87,7 +88,7 @@ def from_tokenizer_json(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> 
         _sentencepiece_style(writer, spec, tokens, types, merges, tokenizer.unk_token_id)
     else:
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(pre_tokenizer_name(spec))
+        writer.add_tokenizer_pre(pre_tokenizer_name(spec, pre))
         writer.add_token_merges(merges)
     for added in spec.get("added_tokens", []):
         if added["id"] != tokenizer.unk_token_id:
@@ -102,9 +103,22 @@ def from_tokenizer_json(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> 
     ):
         if token_id is not None:
             add_id(token_id)
-    bos = tokenizer.bos_token_id
-    writer.add_add_bos_token(bos is not None and tokenizer("a")["input_ids"][:1] == [bos])
+    writer.add_add_bos_token(adds_bos(tokenizer))
     writer.add_add_eos_token(False)
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether llama.cpp should put BOS first: when the tokenizer adds it to plain text, unless the chat
+    template writes no BOS (Phi-3.5): its chat prompts never had one in training, evaluation or forgetless
+    serve, and llama.cpp adds it to chat prompts too. A template that writes the BOS text itself
+    (Mistral's) keeps it, and the Ollama template leaves its copy out (ollama.py)."""
+    bos = tokenizer.bos_token_id
+    if bos is None or tokenizer("a")["input_ids"][:1] != [bos]:
+        return False
+    if not tokenizer.chat_template:
+        return True
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "a"}], tokenize=False, add_generation_prompt=True)
+    return chat.startswith(tokenizer.bos_token)
 
 
 BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")

@@ -1,0 +1,84 @@
+"""model/families.py is the one place a family's facts live: every family the GGUF export writes has a
+test fixture of its own architecture class, and no family's model_type is spelled in the package's code
+outside the table (a new family is one record plus its fixture)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import gguf
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from forgetless.model import forward
+from forgetless.model.families import FAMILIES, exported
+from tests.families.conftest import ARCHITECTURES
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "forgetless"
+# (file, string) -> why the same word there is not a family fact
+NOT_FAMILIES = {
+    ("deploy/formats/gguf_vocab.py", "llama"): "llama.cpp's name for the sentencepiece-style tokenizer model",
+    ("deploy/formats/gguf_vocab.py", "qwen2"): "llama.cpp's name for a pre-tokenizer regex",
+    ("config/fields.py", "mistral"): "the [INST] chat template's name (several families use it)",
+    ("deploy/formats/ollama.py", "mistral"): "the [INST] chat template's Go template",
+}
+
+
+def test_every_exported_family_has_a_fixture_of_its_own_class():
+    fixtures = {config_class.model_type for _tok, config_class, _traits in ARCHITECTURES.values()}
+    assert set(exported()) <= fixtures, f"add a fixture to tests/families/conftest.py for {set(exported()) - fixtures}"
+    for name in exported():
+        arch = FAMILIES[name].gguf
+        assert arch in gguf.MODEL_ARCH_NAMES and gguf.get_tensor_name_map(arch, 2) is not None
+
+
+def test_no_family_is_spelled_outside_the_table():
+    spelled = []
+    for path in SRC.rglob("*.py"):
+        rel = str(path.relative_to(SRC))
+        if rel == "model/families.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in FAMILIES and (rel, node.value) not in NOT_FAMILIES:
+                spelled.append(f"{rel}:{node.lineno} {node.value!r}")
+    assert not spelled, "read these from model/families.py:\n" + "\n".join(spelled)
+
+
+SMALL = {
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+
+@pytest.mark.parametrize("model_type", [name for name, f in FAMILIES.items() if f.plain_head])
+def test_a_plain_head_family_has_logits_that_are_the_head_of_its_last_state(model_type):
+    """The record's plain_head is what lets the training forward skip full logits: for each such family, a
+    tiny model's logits equal its output head applied to the last hidden states `forward.hidden` returns."""
+    config = AutoConfig.for_model(model_type, **SMALL)
+    for key in ("moe_intermediate_size", "shared_expert_intermediate_size"):
+        if hasattr(config, key):
+            setattr(config, key, 32)
+    if hasattr(config, "num_experts"):
+        config.num_experts, config.num_experts_per_tok = 4, 2
+    if getattr(config, "final_logit_softcapping", None):  # Gemma-2's default: soft-capped, so not plain
+        assert not forward.lean(AutoModelForCausalLM.from_config(config))
+        config.final_logit_softcapping = None
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.tensor([[5, 9, 2, 31, 7, 11]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        out = forward.hidden(model, batch)
+        logits = model(**batch).logits
+    assert forward.lean(model) and out.head is not None
+    assert torch.allclose(out.head(out.states), logits, atol=1e-5)
