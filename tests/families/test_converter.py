@@ -203,8 +203,20 @@ def test_exported_vocabulary_tokenizes_llama_cpps_test_vectors(
         spec["pre_tokenizer"]["prepend_scheme"] = "always"
         (model_dir / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
     path = tmp_path / "out" / export.run(str(model_dir), "gguf", tmp_path / "out")["file"]
-    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
     vectors = fixtures.vocab_vectors(ARCHITECTURES[family][0])
     assert len(vectors) >= 40
-    wrong = [(text, ids) for text, ids in vectors if llm.tokenize(text.encode(), add_bos=False, special=False) != ids]
+    got = _tokenized(path, vectors)
+    wrong = [(text, ids) for (text, ids), mine in zip(vectors, got, strict=True) if mine != ids]
     assert not wrong, wrong[:3]
+    if family == "mistral":  # docs/deploy.md: the converter's file, from tokenizer.json alone, gets 31 of 47
+        converting = convert_with_llama_cpp(model_dir, tmp_path / "theirs.gguf", "f16")
+        finished(converting, tmp_path / "theirs.gguf")
+        theirs = _tokenized(tmp_path / "theirs.gguf", vectors)
+        right = sum(t == ids for (_, ids), t in zip(vectors, theirs, strict=True))
+        assert (len(vectors), right) == (47, 31)
+
+
+def _tokenized(path, vectors) -> list[list[int]]:
+    """llama.cpp's ids for each vector's text, with the vocabulary in `path` (loaded once)."""
+    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    return [llm.tokenize(text.encode(), add_bos=False, special=False) for text, _ in vectors]

@@ -67,6 +67,20 @@ def test_llama_3_1_rope_scaling_is_written_as_llama_cpp_reads_it(
     _export_and_compare(str(tmp_path / "scaled"), tokenizer, "llama3", tmp_path / "run")
 
 
+def test_linear_rope_scaling_is_written_as_llama_cpp_reads_it(
+    family_model_dirs, family_tokenizers, tmp_path_factory, tmp_path
+):
+    """Linear rope scaling (Gemma-3 4B-27B's full layers; some Llama fine-tunes) divides every position:
+    a file without rope.scaling.type/factor differs from transformers from the second token on."""
+    base_dir = family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, "llama3")
+    config = AutoConfig.from_pretrained(base_dir)
+    config.rope_parameters = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
+    AutoModelForCausalLM.from_pretrained(base_dir, config=config).save_pretrained(tmp_path / "linear")
+    tokenizer = family_tokenizer(family_tokenizers, "llama3")
+    tokenizer.save_pretrained(tmp_path / "linear")
+    _export_and_compare(str(tmp_path / "linear"), tokenizer, "llama3", tmp_path / "run")
+
+
 def _export_and_compare(base_dir: str, tokenizer, family: str, tmp_path) -> None:
     tuned = lora_model(base_dir)
     for name, p in tuned.named_parameters():  # smaller updates: the model stays near its base

@@ -64,8 +64,8 @@ def _attention_scalar(config, known: Family) -> float:
 
 
 def rope_parameters(config) -> dict:
-    """The rope settings of the full-attention layers (Gemma-3 keeps one set per attention type; llama.cpp
-    reads the global layers' from the file and fixes the sliding layers' base at 10000)."""
+    """The rope settings of the full-attention layers (Gemma-3 keeps one set per attention type; the
+    sliding layers' base goes to the file as rope.freq_base_swa)."""
     rope = getattr(config, "rope_parameters", None) or {}
     return rope.get("full_attention", rope)
 

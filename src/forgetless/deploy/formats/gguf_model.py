@@ -58,9 +58,11 @@ def check_quant(quant: str) -> None:
     quant, groups = parse_quant(quant)
     unknown = [g for g in groups if g not in KEEP_F16]
     if unknown or (groups and quant not in OWN_TYPES):
+        what = f"no tensor group {', '.join(unknown)}" if unknown else f"{quant} is llama.cpp's quantizer's"
         raise UserError(
-            f"--quant {quant}:f16={','.join(groups)}: keep groups ({', '.join(KEEP_F16)}) at f16 within one of "
-            f"{', '.join(OWN_TYPES)} (llama.cpp's quantizer chooses its own types for {', '.join(LLAMA_CPP_TYPES)})"
+            f"--quant {quant}:f16={','.join(groups)}: {what}; keep groups ({', '.join(KEEP_F16)}) at f16 within "
+            f"one of {', '.join(OWN_TYPES)} (llama.cpp's quantizer chooses its own types for "
+            f"{', '.join(LLAMA_CPP_TYPES)})"
         )
     if quant in OWN_TYPES:
         return

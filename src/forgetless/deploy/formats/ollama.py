@@ -29,10 +29,6 @@ PROBE = [{"role": "user", "content": "USER-PROBE"}, {"role": "assistant", "conte
 U1, A1, U2, A2, U3, SYSTEM = "⟦U1⟧", "⟦A1⟧", "⟦U2⟧", "⟦A2⟧", "⟦U3⟧", "⟦S⟧"
 
 
-def _render(tokenizer, messages: list[dict]) -> str:
-    return prompt_text(tokenizer, messages)
-
-
 def _between(text: str, *marks: str) -> list[str]:
     """The text before the first mark, between consecutive marks, and after the last."""
     out, rest = [], text
@@ -52,9 +48,9 @@ def pieces(tokenizer) -> dict[str, str] | None:
     a1, a2 = ({"role": "assistant", "content": x} for x in (A1, A2))
     system = {"role": "system", "content": SYSTEM}
     try:
-        head, generation = _between(_render(tokenizer, [u1]), U1)
-        head_sys, after_sys, _ = _between(_render(tokenizer, [system, u1]), SYSTEM, U1)
-        _, after_user, after_answer, end = _between(_render(tokenizer, [u1, a1, u2]), U1, A1, U2)
+        head, generation = _between(prompt_text(tokenizer, [u1]), U1)
+        head_sys, after_sys, _ = _between(prompt_text(tokenizer, [system, u1]), SYSTEM, U1)
+        _, after_user, after_answer, end = _between(prompt_text(tokenizer, [u1, a1, u2]), U1, A1, U2)
     except ValueError:
         return None
     found = {
@@ -66,7 +62,7 @@ def pieces(tokenizer) -> dict[str, str] | None:
         "generation": end,
     }
     checks = ([u1, a1, u2, a2, u3], [system, u1, a1, u2, a2, u3], [system, u1])
-    if end != generation or any(_render(tokenizer, c) != _emulate(found, c) for c in checks):
+    if end != generation or any(prompt_text(tokenizer, c) != _emulate(found, c) for c in checks):
         return None
     return found
 
@@ -126,11 +122,10 @@ def recognise(tokenizer) -> str | None:
     return next((name for name, text in BUNDLED.items() if tail(text) == theirs), None)
 
 
-def default_system(tokenizer) -> str | None:
-    """The system message the template writes into a conversation that has none (SmolLM2's and
-    Qwen2.5's name the assistant), when writing it as the system message renders the same text."""
-    p = pieces(tokenizer)
-    if p is None or p["head"] == p["head_system"] + p["after_system"]:
+def default_system(p: dict[str, str]) -> str | None:
+    """The system message the template (its `pieces`) writes into a conversation that has none (SmolLM2's
+    and Qwen2.5's name the assistant), when writing it as the system message renders the same text."""
+    if p["head"] == p["head_system"] + p["after_system"]:
         return None
     start, end = p["head_system"], p["after_system"]
     head = p["head"]
@@ -154,11 +149,11 @@ def modelfile(gguf_name: str, tokenizer, system: str | None) -> tuple[str, str |
     lines = [f"FROM ./{gguf_name}"]
     found = None
     if p is not None:
+        system = system or default_system(p)
         p = {k: (_without_bos(v, tokenizer) if k.startswith("head") else v) for k, v in p.items()}
         found = recognise(tokenizer) or "turn-local"
         lines.append(f'TEMPLATE """{go_template(p)}"""')
         lines += [f'PARAMETER stop "{s}"' for s in stops(tokenizer)]
-        system = system or default_system(tokenizer)
     if system:
         lines.append(f'SYSTEM """{system}"""')
     return "\n".join(lines) + "\n", found
