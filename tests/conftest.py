@@ -114,12 +114,13 @@ def tiny_overrides(tiny_dir, train_file, tmp_path) -> list[str]:
     ]
 
 
-def lora_model(tiny_dir: str, seed: int = 0):
-    """The tiny model with LoRA (r=4) whose B matrices are moved off zero, so the adapter changes
-    the output and the base view differs from the adapted model."""
+def lora_model(tiny_dir: str, seed: int = 0, targets: list[str] | None = None):
+    """The tiny model with LoRA (r=4; on `targets`, else all linear layers) whose B matrices are moved off
+    zero, so the adapter changes the output and the base view differs from the adapted model."""
     torch.manual_seed(seed)
+    peft = PeftConfig(r=4, target_modules=targets or "all-linear")
     model = attaching.attach(
-        AutoModelForCausalLM.from_pretrained(tiny_dir), PeftConfig(r=4), quantized=False, grad_checkpointing=False
+        AutoModelForCausalLM.from_pretrained(tiny_dir), peft, quantized=False, grad_checkpointing=False
     )
     with torch.no_grad():
         for name, p in model.named_parameters():

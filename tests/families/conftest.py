@@ -9,6 +9,7 @@ from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
     Gemma3TextConfig,
+    Gemma4TextConfig,
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
@@ -69,6 +70,21 @@ ARCHITECTURES = {
             "tie_word_embeddings": True,
         },
     ),
+    "gemma4": (
+        "gemma4",
+        Gemma4TextConfig,
+        {  # per-layer input embeddings; the last two layers reuse earlier layers' keys and values; full layers
+            # with their own head size and a rope on a quarter of it ('proportional'); alternating layer types
+            "num_hidden_layers": 6,
+            "head_dim": 8,
+            "global_head_dim": 16,
+            "hidden_size_per_layer_input": 8,
+            "num_kv_shared_layers": 2,
+            "layer_types": ["sliding_attention", "full_attention"] * 3,
+            "sliding_window": 16,
+            "tie_word_embeddings": True,
+        },
+    ),
 }
 FAMILIES = list(ARCHITECTURES)
 
@@ -102,6 +118,7 @@ def family_model_dir(cache: dict, tokenizers: dict, tmp_path_factory, family: st
         tok = family_tokenizer(tokenizers, family)
         cfg = config_class(
             vocab_size=len(tok),
+            **({"vocab_size_per_layer_input": len(tok)} if "hidden_size_per_layer_input" in traits else {}),
             bos_token_id=tok.bos_token_id,
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,

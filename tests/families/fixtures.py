@@ -25,7 +25,7 @@ from pathlib import Path
 
 LLAMA_CPP_PYTHON = "0.3.36"  # pinned: the files below are checked against this release
 
-# family -> (vocab GGUF, template, special tokens as the instruct model's tokenizer_config sets them,
+# family -> (vocab GGUF, template, special tokens and add_bos_token as the model's tokenizer_config sets them,
 #            what the pairing stands for)
 TOKENIZERS = {
     "llama3": ("llama-bpe", "meta-llama-Llama-3.1-8B-Instruct", {"eos_token": "<|eot_id|>"}, "Llama-3.1-8B-Instruct"),
@@ -49,6 +49,7 @@ TOKENIZERS = {
     ),
     "phi3": ("phi-3", "microsoft-Phi-3.5-mini-instruct", {"eos_token": "<|endoftext|>"}, "Phi-3.5-mini-instruct"),
     "gemma": ("gemma-4", "google-gemma-2-2b-it", {}, "Gemma-2 template (no system role), Gemma-4 vocabulary"),
+    "gemma4": ("gemma-4", "google-gemma-4-31B-it", {"add_bos_token": True}, "Gemma-4-31B-it"),
 }
 
 
@@ -203,7 +204,7 @@ def _convert(gguf: Path, template: Path, special: dict, out: Path) -> None:
             names = ("bos_token", "eos_token", "unk_token", "pad_token")
             tok = PreTrainedTokenizerFast(tokenizer_object=backend, **{k: config[k] for k in names if config.get(k)})
     for key, token in special.items():
-        if token not in tok.get_vocab():
+        if isinstance(token, str) and token not in tok.get_vocab():
             raise RuntimeError(f"{gguf.name}: {token} is not in the vocabulary")
         setattr(tok, key, token)
     tok.chat_template = template.read_text(encoding="utf-8")

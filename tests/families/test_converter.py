@@ -48,7 +48,13 @@ DIFFERENCES: dict[str, tuple[set[str], str]] = {
     "{arch}.attention.value_length": ({"qwen2", "mixtral", "phi3"}, EXPLICIT),
     "{arch}.rope.dimension_count": ({"qwen2", "qwen3", "gemma", "gemma3"}, EXPLICIT),
     "{arch}.rope.freq_base": ({"gemma"}, EXPLICIT),
-    "{arch}.vocab_size": ({"qwen2", "qwen3", "phi3", "gemma", "gemma3"}, EXPLICIT),
+    "{arch}.vocab_size": ({"qwen2", "qwen3", "phi3", "gemma", "gemma3", "gemma4"}, EXPLICIT),
+    "{arch}.final_logit_softcapping": (
+        {"gemma4"},
+        "ours 0 for a config without soft-capping: llama.cpp caps Gemma-4's logits at 30 when the key is absent, "
+        "so the converter's file of this model answers differently from transformers (up to 3% of the logits' "
+        "range here; test_gguf compares the answers)",
+    ),
     "tokenizer.ggml.add_bos_token": (
         {"llama3", "qwen2", "qwen3", "gemma", "gemma3", "phi3"},
         HF_ONLY + "; Phi-3.5: ours false, its chat template writes no BOS, so chat prompts never had one in "
@@ -56,7 +62,7 @@ DIFFERENCES: dict[str, tuple[set[str], str]] = {
     ),
     "tokenizer.ggml.add_eos_token": (set(FAMILIES), HF_ONLY),
     "tokenizer.ggml.add_sep_token": (
-        SPM - {"gemma", "gemma3"},
+        SPM - {"gemma", "gemma3"} | {"gemma4"},
         "theirs writes false, llama.cpp's default, which ours leaves",
     ),
     "tokenizer.ggml.add_space_prefix": (
@@ -71,14 +77,17 @@ DIFFERENCES: dict[str, tuple[set[str], str]] = {
         "llama.cpp's own vectors tokenize right with it (test below)",
     ),
     "tokenizer.ggml.scores": (
-        SPM,
+        SPM | {"gemma4"},
         "ours: minus the rank of the first merge that makes each token, so llama.cpp merges in transformers' "
-        "order; theirs: -1000 for every token from tokenizer.json (Mistral), or the sentencepiece model's scores",
+        "order; theirs: -1000 for every token from tokenizer.json (Mistral), or the sentencepiece model's scores; "
+        "Gemma-4: none in ours, llama.cpp's gemma4 tokenizer merges by the merges' order and reads no scores",
     ),
     "tokenizer.ggml.token_type": (
-        SPM,
+        SPM | {"gemma4"},
         "<unk> is UNKNOWN in ours as sentencepiece types it (theirs: CONTROL from tokenizer.json); padding and "
-        "added tokens typed as the Hugging Face tokenizer lists them",
+        "added tokens typed as the Hugging Face tokenizer lists them; Gemma-4: ours types the turn, tool and "
+        "media markers CONTROL as llama.cpp's own ggml-vocab-gemma-4.gguf does, theirs NORMAL because the "
+        "fixture's tokenizer does not list them among its special tokens",
     ),
 }
 

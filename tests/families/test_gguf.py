@@ -29,6 +29,10 @@ CHAT = [
 # llama.cpp before every piece that follows a special token, or none: chat prompts (which start with
 # one) agree, a bare text's first token differs (gguf_vocab._space_prefix).
 FIRST_PIECE_ONLY = {"mistral", "mixtral"}
+# llama.cpp applies no LoRA to Gemma-4's per-layer model projection (families.lora_unapplied): its GGUF
+# LoRA is compared on the other linear layers, and refused with that one (test below)
+GEMMA4_LORA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+GEMMA4_LORA += ["per_layer_input_gate", "per_layer_projection"]
 
 
 def llama_cpp_logits(path, ids, lora=None) -> np.ndarray:
@@ -81,8 +85,18 @@ def test_linear_rope_scaling_is_written_as_llama_cpp_reads_it(
     _export_and_compare(str(tmp_path / "linear"), tokenizer, "llama3", tmp_path / "run")
 
 
+def test_a_gguf_lora_on_a_tensor_llama_cpp_does_not_adapt_is_refused(
+    family_model_dirs, family_tokenizers, tmp_path_factory, tmp_path
+):
+    base_dir = family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, "gemma4")
+    lora_model(base_dir).save_pretrained(tmp_path / "adapter")
+    with pytest.raises(UserError, match=r"applies no LoRA to per_layer_model_proj.weight \(model.per_layer_model_"):
+        export.run(str(tmp_path / "adapter"), "gguf-lora", tmp_path / "lora")
+    assert not (tmp_path / "lora").exists() or not any((tmp_path / "lora").iterdir())
+
+
 def _export_and_compare(base_dir: str, tokenizer, family: str, tmp_path) -> None:
-    tuned = lora_model(base_dir)
+    tuned = lora_model(base_dir, targets=GEMMA4_LORA if family == "gemma4" else None)
     for name, p in tuned.named_parameters():  # smaller updates: the model stays near its base
         if "lora_B" in name:
             p.data.mul_(0.1)

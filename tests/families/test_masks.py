@@ -22,6 +22,7 @@ END = {
     "phi3": "<|end|>\n",
     "gemma": "<end_of_turn>\n",
     "gemma3": "<end_of_turn>\n",
+    "gemma4": "<turn|>\n",
 }
 LAST = {"phi3": "<|endoftext|>"}  # Phi-3.5's template appends EOS after the conversation
 THINK = "<think>\n\n</think>\n\n"  # Qwen3's template puts an empty reasoning block before the last answer
@@ -78,3 +79,15 @@ def test_a_template_that_refuses_or_drops_the_system_role_gets_it_in_the_first_u
         last = conversation[-1]["role"]
         text = prompt_text(tok, conversation) if last == "user" else answer_spans(tok, conversation)[0]
         assert first_turn in text and text.count("You triage support tickets.") == 1
+
+
+def test_a_row_is_the_prompt_the_model_is_served_plus_its_answer(family_tokenizers):
+    """Gemma-4's generation prompt ends with an empty thought channel that answered turns drop: the
+    last answer is trained after that prompt, as it is generated after it."""
+    tok = family_tokenizer(family_tokenizers, "gemma4")
+    for messages in ([SYSTEM, *TURNS[:2]], [SYSTEM, *TURNS]):
+        text, spans = answer_spans(tok, messages)
+        prompt = prompt_text(tok, messages[:-1])
+        assert prompt.endswith("<|turn>model\n<|channel>thought\n<channel|>")
+        assert text == prompt + messages[-1]["content"] + "<turn|>\n"
+        assert spans[-1] == (len(prompt), len(text)) and len(spans) == len(messages) // 2

@@ -1,6 +1,7 @@
 """model/families.py is the one place a family's facts live: every family the GGUF export writes has a
 test fixture of its own architecture class, and no family's model_type is spelled in the package's code
-outside the table (a new family is one record plus its fixture)."""
+outside the table (a new family is one record plus its fixture). Gemma-4's own traits are checked where
+they meet the training forward and the planner."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from forgetless.model import forward
 from forgetless.model.families import FAMILIES, exported
-from tests.families.conftest import ARCHITECTURES
+from forgetless.plan import shapes
+from tests.families.conftest import ARCHITECTURES, family_model_dir
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "forgetless"
 # (file, string) -> why the same word there is not a family fact
 NOT_FAMILIES = {
     ("deploy/formats/gguf_vocab.py", "llama"): "llama.cpp's name for the sentencepiece-style tokenizer model",
     ("deploy/formats/gguf_vocab.py", "qwen2"): "llama.cpp's name for a pre-tokenizer regex",
+    ("deploy/formats/gguf_vocab.py", "gemma4"): "llama.cpp's name for Gemma-4's tokenizer model",
     ("config/fields.py", "mistral"): "the [INST] chat template's name (several families use it)",
     ("deploy/formats/ollama.py", "mistral"): "the [INST] chat template's Go template",
 }
@@ -82,3 +85,27 @@ def test_a_plain_head_family_has_logits_that_are_the_head_of_its_last_state(mode
         logits = model(**batch).logits
     assert forward.lean(model) and out.head is not None
     assert torch.allclose(out.head(out.states), logits, atol=1e-5)
+
+
+def test_gemma_4s_training_forward_keeps_every_position(family_model_dirs, family_tokenizers, tmp_path_factory):
+    """Gemma-4's decoder takes an integer logits_to_keep as leave to drop the other positions before its
+    KV-sharing layers: the training forward's hidden states still cover the whole sequence."""
+    model = AutoModelForCausalLM.from_pretrained(
+        family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, "gemma4")
+    ).eval()
+    assert model.config.num_kv_shared_layers > 0
+    ids = torch.tensor([[2, 5, 9, 31, 7, 11, 400, 17]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        out = forward.hidden(model, batch)
+        logits = model(**batch).logits
+    assert forward.lean(model) and out.states.shape[:2] == ids.shape
+    assert torch.allclose(out.head(out.states), logits, atol=1e-4)
+
+
+def test_the_planner_counts_gemma_4s_per_layer_input_embeddings(family_model_dirs, family_tokenizers, tmp_path_factory):
+    model_dir = family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, "gemma4")
+    shape, _ = shapes.resolve_shape(model_dir)
+    real = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
+    assert shape.extra > real / 2  # the per-layer table is most of this tiny model
+    assert shape.params() == pytest.approx(real, rel=0.001)  # the rest: KV-sharing layers' missing k/v

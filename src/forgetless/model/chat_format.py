@@ -145,8 +145,18 @@ def answer_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, 
     First by prefixes: the answer is what the conversation up to the end of that turn adds to the
     conversation up to its generation prompt. Templates that render a prefix differently from the
     whole (Mistral puts the system text in the last user turn; Phi-3 ends with EOS; Qwen3 adds an
-    empty reasoning block to the last answer only) fall back to finding each answer in the text."""
+    empty reasoning block to the last answer only) fall back to finding each answer in the text.
+    A template whose generation prompt is not how it renders an answered turn (Gemma-4's prompt ends
+    with an empty thought channel that finished turns drop) gets its last answer after the generation
+    prompt: the row is the prompt the model is served plus the answer."""
     full = _chat(tokenizer, messages)
+    if messages and messages[-1]["role"] == "assistant":
+        prompt = _chat(tokenizer, messages[:-1], add_generation_prompt=True)
+        if not full.startswith(prompt):
+            earlier = _located_spans(tokenizer, messages[:-1], prompt)
+            start, stop = _located_spans(tokenizer, messages, full)[-1]
+            text = prompt + full[start:stop]
+            return text, [*earlier, (len(prompt), len(text))]
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":

@@ -40,6 +40,9 @@ class Family:
     norm_plus_one: bool = False
     # llama.cpp reads the attention / final logit soft-capping the config sets (Gemma).
     soft_capping: bool = False
+    # llama.cpp's final-logit soft-cap when the file names none (Gemma-4: 30): for a config without one
+    # the export writes 0, which turns it off.
+    final_cap_default: float | None = None
     # How the GGUF records the sliding window: "if_set" only when the config has one, "always" with 0
     # meaning none (Phi-3, where llama.cpp tells Phi-4 apart by it), "" not at all (Mistral: llama.cpp
     # runs it with full attention, which equals the window below its length).
@@ -55,6 +58,15 @@ class Family:
     # llama.cpp's pre-tokenizer name for the family's own byte-level BPE tokenizer, preferred when its
     # split regex has several names; None for sentencepiece-style vocabularies.
     pre_tokenizer: str | None = None
+    # llama.cpp's own tokenizer model for the family's vocabulary, where it has one: "gemma4" (BPE merges
+    # over raw UTF-8 with '▁' for spaces, BOS always added); None: from the kind of tokenizer.json.
+    tokenizer_model: str | None = None
+    # llama.cpp reads the layer layout from the file (Gemma-4): which layers slide, the full and sliding
+    # layers' head and rope sizes, the layers that reuse earlier keys and values, the per-layer input width.
+    per_layer: bool = False
+    # llama.cpp tensors the family's graph multiplies without applying a LoRA (Gemma-4's per-layer model
+    # projection): a GGUF LoRA holding one is refused, as llama.cpp would drop it silently.
+    lora_unapplied: tuple[str, ...] = ()
     # Where config.json keeps the decoder's shape: "text_config" in vision-language checkpoints.
     shape_in: Literal["config", "text_config"] = "config"
 
@@ -78,6 +90,18 @@ FAMILIES: dict[str, Family] = {
         Family("gemma2", gguf=gguf.MODEL_ARCH.GEMMA2, hidden_scale_layers=46, **GEMMA),
         Family("gemma3_text", gguf=gguf.MODEL_ARCH.GEMMA3, hidden_scale_layers=62, swa_pattern=6, **GEMMA),
         Family("gemma3", plain_head=False, shape_in="text_config"),  # the vision-language checkpoints: planned only
+        # norms stored as they multiply (no 1 + w); every layer's layout in the file
+        Family(
+            "gemma4_text",
+            gguf=gguf.MODEL_ARCH.GEMMA4,
+            soft_capping=True,
+            final_cap_default=30.0,
+            sliding_window="if_set",
+            tokenizer_model="gemma4",
+            per_layer=True,
+            lora_unapplied=("per_layer_model_proj",),
+        ),
+        Family("gemma4", plain_head=False, shape_in="text_config"),
         Family("olmo2"),
         Family("smollm3"),
     )

@@ -7,11 +7,15 @@ Full-vocabulary logits for the whole batch are never made; with a 49k-token voca
 the largest tensor of a small model's step.
 
 The model is still called through its own forward (so DDP's gradient hooks, PEFT's adapter
-switches and the quantized layers behave as usual), with `logits_to_keep=1`; a forward hook on
-the decoder captures its output. Heads that do more than a linear map (a config with logit
-soft-capping, as Gemma-2's; families not in model/families.py, such as Granite's logit scaling) and
-PEFT methods that prepend virtual tokens (prompt, prefix tuning) get their logits the plain way:
-`Outputs.head` is then None and `Outputs.states` are logits.
+switches and the quantized layers behave as usual), with the head kept to one position; a forward
+hook on the decoder captures its output. That position is given as an index tensor, not the count 1:
+Gemma-4's decoder takes an integer count as leave to drop every earlier position before its
+KV-sharing layers, which a generation step can afford and a training step cannot.
+
+Heads that do more than a linear map (a config with logit soft-capping, as Gemma-2's; families not
+in model/families.py, such as Granite's logit scaling) and PEFT methods that prepend virtual tokens
+(prompt, prefix tuning) get their logits the plain way: `Outputs.head` is then None and
+`Outputs.states` are logits.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ def hidden(model, batch: dict[str, torch.Tensor]) -> Outputs:
 
     handle = base.get_decoder().register_forward_hook(grab)
     try:
-        model(**model_inputs(batch), logits_to_keep=1)
+        model(**model_inputs(batch), logits_to_keep=torch.zeros(1, dtype=torch.long, device=batch["input_ids"].device))
     finally:
         handle.remove()
     return Outputs(seen["h"], base.get_output_embeddings())

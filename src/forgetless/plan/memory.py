@@ -77,6 +77,15 @@ class Shape:
         return self.layers * sum(r * (a + b) for a, b in self.layer_linears())
 
 
+def _per_layer_inputs(cfg: dict) -> int:
+    """Gemma-4's per-layer input embeddings: a second token table as wide as every layer's slice together,
+    the projection of the hidden state onto it, and each layer's gate and projection back (E2B: 2.3B of
+    its 5.1B parameters, read from memory once per token and never adapted)."""
+    width, layers = cfg.get("hidden_size_per_layer_input") or 0, cfg["num_hidden_layers"]
+    table = cfg.get("vocab_size_per_layer_input", cfg["vocab_size"]) * layers * width
+    return table + cfg["hidden_size"] * layers * width * 3 + width
+
+
 def shape_from_config(cfg: dict) -> Shape:
     known = family(cfg.get("model_type"))
     # a family's record says where its decoder's shape is; an unknown vision-language model keeps it in text_config too
@@ -89,6 +98,7 @@ def shape_from_config(cfg: dict) -> Shape:
         heads = cfg["num_attention_heads"]
         experts = cfg.get("num_local_experts") or cfg.get("num_experts") or 0
         return Shape(
+            extra=_per_layer_inputs(cfg),
             vocab=cfg["vocab_size"],
             hidden=cfg["hidden_size"],
             layers=cfg["num_hidden_layers"],

@@ -14,8 +14,10 @@ from forgetless.errors import UserError
 from forgetless.model.families import Family, exported, family
 
 # rope scalings llama.cpp gets from the file: 'llama3' (Llama-3.1/3.2) as a rope_freqs tensor,
-# 'linear' (Gemma-3 4B+) as a scaling factor
-ROPE_TYPES = ("default", "llama3", "linear")
+# 'linear' (Gemma-3 4B+) as a scaling factor, 'proportional' (Gemma-4's full layers: a rope on the first
+# part of the head's frequencies only) as a rope_freqs tensor that stops the rest
+ROPE_TYPES = ("default", "llama3", "linear", "proportional")
+KINDS = ("sliding_attention", "full_attention")
 
 
 def architecture(config) -> Family:
@@ -33,6 +35,11 @@ def architecture(config) -> Family:
             f"(supported: {', '.join(ROPE_TYPES)})"
         )
     _check_sliding_layers(config, known)
+    if getattr(config, "enable_moe_block", False):
+        raise UserError(
+            f"exporting {kind} with mixture-of-experts blocks to GGUF is not supported yet; use forgetless merge "
+            "and llama.cpp's convert_hf_to_gguf.py"
+        )
     scalar = getattr(config, "query_pre_attn_scalar", None)
     if scalar is not None and scalar != _attention_scalar(config, known):
         raise UserError(
@@ -71,29 +78,86 @@ def rope_parameters(config) -> dict:
 
 
 def head_dim(config) -> int:
+    """The head size of the full-attention layers (Gemma-4's are larger than its sliding layers')."""
+    return _head_dim(layer(config, "full_attention"))
+
+
+def _head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def layer(config, kind: str):
+    """The settings of the first layer of a kind ("full_attention", "sliding_attention") where the config
+    varies them by layer (Gemma-4's per_layer_config: head size, KV heads; transformers refuses to read
+    those from the config itself), else the config."""
+    layers = getattr(config, "per_layer_config", None)
+    types = list(getattr(config, "layer_types", None) or [])
+    if layers is None or kind not in types:
+        return config
+    return layers[types.index(kind)]
+
+
+def rope_dimensions(config) -> int:
+    rope = rope_parameters(config)
+    if rope.get("rope_type") == "proportional":  # all of the head, the frequencies past the rope stopped
+        return head_dim(config)
+    return int(head_dim(config) * rope.get("partial_rotary_factor", 1.0))
 
 
 def hyperparameters(w: gguf.GGUFWriter, cfg) -> None:
     heads = cfg.num_attention_heads
     dim = head_dim(cfg)
-    rope = rope_parameters(cfg)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_feed_forward_length(_ffn_widths(cfg))
     w.add_head_count(heads)
-    w.add_head_count_kv(cfg.num_key_value_heads or heads)
+    w.add_head_count_kv(_kv_heads(cfg))
     w.add_key_length(dim)
     w.add_value_length(dim)
-    w.add_rope_dimension_count(int(dim * rope.get("partial_rotary_factor", 1.0)))
+    w.add_rope_dimension_count(rope_dimensions(cfg))
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
+    w.add_rope_freq_base(float(rope_parameters(cfg).get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
     w.add_vocab_size(cfg.vocab_size)
     if getattr(cfg, "num_local_experts", None):
         w.add_expert_count(cfg.num_local_experts)
         w.add_expert_used_count(cfg.num_experts_per_tok)
-    _family_hyperparameters(w, cfg, family(cfg.model_type))
+    known = family(cfg.model_type)
+    _family_hyperparameters(w, cfg, known)
+    if known.per_layer:
+        _layer_layout(w, cfg)
+
+
+def _kv_heads(cfg) -> int | list[int]:
+    """KV heads per layer where Gemma-4's full layers have their own count, else one number."""
+    sliding, full = (layer(cfg, kind).num_key_value_heads or cfg.num_attention_heads for kind in KINDS)
+    if full == sliding:
+        return full
+    return [sliding if t == "sliding_attention" else full for t in cfg.layer_types]
+
+
+def _ffn_widths(cfg) -> int | list[int]:
+    """Gemma-4 with use_double_wide_mlp: the layers that reuse keys and values have an MLP twice as wide."""
+    if not getattr(cfg, "use_double_wide_mlp", False):
+        return cfg.intermediate_size
+    first_shared = cfg.num_hidden_layers - (cfg.num_kv_shared_layers or 0)
+    return [cfg.intermediate_size * (2 if i >= first_shared else 1) for i in range(cfg.num_hidden_layers)]
+
+
+def _layer_layout(w: gguf.GGUFWriter, cfg) -> None:
+    """Gemma-4's layers as llama.cpp reads them: which slide, the sliding layers' head and rope sizes (the
+    full layers' went in above), how many last layers reuse earlier keys and values, the per-layer input
+    width (per-layer KV heads and MLP widths: _kv_heads, _ffn_widths)."""
+    sliding = [t == "sliding_attention" for t in cfg.layer_types]
+    shared = cfg.num_kv_shared_layers or 0
+    w.add_shared_kv_layers(shared)
+    w.add_embedding_length_per_layer_input(cfg.hidden_size_per_layer_input or 0)
+    w.add_sliding_window_pattern(sliding)
+    dim = _head_dim(layer(cfg, "sliding_attention"))
+    w.add_key_length_swa(dim)
+    w.add_value_length_swa(dim)
+    local = (cfg.rope_parameters or {}).get("sliding_attention", {})
+    w.add_rope_dimension_count_swa(int(dim * local.get("partial_rotary_factor", 1.0)))
 
 
 def _family_hyperparameters(w: gguf.GGUFWriter, cfg, known: Family) -> None:
@@ -108,6 +172,8 @@ def _family_hyperparameters(w: gguf.GGUFWriter, cfg, known: Family) -> None:
         w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
     if known.soft_capping and getattr(cfg, "final_logit_softcapping", None):
         w.add_final_logit_softcapping(cfg.final_logit_softcapping)
+    elif known.final_cap_default:  # absent, llama.cpp would cap at its default
+        w.add_final_logit_softcapping(0.0)
     window = getattr(cfg, "sliding_window", None)
     if known.sliding_window == "always" or (known.sliding_window == "if_set" and window):
         w.add_sliding_window(window or 0)  # 0: no window (how llama.cpp tells Phi-3 from Phi-4)
@@ -147,8 +213,19 @@ def weights(model):
         if arch.norm_plus_one and name.endswith("norm.weight"):
             w = w + 1
         yield name, w
-    if rope_parameters(cfg).get("rope_type") == "llama3":
-        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", llama3_rope_factors(cfg)
+    rope_type = rope_parameters(cfg).get("rope_type")
+    if rope_type in ("llama3", "proportional"):
+        factors = llama3_rope_factors(cfg) if rope_type == "llama3" else proportional_rope_factors(cfg)
+        yield gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors
+
+
+def proportional_rope_factors(cfg) -> torch.Tensor:
+    """Gemma-4's full layers turn only the first `partial_rotary_factor` of the head's frequencies;
+    llama.cpp runs a rope over the whole head and divides the other frequencies by 1e30 (no turn).
+    (Only the full layers read this tensor.)"""
+    dim = head_dim(cfg)
+    turned = int(dim * rope_parameters(cfg)["partial_rotary_factor"] / 2)
+    return torch.tensor([1.0] * turned + [1e30] * (dim // 2 - turned), dtype=torch.float32)
 
 
 def llama3_rope_factors(cfg) -> torch.Tensor:

@@ -9,7 +9,8 @@ it is, and a module whose `alpha_pattern` gives it another alpha has its B scale
 are reordered like the base weights they add to (gguf_arch.reorder_for_rope).
 
 What the format cannot hold is refused in one line, never dropped: trained biases (`bias`, `lora_bias`),
-`modules_to_save` (whole trained copies of layers), trainable tokens, LoRA on the embedding.
+`modules_to_save` (whole trained copies of layers), trainable tokens, LoRA on the embedding, LoRA on a
+tensor llama.cpp's graph multiplies without its adapters (the family table names them).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 from pathlib import Path
 
 import gguf
+import torch
 from peft.utils.other import get_pattern_key
 from safetensors.torch import load_file
 from transformers import AutoConfig
@@ -39,21 +41,43 @@ def write(adapter: Path, config, out: Path, name: str) -> Path:
             f"{', DoRA' if settings.get('use_dora') else ''}); use --format gguf for a merged model"
         )
     arch = architecture(config)
-    names = gguf.get_tensor_name_map(arch.gguf, config.num_hidden_layers)
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     _refuse_what_llama_cpp_cannot_hold(adapter, settings, weights)
-    alpha, alphas = float(settings["lora_alpha"]), settings.get("alpha_pattern") or {}
+    alpha = float(settings["lora_alpha"])
+    tensors = _tensors(adapter, config, settings, weights)
     tmp = out.with_name(out.name + ".part")
     writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch.gguf])
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
     writer.add_name(name)
+    for tensor_name, value in tensors:
+        writer.add_tensor(tensor_name, value.numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, out)
+    return out
+
+
+def _tensors(adapter: Path, config, settings: dict, weights: dict) -> list[tuple[str, torch.Tensor]]:
+    """(llama.cpp tensor name, A or B) for every adapted weight, B scaled and reordered as llama.cpp applies it."""
+    arch = architecture(config)
+    names = gguf.get_tensor_name_map(arch.gguf, config.num_hidden_layers)
+    alpha, alphas = float(settings["lora_alpha"]), settings.get("alpha_pattern") or {}
+    tensors = []
     for key in sorted(k for k in weights if ".lora_A." in k):
         base = key.split("base_model.model.", 1)[-1].replace(".lora_A.weight", ".weight")
         target = names.get_name(base, try_suffixes=(".weight",))
         if target is None:
             raise UserError(f"GGUF LoRA: no llama.cpp name for {base}")
+        if target.removesuffix(".weight") in arch.lora_unapplied:
+            raise UserError(
+                f"{adapter}: llama.cpp applies no LoRA to {target} ({base}) of {config.model_type}, so --format "
+                "gguf-lora would lose it; use --format gguf for a merged model, or train without that module "
+                "(peft.target_modules)"
+            )
         a, b = weights[key].float(), weights[key.replace(".lora_A.", ".lora_B.")].float()
         module = base.removesuffix(".weight")
         own = float(alphas.get(get_pattern_key(alphas.keys(), module), alpha))
@@ -62,14 +86,8 @@ def write(adapter: Path, config, out: Path, name: str) -> Path:
         if arch.rope_reorder and (".attn_q." in target or ".attn_k." in target):
             heads = config.num_attention_heads if ".attn_q." in target else config.num_key_value_heads
             b = reorder_for_rope(b, heads)
-        writer.add_tensor(f"{target}.lora_a", a.numpy())
-        writer.add_tensor(f"{target}.lora_b", b.numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(tmp, out)
-    return out
+        tensors += [(f"{target}.lora_a", a), (f"{target}.lora_b", b)]
+    return tensors
 
 
 def _refuse_what_llama_cpp_cannot_hold(adapter: Path, settings: dict, weights: dict) -> None:

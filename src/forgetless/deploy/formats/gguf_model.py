@@ -136,7 +136,7 @@ def write(model, tokenizer, source_gguf: Path | None, out: Path, quant: str, nam
     writer.add_name(name)
     writer.add_file_type(FILE_TYPES.get(base, 1))
     gguf_arch.hyperparameters(writer, model.config)
-    gguf_vocab.add(writer, tokenizer, source_gguf, model.config.vocab_size, known.pre_tokenizer)
+    gguf_vocab.add(writer, tokenizer, source_gguf, model.config.vocab_size, known)
     count = _tensor_infos(writer, model, own)
     _size_metadata(writer)
     writer.write_header_to_file()

@@ -5,7 +5,9 @@ its tokenizer: it is copied field by field. Otherwise it is described from token
 - byte-level BPE (Llama-3, Qwen, SmolLM, GPT-2 style): the tokens in id order with their types, the
   merges, and the name under which llama.cpp knows its pre-tokenizer (the regex that splits text
   before BPE);
-- sentencepiece-style BPE with byte fallback (Llama-2, Mistral, Phi-3, Gemma): llama.cpp's "llama"
+- Gemma-4's vocabulary: llama.cpp's own "gemma4" tokenizer (the family table names it): BPE merges
+  over raw UTF-8 text with '▁' for spaces; llama.cpp always puts BOS first for it;
+- other sentencepiece-style BPE with byte fallback (Llama-2, Mistral, Phi-3, Gemma-2/3): llama.cpp's "llama"
   tokenizer, which merges the adjacent pair with the highest score; a token's score is minus the
   rank of the first merge that makes it, so the merge order is transformers' (tokenizer.json keeps
   merges, not sentencepiece's scores), bytes `<0xNN>` are byte tokens, and whether a space is put
@@ -23,20 +25,27 @@ from pathlib import Path
 import gguf
 
 from forgetless.errors import UserError
+from forgetless.model.families import Family
 
 # Pre-tokenizer names llama.cpp knows, preferred in this order when transformers' table gives one
 # regex several names (llama.cpp treats them alike).
 PREFERRED = ("llama-bpe", "qwen2", "qwen35", "tekken", "gpt-4o")
 CHAT_TEMPLATE = "tokenizer.chat_template"
 HINT = "; export from a base that came as a GGUF file, or convert with llama.cpp's convert_hf_to_gguf.py"
+# llama.cpp's own tokenizer models (model/families.py names a family's) -> the tokens llama.cpp always
+# shows in the text, as its converter types them (its chat parser reads Gemma-4's thinking and tool calls
+# from these). llama.cpp puts BOS first for all of them, whatever the file says.
+SHOWN = {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>'}
+OWN_TOKENIZERS = {"gemma4": SHOWN}
 
 
-def add(writer: gguf.GGUFWriter, tokenizer, source_gguf: Path | None, vocab_size: int, pre: str | None) -> None:
-    """`pre`: the family's own pre-tokenizer name (model/families.py), preferred where a regex has several."""
+def add(writer: gguf.GGUFWriter, tokenizer, source_gguf: Path | None, vocab_size: int, known: Family) -> None:
+    """`known`: the family (model/families.py): its own pre-tokenizer name, preferred where a regex has
+    several, and llama.cpp's own tokenizer model for its vocabulary, if any."""
     if source_gguf is not None:
         copy_from(writer, source_gguf)
     else:
-        from_tokenizer_json(writer, tokenizer, vocab_size, pre)
+        from_tokenizer_json(writer, tokenizer, vocab_size, known)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
 
@@ -72,7 +81,7 @@ def pre_tokenizer_name(spec: dict, preferred: str | None = None) -> str:
     return next((n for n in (preferred, *PREFERRED) if n in names), names[0])
 
 
-def from_tokenizer_json(writer: gguf.GGUFWriter, tokenizer, vocab_size: int, pre: str | None = None) -> None:
+def from_tokenizer_json(writer: gguf.GGUFWriter, tokenizer, vocab_size: int, known: Family) -> None:
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec["model"]
     if model.get("type") != "BPE":
@@ -84,15 +93,26 @@ def from_tokenizer_json(writer: gguf.GGUFWriter, tokenizer, vocab_size: int, pre
     for token, i in vocab.items():
         tokens[i], types[i] = token, gguf.TokenType.NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    if model.get("byte_fallback"):
-        _sentencepiece_style(writer, spec, tokens, types, merges, tokenizer.unk_token_id)
+    own = known.tokenizer_model
+    if own:
+        writer.add_tokenizer_model(own)  # llama.cpp sets its pre-tokenizer itself
+        writer.add_token_merges(merges)
+        writer.add_add_space_prefix(False)
+    elif model.get("byte_fallback"):
+        _sentencepiece_style(writer, spec, tokens, merges)
     else:
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(pre_tokenizer_name(spec, pre))
+        writer.add_tokenizer_pre(pre_tokenizer_name(spec, known.pre_tokenizer))
         writer.add_token_merges(merges)
     for added in spec.get("added_tokens", []):
-        if added["id"] != tokenizer.unk_token_id:
-            types[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+        types[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+    if model.get("byte_fallback") and not own and tokenizer.unk_token_id is not None:
+        types[tokenizer.unk_token_id] = gguf.TokenType.UNKNOWN  # as sentencepiece types it
+    for i, token in enumerate(tokens):
+        if BYTE_TOKEN.fullmatch(token):
+            types[i] = gguf.TokenType.BYTE
+        elif own and token in OWN_TOKENIZERS[own]:
+            types[i] = gguf.TokenType.USER_DEFINED
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     for token_id, add_id in (
@@ -103,7 +123,7 @@ def from_tokenizer_json(writer: gguf.GGUFWriter, tokenizer, vocab_size: int, pre
     ):
         if token_id is not None:
             add_id(token_id)
-    writer.add_add_bos_token(adds_bos(tokenizer))
+    writer.add_add_bos_token(bool(own) or adds_bos(tokenizer))
     writer.add_add_eos_token(False)
 
 
@@ -124,17 +144,12 @@ def adds_bos(tokenizer) -> bool:
 BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
 
 
-def _sentencepiece_style(writer, spec: dict, tokens: list, types: list, merges: list, unk: int | None) -> None:
+def _sentencepiece_style(writer, spec: dict, tokens: list, merges: list) -> None:
     """llama.cpp's "llama" (SPM) tokenizer: scores that replay the merges in transformers' order."""
     rank: dict[str, int] = {}
     for r, merge in enumerate(merges):
         rank.setdefault(merge.replace(" ", ""), r)
     scores = [-float(rank[t]) if t in rank else 0.0 for t in tokens]
-    for i, token in enumerate(tokens):
-        if BYTE_TOKEN.fullmatch(token):
-            types[i] = gguf.TokenType.BYTE
-    if unk is not None:
-        types[unk] = gguf.TokenType.UNKNOWN
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_scores(scores)
