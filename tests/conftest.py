@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from forgetless.adapters import attaching
 from forgetless.config.schema import PeftConfig
 from forgetless.model import loader as models
 from forgetless.model.likelihood import IGNORE
+
+# `make test` runs two pytest workers (pytest-xdist), one per core: each keeps to one thread, so
+# the two do not fight over the cores (tiny-model tests are mostly Python, not matmuls).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 ROWS = [
     {
