@@ -150,19 +150,20 @@ def answer_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, 
     with an empty thought channel that finished turns drop) gets its last answer after the generation
     prompt: the row is the prompt the model is served plus the answer."""
     full = _chat(tokenizer, messages)
+    last, served = len(messages) - 1, None  # served: the generation prompt before a last answer
     if messages and messages[-1]["role"] == "assistant":
-        prompt = _chat(tokenizer, messages[:-1], add_generation_prompt=True)
-        if not full.startswith(prompt):
-            earlier = _located_spans(tokenizer, messages[:-1], prompt)
-            start, stop = _located_spans(tokenizer, messages, full)[-1]
-            text = prompt + full[start:stop]
-            return text, [*earlier, (len(prompt), len(text))]
+        served = _chat(tokenizer, messages[:-1], add_generation_prompt=True)
+    if served is not None and not full.startswith(served):
+        earlier = _located_spans(tokenizer, messages[:-1], served)
+        start, stop = _located_spans(tokenizer, messages, full)[-1]
+        text = served + full[start:stop]
+        return text, [*earlier, (len(served), len(text))]
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start_text = _chat(tokenizer, messages[:i], add_generation_prompt=True)
-        end_text = _chat(tokenizer, messages[: i + 1])
+        start_text = served if i == last else _chat(tokenizer, messages[:i], add_generation_prompt=True)
+        end_text = full if i == last else _chat(tokenizer, messages[: i + 1])
         if not (full.startswith(start_text) and full.startswith(end_text)):
             return full, _located_spans(tokenizer, messages, full)
         spans.append((len(start_text), len(end_text)))

@@ -79,8 +79,8 @@ class Shape:
 
 def _per_layer_inputs(cfg: dict) -> int:
     """Gemma-4's per-layer input embeddings: a second token table as wide as every layer's slice together,
-    the projection of the hidden state onto it, and each layer's gate and projection back (E2B: 2.3B of
-    its 5.1B parameters, read from memory once per token and never adapted)."""
+    the projection of the hidden state onto it, and each layer's gate and projection back (the table alone
+    is vocabulary x layers x width: 262144 x 35 x 256 = 2.3B parameters in E2B's config)."""
     width, layers = cfg.get("hidden_size_per_layer_input") or 0, cfg["num_hidden_layers"]
     table = cfg.get("vocab_size_per_layer_input", cfg["vocab_size"]) * layers * width
     return table + cfg["hidden_size"] * layers * width * 3 + width

@@ -29,6 +29,7 @@ from forgetless.adapters import saved
 from forgetless.deploy.formats.gguf_arch import architecture, reorder_for_rope
 from forgetless.errors import UserError
 from forgetless.model import loader as models
+from forgetless.model.families import Family
 
 
 def write(adapter: Path, config, out: Path, name: str) -> Path:
@@ -44,7 +45,7 @@ def write(adapter: Path, config, out: Path, name: str) -> Path:
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     _refuse_what_llama_cpp_cannot_hold(adapter, settings, weights)
     alpha = float(settings["lora_alpha"])
-    tensors = _tensors(adapter, config, settings, weights)
+    tensors = _tensors(adapter, config, arch, settings, weights)
     tmp = out.with_name(out.name + ".part")
     writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch.gguf])
     writer.add_type(gguf.GGUFType.ADAPTER)
@@ -61,9 +62,8 @@ def write(adapter: Path, config, out: Path, name: str) -> Path:
     return out
 
 
-def _tensors(adapter: Path, config, settings: dict, weights: dict) -> list[tuple[str, torch.Tensor]]:
+def _tensors(adapter: Path, config, arch: Family, settings: dict, weights: dict) -> list[tuple[str, torch.Tensor]]:
     """(llama.cpp tensor name, A or B) for every adapted weight, B scaled and reordered as llama.cpp applies it."""
-    arch = architecture(config)
     names = gguf.get_tensor_name_map(arch.gguf, config.num_hidden_layers)
     alpha, alphas = float(settings["lora_alpha"]), settings.get("alpha_pattern") or {}
     tensors = []
