@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import forgetless
-from forgetless.recipes.sft import cached_teacher
+from forgetless.recipes.runtime import cached_teacher
 from tests.conftest import write_jsonl
 
 

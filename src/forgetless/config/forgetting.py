@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from forgetless.config.fields import STRICT, path_field
 
@@ -92,6 +92,45 @@ class EwcConfig(BaseModel):
     samples: int = Field(64, ge=1, description="General rows used to estimate the diagonal Fisher once per run.")
 
 
+class BudgetConfig(BaseModel):
+    """What the model may lose, stated once; forgetless steers training to stay within it (docs/forgetting.md)."""
+
+    model_config = STRICT
+    kl: float | None = Field(
+        None,
+        gt=0,
+        description="Largest KL to the base per token on the held-out general prompts (the number the report's "
+        "retention section prints). During training a controller moves the LwF weight (or, without LwF, the "
+        "rehearsal CE weight) to hold the probe's KL near it; after training the adapter is scaled down if needed.",
+    )
+    mc_drop: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Largest drop in multiple-choice accuracy (eval.benchmarks, e.g. 0.02 = two points), checked "
+        "after training; the adapter is scaled down until it holds.",
+    )
+    every: int = Field(5, ge=1, description="Optimizer steps between the controller's probe measurements.")
+    probe_prompts: int = Field(
+        8, ge=1, description="Held-out general prompts the controller's probe measures (the first of eval.retention's)."
+    )
+    horizon: float = Field(
+        10.0,
+        gt=0,
+        description="Steps over which a probe KL e times the budget multiplies the weight by e (a far-off KL moves "
+        "the weight by at most exp(every/horizon) per probe); larger = gentler.",
+    )
+    dial: bool = Field(
+        True,
+        description="After training, scale a LoRA adapter down (the tune-scale dial) until the budget holds when "
+        "the trained model is over it; false = report it as not met.",
+    )
+
+    @property
+    def set(self) -> bool:
+        return self.kl is not None or self.mc_drop is not None
+
+
 class ForgettingConfig(BaseModel):
     model_config = STRICT
     preset: Literal["none", "lwf", "rehearsal", "full"] = Field(
@@ -103,6 +142,24 @@ class ForgettingConfig(BaseModel):
     rehearsal: RehearsalConfig = RehearsalConfig()
     l2: float = Field(0.0, ge=0, description="Weight of Σ(θ−θ₀)² on the trainable weights; 0.1 is typical, 0 = off.")
     ewc: EwcConfig = EwcConfig()
+    budget: BudgetConfig = BudgetConfig()
+
+    @model_validator(mode="after")
+    def _budget_steers(self) -> ForgettingConfig:
+        if self.budget.set and not (self.uses_lwf or self.uses_rehearsal):
+            raise ValueError(
+                f"forgetting.budget: preset {self.preset!r} has no LwF or rehearsal for the budget to steer; "
+                "set forgetting.preset to full (or lwf, rehearsal), or remove forgetting.budget"
+            )
+        return self
+
+    @property
+    def steered(self) -> str | None:
+        """The weight the budget's controller moves: the LwF λ, else the rehearsal CE weight; None without a KL
+        budget."""
+        if self.budget.kl is None:
+            return None
+        return "lwf" if self.uses_lwf else "rehearsal"
 
     @property
     def uses_lwf(self) -> bool:

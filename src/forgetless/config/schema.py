@@ -292,6 +292,18 @@ class Config(BaseModel):
         return self.train.lr if self.train.lr is not None else DEFAULT_LR[self.peft.method]
 
     @model_validator(mode="after")
+    def _budget_measurable(self) -> Config:
+        b, e = self.forgetting.budget, self.eval
+        if not b.set:
+            return self
+        if self.recipe != "sft":
+            raise ValueError(f"forgetting.budget is steered by recipe sft; this config has recipe {self.recipe}")
+        if not e.retention or (b.mc_drop is not None and not e.benchmarks):
+            need = "eval.retention=true" + (" and eval.benchmarks (multiple choice)" if b.mc_drop is not None else "")
+            raise ValueError(f"forgetting.budget is measured on the retention evaluation: it needs {need}")
+        return self
+
+    @model_validator(mode="after")
     def _method_fits_model(self) -> Config:
         method, quant = self.peft.method, self.model.quantization
         if quant != "none" and method == "full":

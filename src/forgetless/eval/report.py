@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from forgetless import files
-from forgetless.eval import earlier_tasks, report_plots
+from forgetless.eval import budget, earlier_tasks, report_plots
 from forgetless.training.monitor import UNCHANGED
 
 
@@ -101,9 +101,20 @@ def retention_table(ev: dict) -> list[list[str]]:
 
 
 def scale_blocks(t: dict) -> list[tuple]:
+    mc = any(p.get("mc_drop") is not None for p in t["points"])  # measured by a budget with an mc_drop bound
+    rows = [["scale", f"task {t['metric']}", "KL to base / token"] + (["MC accuracy drop"] if mc else [])]
+    for p in t["points"]:
+        row = [f"{p['scale']:g}", fmt(p["task"]), fmt(p["kl_per_token"], ".4f")]
+        rows.append(row + ([fmt(p["mc_drop"])] if mc else []))
+    if t.get("by") == "forgetting.budget":
+        limits = [f"{k} ≤ {t[k]}" for k in ("max_kl", "mc_drop") if t.get(k) is not None]
+        note = (
+            f"The trained adapter was over the forgetting budget ({', '.join(limits)}): it was scaled to "
+            f"{t['chosen']:g} by bisection on the held-out prompts (task not scored at each scale) and saved at that "
+            "scale. The tables above were measured at that scale."
+        )
+        return [("h3", "adapter scale dial (forgetting budget)"), ("p", note), ("table", rows)]
     budget = f"KL to base ≤ {t['max_kl']}" if t.get("max_kl") is not None else f"task ≥ {t['min_task']}"
-    rows = [["scale", f"task {t['metric']}", "KL to base / token"]]
-    rows += [[f"{p['scale']:g}", fmt(p["task"]), fmt(p["kl_per_token"], ".4f")] for p in t["points"]]
     note = (
         f"forgetless tune-scale chose scale {t['chosen']:g} for the budget {budget}; the adapter is saved at that "
         "scale. The tables above were measured at scale 1 (as trained); this one on the held-out rows at each scale."
@@ -150,6 +161,8 @@ def run_blocks(r: dict) -> list[tuple]:
     out: list[tuple] = []
     s = r["summary"]
     out.append(("h2", f"run {r['name']} ({r['dir']})"))
+    if s.get("budget"):  # a run with a forgetting budget opens with whether it was met
+        out.append(("p", budget.headline(s["budget"], r["metric"])))
     if s:
         out.append(
             (

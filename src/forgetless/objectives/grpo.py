@@ -10,8 +10,8 @@ being trained, so the ratio is 1 and its old log-probabilities are the current o
 forward pass fewer per rollout).
 
 With forgetting controls on (`forgetting.preset` lwf, rehearsal or full), every micro-batch also
-carries general rows (the base model's own answers by default) that the SFT objective's terms see:
-the KL to the base on their tokens and/or their cross-entropy, as in an SFT run.
+carries general rows (the base model's own answers by default) that the forgetting terms see
+(objectives/forgetting.py): the KL to the base on their tokens and/or their cross-entropy, as in an SFT run.
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ def counts(batch: dict) -> dict[str, int]:
 
 def objective(cfg: GrpoConfig, controls: Objective | None = None) -> Objective:
     """The GRPO policy loss and β·KL to the base, per answer (token mean: grpo; over max_new_tokens:
-    dr_grpo), averaged over the step's answers; with `controls` (the SFT objective of the forgetting
-    settings), its terms on the general rows beside each micro-batch."""
+    dr_grpo), averaged over the step's answers; with `controls` (objectives/forgetting.py's terms alone),
+    those terms on the general rows beside each micro-batch."""
 
     def loss_fn(model, batch: dict, norms: dict[str, float]):
         if "advantages" not in batch:  # a micro-batch's general rows

@@ -3,7 +3,7 @@ reward model, as `loop.fit` objectives, plus the pair scores the evaluation repo
 
 A preference batch holds 2B rows, chosen answers at even rows and rejected at odd rows
 (data/preference.py). Rehearsal batches (general rows, under forgetting presets with
-rehearsal) go through the SFT forgetting objective: the KL to the base on general text.
+rehearsal) get the forgetting terms alone (objectives/forgetting.py): the KL to the base on general text.
 """
 
 from __future__ import annotations
@@ -14,28 +14,20 @@ from forgetless.adapters.views import base_view
 from forgetless.config.schema import DpoConfig, ForgettingConfig
 from forgetless.model.forward import logits_of
 from forgetless.model.likelihood import IGNORE
-from forgetless.objectives import sft
-from forgetless.objectives.losses import (
-    batch_seed,
-    bradley_terry_loss,
-    dpo_loss,
-    kl_sum,
-    position_masks,
-    sample_positions,
-    sequence_logps,
-)
+from forgetless.objectives import forgetting
+from forgetless.objectives.losses import bradley_terry_loss, dpo_loss, position_masks, sequence_logps
 from forgetless.objectives.objective import Objective
 
 
 def pair_counts(batch: dict, fcfg: ForgettingConfig) -> dict[str, int]:
     """Units of a step: pairs (DPO, rewards), chosen answer tokens (SFT term), KL positions."""
     if bool(batch["rehearsal"].all()):
-        return sft.counts(batch, fcfg)
+        return forgetting.counts(batch, fcfg)
     chosen = batch["labels"][0::2, 1:] != IGNORE
     out = {"pairs": batch["input_ids"].shape[0] // 2, "chosen_tokens": int(chosen.sum()), "batches": 1}
     if fcfg.uses_lwf:
         masks = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])
-        out["kl"] = int(sft.kl_positions(masks, [t for t in fcfg.lwf.tokens if t == "context"]).sum())
+        out["kl"] = int(forgetting.kl_positions(masks, [t for t in fcfg.lwf.tokens if t == "context"]).sum())
     return out
 
 
@@ -60,11 +52,11 @@ def _rewards(chosen: torch.Tensor, rejected: torch.Tensor, pairs: float) -> dict
 def dpo_objective(cfg: DpoConfig, fcfg: ForgettingConfig) -> Objective:
     """DPO (or IPO) on the pairs, an optional SFT term on the chosen answers, the LwF KL on the prompt
     tokens; rehearsal batches get the SFT forgetting terms without the task CE."""
-    rehearsal_loss = sft.objective(fcfg).loss
+    rehearsal_loss, w = forgetting.objective(fcfg).loss, forgetting.Weights.of(fcfg)
 
     def loss_fn(model, batch: dict, norms: dict[str, float]):
         if bool(batch["rehearsal"].all()):  # general rows: the forgetting controls, no task CE
-            return {k: v for k, v in rehearsal_loss(model, batch, norms).items() if k != "ce"}
+            return rehearsal_loss(model, batch, norms)
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         logits = logits_of(model, ids, mask)
         with torch.no_grad(), base_view(model) as base:
@@ -80,10 +72,7 @@ def dpo_objective(cfg: DpoConfig, fcfg: ForgettingConfig) -> Objective:
             terms["sft"] = cfg.sft_weight * -logps[0::2].sum() / norms["chosen_tokens"]
         if fcfg.uses_lwf and "context" in fcfg.lwf.tokens:  # the prompt tokens keep the base's predictions
             where = position_masks(labels, mask, batch["rehearsal"])["context"]
-            if fcfg.lwf.positions < 1:
-                where = sample_positions(where, fcfg.lwf.positions, batch_seed(batch))
-            kl = kl_sum(logits[:, :-1][where], ref_logits[:, :-1][where], fcfg.lwf.temperature, fcfg.lwf.direction)
-            terms["lwf"] = fcfg.lwf.weight * kl / (norms["kl"] * fcfg.lwf.positions)
+            terms["lwf"] = forgetting.lwf_on_logits(logits, ref_logits, where, batch, fcfg, w, norms)
         return terms, _rewards(chosen, rejected, norms["pairs"])
 
     return Objective(loss_fn, lambda batch: pair_counts(batch, fcfg))

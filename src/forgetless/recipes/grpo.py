@@ -22,7 +22,7 @@ from forgetless.eval import base_cache, stats, suite
 from forgetless.eval.task import task_eval
 from forgetless.model.chat_format import with_system
 from forgetless.model.generate import generate
-from forgetless.objectives import grpo, sft
+from forgetless.objectives import forgetting, grpo
 from forgetless.objectives.reward_model import load_reward_model
 from forgetless.objectives.rewards import BUILTIN, Rewards, Rollout
 from forgetless.recipes import runtime
@@ -82,7 +82,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
     before = runtime.score_base(r, lambda: measure(model, None), shared=_shared_base(r, scored, data.validation, val))
     model = runtime.attach(r)
     fcfg = cfg.forgetting
-    controls = sft.objective(fcfg, chunk=cfg.train.loss_chunk) if fcfg.uses_lwf or fcfg.uses_rehearsal else None
+    controls = forgetting.objective(fcfg, chunk=cfg.train.loss_chunk) if fcfg.uses_lwf or fcfg.uses_rehearsal else None
     per_batch = max(1, round(cfg.train.batch_size * fcfg.rehearsal.ratio)) if controls else 0
     args = (cfg.train.batch_size, cfg.train.seed, general if controls else None, per_batch)
     rollouts = grpo.GroupRollouts(model, tokenizer, rewards, train, g, *args)

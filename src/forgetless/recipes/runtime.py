@@ -1,5 +1,6 @@
 """The steps every training recipe shares: the run directory, the base model, the general rows,
-the retention references, the base model's score, and the files a finished run leaves.
+the retention references, what the forgetting controls need from the base (the cached teacher, the
+L2/EWC anchor), the base model's score, and the files a finished run leaves.
 
 Each recipe (sft.py, dpo.py, reward.py, rlhf.py) still reads top to bottom; these are the calls.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,9 @@ from forgetless.eval import base_cache, report, suite
 from forgetless.model import chat_format, hardware, speedups
 from forgetless.model import loader as models
 from forgetless.objectives.objective import Objective
-from forgetless.reference import rehearsal
+from forgetless.reference import rehearsal, topk
+from forgetless.reference.fisher import Anchor, fisher_cached, make_anchor
+from forgetless.reference.topk import TeacherCache
 from forgetless.training import distributed, loop, tracking
 from forgetless.training.monitor import Monitor
 from forgetless.training.rundir import DATA_CHECK, TUNE_SCALE
@@ -115,6 +119,48 @@ def references(run: Run):
     """The base model's answers to the retention prompts (before any adapter exists)."""
     with distributed.state().main_process_first():
         return suite.references(run.cfg, run.model, run.tokenizer, run.model_path, run.dtype)
+
+
+def cached_teacher(cfg: Config, rows: int) -> bool:
+    """lwf.teacher, with auto resolved: cached when the run plans more than one pass over its rows.
+    Making the cache costs one teacher forward per row; the online teacher costs one per row per pass."""
+    teacher, t = cfg.forgetting.lwf.teacher, cfg.train
+    if teacher != "auto":
+        return teacher == "cached"
+    if t.max_steps is None:
+        return t.epochs > 1
+    return t.max_steps * t.batch_size * t.grad_accum * distributed.state().num_processes > rows
+
+
+def teacher(run: Run, rows: list[dict]) -> TeacherCache | None:
+    """lwf.teacher=cached: the base model's top-k log-probs for every training row, made once (before
+    the adapters exist, so the model is the base) and kept in the run for resumes."""
+    lwf = run.cfg.forgetting.lwf
+    if not (run.cfg.forgetting.uses_lwf and cached_teacher(run.cfg, len(rows))):
+        return None
+    t0 = time.time()
+    with distributed.state().main_process_first():
+        path = run.out / "teacher_topk.safetensors"
+        cache = topk.cached(run.model, rows, run.tokenizer.pad_token_id, lwf.top_k, lwf.temperature, path)
+    run.say(
+        f"lwf: cached teacher, top-{lwf.top_k} log-probs at {cache.idx.shape[0]:,} positions of {len(cache.keys)} "
+        f"rows, {cache.nbytes() / 2**20:.1f} MiB ({time.time() - t0:.0f} s)"
+    )
+    return cache
+
+
+def anchor(run: Run, model, general: list[dict]) -> Anchor | None:
+    """θ₀ (and the EWC Fisher) when L2 or EWC is on; the Fisher is estimated once and cached in the run."""
+    fcfg = run.cfg.forgetting
+    if fcfg.l2 <= 0 and fcfg.ewc.weight <= 0:
+        return None
+    found = make_anchor(model)
+    if fcfg.ewc.weight > 0:
+        rows = random.Random(0).sample(general, min(fcfg.ewc.samples, len(general)))
+        with distributed.state().main_process_first():  # estimated once, then read from the run
+            path = run.out / "ewc_fisher.safetensors"
+            found.fisher = fisher_cached(model, found, rows, run.tokenizer.pad_token_id, path)
+    return found
 
 
 def attach(run: Run, task_type: str = "CAUSAL_LM"):

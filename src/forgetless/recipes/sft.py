@@ -8,24 +8,21 @@ Read top to bottom; each step is one call into the module that owns it.
 
 from __future__ import annotations
 
+import json
 import math
-import random
-import time
 from pathlib import Path
 
 from forgetless.adapters import saved
-from forgetless.config.schema import Config, ForgettingConfig
+from forgetless.config.schema import Config
 from forgetless.data.batching import Batches, fixed_batches
 from forgetless.data.build import build
 from forgetless.data.mixture import MixedBatches
 from forgetless.data.packing import attention_cost
-from forgetless.eval import base_cache, earlier_tasks, suite
+from forgetless.eval import base_cache, budget, earlier_tasks, suite
 from forgetless.eval.retention import kl_to_base
 from forgetless.objectives import sft
+from forgetless.objectives.forgetting import Weights
 from forgetless.recipes import runtime
-from forgetless.reference import topk
-from forgetless.reference.fisher import Anchor, fisher_cached, make_anchor
-from forgetless.reference.topk import TeacherCache
 from forgetless.training import distributed
 from forgetless.training.monitor import final_validation
 
@@ -48,17 +45,19 @@ def run(cfg: Config, resume: bool = False) -> dict:
     before = _score_base(r, scored, scored_rows)
 
     fcfg = cfg.forgetting
-    pad = tokenizer.pad_token_id
-    teacher = _teacher(r, data.train + general)
+    teacher = runtime.teacher(r, data.train + general)
     model = runtime.attach(r)
-    anchor = _anchor(model, fcfg, general, pad, out)
+    anchor = runtime.anchor(r, model, general)
     batches, padding = _batches(r, data.train, general)
     # The final evaluation scores the validation rows and the probe's prompts: the loop's last
     # validation would compute the same numbers twice, so they are taken from there instead. Not
     # with early stopping, which may still stop at the last step and restore the best adapter.
     last_from_eval = bool(scored_rows) and not cfg.train.early_stopping.enabled
-    objective = sft.objective(fcfg, anchor, teacher, cfg.train.loss_chunk)
-    summary, monitor, on_best = _fit(r, model, batches, objective, data.validation, refs, last_from_eval, resume)
+    weights = Weights.of(fcfg)  # what a forgetting budget's controller moves during training
+    objective = sft.objective(fcfg, anchor, teacher, cfg.train.loss_chunk, weights)
+    adjust = budget.probe(cfg, tokenizer, refs, weights, out / "metrics.jsonl" if resume else None)
+    fitted = _fit(r, model, batches, objective, data.validation, refs, last_from_eval, resume, adjust)
+    summary, monitor, on_best = fitted
     if not main:
         return summary  # the main process saves, evaluates and reports
     if summary["stopped_early"] == "overfitting" and (out / "best").is_dir():
@@ -66,16 +65,19 @@ def run(cfg: Config, resume: bool = False) -> dict:
         saved.restore(model, out / "best")
 
     runtime.save_result(r, model)
-    after = runtime.score_finetuned(r, lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows, refs))
+    measure = lambda: suite.measure(model, tokenizer, cfg, scored, scored_rows, refs)  # noqa: E731
+    after = runtime.score_finetuned(r, measure)
     if last_from_eval and not summary["stopped_early"]:
         final_validation(model, out, summary, _validation_of(after), monitor, on_best)
+    if fcfg.budget.set:
+        after, summary["budget"] = _keep_budget(r, model, refs, before, after, measure)
     counts = {"train_rows": len(data.train), "validation_rows": len(data.validation), "general_rows": len(general)}
     summary = runtime.summary(r, summary, before, after, forgetting_preset=fcfg.preset, **counts, data_notes=notes)
     summary |= padding
     return runtime.finish(r, suite.combine(before, after) | _earlier_tasks(r, model, summary), summary)
 
 
-def _fit(r: runtime.Run, model, batches, objective, validation, refs, last_from_eval: bool, resume: bool):
+def _fit(r: runtime.Run, model, batches, objective, validation, refs, last_from_eval: bool, resume: bool, adjust):
     """The training loop with validation, early stopping, the forgetting budget and the best adapter;
     returns (the loop's facts, the monitor and the best-adapter hook, for the last validation)."""
     cfg, out = r.cfg, r.out
@@ -84,8 +86,35 @@ def _fit(r: runtime.Run, model, batches, objective, validation, refs, last_from_
     on_best = (lambda m: saved.save(m, out / "best", cfg.peft, cfg.model.name)) if val else None
     evaluate = _in_training_eval(cfg, r.tokenizer, val, refs)
     hooks = {"evaluate": evaluate, "monitor": monitor, "on_best": on_best, "last_validation": not last_from_eval}
+    hooks["adjust"] = adjust
     summary = runtime.fit(r, model, batches, objective, resume, **hooks)
     return summary, monitor, on_best
+
+
+def _keep_budget(r: runtime.Run, model, refs, before: dict, trained: dict, measure) -> tuple[dict, dict]:
+    """forgetting.budget after training: a trained LoRA adapter still over it is scaled down to the largest
+    scale that meets it (budget.dial), saved with the adapter and scored again; returns (the saved model's
+    scores, the verdict for summary.json and the report)."""
+    cfg = r.cfg
+    b, after, scale = cfg.forgetting.budget, trained, None
+    if budget.within(cfg, budget.numbers(before, trained)):
+        pass
+    elif not (b.dial and refs and budget.scalable(model)):
+        why = "budget.dial is false" if not b.dial else "only a LoRA adapter can be scaled"
+        r.say(f"forgetting budget not met and not dialled ({why})")
+    else:
+        found = budget.dial(cfg, model, r.tokenizer, refs, before)
+        scale = found["scale"]
+        path = r.out / "adapter" / "adapter_config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        record = {"metric": cfg.eval.metric, "points": found["points"], "chosen": scale, "max_kl": b.kl}
+        record |= {"min_task": None, "mc_drop": b.mc_drop, "by": "forgetting.budget"}
+        record["trained"] = {k: config.get(k) for k in ("lora_alpha", "alpha_pattern")}
+        budget.save_scale(r.out, r.out / "adapter", config, record)
+        after = runtime.score_finetuned(r, measure)
+    verdict = budget.verdict(cfg, before, trained, after, scale)
+    r.say(budget.headline(verdict, cfg.eval.metric))
+    return after, verdict
 
 
 def _earlier_tasks(r: runtime.Run, model, summary: dict) -> dict:
@@ -138,35 +167,6 @@ def packing(cfg: Config) -> bool:
     return bool(cfg.data.packing)
 
 
-def cached_teacher(cfg: Config, rows: int) -> bool:
-    """lwf.teacher, with auto resolved: cached when the run plans more than one pass over its rows.
-    Making the cache costs one teacher forward per row; the online teacher costs one per row per pass."""
-    teacher, t = cfg.forgetting.lwf.teacher, cfg.train
-    if teacher != "auto":
-        return teacher == "cached"
-    if t.max_steps is None:
-        return t.epochs > 1
-    return t.max_steps * t.batch_size * t.grad_accum * distributed.state().num_processes > rows
-
-
-def _teacher(r: runtime.Run, rows: list[dict]) -> TeacherCache | None:
-    """lwf.teacher=cached: the base model's top-k log-probs for every training row, made once (before
-    the adapters exist, so the model is the base) and kept in the run for resumes."""
-    lwf = r.cfg.forgetting.lwf
-    if not (r.cfg.forgetting.uses_lwf and cached_teacher(r.cfg, len(rows))):
-        return None
-    t0 = time.time()
-    with distributed.state().main_process_first():
-        cache = topk.cached(
-            r.model, rows, r.tokenizer.pad_token_id, lwf.top_k, lwf.temperature, r.out / "teacher_topk.safetensors"
-        )
-    r.say(
-        f"lwf: cached teacher, top-{lwf.top_k} log-probs at {cache.idx.shape[0]:,} positions of {len(cache.keys)} "
-        f"rows, {cache.nbytes() / 2**20:.1f} MiB ({time.time() - t0:.0f} s)"
-    )
-    return cache
-
-
 def _in_training_eval(cfg: Config, tokenizer, val: list[dict], refs):
     """Validation loss and the cheap retention probe (KL to base on a few held-out prompts)."""
     probe = (refs or [])[: cfg.eval.probe_prompts]
@@ -191,15 +191,3 @@ def _validation_of(after: dict) -> dict[str, float]:
     if "probe_kl" in (after.get("prompts") or {}):
         result["retention_kl"] = after["prompts"]["probe_kl"]
     return result
-
-
-def _anchor(model, fcfg: ForgettingConfig, general: list[dict], pad: int, out: Path) -> Anchor | None:
-    """θ₀ (and the EWC Fisher) when L2 or EWC is on; the Fisher is estimated once and cached in the run."""
-    if fcfg.l2 <= 0 and fcfg.ewc.weight <= 0:
-        return None
-    anchor = make_anchor(model)
-    if fcfg.ewc.weight > 0:
-        rows = random.Random(0).sample(general, min(fcfg.ewc.samples, len(general)))
-        with distributed.state().main_process_first():  # estimated once, then read from the run
-            anchor.fisher = fisher_cached(model, anchor, rows, pad, out / "ewc_fisher.safetensors")
-    return anchor

@@ -23,12 +23,11 @@ from pathlib import Path
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
-from forgetless import files
 from forgetless.adapters import continued, saved
 from forgetless.config.schema import Config
 from forgetless.data.build import held_out
 from forgetless.errors import UserError
-from forgetless.eval import report, suite
+from forgetless.eval import budget, report, suite
 from forgetless.eval.retention import kl_to_base
 from forgetless.eval.task import task_eval
 from forgetless.model import chat_format, hardware
@@ -75,7 +74,7 @@ def _run(cfg: Config, run_dir: Path, adapter: Path, max_kl: float | None, min_ta
     chosen = choose(points, max_kl, min_task)
     record = {"metric": metric, "points": points, "chosen": chosen, "max_kl": max_kl, "min_task": min_task}
     record["trained"] = {k: config.get(k) for k in ("lora_alpha", "alpha_pattern")}
-    _save(run_dir, adapter, config, record)
+    budget.save_scale(run_dir, adapter, config, record)
     report.write([run_dir], run_dir)
     return record
 
@@ -124,7 +123,7 @@ def current_record(run_dir: Path, config: dict) -> dict | None:
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
     trained = record["trained"]["lora_alpha"]
-    alpha, saved_alpha = config.get("lora_alpha"), trained * record["chosen"]  # what _save wrote
+    alpha, saved_alpha = config.get("lora_alpha"), trained * record["chosen"]  # what budget.save_scale wrote
     if alpha == saved_alpha:
         return record
     if alpha == trained:
@@ -144,13 +143,3 @@ def _at_trained_scale(model: PeftModel, earlier: dict | None) -> PeftModel:
             if isinstance(m, LoraLayer):
                 m.scaling.update({k: v / earlier["chosen"] for k, v in m.scaling.items()})
     return model
-
-
-def _save(run_dir: Path, adapter: Path, config: dict, record: dict) -> None:
-    """Each file whole or not at all (a kill between the two is named by the next tune-scale)."""
-    s = record["chosen"]
-    scaled = dict(config, lora_alpha=config["lora_alpha"] * s)
-    if config.get("alpha_pattern"):
-        scaled["alpha_pattern"] = {k: v * s for k, v in config["alpha_pattern"].items()}
-    files.write_json(adapter / "adapter_config.json", scaled)
-    files.write_json(run_dir / RECORD, record)

@@ -18,6 +18,7 @@ from forgetless.training.metrics_log import MetricsLog
 from forgetless.training.monitor import Monitor, task_loss
 
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+AdjustFn = Callable[[torch.nn.Module, int], "dict[str, float] | None"]
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Bookkeeping:
     optimizer: torch.optim.Optimizer
     scheduler: object
     last_validation: bool = True
+    adjust: AdjustFn | None = None  # a forgetting budget's controller (eval/budget.py): what it moved is logged
     stopped: str | None = None
     saved: int = -1  # the step of the last checkpoint this run wrote
 
@@ -45,6 +47,10 @@ class Bookkeeping:
             self.log.write(prog.step, last)
         if self.monitor is not None:
             self.monitor.train_loss(task_loss(last))
+        if self.adjust is not None:
+            moved = validate(model, lambda m: self.adjust(m, prog.step), acc)
+            if moved:
+                self.log.write(prog.step, moved)
         epoch_end = prog.micro == 0
         due = prog.step % cfg.eval_every == 0 or epoch_end or final
         if self.evaluate and due and (self.last_validation or not final):

@@ -36,7 +36,7 @@ from forgetless.config.schema import TrainConfig
 from forgetless.data.batching import Batches
 from forgetless.errors import TrainingDiverged
 from forgetless.objectives.objective import CountFn, LossFn, Objective
-from forgetless.training.bookkeeping import Bookkeeping, EvalFn
+from forgetless.training.bookkeeping import AdjustFn, Bookkeeping, EvalFn
 from forgetless.training.bookkeeping import resume as resume_state
 from forgetless.training.checkpoint import Progress
 from forgetless.training.metrics_log import MetricsLog
@@ -143,10 +143,13 @@ def fit(
     monitor: Monitor | None = None,
     on_best: Callable[[torch.nn.Module], None] | None = None,
     last_validation: bool = True,
+    adjust: AdjustFn | None = None,
 ) -> dict:
     """Train `model` on `batches` for the configured steps; returns the run's training facts.
     last_validation=False: the caller's final evaluation measures the finished model's validation
-    numbers anyway (`monitor.final_validation` logs them), so the last step does not compute them twice."""
+    numbers anyway (`monitor.final_validation` logs them), so the last step does not compute them twice.
+    `adjust(model, step)`: called after every optimizer step (eval mode, no gradient), may move the
+    objective's weights (a forgetting budget's controller) and returns what it logs, or None."""
     acc = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     steps = total_steps(cfg, batches, acc.num_processes)
     optimizer = make_optimizer(model, cfg)
@@ -163,7 +166,9 @@ def fit(
     log = MetricsLog(out_dir, enabled=acc.is_main_process, resume_step=prog.step)
     if monitor is not None and resume:
         monitor.replay(log.path)
-    run = Bookkeeping(acc, cfg, steps, out_dir, log, evaluate, monitor, on_best, optimizer, scheduler, last_validation)
+    run = Bookkeeping(
+        acc, cfg, steps, out_dir, log, evaluate, monitor, on_best, optimizer, scheduler, last_validation, adjust
+    )
     model.train()
     bar = tqdm(total=steps, initial=prog.step, disable=not acc.is_main_process, desc="train", unit="step")
     oom = Oom(cfg.on_oom == "retry" and acc.num_processes == 1)

@@ -1,0 +1,115 @@
+"""The forgetting budget: the controller (pure), the refusals, and the loop and dial on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import pairwise
+
+import pytest
+
+import forgetless
+from forgetless.errors import UserError
+from forgetless.eval import budget
+from forgetless.objectives.forgetting import Controller, Weights
+from tests.conftest import write_jsonl
+
+
+def test_the_controller_raises_the_weight_above_the_budget_and_lowers_it_below():
+    c = Controller(target=0.05, weight=1.0, horizon=10)
+    assert c.update(0.10, 5) == pytest.approx(math.exp(math.log(2) * 0.5))  # twice the budget: ×2^(5/10)
+    c = Controller(target=0.05, weight=1.0, horizon=10)
+    assert c.update(0.025, 5) == pytest.approx(math.exp(-math.log(2) * 0.5))  # half: the mirror image
+    c = Controller(target=0.05, weight=1.0, horizon=10)
+    assert c.update(5.0, 10) == pytest.approx(math.e)  # a KL 100× over moves it by at most e per horizon
+    assert c.update(0.05, 10) == pytest.approx(math.e)  # on the budget: unchanged
+    c = Controller(target=0.05, weight=1.0, horizon=1, high=3.0, low=0.5)
+    assert c.update(1.0, 10) == 3.0 and c.update(0.0, 10) == 0.5  # bounded both ways (a KL of 0 too)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["forgetting.preset=none", "forgetting.budget.kl=0.05"], "forgetting.budget: preset 'none' has no LwF or"),
+        (["recipe=dpo", "forgetting.budget.kl=0.05"], "forgetting.budget is steered by recipe sft"),
+        (["forgetting.budget.kl=0.05", "eval.retention=false"], "it needs eval.retention=true$"),
+        (["forgetting.budget.mc_drop=0.02", "eval.benchmarks=[]"], "needs eval.retention=true and eval.benchmarks"),
+    ],
+)
+def test_a_budget_with_nothing_to_steer_or_measure_is_refused_in_one_line(overrides, message):
+    with pytest.raises(UserError, match=message) as caught:
+        forgetless.load_config({}, overrides)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_steered_weight_is_lwf_else_the_rehearsal_ce():
+    cfg = forgetless.load_config({}, ["forgetting.budget.kl=0.05"])
+    assert cfg.forgetting.steered == "lwf"
+    cfg = forgetless.load_config({}, ["forgetting.preset=rehearsal", "forgetting.budget.kl=0.05"])
+    assert cfg.forgetting.steered == "rehearsal"
+    cfg = forgetless.load_config({}, ["forgetting.budget.mc_drop=0.05"])
+    assert cfg.forgetting.steered is None  # checked after training only: nothing to hold during it
+
+
+def test_within_and_the_mc_drop_read_from_both_sides():
+    cfg = forgetless.load_config({}, ["forgetting.budget.kl=0.05", "forgetting.budget.mc_drop=0.02"])
+    before = {"benchmarks": {"a": {"acc": 0.60}, "b": {"acc": 0.50}}}
+    after = {"prompts": {"kl_per_token": 0.04}, "benchmarks": {"a": {"acc": 0.59}, "b": {"acc": 0.47}}}
+    found = budget.numbers(before, after)
+    assert found["kl"] == 0.04 and found["mc_drop"] == pytest.approx(0.03)  # the largest drop counts
+    assert not budget.within(cfg, found)
+    assert budget.within(cfg, {"kl": 0.04, "mc_drop": 0.01})
+    assert not budget.within(cfg, {"kl": None, "mc_drop": 0.0})  # an unmeasured bound is never met
+
+
+def _budget_run(tiny_overrides, tmp_path, kl: float, name: str) -> tuple[dict, list[dict]]:
+    prompts = [{"instruction": f"Name a colour, {w}."} for w in ("please", "now", "quickly", "kindly")]
+    summary = forgetless.train(
+        {},
+        [
+            *tiny_overrides,
+            f"output_dir={tmp_path / name}",
+            "forgetting.preset=lwf",
+            "eval.retention=true",
+            f"eval.retention_prompts={write_jsonl(tmp_path / 'prompts.jsonl', prompts)}",
+            "eval.retention_max_new_tokens=6",
+            "eval.benchmarks=[]",
+            f"forgetting.budget.kl={kl}",
+            "forgetting.budget.every=2",
+            "forgetting.budget.probe_prompts=2",
+        ],
+    )
+    rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return summary, [r for r in rows if budget.PROBE_KL in r]
+
+
+def test_the_controller_moves_lwf_on_the_tiny_model_and_the_dial_saves_the_closest_point(tiny_overrides, tmp_path):
+    """A budget far below what the run drifts: every probe raises λ, and the trained adapter is dialled down
+    (to the smallest scale, 1/32, when even that is over); a budget far above: every probe lowers λ."""
+    tight, probes = _budget_run(tiny_overrides, tmp_path, 1e-9, "tight")
+    weights = [p["lwf_weight"] for p in probes]
+    assert [p["step"] for p in probes] == [2, 4, 6] and all(p[budget.PROBE_KL] > 1e-9 for p in probes)
+    assert weights[0] > 0.5 and all(b > a for a, b in pairwise(weights))
+    verdict = tight["budget"]
+    assert not verdict["met"] and verdict["scale"] == pytest.approx(1 / 32)
+    assert verdict["measured"]["kl"] < verdict["trained"]["kl"]  # scaled down, the drift shrank
+    adapter = json.loads((tmp_path / "tight" / "adapter" / "adapter_config.json").read_text())
+    record = json.loads((tmp_path / "tight" / "tune_scale.json").read_text())
+    assert adapter["lora_alpha"] == pytest.approx(record["trained"]["lora_alpha"] / 32)
+    assert record["by"] == "forgetting.budget" and len(record["points"]) == budget.BISECTIONS
+    report = (tmp_path / "tight" / "report.md").read_text()
+    assert "budget not met: kl " in report and "adapter scaled to 0.031" in report
+
+    loose, probes = _budget_run(tiny_overrides, tmp_path, 1e3, "loose")
+    weights = [p["lwf_weight"] for p in probes]
+    assert weights[0] < 0.5 and all(b < a for a, b in pairwise(weights))
+    assert loose["budget"]["met"] and loose["budget"]["scale"] is None
+    assert not (tmp_path / "loose" / "tune_scale.json").exists()
+    assert "budget met: kl " in (tmp_path / "loose" / "report.md").read_text()
+
+
+def test_a_resumed_run_takes_the_controllers_weight_back(tiny_overrides, tmp_path):
+    cfg = forgetless.load_config({}, ["forgetting.budget.kl=0.05"])
+    log = write_jsonl(tmp_path / "metrics.jsonl", [{"step": 5, budget.PROBE_KL: 0.1, "lwf_weight": 2.5}])
+    weights = Weights.of(cfg.forgetting)
+    assert budget.probe(cfg, None, ["ref"], weights, log) is not None and weights.lwf == 2.5
