@@ -168,7 +168,7 @@ def compare(cfg: Config, presets: list[str], overwrite: bool = False) -> tuple[l
     """`forgetless compare`: one run per forgetting preset; the rows and their markdown table."""
     from forgetless.recipes import compare as recipe  # as above
 
-    rows = compare_presets(cfg, recipe.preset_variants(presets), overwrite=overwrite)
+    rows = compare_presets(cfg, recipe.preset_variants(presets, cfg.forgetting.budget.set), overwrite=overwrite)
     return rows, recipe.table(rows, cfg.eval.metric)
 
 
@@ -274,7 +274,7 @@ def promote(name: str, version: int, alias: str, gates, uri: str | None = None) 
 
 def plan(model: str, gpu_memory_gb: float | None = None, bf16: bool = True, **goal):
     """`forgetless plan`: method, precision and batch settings for this machine (or a GPU of
-    `gpu_memory_gb`); goal: goal, need, seq_len, batch_size, short_deadline, processes, sharding."""
+    `gpu_memory_gb`); goal: goal, need, seq_len, batch_size, short_deadline, processes, sharding, budget_kl."""
     from forgetless.plan import planner  # torch, as above
 
     hw = planner.given(gpu_memory_gb, bf16) if gpu_memory_gb is not None else planner.detect()

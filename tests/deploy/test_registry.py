@@ -11,6 +11,7 @@ from forgetless.cli import main
 from forgetless.config import loader
 from forgetless.config import pipeline as pipeline_config
 from forgetless.deploy import registry
+from forgetless.training import tracking
 
 
 @pytest.fixture
@@ -66,6 +67,19 @@ def test_gates_by_hand():
         "KL to base 0.05 > 0.01",
         "retention.mc.jsonl dropped 0.100 > 0.05",
     ]
+    met = pipeline_config.gates({}, budget_met=True)
+    assert registry.check_gates(values | {"budget.met": 1.0}, met) == []
+    assert registry.check_gates(values | {"budget.met": 0.0}, met) == [
+        "budget_met: the run did not meet its forgetting budget"
+    ]
+    assert registry.check_gates(values, met) == ["budget_met: the run was trained without forgetting.budget"]
+
+
+def test_the_budget_verdict_is_among_the_metrics_gates_read(tmp_path):
+    (tmp_path / "eval.json").write_text(json.dumps({"task": {"exact_match": {"finetuned": 0.5}}}))
+    assert "budget.met" not in tracking.metrics(tmp_path)  # no summary, or a run without a budget
+    (tmp_path / "summary.json").write_text(json.dumps({"budget": {"met": False}}))
+    assert tracking.metrics(tmp_path) == {"task.exact_match": 0.5, "budget.met": 0.0}
 
 
 def test_pipeline_end_to_end_resumes_after_failure(scored_overrides, tmp_path, capsys):

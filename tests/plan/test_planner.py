@@ -210,3 +210,11 @@ def test_train_auto_plans_for_this_machine(tiny_overrides):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "plan      SFT with LORA" in done.stdout and "CPU: fp32" in done.stdout
+
+
+def test_a_planned_budget_goes_into_the_config_and_only_sft_holds_one(tiny_dir):
+    p = planner.plan(tiny_dir, planner.given(24), budget_kl=0.05)
+    assert "forgetting.budget.kl=0.05" in p.overrides() and "budget KL ≤ 0.05" in planner.render(p)
+    assert api.load_config({}, p.overrides()).forgetting.budget.kl == 0.05
+    with pytest.raises(UserError, match="--budget-kl: a forgetting budget is held by SFT runs; goal improve"):
+        planner.plan(tiny_dir, planner.given(24), goal="improve", budget_kl=0.05)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import forgetless
+from forgetless.errors import UserError
+from forgetless.recipes import compare
 from forgetless.recipes.runtime import cached_teacher
 from tests.conftest import write_jsonl
 
@@ -48,3 +52,17 @@ def test_the_auto_teacher_is_cached_only_when_rows_are_seen_more_than_once():
     assert cached_teacher(cfg("train.epochs=3"), 400) and not cached_teacher(cfg("train.epochs=1"), 400)
     assert not cached_teacher(cfg("train.max_steps=500", "forgetting.lwf.teacher=online"), 400)
     assert cached_teacher(cfg("train.max_steps=1", "forgetting.lwf.teacher=cached"), 400)
+
+
+def test_compare_runs_the_budget_as_its_own_variant_and_the_presets_without_it():
+    variants = compare.preset_variants(["none", "budget"], budget=True)
+    assert variants["budget"] == ["forgetting.preset=full"]
+    assert variants["none"] == ["forgetting.preset=none", *compare.NO_BUDGET]
+    cfg = forgetless.load_config({}, ["forgetting.budget.kl=0.05"])
+    assert compare.variant_config(cfg, "none", variants["none"]).forgetting.budget.kl is None  # not refused
+    with pytest.raises(UserError, match="variant budget needs a budget in the config"):
+        compare.preset_variants(["budget"], budget=False)
+    rows = [compare.row(v, {"budget": b} if b is not None else {}, "exact_match") for v, b in
+            (("none", None), ("budget", {"met": True}))]  # fmt: skip
+    lines = compare.table(rows, "exact_match").splitlines()
+    assert "| budget met |" in lines[0] and lines[2].count("| – |") >= 1 and "| yes |" in lines[3]

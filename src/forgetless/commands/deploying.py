@@ -171,10 +171,13 @@ def registry_parser(rg: argparse.ArgumentParser) -> None:
     rp.add_argument("name")
     rp.add_argument("version", type=int)
     rp.add_argument("--alias", default="production")
-    rp.add_argument("--gates", default=None, metavar="GATES.yaml", help="min_task / max_kl / max_benchmark_drop")
+    rp.add_argument(
+        "--gates", default=None, metavar="GATES.yaml", help="min_task / max_kl / max_benchmark_drop / budget_met"
+    )
     rp.add_argument("--min-task", action="append", default=[], metavar="METRIC=VALUE")
     rp.add_argument("--max-kl", type=float, default=None)
     rp.add_argument("--max-benchmark-drop", type=float, default=None)
+    rp.add_argument("--budget-met", action="store_true", help="the run met its forgetting.budget")
     for sp in (rr, rl, rs, rp):
         sp.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite in runs/registry)")
 
@@ -197,7 +200,7 @@ def registry(args: argparse.Namespace) -> int:
             print(f"{r['name']} v{r['version']} {','.join(r['aliases']) or '-'} base={r['base_model']} {task}")
     elif args.action == "promote":
         tree = (read_yaml(Path(args.gates))[0] or {}) if args.gates else {}
-        gates = pipeline_config.gates(tree, args.min_task, args.max_kl, args.max_benchmark_drop)
+        gates = pipeline_config.gates(tree, args.min_task, args.max_kl, args.max_benchmark_drop, args.budget_met)
         failed = api.promote(args.name, args.version, args.alias, gates, uri)
         if failed:
             print(f"[forgetless] refused: {args.name} v{args.version} fails {'; '.join(failed)}", file=sys.stderr)

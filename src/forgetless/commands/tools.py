@@ -30,6 +30,7 @@ def plan_parser(pl: argparse.ArgumentParser) -> None:
     pl.add_argument("--batch-size", type=int, default=4, help="micro-batch to start from")
     pl.add_argument("--processes", type=int, default=1, help="devices training together (memory is per device)")
     pl.add_argument("--sharding", default="ddp", choices=["ddp", "zero2", "fsdp", "zero3"], help="with --processes")
+    pl.add_argument("--budget-kl", type=float, default=None, help="forgetting budget: KL to the base per token")
     pl.add_argument("--write", default=None, metavar="CFG.yaml", help="write a ready config for the plan")
 
 
@@ -45,6 +46,7 @@ def plan(args: argparse.Namespace) -> int:
         short_deadline=args.short_deadline,
         processes=args.processes,
         sharding=args.sharding,
+        budget_kl=args.budget_kl,
     )
     print(api.render_plan(p))
     if args.write:

@@ -140,7 +140,11 @@ def report(args: argparse.Namespace) -> int:
 
 def compare_parser(m: argparse.ArgumentParser) -> None:
     config_items(m)
-    m.add_argument("--variants", default="none,lwf,rehearsal,full", help="comma-separated forgetting presets")
+    m.add_argument(
+        "--variants",
+        default="none,lwf,rehearsal,full",
+        help="comma-separated forgetting presets, and budget (preset full under the config's forgetting.budget)",
+    )
     m.add_argument("--overwrite", action="store_true", help="retrain variants whose run directories hold other runs")
 
 

@@ -26,9 +26,18 @@ class Gates(BaseModel):
     max_benchmark_drop: float | None = Field(
         None, ge=0, description="Largest acceptable drop of any retention benchmark's accuracy (base − fine-tuned)."
     )
+    budget_met: bool = Field(
+        False, description="The run met the forgetting budget it was trained under (a run without one fails)."
+    )
 
 
-def gates(tree: dict, min_task: list[str] = (), max_kl: float | None = None, max_drop: float | None = None) -> Gates:
+def gates(
+    tree: dict,
+    min_task: list[str] = (),
+    max_kl: float | None = None,
+    max_drop: float | None = None,
+    budget_met: bool = False,
+) -> Gates:
     """Gates from a YAML tree (--gates FILE) with `METRIC=VALUE` minimums and limits on top (CLI and UI)."""
     tree = dict(tree)
     for item in min_task:
@@ -41,6 +50,8 @@ def gates(tree: dict, min_task: list[str] = (), max_kl: float | None = None, max
         tree["max_kl"] = max_kl
     if max_drop is not None:
         tree["max_benchmark_drop"] = max_drop
+    if budget_met:
+        tree["budget_met"] = True
     try:
         return Gates(**tree)
     except Exception as e:  # pydantic's message names the key

@@ -30,6 +30,9 @@ def check_gates(values: dict[str, float], gates: Gates) -> list[str]:
         for key, diff in values.items():
             if key.endswith(".acc_diff") and -diff > gates.max_benchmark_drop:
                 failed.append(f"{key.removesuffix('.acc_diff')} dropped {-diff:.3f} > {gates.max_benchmark_drop}")
+    if gates.budget_met and values.get("budget.met") != 1.0:
+        said = {None: "was trained without forgetting.budget", 0.0: "did not meet its forgetting budget"}
+        failed.append(f"budget_met: the run {said.get(values.get('budget.met'), 'has no budget verdict')}")
     return failed
 
 

@@ -91,6 +91,7 @@ class Plan:
     fits: bool
     reasons: list[str] = field(default_factory=list)
     peft_method: str = "lora"  # what trains on that base: lora, ia3, prefix or adapter
+    budget_kl: float | None = None  # forgetting.budget.kl the plan's config holds
 
     def overrides(self) -> list[str]:
         """Config overrides that realise this plan (the training data must suit the recipe: pairs for DPO)."""
@@ -109,6 +110,7 @@ class Plan:
             f"train.grad_checkpointing={str(self.setup.grad_checkpointing).lower()}",
             f"train.optimizer={self.setup.optimizer}",
             "forgetting.preset=full",  # forgetting controls stay on in every plan
+            *([f"forgetting.budget.kl={self.budget_kl}"] if self.budget_kl is not None else []),
         ]
 
 
@@ -193,10 +195,14 @@ def plan(
     short_deadline: bool = False,
     processes: int = 1,
     sharding: str = "ddp",
+    budget_kl: float | None = None,
 ) -> Plan:
-    """The plan for one device of `processes` (memory per device under `sharding`: ddp, zero2, fsdp, zero3)."""
+    """The plan for one device of `processes` (memory per device under `sharding`: ddp, zero2, fsdp, zero3);
+    `budget_kl`: a forgetting budget (KL to the base per token) the planned SFT run holds."""
     shape, source = shapes.resolve_shape(model)
     method, recipe, reasons = choose(hw, goal, need, short_deadline)
+    if budget_kl is not None:
+        reasons.append(_budget_reason(budget_kl, goal, recipe))
     # The memory estimator models base precision x LoRA; IA3, prefix and adapters train fewer
     # parameters than LoRA r=8, so LoRA's estimate on the same base bounds theirs.
     peft_method, method = (method, "lora") if method in ("ia3", "prefix", "adapter") else ("lora", method)
@@ -225,7 +231,13 @@ def plan(
             f"does not fit even at micro-batch 1, 4-bit, checkpointing and {setup.seq_len} tokens: needs about "
             f"{needed} GB; use a larger GPU, several GPUs with FSDP (see docs/scaling.md) or a smaller model"
         )
-    return Plan(model, source, hw, method, recipe, prec, setup, grad_accum, est, fits, reasons, peft_method)
+    return Plan(model, source, hw, method, recipe, prec, setup, grad_accum, est, fits, reasons, peft_method, budget_kl)
+
+
+def _budget_reason(budget_kl: float, goal: str, recipe: str) -> str:
+    if recipe != "sft":
+        raise UserError(f"--budget-kl: a forgetting budget is held by SFT runs; goal {goal} plans {recipe}")
+    return f"forgetting budget: LwF's weight is steered to keep KL to the base ≤ {budget_kl} per token"
 
 
 def render(p: Plan) -> str:
@@ -238,7 +250,8 @@ def render(p: Plan) -> str:
         + (f" per device, {s.processes} devices with {s.sharding.upper()}" if s.processes > 1 else ""),
         f"plan      {p.recipe.upper()} with {_method_name(p)}, {p.precision}, micro-batch {s.batch_size} x "
         f"grad_accum {p.grad_accum}, {s.seq_len} tokens, gradient checkpointing "
-        f"{'on' if s.grad_checkpointing else 'off'}, forgetting preset full (LwF + rehearsal)",
+        f"{'on' if s.grad_checkpointing else 'off'}, forgetting preset full (LwF + rehearsal)"
+        + (f", budget KL ≤ {p.budget_kl}" if p.budget_kl is not None else ""),
         f"fits      {'yes' if p.fits else 'NO'}: estimated peak {p.estimate['total']:.2f} GB of "
         f"{p.hardware.memory_gb:g} GB",
         "",

@@ -1,7 +1,8 @@
 """`forgetless compare`: train one config under several forgetting presets and tabulate gain vs retention.
 
 Every variant gets the same seed, data order for the task rows and step budget; only
-`forgetting.preset` differs. Each variant is a normal run in OUTPUT_DIR/<variant>/; a variant
+`forgetting.preset` differs, and the variant `budget` (preset full with the config's forgetting.budget,
+which the preset variants drop) holds the budget. Each variant is a normal run in OUTPUT_DIR/<variant>/; a variant
 whose finished run already has the same resolved config is reused, so an interrupted
 comparison continues where it stopped. The table goes to stdout, compare.md and compare.json.
 """
@@ -21,16 +22,21 @@ from forgetless.errors import UserError
 from forgetless.eval import report
 
 PRESETS = ("none", "lwf", "rehearsal", "full")
+NO_BUDGET = ["forgetting.budget.kl=null", "forgetting.budget.mc_drop=null"]
+MET = {True: "yes", False: "no"}  # the table's budget column; – for a run without a budget
 
 
-def preset_variants(names: list[str]) -> dict[str, list[str]]:
-    """The CLI's variants: one per forgetting preset, named after it."""
+def preset_variants(names: list[str], budget: bool = False) -> dict[str, list[str]]:
+    """The CLI's variants: one per forgetting preset, named after it, and `budget` (preset full under the
+    config's forgetting.budget, given: `budget`); the preset variants train without the budget."""
     for v in names:
-        if v not in PRESETS:
-            raise UserError(f"unknown variant '{v}'; choose from {', '.join(PRESETS)}")
+        if v not in (*PRESETS, "budget"):
+            raise UserError(f"unknown variant '{v}'; choose from {', '.join(PRESETS)}, budget")
     if not names:
         raise UserError("--variants is empty; for example --variants none,full")
-    return {v: [f"forgetting.preset={v}"] for v in names}
+    if "budget" in names and not budget:
+        raise UserError("variant budget needs a budget in the config: forgetting.budget.kl=X (or mc_drop=Y)")
+    return {v: ["forgetting.preset=full"] if v == "budget" else [f"forgetting.preset={v}", *NO_BUDGET] for v in names}
 
 
 def variant_config(cfg: Config, label: str, overrides: list[str]) -> Config:
@@ -112,6 +118,7 @@ def row(variant: str, s: dict, metric: str) -> dict:
         "agreement": ret.get("agreement"),
         "retention_prompts": ret.get("n"),
         "train_seconds": s.get("train_seconds"),
+        "budget_met": (s.get("budget") or {}).get("met"),
     }
 
 
@@ -120,11 +127,12 @@ def _fmt(x, spec: str) -> str:
 
 
 def table(rows: list[dict], metric: str) -> str:
-    """Markdown table: task score and gain, share of the plain-LoRA gain kept, retention."""
+    """Markdown table: task score and gain, share of the plain-LoRA gain kept, retention, whether a budget
+    was met (– for the variants without one)."""
     lines = [
         f"| variant | {metric} before → after | gain | share of `none` gain | KL to base / token "
-        "| unchanged greedy answers | train s |",
-        "|---|---|---|---|---|---|---|",
+        "| unchanged greedy answers | budget met | train s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         share = _fmt(r.get("share_of_none_gain") and 100 * r["share_of_none_gain"], ".0f")
@@ -132,6 +140,7 @@ def table(rows: list[dict], metric: str) -> str:
             f"| {r['variant']} | {_fmt(r['before'], '.3f')} → {_fmt(r['after'], '.3f')} | {_fmt(r['gain'], '+.3f')} "
             f"| {share}{'%' if share != '–' else ''} | {_fmt(r['kl_per_token'], '.4f')} "
             f"| {_fmt(r['agreement'] and 100 * r['agreement'], '.0f')}{'%' if r['agreement'] is not None else ''} "
+            f"| {MET.get(r.get('budget_met'), '–')} "
             f"| {_fmt(r['train_seconds'], '.0f')} |"
         )
     return "\n".join(lines)

@@ -104,7 +104,8 @@ def lineage(run: Path) -> dict[str, str]:
 
 
 def metrics(run: Path) -> dict[str, float]:
-    """The numbers gates look at, flattened from eval.json (task scores, retention)."""
+    """The numbers gates look at, flattened from eval.json (task scores, retention) and summary.json (whether
+    the forgetting budget was met: budget.met 1 or 0)."""
     ev = json.loads((run / "eval.json").read_text(encoding="utf-8"))
     out: dict[str, float] = {}
     for name, value in (ev.get("task") or {}).items():
@@ -120,6 +121,10 @@ def metrics(run: Path) -> dict[str, float]:
         if "diff" in acc:
             out[f"retention.{bench}.acc"] = float(acc["finetuned"])
             out[f"retention.{bench}.acc_diff"] = float(acc["diff"])
+    summary = run / "summary.json"
+    verdict = json.loads(summary.read_text(encoding="utf-8")).get("budget") if summary.is_file() else None
+    if verdict:
+        out["budget.met"] = float(verdict["met"])
     return out
 
 

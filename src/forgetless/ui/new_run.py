@@ -27,7 +27,7 @@ YAML_FILE = "(my YAML file)"
 KEEP = "(recipe's value)"
 # The knobs on the form (dotted config keys), in order; an empty field keeps the recipe's value.
 TEXT_KNOBS = ("model.name", "train.max_steps", "train.lr", "peft.r", "forgetting.lwf.weight")
-TEXT_KNOBS += ("forgetting.rehearsal.ratio", "model.continue_from")
+TEXT_KNOBS += ("forgetting.rehearsal.ratio", "forgetting.budget.kl", "forgetting.budget.mc_drop", "model.continue_from")
 CHOICE_KNOBS = {
     "peft.method": METHODS,
     "forgetting.preset": ("none", "lwf", "rehearsal", "full"),

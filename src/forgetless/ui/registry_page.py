@@ -46,6 +46,7 @@ def registry_page(root: Path) -> gr.Dropdown | None:
         alias = gr.Textbox("production", label="alias")
         min_task = gr.Textbox(label="min task scores (METRIC=VALUE, comma-separated)", elem_id="registry-min-task")
         max_kl = gr.Textbox(label="max KL to base / token")
+        budget_met = gr.Checkbox(label="forgetting budget met", elem_id="registry-budget-met")
         promote = gr.Button("Promote if it passes the gates")
     said = gr.Markdown(elem_id="registry-message")
     refresh = gr.Button("Refresh")
@@ -67,9 +68,9 @@ def registry_page(root: Path) -> gr.Dropdown | None:
             return f"forgetless: error: {e}"
         return f"registered {r['name']} version {r['version']}"
 
-    def do_promote(u, model_name, v, a, mins, kl):
+    def do_promote(u, model_name, v, a, mins, kl, met):
         try:
-            failed = api.promote(model_name.strip(), int(v or 0), a.strip(), _gates(mins, kl), _uri(u))
+            failed = api.promote(model_name.strip(), int(v or 0), a.strip(), _gates(mins, kl, met), _uri(u))
         except UserError as e:
             return f"forgetless: error: {e}"
         return f"refused: fails {'; '.join(failed)}" if failed else f"{model_name} v{int(v)} is now '{a}'"
@@ -77,19 +78,20 @@ def registry_page(root: Path) -> gr.Dropdown | None:
     refresh.click(listed, uri, [versions, said])
     # after an action its message stays; the table follows
     register.click(do_register, [uri, run, name], said).then(lambda u: listed(u)[0], uri, versions)
-    promote.click(do_promote, [uri, name, version, alias, min_task, max_kl], said).then(
+    promote.click(do_promote, [uri, name, version, alias, min_task, max_kl, budget_met], said).then(
         lambda u: listed(u)[0], uri, versions
     )
     return run
 
 
 def _short(metrics: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if k.startswith("task.") or "kl" in k)
+    shown = sorted((k, v) for k, v in metrics.items() if k.startswith(("task.", "budget.")) or "kl" in k)
+    return ", ".join(f"{k} {v:.4g}" for k, v in shown)
 
 
-def _gates(min_task: str, max_kl: str) -> pipeline_config.Gates:
+def _gates(min_task: str, max_kl: str, budget_met: bool = False) -> pipeline_config.Gates:
     try:
         kl = float(max_kl) if max_kl.strip() else None
     except ValueError:
         raise UserError(f"max KL '{max_kl}': give a number, e.g. 0.05") from None
-    return pipeline_config.gates({}, [x for x in min_task.split(",") if x.strip()], kl)
+    return pipeline_config.gates({}, [x for x in min_task.split(",") if x.strip()], kl, budget_met=budget_met)
