@@ -157,11 +157,13 @@ def evaluate(cfg: Config, adapter: str | None, base: str | None, out: Path) -> d
     return recipe.run(cfg, adapter, base, Path(out))
 
 
-def tune_scale(cfg: Config, run: Path, max_kl: float | None, min_task: float | None, grid: list[float]) -> dict:
+def tune_scale(
+    cfg: Config, run: Path, max_kl: float | None, min_task: float | None, grid: list[float], per_layer: bool = False
+) -> dict:
     """`forgetless tune-scale`: the adapter scale that meets the budget, saved with the run's adapter."""
     from forgetless.recipes import tune_scale as recipe  # as above
 
-    return recipe.run(cfg, Path(run), max_kl, min_task, grid)
+    return recipe.run(cfg, Path(run), max_kl, min_task, grid, per_layer)
 
 
 def compare(cfg: Config, presets: list[str], overwrite: bool = False) -> tuple[list[dict], str]:

@@ -5,15 +5,19 @@ transformers' ids."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from llama_cpp import Llama
+from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from forgetless.adapters import merge
+from forgetless.adapters import layer_scales, merge
 from forgetless.deploy import export
 from forgetless.errors import UserError
+from forgetless.eval import budget
 from forgetless.model.chat_format import prompt_text
 from tests.conftest import lora_model
 from tests.families.conftest import FAMILIES, family_model_dir, family_tokenizer
@@ -200,3 +204,49 @@ def test_a_gemma_3_layer_layout_llama_cpp_does_not_run_is_refused(
     with pytest.raises(UserError, match="llama.cpp runs every 6th layer with full attention"):
         export.run(str(tmp_path / "all-full"), "gguf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_per_layer_scales_survive_peft_merge_and_both_gguf_files_in_llama_cpp(
+    family_model_dirs, family_tokenizers, tmp_path_factory, tmp_path
+):
+    """tune-scale --per-layer saves one scale per group of layers (thirds × attention/MLP) as an alpha_pattern
+    entry per module: PEFT, merge, the merged GGUF and the GGUF LoRA (f32, in llama.cpp) all compute what the
+    dialled PyTorch model does, and greedily pick its tokens wherever its top two are not a near-tie."""
+    base_dir = family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, "llama3")
+    tokenizer = family_tokenizer(family_tokenizers, "llama3")
+    tuned = lora_model(base_dir).eval()
+    for name, p in tuned.named_parameters():  # smaller updates: the model stays near its base
+        if "lora_B" in name:
+            p.data.mul_(0.1)
+    adapter = tmp_path / "adapter"
+    tuned.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    ids = tokenizer(prompt_text(tokenizer, CHAT), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        trained = tuned(input_ids=torch.tensor([ids])).logits[0].numpy()
+    dial = layer_scales.Dial(tuned)
+    scales = dict(zip(layer_scales.GROUPS, (0.9, 0.2, 0.6, 0.0, 1.0, 0.5), strict=True))
+    dial.set(scales)
+    with torch.no_grad():
+        expected = tuned(input_ids=torch.tensor([ids])).logits[0].numpy()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    record = {"chosen": 1.0, "layer_scales": scales, "layers": dial.layers}
+    budget.save_scale(
+        tmp_path, adapter, config, record | {"trained": {"lora_alpha": config["lora_alpha"]}}, list(dial.trained)
+    )
+    scale = np.abs(expected).max()
+    assert np.abs(trained - expected).max() > 0.05 * scale  # the scales changed what is compared
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(adapter)).eval()
+    merged, _, _ = merge.load_merged(str(adapter), base_dir, "fp32")
+    with torch.no_grad():
+        assert np.abs(loaded(input_ids=torch.tensor([ids])).logits[0].numpy() - expected).max() < 1e-4 * scale
+        assert np.abs(merged(input_ids=torch.tensor([ids])).logits[0].numpy() - expected).max() < 1e-4 * scale
+    merged_file = tmp_path / "merged" / export.run(str(adapter), "gguf", tmp_path / "merged", "f32")["file"]
+    base_file = tmp_path / "base" / export.run(base_dir, "gguf", tmp_path / "base", "f32")["file"]
+    lora_file = tmp_path / "lora" / export.run(str(adapter), "gguf-lora", tmp_path / "lora")["file"]
+    for got in (llama_cpp_logits(merged_file, ids), llama_cpp_logits(base_file, ids, lora=lora_file)):
+        assert np.abs(got - expected).max() < 0.01 * scale  # llama.cpp keeps its KV cache in f16
+        top2 = np.sort(expected, axis=-1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 2 * np.abs(got - expected).max()  # a random model's near-ties aside
+        assert clear.sum() > len(ids) // 2 and (got.argmax(-1) == expected.argmax(-1))[clear].all()

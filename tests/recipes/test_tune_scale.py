@@ -10,6 +10,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from forgetless import api
+from forgetless.adapters import layer_scales
 from forgetless.adapters.merge import merge
 from forgetless.errors import UserError
 from forgetless.eval.retention import kl_to_base
@@ -121,3 +122,46 @@ def test_a_resumed_run_is_dialled_from_its_new_adapter_not_by_the_stale_choice(t
     (run / "adapter" / "adapter_config.json").write_text(json.dumps(config | {"lora_alpha": 3.0}))
     with pytest.raises(UserError, match="neither the trained"):
         tune_scale.run(cfg, run, max_kl=1e9, min_task=None)
+
+
+def test_layer_groups_patterns_and_factors():
+    names = [f"model.layers.{i}.{m}" for i in range(6) for m in ("self_attn.q_proj", "mlp.down_proj")]
+    groups = [layer_scales.group_of(n, 6) for n in names]
+    assert groups[:4] == ["bottom/attention", "bottom/mlp"] * 2 and groups[-2:] == ["top/attention", "top/mlp"]
+    assert layer_scales.group_of("model.layers.3.self_attn.o_proj", 6) == "middle/attention"
+    scales = dict(zip(layer_scales.GROUPS, (0.5, 1.0, 0.25, 0.0, 1.0, 0.75), strict=True))
+    config = {"lora_alpha": 16, "alpha_pattern": {"down_proj": 8}}
+    pattern = layer_scales.alpha_pattern(config, names[:3], scales, 6)
+    assert pattern == {"model.layers.0.self_attn.q_proj": 8.0, "model.layers.0.mlp.down_proj": 8.0,
+                       "model.layers.1.self_attn.q_proj": 8.0}  # fmt: skip
+    record = {"chosen": 0.4, "layer_scales": scales, "layers": 6}
+    assert layer_scales.factor(record, "model.layers.5.mlp.up_proj") == 0.75
+    assert layer_scales.factor({"chosen": 0.4}, "model.layers.5.mlp.up_proj") == 0.4
+
+
+def test_tune_scale_per_layer_keeps_the_best_candidate_within_the_budget(tiny_dir, train_file, tmp_path):
+    """Every candidate (uniform, and each part at full scale) sits within the budget; the kept one has the
+    highest task score, its scales are saved as the adapter's alpha_pattern and PEFT loads them back; a
+    second dial starts from the trained adapter."""
+    run = tmp_path / "run"
+    overrides = tiny_args(tiny_dir, train_file, run, "train.lr=5e-2", "train.max_steps=4", *EVAL)
+    api.train(api.load_config(None, overrides))
+    cfg = api.load_config(str(run / "config.yaml"))
+    kl = {p["scale"]: p["kl_per_token"] for p in tune_scale.run(cfg, run, max_kl=1e9, min_task=None)["points"]}
+    budget = kl[0.5]
+    for _ in range(2):
+        t = tune_scale.run(cfg, run, max_kl=budget, min_task=None, per_layer=True)
+        found = t["layer_points"]
+        assert [p["favoured"] for p in found] == ["uniform", "bottom", "middle", "top", "attention", "mlp"]
+        assert all(p["kl_per_token"] <= budget for p in found) and 0.4 < t["chosen"] <= 0.5  # 1/32 steps
+        best = max(p["task"] for p in found)
+        kept = t["layer_scales"] or {g: t["chosen"] for g in layer_scales.GROUPS}
+        assert next(p for p in found if p["scales"] == kept)["task"] == best
+    model, tokenizer, path = models.load(cfg.model)
+    refs = references(cfg, model, tokenizer, path, "torch.float32")
+    loaded = PeftModel.from_pretrained(model, str(run / "adapter")).eval()
+    at_kept = next(p for p in found if p["scales"] == kept)["kl_per_token"]
+    assert kl_to_base(loaded, tokenizer, refs) == pytest.approx(at_kept, rel=1e-4)
+    assert "per-layer dial" in (run / "report.md").read_text()
+    with pytest.raises(UserError, match="--per-layer searches within a KL budget"):
+        tune_scale.run(cfg, run, max_kl=None, min_task=0.5, per_layer=True)

@@ -164,15 +164,21 @@ def tune_scale_parser(t: argparse.ArgumentParser) -> None:
     budget.add_argument("--max-kl", type=float, help="largest scale whose KL to base per token is at most this")
     budget.add_argument("--min-task", type=float, help="smallest scale whose task score is at least this")
     t.add_argument("--grid", type=scales, default=[0.25, 0.5, 0.75, 1.0], help="scales to score (default 0.25..1)")
+    t.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="with --max-kl: also search separate scales for the layers' thirds and attention vs MLP",
+    )
 
 
 def tune_scale(args: argparse.Namespace) -> int:
     run = run_dir(args.run)
     cfg = api.load_config(str(run / "config.yaml"), args.items)
-    t = api.tune_scale(cfg, run, args.max_kl, args.min_task, args.grid)
-    print(
-        f"[forgetless] tune-scale: scale {t['chosen']:g} saved with {run / 'adapter'}; curve in {run / 'report.html'}"
-    )
+    t = api.tune_scale(cfg, run, args.max_kl, args.min_task, args.grid, args.per_layer)
+    chosen = f"scale {t['chosen']:g}"
+    if t.get("layer_scales"):
+        chosen = "per-layer scales " + ", ".join(f"{g} {s:.3f}" for g, s in t["layer_scales"].items())
+    print(f"[forgetless] tune-scale: {chosen} saved with {run / 'adapter'}; curve in {run / 'report.html'}")
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from peft.tuners.lora import LoraLayer
 
 from forgetless import files
+from forgetless.adapters import layer_scales
 from forgetless.config.schema import Config
 from forgetless.eval import choice
 from forgetless.eval.retention import kl_to_base
@@ -127,14 +128,20 @@ def verdict(cfg: Config, before: dict, trained: dict, after: dict, scale: float 
     return out
 
 
-def save_scale(run_dir: Path, adapter: Path, config: dict, record: dict) -> None:
+def save_scale(run_dir: Path, adapter: Path, config: dict, record: dict, names: list[str] | None = None) -> None:
     """The chosen scale saved with the adapter: lora_alpha (and alpha_pattern) × the scale in
-    adapter_config.json, and the record (trained values, points) in RUN/tune_scale.json. Each file whole
-    or not at all (a kill between the two is named by the next tune-scale)."""
-    s = record["chosen"]
-    scaled = dict(config, lora_alpha=config["lora_alpha"] * s)
-    if config.get("alpha_pattern"):
-        scaled["alpha_pattern"] = {k: v * s for k, v in config["alpha_pattern"].items()}
+    adapter_config.json, or with per-layer scales (record["layer_scales"]) an alpha_pattern entry for each
+    adapted module of `names`; the record (trained and saved values, points) in RUN/tune_scale.json. Each
+    file whole or not at all (a kill between the two is named by the next tune-scale)."""
+    if record.get("layer_scales"):
+        pattern = layer_scales.alpha_pattern(config, names or [], record["layer_scales"], record["layers"])
+        scaled = dict(config, alpha_pattern=pattern)
+    else:
+        s = record["chosen"]
+        scaled = dict(config, lora_alpha=config["lora_alpha"] * s)
+        if config.get("alpha_pattern"):
+            scaled["alpha_pattern"] = {k: v * s for k, v in config["alpha_pattern"].items()}
+    record["saved"] = {k: scaled.get(k) for k in ("lora_alpha", "alpha_pattern")}
     files.write_json(adapter / "adapter_config.json", scaled)
     files.write_json(run_dir / TUNE_SCALE, record)
 

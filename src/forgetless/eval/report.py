@@ -115,11 +115,33 @@ def scale_blocks(t: dict) -> list[tuple]:
         )
         return [("h3", "adapter scale dial (forgetting budget)"), ("p", note), ("table", rows)]
     budget = f"KL to base ≤ {t['max_kl']}" if t.get("max_kl") is not None else f"task ≥ {t['min_task']}"
+    if t.get("layer_points"):
+        return [("h3", "adapter scale dial"), ("table", rows), *layer_blocks(t, budget)]
     note = (
         f"forgetless tune-scale chose scale {t['chosen']:g} for the budget {budget}; the adapter is saved at that "
         "scale. The tables above were measured at scale 1 (as trained); this one on the held-out rows at each scale."
     )
     return [("h3", "adapter scale dial"), ("p", note), ("table", rows)]
+
+
+def layer_blocks(t: dict, budget: str) -> list[tuple]:
+    """tune-scale --per-layer: each candidate (a part at full scale, the rest bisected to the budget)."""
+    rows = [["favoured", *t["layer_points"][0]["scales"], f"task {t['metric']}", "KL to base / token"]]
+    for p in t["layer_points"]:
+        rows.append(
+            [p["favoured"], *(f"{s:.3f}" for s in p["scales"].values()), fmt(p["task"]), fmt(p["kl_per_token"], ".4f")]
+        )
+    kept = t.get("layer_scales")
+    what = (
+        "per-layer scales " + ", ".join(f"{g} {s:.3f}" for g, s in kept.items())
+        if kept
+        else f"the uniform scale {t['chosen']:g}"
+    )
+    note = (
+        f"forgetless tune-scale --per-layer kept {what} for the budget {budget} (highest task score; the uniform "
+        "scale on a tie); the adapter is saved with it. The tables above were measured at scale 1 (as trained)."
+    )
+    return [("h3", "per-layer dial"), ("p", note), ("table", rows)]
 
 
 def text_table(rows: list[list[str]]) -> str:

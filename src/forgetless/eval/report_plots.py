@@ -86,7 +86,8 @@ def plot_scale(runs: list[dict], path: Path) -> bool:
         ax2.plot(xs, kl, "s--", color="tab:red")
         ax2.set_ylabel("KL to base / token", color="tab:red")
     ax.axvline(t["chosen"], color="grey", linestyle=":")
-    ax.set_title(f"adapter scale dial (chosen {t['chosen']})")
+    chosen = "per-layer chosen; uniform at the budget" if t.get("layer_scales") else "chosen"
+    ax.set_title(f"adapter scale dial ({chosen} {t['chosen']:g})")
     fig.tight_layout()
     with files.replacing(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -9,9 +9,16 @@ scale of a grid, picks a scale that meets the budget, and saves it with the adap
   --max-kl X    the largest scale whose KL to the base is at most X (most task gain within the budget);
   --min-task Y  the smallest scale whose task score is at least Y (least drift that still does the task).
 
+--per-layer (with --max-kl) also searches separate scales for the bottom, middle and top thirds of the
+layers and for attention and MLP (adapters/layer_scales.py): for each of those five parts, the part at
+full scale and the rest dialled down by bisection until the budget holds (or the part alone dialled
+when even that is over); the uniform scale is bisected to the budget the same way, and the candidate
+with the highest task score is kept (the uniform one on a tie).
+
 The scale is saved where every tool that loads the adapter reads it: lora_alpha (and alpha_pattern) in
 RUN/adapter/adapter_config.json become s × the trained values, so merge, serve, export, vLLM and
-llama.cpp all use the scaled adapter; RUN/tune_scale.json keeps the trained values (a second tune-scale
+llama.cpp all use the scaled adapter (per-layer scales: an alpha_pattern entry per adapted module);
+RUN/tune_scale.json keeps the trained values (a second tune-scale
 starts from them, scales never compound) and the curve, which the run's report shows.
 """
 
@@ -21,9 +28,8 @@ import json
 from pathlib import Path
 
 from peft import PeftModel
-from peft.tuners.lora import LoraLayer
 
-from forgetless.adapters import continued, saved
+from forgetless.adapters import continued, layer_scales, saved
 from forgetless.config.schema import Config
 from forgetless.data.build import held_out
 from forgetless.errors import UserError
@@ -38,17 +44,23 @@ RECORD = rundir.TUNE_SCALE
 GRID = (0.25, 0.5, 0.75, 1.0)
 
 
-def run(cfg: Config, run_dir: Path, max_kl: float | None, min_task: float | None, grid=GRID) -> dict:
+def run(
+    cfg: Config, run_dir: Path, max_kl: float | None, min_task: float | None, grid=GRID, per_layer: bool = False
+) -> dict:
     if (max_kl is None) == (min_task is None):
         raise UserError("tune-scale: give one budget, --max-kl X (KL to base per token) or --min-task Y (task score)")
+    if per_layer and max_kl is None:
+        raise UserError("tune-scale --per-layer searches within a KL budget: give --max-kl X")
     if not grid or any(not 0 < s <= 2 for s in grid):
         raise UserError(f"tune-scale --grid {','.join(map(str, grid))}: scales in (0, 2], e.g. 0.25,0.5,0.75,1")
     adapter = run_dir / "adapter"
     with rundir.locked(run_dir):  # a training run (--resume) or a second tune-scale in it waits
-        return _run(cfg, run_dir, adapter, max_kl, min_task, grid)
+        return _run(cfg, run_dir, adapter, (max_kl, min_task), grid, per_layer)
 
 
-def _run(cfg: Config, run_dir: Path, adapter: Path, max_kl: float | None, min_task: float | None, grid) -> dict:
+# one piece: load, score the grid, choose, save: the command's steps in order
+def _run(cfg: Config, run_dir: Path, adapter: Path, limits, grid, per_layer: bool) -> dict:
+    max_kl, min_task = limits
     config, earlier = _trained_config(run_dir, adapter)
     cfg = continued.on_original_base(cfg)  # a continued run's dial runs from the original base (scale 0) to it
     if not cfg.eval.retention and max_kl is not None:
@@ -62,21 +74,63 @@ def _run(cfg: Config, run_dir: Path, adapter: Path, max_kl: float | None, min_ta
         raise UserError(f"tune-scale: {run_dir} has no held-out rows to score the task on (data.validation)")
     refs = suite.references(cfg, model, tokenizer, model_path, hardware.resolve_dtype(cfg.model.precision, dev))
     model = _at_trained_scale(PeftModel.from_pretrained(model, str(adapter)), earlier)
-    trained = {m: dict(m.scaling) for m in model.modules() if isinstance(m, LoraLayer)}
+    dial = layer_scales.Dial(model)
     metric, points = cfg.eval.metric, []
-    for s in sorted(set(grid)):
-        for m, scaling in trained.items():
-            m.scaling.update({k: v * s for k, v in scaling.items()})
+
+    def score(scales, label: str) -> dict:
+        dial.set(scales)
         task = task_eval(model, tokenizer, examples, cfg).get(metric)
         kl = kl_to_base(model, tokenizer, refs) if refs else None
-        points.append({"scale": s, "task": task, "kl_per_token": kl})
-        print(f"[forgetless] tune-scale: scale {s:.2f}: task {metric} {report.fmt(task)}, KL {report.fmt(kl, '.4f')}")
-    chosen = choose(points, max_kl, min_task)
-    record = {"metric": metric, "points": points, "chosen": chosen, "max_kl": max_kl, "min_task": min_task}
+        print(f"[forgetless] tune-scale: {label}: task {metric} {report.fmt(task)}, KL {report.fmt(kl, '.4f')}")
+        return {"task": task, "kl_per_token": kl}
+
+    for s in sorted(set(grid)):
+        points.append({"scale": s} | score(s, f"scale {s:.2f}"))
+    record = {"metric": metric, "points": points, "max_kl": max_kl, "min_task": min_task}
     record["trained"] = {k: config.get(k) for k in ("lora_alpha", "alpha_pattern")}
-    budget.save_scale(run_dir, adapter, config, record)
+    if per_layer:
+        record |= _per_layer(dial, lambda: kl_to_base(model, tokenizer, refs), score, max_kl)
+    else:
+        record["chosen"] = choose(points, max_kl, min_task)
+    budget.save_scale(run_dir, adapter, config, record, list(dial.trained))
     report.write([run_dir], run_dir)
     return record
+
+
+def _per_layer(dial: layer_scales.Dial, kl, score, max_kl: float) -> dict:
+    """The uniform scale and each favoured part's split bisected to the budget (on the KL alone), each
+    scored on the task; the record's fields: chosen (the uniform scale), layer_scales (the best split, None
+    when the uniform scale scores as high) and layer_points (every candidate)."""
+
+    def within(scales) -> bool:
+        dial.set(scales)
+        return kl() <= max_kl
+
+    def largest(make) -> float:  # the largest x in [0, 1] with make(x) within the budget, to 1/32
+        low, high = 0.0, 1.0
+        for _ in range(budget.BISECTIONS):
+            mid = (low + high) / 2
+            low, high = (mid, high) if within(make(mid)) else (low, mid)
+        return low
+
+    groups = layer_scales.GROUPS
+    found = []
+    for label, favoured in [("uniform", []), *layer_scales.FAVOURED.items()]:
+        make = lambda x, f=favoured: {g: 1.0 if g in f else x for g in groups}  # noqa: E731
+        if favoured and not within(make(0.0)):  # the part alone is over the budget: dial it, the rest at 0
+            make = lambda x, f=favoured: {g: x if g in f else 0.0 for g in groups}  # noqa: E731
+        scales = make(largest(make))
+        found.append({"favoured": label, "scales": scales} | score(scales, f"{label}: {_short(scales)}"))
+    best = max(found, key=lambda p: (p["task"] if p["task"] is not None else float("-inf"), p["favoured"] == "uniform"))
+    split = best["favoured"] != "uniform"
+    uniform = found[0]["scales"][groups[0]]
+    return {"chosen": uniform, "layer_scales": best["scales"] if split else None, "layer_points": found} | {
+        "layers": dial.layers
+    }
+
+
+def _short(scales: dict[str, float]) -> str:
+    return " ".join(f"{g}={s:.3f}" for g, s in scales.items())
 
 
 def choose(points: list[dict], max_kl: float | None, min_task: float | None) -> float:
@@ -115,31 +169,32 @@ def _trained_config(run_dir: Path, adapter: Path) -> tuple[dict, dict | None]:
 
 
 def current_record(run_dir: Path, config: dict) -> dict | None:
-    """RUN/tune_scale.json when it describes the adapter saved now (its lora_alpha is the one the record
-    wrote). After `train --resume` saved the adapter again at the trained alpha, the record is stale:
-    dividing by its scale again would scale the adapter by 1/old choice."""
+    """RUN/tune_scale.json when it describes the adapter saved now (its alpha and alpha_pattern are the ones
+    the record wrote). After `train --resume` saved the adapter again at the trained values, the record is
+    stale: dividing by its scales again would scale the adapter by 1/old choice."""
     path = run_dir / RECORD
     if not path.is_file():
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
-    trained = record["trained"]["lora_alpha"]
-    alpha, saved_alpha = config.get("lora_alpha"), trained * record["chosen"]  # what budget.save_scale wrote
-    if alpha == saved_alpha:
+    trained = record["trained"]
+    # what budget.save_scale wrote (kept in the record; older records: lora_alpha × the one scale)
+    wrote = record.get("saved") or {"lora_alpha": trained["lora_alpha"] * record["chosen"]}
+    if all(config.get(k) == v for k, v in wrote.items()):
         return record
-    if alpha == trained:
+    if all(config.get(k) == trained.get(k) for k in wrote):
         print(f"[forgetless] tune-scale: {path} describes an earlier save of the adapter; starting from this one")
         return None
     raise UserError(
-        f"tune-scale: {run_dir}/adapter/adapter_config.json has lora_alpha {alpha}, neither the trained "
-        f"{trained} nor the {saved_alpha} that {path} saved; set it back to the trained "
-        "value and run tune-scale again"
+        f"tune-scale: {run_dir}/adapter/adapter_config.json has lora_alpha {config.get('lora_alpha')}, neither the "
+        f"trained {trained['lora_alpha']} nor the {wrote['lora_alpha']} that {path} saved (alpha_pattern likewise); "
+        "set them back to the trained values and run tune-scale again"
     )
 
 
 def _at_trained_scale(model: PeftModel, earlier: dict | None) -> PeftModel:
-    """The loaded adapter at scale 1: an earlier tune-scale saved alpha × its chosen scale."""
+    """The loaded adapter at scale 1: an earlier dial saved each module's alpha × its scale."""
     if earlier is not None:
-        for m in model.modules():
-            if isinstance(m, LoraLayer):
-                m.scaling.update({k: v / earlier["chosen"] for k, v in m.scaling.items()})
+        for name, m in layer_scales.modules(model).items():
+            f = layer_scales.factor(earlier, name)
+            m.scaling.update({k: v / f for k, v in m.scaling.items()})
     return model
