@@ -244,10 +244,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--out", default="runs/frontier")
     ap.add_argument("--tasks", nargs="+", default=["triage", "keigo", "replies"])
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--max-examples", type=int, default=30, help="validation rows scored per task")
-    ap.add_argument("--override", nargs="*", default=[], help="more KEY=VALUE for every run (e.g. tests' tiny sizes)")
+    tasks.run_arguments(ap)
     args = ap.parse_args(argv)
     out = Path(args.out)
     lines = ["# Forgetting head-to-head (benchmarks/frontier.py)", ""]

@@ -111,3 +111,12 @@ def overrides(name: str, data: Path) -> list[str]:
         f"data.validation={_write(data / f'{name}-test.jsonl', test)}",
         f"eval.metric={metric}",
     ]
+
+
+def run_arguments(ap) -> None:
+    """The arguments the forgetting benchmarks share: how long each run trains, on which model, scored on how
+    many test rows, and more settings for every run."""
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--max-examples", type=int, default=30, help="test rows scored per task")
+    ap.add_argument("--override", nargs="*", default=[], help="more KEY=VALUE for every run (e.g. tests' tiny sizes)")

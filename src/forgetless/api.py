@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from forgetless.config import loader
-from forgetless.config.fields import TEMPLATE_NAMES
+from forgetless.config.fields import OWN_ANSWERS, TEMPLATE_NAMES
 from forgetless.config.schema import Config
 from forgetless.errors import OutOfMemory, UserError
 from forgetless.model import chat_format
@@ -105,7 +105,7 @@ def run_recipe(cfg: Config, resume: bool = False, overwrite: bool = False) -> di
 
     for keys in loader.path_keys():
         for ref in _values(cfg, keys):
-            if ref not in ("self", *TEMPLATE_NAMES) and not ref.startswith("builtin:") and not Path(ref).exists():
+            if ref not in (*OWN_ANSWERS, *TEMPLATE_NAMES) and not ref.startswith("builtin:") and not Path(ref).exists():
                 raise UserError(f"{'.'.join(keys)}: file not found: {ref}")
     # a template jinja cannot parse fails here, not mid-run
     template = chat_format.template_text(cfg.data.chat_template) if cfg.data.chat_template else None

@@ -66,3 +66,51 @@ def test_compare_runs_the_budget_as_its_own_variant_and_the_presets_without_it()
             (("none", None), ("budget", {"met": True}))]  # fmt: skip
     lines = compare.table(rows, "exact_match").splitlines()
     assert "| budget met |" in lines[0] and lines[2].count("| – |") >= 1 and "| yes |" in lines[3]
+
+
+def _on_policy_run(tiny_overrides, tmp_path, max_kl: float, name: str) -> tuple[dict, list[dict]]:
+    prompts = write_jsonl(tmp_path / "general.jsonl", [{"instruction": f"Tell me about topic {i}."} for i in range(5)])
+    summary = forgetless.train(
+        {},
+        [
+            *tiny_overrides,
+            "forgetting.preset=full",
+            "forgetting.rehearsal.source=on_policy",
+            f"forgetting.rehearsal.prompts={prompts}",
+            "forgetting.rehearsal.max_new_tokens=6",
+            "forgetting.rehearsal.on_policy.every=2",
+            "forgetting.rehearsal.on_policy.prompts=3",
+            "forgetting.rehearsal.on_policy.max_new_tokens=6",
+            f"forgetting.rehearsal.on_policy.max_kl={max_kl}",
+            f"output_dir={tmp_path / name}",
+        ],
+    )
+    log = tmp_path / name / "on_policy.jsonl"
+    return summary, [json.loads(x) for x in log.read_text().splitlines()]
+
+
+def test_on_policy_replay_records_every_answer_with_its_origin_and_replays_the_close_ones(
+    tiny_overrides, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
+    _, records = _on_policy_run(tiny_overrides, tmp_path, 1e6, "loose")
+    assert [r["step"] for r in records] == [2] * 3 + [4] * 3 + [6] * 3
+    assert all(r["kept"] == bool(r["answer"].strip()) and r["kl_per_token"] >= 0 for r in records)
+    assert any(r["kl_per_token"] > 0 for r in records)  # the trained model's answers, not the base's
+    metrics = [json.loads(x) for x in (tmp_path / "loose" / "metrics.jsonl").read_text().splitlines()]
+    kept = [m["on_policy_kept"] for m in metrics if "on_policy_kept" in m]
+    assert kept == [sum(r["kept"] for r in records if r["step"] == s) for s in (2, 4, 6)]
+    losses = [m for m in metrics if "loss" in m]
+    assert any(m.get("ce_rehearsal", 0) > 0 for m in losses[2:])  # replayed with CE once they are in the pool
+
+    _, records = _on_policy_run(tiny_overrides, tmp_path, 1e-9, "tight")
+    assert not any(r["kept"] for r in records)  # nothing within the filter: the pool keeps the base's answers
+
+
+def test_on_policy_replay_needs_rehearsal_rows():
+    with pytest.raises(UserError, match="source on_policy: preset 'lwf' mixes no rehearsal rows in"):
+        forgetless.load_config({}, ["forgetting.preset=lwf", "forgetting.rehearsal.source=on_policy"])
+    with pytest.raises(UserError, match="on-policy replay's rows are new answers the cache cannot hold"):
+        forgetless.load_config({}, ["forgetting.rehearsal.source=on_policy", "forgetting.lwf.teacher=cached"])
+    cfg = forgetless.load_config({}, ["forgetting.rehearsal.source=on_policy", "train.epochs=3"])
+    assert not cached_teacher(cfg, 10)  # auto: online

@@ -22,9 +22,12 @@ EXPORT_FORMATS = {
 }
 
 
+OWN_ANSWERS = ("self", "on_policy")  # rehearsal sources that are answers a model gives, not files
+
+
 def path_field(*args: Any, **kw: Any) -> Any:
     """A Field holding a file path (or a list of them): relative paths in a YAML file are relative to
-    that file; `self` and `builtin:NAME` are kept as they are."""
+    that file; `self`, `on_policy` and `builtin:NAME` are kept as they are."""
     return Field(*args, json_schema_extra={PATH: True}, **kw)
 
 

@@ -7,7 +7,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from forgetless.config.fields import STRICT, path_field
+from forgetless.config.fields import OWN_ANSWERS, STRICT, path_field
+
+
+class OnPolicyConfig(BaseModel):
+    model_config = STRICT
+    every: int = Field(10, ge=1, description="Optimizer steps between the current model's answers to general prompts.")
+    prompts: int = Field(8, ge=1, description="General prompts the current model answers each time.")
+    max_new_tokens: int = Field(64, ge=1, description="Answer length of the current model's answers.")
+    max_kl: float = Field(
+        0.05,
+        gt=0,
+        description="Filter: an answer replaces its prompt's rehearsal row when its KL to the reference (the "
+        "model with the adapter off) is at most this per token; the others are dropped (recorded, not replayed).",
+    )
 
 
 class LwfConfig(BaseModel):
@@ -55,16 +68,19 @@ class RehearsalConfig(BaseModel):
         description="Share of every batch's rows drawn from general data (0.1-0.3 in the literature), rounded to "
         "whole rows per micro-batch; a share under one row per micro-batch is spread over the batches exactly.",
     )
-    source: list[str] | Literal["self"] = path_field(
+    source: list[str] | Literal["self", "on_policy"] = path_field(
         "self",
         description="self: the base model's own answers to the bundled general prompts (pseudo-rehearsal); "
+        "on_policy: those answers at first, then the current model's own answers every on_policy.every steps, "
+        "kept when they stay within on_policy.max_kl of the reference (On-Policy Replay), replayed with CE; "
         "or a list of files in any task data format with general instruction data, of earlier run "
-        "directories (their training rows: task after task), and of `self`.",
+        "directories (their training rows: task after task), and of `self` or `on_policy`.",
     )
     prompts: str = path_field(
         "builtin:general/prompts.jsonl", description="Prompts the base model answers when source=self."
     )
     max_new_tokens: int = Field(64, ge=1, description="Answer length the base model generates per prompt.")
+    on_policy: OnPolicyConfig = OnPolicyConfig()
     weight: float | None = Field(
         None,
         ge=0,
@@ -76,14 +92,23 @@ class RehearsalConfig(BaseModel):
     )
 
     @property
+    def sources(self) -> list[str]:
+        return [self.source] if isinstance(self.source, str) else self.source
+
+    @property
+    def on_policy_replay(self) -> bool:
+        return "on_policy" in self.sources
+
+    @property
     def replays(self) -> bool:
-        """Whether earlier runs' training rows are among the sources (task after task)."""
-        return self.source != "self" and any((Path(ref) / "config.yaml").is_file() for ref in self.source)
+        """Whether rows are replayed with CE: earlier runs' training rows (task after task), or on-policy
+        answers."""
+        return self.on_policy_replay or any((Path(ref) / "config.yaml").is_file() for ref in self.sources)
 
     @field_validator("source", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) and v != "self" else v
+        return [v] if isinstance(v, str) and v not in OWN_ANSWERS else v
 
 
 class EwcConfig(BaseModel):
@@ -143,6 +168,20 @@ class ForgettingConfig(BaseModel):
     l2: float = Field(0.0, ge=0, description="Weight of Σ(θ−θ₀)² on the trainable weights; 0.1 is typical, 0 = off.")
     ewc: EwcConfig = EwcConfig()
     budget: BudgetConfig = BudgetConfig()
+
+    @model_validator(mode="after")
+    def _on_policy_rehearses(self) -> ForgettingConfig:
+        if self.rehearsal.on_policy_replay and not self.uses_rehearsal:
+            raise ValueError(
+                f"forgetting.rehearsal.source on_policy: preset {self.preset!r} mixes no rehearsal rows in; "
+                "set forgetting.preset to rehearsal or full"
+            )
+        if self.rehearsal.on_policy_replay and self.uses_lwf and self.lwf.teacher == "cached":
+            raise ValueError(
+                "forgetting.lwf.teacher cached: on-policy replay's rows are new answers the cache cannot hold; "
+                "use teacher online (or auto)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _budget_steers(self) -> ForgettingConfig:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from forgetless import files
-from forgetless.config.fields import TEMPLATE_NAMES, is_path
+from forgetless.config.fields import OWN_ANSWERS, TEMPLATE_NAMES, is_path
 from forgetless.config.schema import Config
 from forgetless.errors import UserError
 from forgetless.files import read_yaml
@@ -154,7 +154,12 @@ def _nest(keys: tuple[str, ...], value: Any) -> dict:
 
 
 def _rel(p: Any, base: Path) -> Any:
-    if not isinstance(p, str) or p in ("self", *TEMPLATE_NAMES) or p.startswith("builtin:") or Path(p).is_absolute():
+    if (
+        not isinstance(p, str)
+        or p in (*OWN_ANSWERS, *TEMPLATE_NAMES)
+        or p.startswith("builtin:")
+        or Path(p).is_absolute()
+    ):
         return p
     return str((base / p).resolve())
 

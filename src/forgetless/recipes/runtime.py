@@ -115,6 +115,12 @@ def general_rows(run: Run) -> tuple[list[dict], list[str]]:
         return rehearsal.general_rows(run.cfg, run.model, run.tokenizer, run.model_path, str(run.dtype))
 
 
+def own_answers(run: Run) -> list:
+    """The base model's own answers to the general prompts (made by general_rows, read from its cache)."""
+    with distributed.state().main_process_first():
+        return rehearsal.own_answers(run.cfg, run.model, run.tokenizer, run.model_path, str(run.dtype))
+
+
 def references(run: Run):
     """The base model's answers to the retention prompts (before any adapter exists)."""
     with distributed.state().main_process_first():
@@ -123,9 +129,10 @@ def references(run: Run):
 
 def cached_teacher(cfg: Config, rows: int) -> bool:
     """lwf.teacher, with auto resolved: cached when the run plans more than one pass over its rows.
-    Making the cache costs one teacher forward per row; the online teacher costs one per row per pass."""
+    Making the cache costs one teacher forward per row; the online teacher costs one per row per pass.
+    On-policy replay makes new rows during training, which no cache holds: online."""
     teacher, t = cfg.forgetting.lwf.teacher, cfg.train
-    if teacher != "auto":
+    if teacher != "auto" or cfg.forgetting.rehearsal.on_policy_replay:
         return teacher == "cached"
     if t.max_steps is None:
         return t.epochs > 1

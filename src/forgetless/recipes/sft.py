@@ -19,6 +19,7 @@ from forgetless.data.build import build
 from forgetless.data.mixture import MixedBatches
 from forgetless.data.packing import attention_cost
 from forgetless.eval import base_cache, budget, earlier_tasks, suite
+from forgetless.eval.on_policy import OnPolicy
 from forgetless.eval.retention import kl_to_base
 from forgetless.objectives import sft
 from forgetless.objectives.forgetting import Weights
@@ -45,6 +46,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
     before = _score_base(r, scored, scored_rows)
 
     fcfg = cfg.forgetting
+    own = runtime.own_answers(r) if fcfg.rehearsal.on_policy_replay else []  # on-policy replay's prompts
     teacher = runtime.teacher(r, data.train + general)
     model = runtime.attach(r)
     anchor = runtime.anchor(r, model, general)
@@ -53,9 +55,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
     # validation would compute the same numbers twice, so they are taken from there instead. Not
     # with early stopping, which may still stop at the last step and restore the best adapter.
     last_from_eval = bool(scored_rows) and not cfg.train.early_stopping.enabled
-    weights = Weights.of(fcfg)  # what a forgetting budget's controller moves during training
-    objective = sft.objective(fcfg, anchor, teacher, cfg.train.loss_chunk, weights)
-    adjust = budget.probe(cfg, tokenizer, refs, weights, out / "metrics.jsonl" if resume else None)
+    objective, adjust = _objective(r, anchor, teacher, refs, batches, own, resume)
     fitted = _fit(r, model, batches, objective, data.validation, refs, last_from_eval, resume, adjust)
     summary, monitor, on_best = fitted
     if not main:
@@ -89,6 +89,32 @@ def _fit(r: runtime.Run, model, batches, objective, validation, refs, last_from_
     hooks["adjust"] = adjust
     summary = runtime.fit(r, model, batches, objective, resume, **hooks)
     return summary, monitor, on_best
+
+
+def _objective(r: runtime.Run, anchor, teacher, refs, batches, own: list, resume: bool):
+    """The SFT objective, and what moves between its steps: a forgetting budget's controller (the weights it
+    moves are the objective's) and on-policy replay's answers (the rehearsal pool it refreshes)."""
+    cfg, fcfg = r.cfg, r.cfg.forgetting
+    weights = Weights.of(fcfg)  # what a forgetting budget's controller moves during training
+    objective = sft.objective(fcfg, anchor, teacher, cfg.train.loss_chunk, weights)
+    adjust = _between_steps(
+        budget.probe(cfg, r.tokenizer, refs, weights, r.out / "metrics.jsonl" if resume else None),
+        OnPolicy(fcfg.rehearsal.on_policy, r.tokenizer, batches.general, own, r.out, resume) if own else None,
+    )
+    return objective, adjust
+
+
+def _between_steps(*hooks):
+    """The loop's `adjust` hook: each of `hooks` (None: off) after every optimizer step, what they log merged."""
+    hooks = [h for h in hooks if h is not None]
+
+    def adjust(model, step: int) -> dict | None:
+        out = {}
+        for h in hooks:
+            out |= h(model, step) or {}
+        return out or None
+
+    return adjust if hooks else None
 
 
 def _keep_budget(r: runtime.Run, model, refs, before: dict, trained: dict, measure) -> tuple[dict, dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from forgetless.config.fields import OWN_ANSWERS
 from forgetless.config.schema import Config
 from forgetless.data.build import of_run, read_all
 from forgetless.data.formats import ReadReport
@@ -36,11 +37,10 @@ def self_rehearsal_file(cfg: Config, model, tokenizer, model_path: str, dtype: s
 def general_rows(cfg: Config, model, tokenizer, model_path: str, dtype: str) -> tuple[list[dict], list[str]]:
     """Encoded general rows and notes for the log: the base model's own answers (`self`), general
     files (same rendering and length limit as the task data), and earlier runs' training rows."""
-    sources = ["self"] if cfg.forgetting.rehearsal.source == "self" else cfg.forgetting.rehearsal.source
     notes: list[str] = []
     examples, rows = [], []
-    for ref in sources:
-        if ref == "self":
+    for ref in cfg.forgetting.rehearsal.sources:
+        if ref in OWN_ANSWERS:  # on_policy starts from the base model's own answers (its answers at step 0)
             examples += _self_examples(cfg, model, tokenizer, model_path, dtype, notes)
         elif (Path(ref) / "config.yaml").is_file():  # an earlier task's real answers: replayed with CE
             rows += [{**r, "replay": True} for r in _run_rows(ref, tokenizer, notes)]
@@ -61,6 +61,11 @@ def general_rows(cfg: Config, model, tokenizer, model_path: str, dtype: str) -> 
     if render.dropped:
         notes.append(f"rehearsal: dropped {len(render.dropped)} row(s); first: {render.dropped[0]}")
     return rows, notes
+
+
+def own_answers(cfg: Config, model, tokenizer, model_path: str, dtype: str) -> list:
+    """The base model's own answers to the general prompts as examples (on-policy replay's prompts)."""
+    return _self_examples(cfg, model, tokenizer, model_path, dtype, [])
 
 
 def _self_examples(cfg: Config, model, tokenizer, model_path: str, dtype: str, notes: list[str]) -> list:

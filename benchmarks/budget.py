@@ -1,0 +1,165 @@
+"""A forgetting budget met over seeds: plain LoRA against forgetless with a KL budget, on the frontier tasks.
+
+For each task (benchmarks/tasks.py) and seed, every run trains the same LoRA with the settings of
+benchmarks/frontier.py (the quickstart-long recipe, --steps steps) and is scored by its own final
+evaluation (the task's test rows, KL to the base on the held-out general prompts, multiple choice):
+
+  none        plain LoRA: the reference gain and KL
+  budget-10   preset full with forgetting.budget.kl = 10% of `none`'s mean KL over the seeds (the user
+              states it once; the controller moves λ during training, the dial scales the adapter after)
+  budget-25   the same at 25%
+
+The budget is a number stated before training, from `none`'s runs; no setting is chosen on the test rows.
+Writes OUT/budget.json (every run's numbers, the machine) and OUT/budget.md (mean ± sd per method: gain,
+share of `none`'s gain kept, KL, whether each run met its budget) and OUT/budget.png (gain against KL per
+task, every seed, the budget lines).
+
+Run: python benchmarks/budget.py [--out runs/budget] [--tasks triage keigo replies] [--seeds 0 1 2]
+     [--fractions 0.10 0.25] [--steps 30] [--max-examples 30] [--override KEY=VALUE ...]
+A finished run is reused (delete its folder to redo it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import machine  # benchmarks/machine.py: the CPU the runs trained on
+import outputs  # benchmarks/outputs.py: every file written whole
+import tasks  # benchmarks/tasks.py: the task data
+
+from forgetless import api
+
+RECIPE = "quickstart-long"
+
+
+def shared(task: str, out: Path, args) -> list[str]:
+    """The settings every run of `task` shares (frontier.py's), with the evaluation on in training."""
+    found = [*tasks.overrides(task, out / "data"), f"train.max_steps={args.steps}", f"model.name={args.model}"]
+    found += [f"eval.max_examples={args.max_examples}", "eval.samples=0", "eval.report=false"]
+    found += ["eval.before_after=true", "eval.retention=true", "train.eval_every=100000", "train.save_every=100000"]
+    return [*found, *args.override]
+
+
+def train(common: list[str], extra: list[str], run: Path, seed: int) -> dict:
+    """One run (reused when finished): its summary and eval.json."""
+    if not (run / "summary.json").is_file():
+        started = time.time()
+        cfg = api.load_config(RECIPE, [*common, *extra, f"train.seed={seed}", f"output_dir={run}"])
+        api.train(cfg, overwrite=run.exists())
+        print(f"[budget] {run}: {time.time() - started:.0f} s")
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    return {"summary": summary, "eval": json.loads((run / "eval.json").read_text(encoding="utf-8"))}
+
+
+def row(method: str, seed: int, found: dict, metric: str) -> dict:
+    ev, s = found["eval"], found["summary"]
+    task, prompts = ev["task"][metric], ev["retention"]["prompts"]
+    verdict = s.get("budget") or {}
+    return {
+        "method": method,
+        "seed": seed,
+        "base": task["base"],
+        "tuned": task["finetuned"],
+        "gain": task["finetuned"] - task["base"],
+        "kl": prompts["kl_per_token"],
+        "agreement": prompts["agreement"],
+        "budget": verdict.get("kl"),
+        "met": verdict.get("met"),
+        "scale": verdict.get("scale"),
+        "trained_kl": (verdict.get("trained") or {}).get("kl"),
+        "train_seconds": s.get("train_seconds"),
+        "wall_seconds": s.get("wall_seconds"),
+    }
+
+
+def mean_sd(values: list[float], spec: str = ".3f", unit: str = "") -> str:
+    if len(values) < 2:
+        return f"{values[0]:{spec}}{unit}" if values else "–"
+    return f"{statistics.mean(values):{spec}}{unit} ± {statistics.stdev(values):{spec}}{unit}"
+
+
+def table(task: str, metric: str, rows: list[dict]) -> list[str]:
+    none_gain = statistics.mean(r["gain"] for r in rows if r["method"] == "none")
+    head = f"| method | budget (KL) | {metric} gain | gain kept vs none | KL to base / token | budget met | "
+    head += "adapter scale after the dial | unchanged answers |"
+    lines = [f"### {task}", "", head, "|" + "---|" * 8]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        kept = [r["gain"] / none_gain for r in mine] if none_gain else []
+        budget = f"{mine[0]['budget']:.4f}" if mine[0]["budget"] is not None else "–"
+        met = f"{sum(bool(r['met']) for r in mine)} of {len(mine)}" if mine[0]["budget"] is not None else "–"
+        scales = ", ".join("–" if r["scale"] is None else f"{r['scale']:.3f}" for r in mine)
+        lines.append(
+            f"| {method} | {budget} | {mean_sd([r['gain'] for r in mine])} | "
+            f"{mean_sd([100 * k for k in kept], '.0f', '%')} | {mean_sd([r['kl'] for r in mine], '.4f')} | {met} | "
+            f"{scales} | {mean_sd([r['agreement'] for r in mine])} |"
+        )
+    return [*lines, ""]
+
+
+def chart(results: dict[str, list[dict]], path: Path) -> None:
+    """Task gain against KL to base, a panel per task: every seed's point, the budgets as vertical lines."""
+    import matplotlib  # only the chart needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after choosing the file-only backend
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results) + 1.6, 4.2), squeeze=False)
+    colours = {}
+    for ax, (task, rows) in zip(axes[0], results.items(), strict=True):
+        for r in rows:
+            c = colours.setdefault(r["method"], plt.get_cmap("tab10")(len(colours)))
+            ax.scatter(r["kl"], r["gain"], color=c, s=40, label=r["method"])
+        for budget in sorted({r["budget"] for r in rows if r["budget"] is not None}):
+            ax.axvline(budget, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set(title=task, xlabel="KL to base per token (held-out prompts, log)", ylabel="task gain (tuned − base)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    fig.legend(unique.values(), unique.keys(), loc="center right", frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
+    outputs.save_figure(fig, path)
+
+
+def run_task(task: str, out: Path, args) -> tuple[list[dict], str]:
+    common = shared(task, out, args)
+    metric = api.load_config(RECIPE, common).eval.metric
+    rows = [row("none", s, train(common, ["forgetting.preset=none"], out / task / "none" / f"seed-{s}", s), metric)
+            for s in args.seeds]  # fmt: skip
+    reference = statistics.mean(r["kl"] for r in rows)
+    for fraction in args.fractions:
+        name, limit = f"budget-{round(100 * fraction)}", round(fraction * reference, 5)
+        extra = ["forgetting.preset=full", f"forgetting.budget.kl={limit}"]
+        for s in args.seeds:
+            rows.append(row(name, s, train(common, extra, out / task / name / f"seed-{s}", s), metric))
+    return rows, metric
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/budget")
+    ap.add_argument("--tasks", nargs="+", default=["triage", "keigo", "replies"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--fractions", nargs="+", type=float, default=[0.10, 0.25])
+    tasks.run_arguments(ap)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    results, lines = {}, ["# A forgetting budget over seeds (benchmarks/budget.py)", ""]
+    lines += [f"Machine: {machine.line(machine.describe())}; {args.steps} steps, seeds {args.seeds}.", ""]
+    for task in args.tasks:
+        results[task], metric = run_task(task, out, args)
+        lines += table(task, metric, results[task])
+    outputs.write_json(out / "budget.json", {"machine": machine.describe(), "args": vars(args), "tasks": results})
+    outputs.write_text(out / "budget.md", "\n".join(lines))
+    chart(results, out / "budget.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,85 @@
+"""On-policy replay (forgetting.rehearsal.source: on_policy): the model being trained answers general
+prompts every few steps, and the answers that stay close to the reference are replayed as SFT rows.
+
+On-Policy Replay (arXiv 2605.29495) replays the current model's own filtered rollouts on earlier
+prompts: they are what the model does now, so learning them costs little task gain, and the filter keeps
+only those that have not drifted. Here the reference is the model with the adapter off (the base, or
+after --continue-from the earlier stage), and the filter is the answer's KL to it per token: an answer
+at most `on_policy.max_kl` away replaces that prompt's row in the rehearsal pool (which starts as the
+base model's own answers, the on-policy answers of step 0); the others are dropped and the pool keeps
+the row it had. Replayed rows train with cross-entropy (`replay` rows, weight 1 under every preset) and,
+under LwF, the KL to the reference.
+
+Every answer is recorded in RUN/on_policy.jsonl with its origin (step, prompt), its KL and whether it
+was kept; a resumed run puts the kept ones back into the pool from there. Measured here because the
+filter is the retention measure (eval/retention.py); the data stream is data/mixture.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from forgetless import files
+from forgetless.data.formats import Example
+from forgetless.data.render import encode
+from forgetless.eval.retention import kl_to_base
+from forgetless.model.generate import generate
+from forgetless.model.likelihood import IGNORE
+
+LOG = "on_policy.jsonl"
+
+
+def prompt_key(row: dict) -> tuple[int, ...]:
+    """A token row's prompt: its ids before the first answer token (the pool's rows are found by it)."""
+    first = next((i for i, label in enumerate(row["labels"]) if label != IGNORE), len(row["labels"]))
+    return tuple(row["input_ids"][:first])
+
+
+class OnPolicy:
+    """The loop's `adjust` hook that refreshes the rehearsal pool (`pool`: MixedBatches.general, changed in
+    place) from the current model every `every` steps."""
+
+    def __init__(self, settings, tokenizer, pool: list[dict], examples: list[Example], out: Path, resume: bool):
+        self.s, self.tokenizer, self.pool, self.examples, self.log = settings, tokenizer, pool, examples, out / LOG
+        self.where = {prompt_key(r): i for i, r in enumerate(pool) if not r.get("replay")}
+        if resume and self.log.is_file():
+            for record in files.read_jsonl_records(self.log):
+                if record["kept"]:
+                    self._replace(self._row(record["prompt"], record["answer"], record["step"]))
+        elif self.log.exists():
+            self.log.unlink()  # a fresh run in a reused directory: the old records describe another run
+
+    def _row(self, index: int, answer: str, step: int) -> dict:
+        messages = (*self.examples[index].messages[:-1], {"role": "assistant", "content": answer})
+        row = encode(self.tokenizer, Example(f"on_policy:step {step}:prompt {index}", messages=messages))
+        return {**row, "rehearsal": True, "replay": True, "origin": f"on_policy:step {step}:prompt {index}"}
+
+    def _replace(self, row: dict) -> bool:
+        i = self.where.get(prompt_key(row))
+        if i is None:
+            return False
+        self.pool[i] = row
+        return True
+
+    def __call__(self, model, step: int) -> dict | None:
+        if step % self.s.every:
+            return None
+        picked = random.Random(step).sample(range(len(self.examples)), min(self.s.prompts, len(self.examples)))
+        prompts = [list(self.examples[i].messages[:-1]) for i in picked]
+        answers = generate(model, self.tokenizer, prompts, self.s.max_new_tokens)
+        rows = [self._row(i, a, step) for i, a in zip(picked, answers, strict=True)]
+        answered = [Example(r["origin"], messages=(*p, {"role": "assistant", "content": a}))
+                    for r, p, a in zip(rows, prompts, answers, strict=True)]  # fmt: skip
+        per_row: list = []
+        kl_to_base(model, self.tokenizer, answered, per_row=per_row)
+        kept, records = 0, []
+        for i, answer, row, (total, n) in zip(picked, answers, rows, per_row, strict=True):
+            kl = total / max(n, 1)
+            keep = bool(answer.strip()) and kl <= self.s.max_kl and self._replace(row)
+            kept += keep
+            records.append({"step": step, "prompt": i, "answer": answer, "kl_per_token": kl, "kept": keep})
+        with self.log.open("a", encoding="utf-8") as f:  # appended whole lines; a torn last line is skipped
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        return {"on_policy_answers": len(rows), "on_policy_kept": kept}

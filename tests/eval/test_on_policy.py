@@ -1,0 +1,31 @@
+"""On-policy replay's pool: rows found by their prompt, and a resumed run's kept answers put back."""
+
+from __future__ import annotations
+
+import json
+
+from forgetless.config.forgetting import OnPolicyConfig
+from forgetless.data.formats import Example
+from forgetless.data.render import encode
+from forgetless.eval.on_policy import LOG, OnPolicy, prompt_key
+
+
+def test_a_resumed_run_puts_the_kept_answers_back_and_a_fresh_one_starts_clean(tokenizer, tmp_path):
+    answer = {"role": "assistant", "content": "A"}
+    examples = [Example(f"g:{i}", messages=({"role": "user", "content": f"Question {i}?"}, answer)) for i in range(3)]
+    original = [{**encode(tokenizer, e), "rehearsal": True} for e in examples]
+    assert len({prompt_key(r) for r in original}) == 3
+    records = [
+        {"step": 2, "prompt": 1, "answer": "A longer answer.", "kl_per_token": 0.01, "kept": True},
+        {"step": 2, "prompt": 2, "answer": "Drifted.", "kl_per_token": 0.9, "kept": False},
+    ]
+    (tmp_path / LOG).write_text("".join(json.dumps(r) + "\n" for r in records))
+    pool = list(original)
+    OnPolicy(OnPolicyConfig(), tokenizer, pool, examples, tmp_path, resume=True)
+    assert pool[0] is original[0] and pool[2] is original[2]
+    assert pool[1]["origin"] == "on_policy:step 2:prompt 1" and pool[1]["replay"] and pool[1]["rehearsal"]
+    assert prompt_key(pool[1]) == prompt_key(original[1]) and "A longer answer." in tokenizer.decode(
+        pool[1]["input_ids"]
+    )
+    OnPolicy(OnPolicyConfig(), tokenizer, list(original), examples, tmp_path, resume=False)
+    assert not (tmp_path / LOG).exists()
