@@ -5,6 +5,8 @@
 - replies: free-text customer replies (generated here, seeded: varied wording around the ticket's
   facts, so no fixed format to learn; chrF).
 - orders: extracting an order as JSON (generated here, seeded; exact match).
+- reasoning: short word problems from the help desk answered with the reasoning in free text (generated
+  here, seeded: several ways to say each step); scored on the final number (`final_answer`).
 
 Imported by benchmarks/frontier.py and benchmarks/sequential.py.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 import outputs  # benchmarks/outputs.py: every file written whole
 
 from forgetless.data import similarity
+from forgetless.data.answers import last_number
 from forgetless.data.formats import builtin_path
 
 NEAR = 0.85  # forgetless data check's near-duplicate threshold: test rows stay below it against training
@@ -84,6 +87,40 @@ def reply(rng: random.Random) -> dict:
     }
 
 
+def reasoning(rng: random.Random) -> dict:
+    """A help-desk word problem and its answer as reasoning in free text: what is computed is fixed, the
+    wording of each step is drawn, and the answer ends with the number the metric reads."""
+    item, kind = rng.choice(ITEMS), rng.randrange(3)
+    a, b, c = rng.randint(2, 9), rng.randint(2, 12), rng.randint(1, 9)
+    if kind == 0:  # shipped in boxes, some broken
+        question = f"We shipped {a} boxes of {b} {item}s and {c} arrived broken. How many arrived intact?"
+        steps = [f"{a} boxes of {b} make {a * b} {item}s.", f"{a} × {b} = {a * b} {item}s were shipped."]
+        end = [f"Taking away the {c} broken ones leaves {a * b - c}.", f"{a * b} − {c} broken = {a * b - c}."]
+    elif kind == 1:  # a refund for part of an order
+        question = f"A customer paid {a * b} dollars for {a} {item}s and returns {c % a + 1}. What is the refund?"
+        steps = [f"Each {item} cost {a * b} / {a} = {b} dollars.", f"One {item} is {b} dollars ({a * b} over {a})."]
+        back = c % a + 1
+        end = [f"Returning {back} of them refunds {back * b}.", f"So the refund is {back} × {b} = {back * b}."]
+    else:  # days until delivery
+        question = f"An order waits {a} days for packing, {b} days in transit. Today is day {c}. When does it arrive?"
+        steps = [f"Packing and transit take {a} + {b} = {a + b} days.", f"It needs {a + b} days in all."]
+        end = [f"Starting from day {c}, it arrives on day {c + a + b}.", f"Day {c} plus {a + b} is day {c + a + b}."]
+    return {
+        "instruction": "Answer with your reasoning.",
+        "input": question,
+        "output": f"{rng.choice(steps)} {rng.choice(end)}",
+    }
+
+
+def final_answer(predictions: list[str], references: list[str]) -> float:
+    """`eval.custom_metrics` for the reasoning task: the share of answers whose last number is the reference's."""
+    hits = [
+        last_number(p) is not None and last_number(p) == last_number(r)
+        for p, r in zip(predictions, references, strict=True)
+    ]
+    return sum(hits) / max(len(hits), 1)
+
+
 def keigo(split: str) -> list[dict]:
     """The keigo preference pairs as SFT rows: the prompt and its polite (chosen) answer."""
     rows = [json.loads(x) for x in builtin_path(f"keigo/{split}.jsonl").read_text(encoding="utf-8").splitlines() if x]
@@ -103,10 +140,16 @@ def overrides(name: str, data: Path) -> list[str]:
     if name == "keigo":
         train, test, metric = keigo("train"), keigo("test"), "chrf"
     else:  # the seeds are the ones the published tables were made with
-        make, seeds, metric = {"replies": (reply, (2, 3), "chrf"), "orders": (order, (0, 1), "exact_match")}[name]
+        make, seeds, metric = {
+            "replies": (reply, (2, 3), "chrf"),
+            "orders": (order, (0, 1), "exact_match"),
+            "reasoning": (reasoning, (4, 5), "final_answer"),
+        }[name]
         train = draw(make, 200, seeds[0])
         test = draw(make, 30, seeds[1], avoid=train)
+    custom = ["eval.custom_metrics=[tasks:final_answer]"] if metric == "final_answer" else []
     return [
+        *custom,
         f"data.train={_write(data / f'{name}-train.jsonl', train)}",
         f"data.validation={_write(data / f'{name}-test.jsonl', test)}",
         f"eval.metric={metric}",
