@@ -15,8 +15,9 @@ share of `none`'s gain kept, KL, whether each run met its budget) and OUT/budget
 task, every seed, the budget lines).
 
 Run: python benchmarks/budget.py [--out runs/budget] [--tasks triage keigo replies] [--seeds 0 1 2]
-     [--fractions 0.10 0.25] [--steps 30] [--max-examples 30] [--override KEY=VALUE ...]
-A finished run is reused (delete its folder to redo it).
+     [--fractions 0.10 0.25] [--steps 30] [--max-examples 30] [--override KEY=VALUE ...] [--docs]
+A finished run is reused (delete its folder to redo it). --docs also writes docs/budget.json, the chart as
+docs/images/budget.png and the tables into docs/forgetting.md (between its budget-table markers).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import tasks  # benchmarks/tasks.py: the task data
 from forgetless import api
 
 RECIPE = "quickstart-long"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+MARK = "<!-- budget-table -->", "<!-- /budget-table -->"
 
 
 def shared(task: str, out: Path, args) -> list[str]:
@@ -147,6 +150,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--tasks", nargs="+", default=["triage", "keigo", "replies"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.10, 0.25])
+    ap.add_argument("--docs", action="store_true", help="write the results into docs/ too")
     tasks.run_arguments(ap)
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -155,9 +159,14 @@ def main(argv: list[str]) -> None:
     for task in args.tasks:
         results[task], metric = run_task(task, out, args)
         lines += table(task, metric, results[task])
-    outputs.write_json(out / "budget.json", {"machine": machine.describe(), "args": vars(args), "tasks": results})
+    found = {"machine": machine.describe(), "args": vars(args), "tasks": results}
+    outputs.write_json(out / "budget.json", found)
     outputs.write_text(out / "budget.md", "\n".join(lines))
     chart(results, out / "budget.png")
+    if args.docs:
+        outputs.write_json(DOCS / "budget.json", found)
+        chart(results, DOCS / "images" / "budget.png")
+        outputs.fill_section(DOCS / "forgetting.md", MARK[0], "\n".join(lines[2:]), MARK[1])
     print("\n".join(lines))
 
 

@@ -17,7 +17,7 @@ from forgetless import api
 from forgetless.adapters.views import base_view, is_continued
 from forgetless.cli import main
 from forgetless.errors import UserError
-from forgetless.eval.earlier_tasks import earlier_runs
+from forgetless.eval.earlier_tasks import backward_transfer, earlier_runs
 from forgetless.recipes import evaluate
 from tests.conftest import ROWS, tiny_args, write_jsonl
 
@@ -93,6 +93,12 @@ def test_earlier_tasks_are_scored_and_the_report_shows_the_matrix(stages):
     report = (b / "report.md").read_text()
     matrix = report[report.index("retention matrix") :]
     assert "| base model |" in matrix and "| A |" in matrix and "| B |" in matrix
+    bwt = backward_transfer(b)  # A's score after B minus A's score after A
+    change = earlier["exact_match"] - _read(a / "eval.json")["task"]["exact_match"]["finetuned"]
+    assert bwt["changes"] == {"A": pytest.approx(change)} and bwt["bwt"] == pytest.approx(change)
+    final_b = ev["task"]["exact_match"]["finetuned"]
+    assert bwt["final_average"] == pytest.approx((earlier["exact_match"] + final_b) / 2)
+    assert backward_transfer(a) is None
 
 
 def test_a_separate_eval_of_the_continued_run_gives_its_numbers(stages, tmp_path):

@@ -97,7 +97,8 @@ def dial(cfg: Config, model, tokenizer, refs, before: dict) -> dict:
                                   benchmark_names(cfg).items()}  # fmt: skip
         found = numbers(before, side)
         points.append({"scale": s, "task": None, "kl_per_token": found["kl"], "mc_drop": found["mc_drop"]})
-        print(f"[forgetless] budget: adapter scale {s:.3f}: KL {found['kl']:.4f}, MC drop {found['mc_drop']}")
+        drop = "" if found["mc_drop"] is None else f", multiple-choice drop {found['mc_drop']:.3f}"
+        print(f"[forgetless] budget: adapter scale {s:.3f}: KL {found['kl']:.4f}{drop}")
         return within(cfg, found)
 
     low, high = 0.0, 1.0  # the base (scale 0) is within any budget; the trained adapter (1) is not

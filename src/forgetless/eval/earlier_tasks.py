@@ -87,6 +87,35 @@ def matrix(run: Path) -> list[list[str]] | None:
     return rows
 
 
+PERCENT = ("chrf", "bleu")  # metrics on a 0-100 scale: read as 0-1 in backward transfer
+
+
+def backward_transfer(run: Path) -> dict | None:
+    """BWT of a chain ending at `run` (Lopez-Paz & Ranzato 2017): the mean change of each earlier task's score
+    from just after it was learned to after the last stage, each score on a 0-1 scale (chrF and BLEU / 100),
+    with the changes per task; and the final average over every task. None for a single run."""
+    chain = earlier_runs(run)
+    if len(chain) < 2:
+        return None
+    evals = [_read(r / "eval.json") for r in chain]
+    metrics = [_metric(r) for r in chain]
+
+    def unit(value: float | None, metric: str) -> float | None:
+        return None if value is None else value / 100 if metric in PERCENT else value
+
+    pairs = list(zip(evals, metrics, strict=True))
+    learned = [unit((ev.get("task", {}).get(m) or {}).get("finetuned"), m) for ev, m in pairs]
+    final = [unit(evals[-1].get("earlier_tasks", {}).get(r.name, {}).get("task", {}).get(m), m)
+             for r, m in zip(chain[:-1], metrics[:-1], strict=True)] + [learned[-1]]  # fmt: skip
+    changes = {r.name: f - a for r, f, a in zip(chain[:-1], final, learned, strict=False) if None not in (f, a)}
+    scored = [f for f in final if f is not None]
+    return {
+        "bwt": sum(changes.values()) / len(changes) if changes else None,
+        "changes": changes,
+        "final_average": sum(scored) / len(scored) if scored else None,
+    }
+
+
 def _metric(run: Path) -> str:
     """The task metric a run's config.yaml names (the report's default when it names none)."""
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").is_file() else {}

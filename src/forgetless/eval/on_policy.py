@@ -27,6 +27,7 @@ from forgetless.data.render import encode
 from forgetless.eval.retention import kl_to_base
 from forgetless.model.generate import generate
 from forgetless.model.likelihood import IGNORE
+from forgetless.training import distributed
 
 LOG = "on_policy.jsonl"
 
@@ -48,7 +49,7 @@ class OnPolicy:
             for record in files.read_jsonl_records(self.log):
                 if record["kept"]:
                     self._replace(self._row(record["prompt"], record["answer"], record["step"]))
-        elif self.log.exists():
+        elif self.log.exists() and distributed.is_main():
             self.log.unlink()  # a fresh run in a reused directory: the old records describe another run
 
     def _row(self, index: int, answer: str, step: int) -> dict:
@@ -80,6 +81,7 @@ class OnPolicy:
             keep = bool(answer.strip()) and kl <= self.s.max_kl and self._replace(row)
             kept += keep
             records.append({"step": step, "prompt": i, "answer": answer, "kl_per_token": kl, "kept": keep})
-        with self.log.open("a", encoding="utf-8") as f:  # appended whole lines; a torn last line is skipped
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        if distributed.is_main():  # every process refreshes its pool alike (greedy answers); one records them
+            with self.log.open("a", encoding="utf-8") as f:  # appended whole lines; a torn last line is skipped
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         return {"on_policy_answers": len(rows), "on_policy_kept": kept}

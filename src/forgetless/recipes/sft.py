@@ -123,12 +123,11 @@ def _keep_budget(r: runtime.Run, model, refs, before: dict, trained: dict, measu
     scores, the verdict for summary.json and the report)."""
     cfg = r.cfg
     b, after, scale = cfg.forgetting.budget, trained, None
-    if budget.within(cfg, budget.numbers(before, trained)):
-        pass
-    elif not (b.dial and refs and budget.scalable(model)):
+    over = not budget.within(cfg, budget.numbers(before, trained))
+    if over and not (b.dial and refs and budget.scalable(model)):
         why = "budget.dial is false" if not b.dial else "only a LoRA adapter can be scaled"
         r.say(f"forgetting budget not met and not dialled ({why})")
-    else:
+    elif over:
         found = budget.dial(cfg, model, r.tokenizer, refs, before)
         scale = found["scale"]
         path = r.out / "adapter" / "adapter_config.json"

@@ -3,7 +3,7 @@
 Overfitting: validation loss rose at `patience` validations in a row while the training loss
 (mean over the steps since the previous validation) fell. It always warns; with
 train.early_stopping.enabled it stops the run, and the recipe restores the best adapter.
-Forgetting budget: the retention probe's KL to base per token above eval.max_kl warns, or
+A KL alarm: the retention probe's KL to base per token above eval.max_kl warns, or
 stops the run with eval.on_max_kl=stop.
 The history comes back from metrics.jsonl on resume, so patience survives a restart.
 """
