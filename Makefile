@@ -53,7 +53,7 @@ demo: install
 test: $(TEST_STAMP)
 	$(PY) -m ruff check src tests scripts benchmarks
 	$(PY) -m tests.families.fixtures
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20
 
 # Build the wheel, install it in a fresh virtualenv outside the checkout, run --help and one training step.
 wheel-check: install

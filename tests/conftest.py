@@ -30,6 +30,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
+
+def pytest_collection_modifyitems(items):
+    """The files marked `pytest.mark.seconds(n)` first, the longest first; the rest keep their order.
+
+    `make test` hands whole files to two workers (xdist's loadfile, with --no-loadscope-reorder so this
+    order is the one they are handed out in). Handed out by their number of tests, as xdist does by
+    default, the long single-test files (the GPU check, the killed runs, the browser) came last, and one
+    worker ran them while the other had finished; longest first, the files left at the end are short
+    ones and both workers end together (longest-processing-time-first scheduling). The marks are rough
+    costs on a 2-core machine: a wrong one costs only balance, never a result."""
+
+    def cost(item) -> float:
+        mark = item.get_closest_marker("seconds")
+        return -mark.args[0] if mark else 0.0
+
+    items.sort(key=cost)  # stable: a file's tests, and unmarked files, keep their collected order
+
+
 ROWS = [
     {
         "instruction": "Triage this ticket.",

@@ -14,6 +14,8 @@ from forgetless.cli import main, parse
 from forgetless.commands import training as train_command
 from forgetless.training import distributed
 
+pytestmark = pytest.mark.seconds(150)  # the longest files start first (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,6 +65,8 @@ def test_short_quickstart_run_through_the_cli(tmp_path):
             "eval.samples=1",
             "eval.retention_max_prompts=6",
             "eval.probe_prompts=4",
+            "eval.max_perplexity_rows=12",  # of the 60 validation rows
+            "eval.max_questions=12",  # of the 60 bundled questions
         ],
         capture_output=True,
         text=True,
@@ -70,7 +74,8 @@ def test_short_quickstart_run_through_the_cli(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "task metric" in proc.stdout and "sample 1" in proc.stdout
-    assert "KL to base per token (6 held-out prompts)" in proc.stdout and "mc.jsonl acc (60 questions)" in proc.stdout
+    assert "KL to base per token (6 held-out prompts)" in proc.stdout and "mc.jsonl acc (12 questions)" in proc.stdout
+    assert "KL(base ‖ tuned) per token (12 task prompts)" in proc.stdout
     # the default preset is `full`: self-rehearsal from the shipped base-model answers plus LwF
     assert "rehearsal: 300 base-model answers (cached" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.seconds(100)  # the longest files start first (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import load_benchmark
+
+pytestmark = pytest.mark.seconds(30)  # the longest files start first (tests/conftest.py)
 
 
 def test_four_stages_chain_and_report_backward_transfer(tiny_dir, tmp_path):

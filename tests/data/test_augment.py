@@ -15,6 +15,8 @@ from forgetless.data.formats import builtin_path
 from forgetless.reference import paraphrase
 from tests.conftest import write_jsonl
 
+pytestmark = pytest.mark.seconds(50)  # the longest files start first (tests/conftest.py)
+
 JA_ROWS = [
     {"instruction": "注文した商品がまだ届きません。注文番号は12345です。", "output": "配送"},
     {"instruction": "商品の返品を希望します。理由は色の違いです。", "output": "返品"},

@@ -18,6 +18,8 @@ from forgetless.data.formats import builtin_path
 from forgetless.deploy import export
 from forgetless.model.chat_format import prompt_text
 
+pytestmark = pytest.mark.seconds(110)  # the longest files start first (tests/conftest.py)
+
 NEW = 32
 TEXTS = ["My order 48213 is late, please help!", "注文番号 5522 の商品が届きません。", "  spaces\tand\nlines  "]
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import re
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from forgetless.config.evaluation import EvalConfig
 from forgetless.errors import UserError
 from forgetless.eval import choice, metrics, stats
 
@@ -20,6 +23,22 @@ def test_rouge_counts_japanese_characters_and_english_words():
     r = metrics.rouge("The cat sat", "the cat sat down")
     assert r["rouge_l"] == pytest.approx(6 / 7) and r["rouge1"] == pytest.approx(6 / 7)
     assert r["rouge2"] == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))  # bigrams: 2 of 2 and 2 of 3
+
+
+def test_rouge_equals_rouge_score_to_the_last_digit():
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")  # the dev extra installs it
+
+    class Words:  # rouge-score's tokenizer protocol, with forgetless's tokens (Japanese as characters)
+        tokenize = staticmethod(metrics.tokens)
+
+    theirs = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=Words())
+    rng = random.Random(0)
+    vocab = ["the", "cat", "sat", "on", "mat", "a", "猫", "が", "好", "き", "です", "42", "Order"]
+    for _ in range(300):
+        a, b = (" ".join(rng.choices(vocab, k=rng.randrange(0, 12))) for _ in range(2))
+        got, want = metrics.rouge(a, b), theirs.score(b, a)
+        names = {"rouge1": "rouge1", "rouge2": "rouge2", "rouge_l": "rougeL"}
+        assert got == {ours: want[name].fmeasure for ours, name in names.items()}, (a, b)
 
 
 def test_exact_match_bleu_and_chrf():
@@ -94,6 +113,27 @@ def test_mc_scorer_matches_a_one_at_a_time_reference(tiny_dir, tokenizer, tmp_pa
     # the shared-prompt path (KV cache repeated per choice) gives the same sums up to float rounding
     shared = choice.shared_prefix_logprobs(model, tokenizer, items, shots)
     assert [x for row in shared for x in row] == pytest.approx([x for row in lp for x in row], abs=1e-4)
+
+
+def test_spread_picks_evenly_in_order():
+    assert stats.spread(list(range(10)), 4) == [0, 2, 5, 7]
+    assert stats.spread(list(range(10)), 1) == [0]
+    assert stats.spread([3, 1], None) == [3, 1] and stats.spread([3, 1], 5) == [3, 1]
+
+
+def test_max_questions_keeps_both_languages_of_the_bundled_file():
+    every, _ = choice.read_items("builtin:general/mc.jsonl")
+    some, shots = choice.read_items("builtin:general/mc.jsonl", 12)
+    assert len(every) == 60 and len(some) == 12 and len(shots) == 2 and set(some) <= set(every)
+    japanese = [it for it in some if re.search("[\u3040-\u30ff\u4e00-\u9fff]", it.question)]
+    assert 0 < len(japanese) < 12  # the file is English first, then Japanese: the first 12 would be English
+
+
+def test_caps_join_the_cache_key_only_when_set():
+    """Base-side scores shipped for the default settings (assets/generated/) keep their key."""
+    default = EvalConfig().key_fields()
+    assert not {"max_perplexity_rows", "max_questions"} & set(default)
+    assert EvalConfig(max_questions=12).key_fields() == default | {"max_questions": 12}
 
 
 def test_mc_file_errors_name_the_line(tmp_path):

@@ -28,6 +28,8 @@ from forgetless.deploy.formats.gguf_arch import architecture
 from tests.families import fixtures
 from tests.families.conftest import ARCHITECTURES, FAMILIES, family_model_dir
 
+pytestmark = pytest.mark.seconds(200)  # the longest files start first (tests/conftest.py)
+
 # The converter has no path from tokenizer.json alone for these: it reads a sentencepiece model,
 # made here from the family's llama.cpp vocabulary (pieces in it, whether it puts '▁' before a text).
 SENTENCEPIECE = {"phi3": (32000, True), "gemma": (262144, False), "gemma3": (262144, False)}

@@ -22,6 +22,8 @@ from forgetless.model.chat_format import prompt_text
 from tests.conftest import lora_model
 from tests.families.conftest import FAMILIES, family_model_dir, family_tokenizer
 
+pytestmark = pytest.mark.seconds(130)  # the longest files start first (tests/conftest.py)
+
 TEXT = "My order 48213 is late! 注文番号 5522 の商品が届きません。"
 CHAT = [
     {"role": "system", "content": "Answer in one line."},

@@ -20,6 +20,8 @@ from tests.conftest import ROWS, write_jsonl
 from tests.deploy.test_serve import serving
 from tests.families.conftest import FAMILIES, family_model_dir
 
+pytestmark = pytest.mark.seconds(320)  # the longest files start first (tests/conftest.py)
+
 GENERAL = [{"instruction": f"Name a colour, number {i}.", "output": f"Colour {i}: blue."} for i in range(6)]
 
 

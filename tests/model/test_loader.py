@@ -11,6 +11,8 @@ from forgetless.errors import UserError
 from forgetless.model import loader as models
 from forgetless.model.generate import generate
 
+pytestmark = pytest.mark.seconds(55)  # the longest files start first (tests/conftest.py)
+
 
 def test_unreachable_hub_id_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # empty cache

@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from forgetless.training import checkpoint
 from tests.conftest import ROWS, tiny_args, write_jsonl
 
+pytestmark = pytest.mark.seconds(75)  # the longest files start first (tests/conftest.py)
+
 STEPS = 14
 
 

@@ -23,6 +23,8 @@ from forgetless.training.distributed import launch_command
 from forgetless.training.loop import next_window, parts, shard
 from tests.conftest import write_jsonl
 
+pytestmark = pytest.mark.seconds(45)  # the longest files start first (tests/conftest.py)
+
 GENERAL = [{"instruction": f"Name a colour number {i}.", "output": f"Colour {i} is blue."} for i in range(5)]
 
 

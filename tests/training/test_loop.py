@@ -24,6 +24,8 @@ from forgetless.objectives.sft import objective
 from forgetless.training import checkpoint, loop
 from tests.conftest import write_jsonl
 
+pytestmark = pytest.mark.seconds(60)  # the longest files start first (tests/conftest.py)
+
 
 def test_loss_falls_when_overfitting_and_outputs_are_complete(tiny_overrides, tmp_path):
     summary = forgetless.train({}, [*tiny_overrides, "train.max_steps=30", "train.save_every=10"])

@@ -33,7 +33,10 @@ EVAL = ["eval.before_after=true", "eval.retention=true", "eval.max_examples=2", 
 EVAL += ["eval.retention_max_prompts=4", "eval.retention_max_new_tokens=8", "eval.samples=1"]
 PROMPT = "What is the capital of France?"
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium browser (apt-get install chromium)")
+pytestmark = [
+    pytest.mark.seconds(55),  # the longest files start first (tests/conftest.py)
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium browser (apt-get install chromium)"),
+]
 
 
 @pytest.fixture

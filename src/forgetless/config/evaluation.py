@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -57,6 +57,18 @@ class EvalConfig(BaseModel):
         default_factory=list,
         description="lm-evaluation-harness tasks to run too (needs `pip install lm-eval` and its datasets).",
     )
+    max_perplexity_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Held-out rows in the task perplexity and the KL to base on task prompts, picked evenly through "
+        "the validation split (default: all of them; a cap keeps a large split's evaluation short).",
+    )
+    max_questions: int | None = Field(
+        None,
+        ge=1,
+        description="Questions scored from each multiple-choice file, picked evenly through it so the bundled "
+        "file's English and Japanese both stay (default: all of them).",
+    )
     probe_prompts: int = Field(
         24, ge=0, description="Held-out general prompts in the retention probe run at every validation (0 = off)."
     )
@@ -65,6 +77,15 @@ class EvalConfig(BaseModel):
     )
     on_max_kl: Literal["warn", "stop"] = Field("warn", description="What crossing eval.max_kl does.")
     report: bool = Field(True, description="Write report.md and report.html (with plots) into the run directory.")
+
+    # Settings added after base-side scores were first shipped (assets/generated/): a cache key holds them
+    # only when they are set, so the scores computed under the defaults stay valid.
+    KEY_WHEN_SET: ClassVar[tuple[str, ...]] = ("max_perplexity_rows", "max_questions")
+
+    def key_fields(self) -> dict:
+        """These settings as the caches of base-side scores read them (eval/base_cache.py, runtime.eval_settings)."""
+        dumped = self.model_dump(mode="json")
+        return {k: v for k, v in dumped.items() if not (k in self.KEY_WHEN_SET and v is None)}
 
     @field_validator("benchmarks", "general_text", "lm_eval_tasks", mode="before")
     @classmethod

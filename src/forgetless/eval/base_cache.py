@@ -38,7 +38,7 @@ def key(cfg: Config, model_path: str, dtype: str, device: str, examples, rows: l
         "loading": cfg.model.model_dump(mode="json", exclude={"name"}) | {"dtype": dtype, "device": device},
         "examples": _sha(json.dumps([ex.messages for ex in examples], ensure_ascii=False).encode()),
         "rows": _sha(json.dumps([[r["input_ids"], r["labels"]] for r in rows]).encode()),
-        "eval": e.model_dump(mode="json"),
+        "eval": e.key_fields(),
         "files": {ref: _sha(resolve_path(ref).read_bytes()) for ref in [*e.benchmarks, *e.general_text]},
         "data": {"max_length": cfg.data.max_length, "system_prompt": cfg.data.system_prompt},
         "version": VERSION,

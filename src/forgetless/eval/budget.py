@@ -93,7 +93,8 @@ def dial(cfg: Config, model, tokenizer, refs, before: dict) -> dict:
             m.scaling.update({k: v * s for k, v in scaling.items()})
         side = {"prompts": {"kl_per_token": kl_to_base(model, tokenizer, refs)}}
         if b.mc_drop is not None:
-            side["benchmarks"] = {n: choice.score_items(model, tokenizer, *choice.read_items(ref)) for n, ref in
+            limit = cfg.eval.max_questions  # the questions the base side was scored on
+            side["benchmarks"] = {n: choice.score_items(model, tokenizer, *choice.read_items(ref, limit)) for n, ref in
                                   benchmark_names(cfg).items()}  # fmt: skip
         found = numbers(before, side)
         points.append({"scale": s, "task": None, "kl_per_token": found["kl"], "mc_drop": found["mc_drop"]})

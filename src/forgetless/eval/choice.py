@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from forgetless.data.formats import resolve_path
 from forgetless.errors import UserError
+from forgetless.eval import stats
 from forgetless.model.forward import cache_argument, logits_of, virtual_tokens
 
 
@@ -42,8 +43,9 @@ def _answer_index(value, n: int, where: str) -> int:
     return value
 
 
-def read_items(ref: str) -> tuple[list[Item], list[Item]]:
-    """(scored items, few-shot examples) of a benchmark file; a malformed row is an error."""
+def read_items(ref: str, limit: int | None = None) -> tuple[list[Item], list[Item]]:
+    """(scored items, few-shot examples) of a benchmark file; a malformed row is an error. `limit`
+    (eval.max_questions): that many items, picked evenly through the file (every row is still checked)."""
     path = resolve_path(ref)
     items, shots = [], []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -63,7 +65,7 @@ def read_items(ref: str) -> tuple[list[Item], list[Item]]:
         (shots if row.get("fewshot") else items).append(item)
     if not items:
         raise UserError(f"{path}: no questions to score")
-    return items, shots
+    return stats.spread(items, limit), shots
 
 
 def prompt(item: Item, shots: list[Item]) -> str:

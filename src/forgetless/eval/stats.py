@@ -10,6 +10,14 @@ from __future__ import annotations
 import random
 
 
+def spread(rows: list, n: int | None) -> list:
+    """`n` of `rows` picked evenly from first to last, in order (all of them when n is None or not smaller):
+    a cap that keeps a file's mix (the bundled questions are English, then Japanese)."""
+    if n is None or n >= len(rows):
+        return rows
+    return [rows[i * len(rows) // n] for i in range(n)]
+
+
 def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 

@@ -74,6 +74,7 @@ def measure(model, tokenizer, cfg: Config, examples, val_rows: list[dict], refer
     """One side of the evaluation. `references` (base-model answers) turns on KL / agreement,
     measured against `base` (a separate base model) or, by default, this model with adapters off."""
     e = cfg.eval
+    val_rows = stats.spread(val_rows, e.max_perplexity_rows)
     pad = tokenizer.pad_token_id
     side: dict = {}
     clock = Parts()
@@ -92,8 +93,7 @@ def measure(model, tokenizer, cfg: Config, examples, val_rows: list[dict], refer
         side["benchmarks"] = {}
         with clock("multiple choice"):
             for ref in e.benchmarks:
-                items, shots = choice.read_items(ref)
-                scored = choice.score_items(model, tokenizer, items, shots)
+                scored = choice.score_items(model, tokenizer, *choice.read_items(ref, e.max_questions))
                 side["benchmarks"][Path(ref.removeprefix("builtin:")).name] = scored
         with clock("general-text perplexity"):
             side["general_text"] = {

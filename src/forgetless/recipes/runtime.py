@@ -50,7 +50,7 @@ def cached(path: Path, compute, settings: str):
 
 def eval_settings(cfg: Config) -> str:
     """A fingerprint of what decides a recipe's base-side scores besides the model: eval.* and data.*."""
-    parts = {"eval": cfg.eval.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json")}
+    parts = {"eval": cfg.eval.key_fields(), "data": cfg.data.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
