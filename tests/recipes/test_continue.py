@@ -191,3 +191,27 @@ def test_a_continuation_renders_prompts_with_the_earlier_runs_template(tiny_dir,
     saved = out / "adapter" / "chat_template.jinja"
     found = saved.read_text() if saved.is_file() else _read(out / "adapter" / "tokenizer_config.json")["chat_template"]
     assert found == LLAMA3
+
+
+def test_on_policy_replay_answers_the_earlier_runs_prompts_too(tiny_dir, tmp_path, monkeypatch):
+    """After --continue-from, the current model answers A's training prompts as well as the general ones,
+    as A was asked them (its system prompt written in, so the answer's row has the prompt of A's row in
+    the pool); an answer within the filter replaces A's row, recorded with where its prompt came from."""
+    monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
+    a, c = tmp_path / "A", tmp_path / "C"
+    asked = "data.system_prompt=You triage support tickets."
+    api.train(api.load_config(None, tiny_args(tiny_dir, write_jsonl(tmp_path / "a.jsonl", ROWS), a, asked)))
+    general = write_jsonl(tmp_path / "general.jsonl", [{"instruction": f"Name colour {i}."} for i in range(3)])
+    on_policy = [f"forgetting.rehearsal.source=[on_policy, {a}]", f"forgetting.rehearsal.prompts={general}"]
+    on_policy += ["forgetting.rehearsal.max_new_tokens=4", "forgetting.rehearsal.on_policy.every=1"]
+    on_policy += ["forgetting.rehearsal.on_policy.prompts=11", "forgetting.rehearsal.on_policy.max_new_tokens=4"]
+    on_policy += ["forgetting.rehearsal.on_policy.max_kl=1e6", "forgetting.preset=full"]  # 11 = 3 general + A's 8
+    c_rows = write_jsonl(tmp_path / "c.jsonl", [{**r, "output": r["output"].upper()} for r in ROWS])
+    api.train(api.load_config(None, tiny_args(tiny_dir, c_rows, c, *on_policy, f"model.continue_from={a}")))
+    records = [json.loads(x) for x in (c / "on_policy.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1] * 11 + [2] * 11  # every prompt answered at every step
+    earlier = [r for r in records if r["from"].startswith(f"{a}: ")]
+    lines = {r["from"].removeprefix(f"{a}: {tmp_path / 'a.jsonl'}:") for r in earlier}
+    assert len(earlier) == 16 and lines == {str(n) for n in range(1, 9)}  # A's 8 training rows (its validation: a file)
+    assert all(r["kept"] == bool(r["answer"].strip()) for r in records)  # each found its row in the pool
+    assert any(r["kept"] for r in earlier)

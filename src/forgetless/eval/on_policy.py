@@ -1,18 +1,21 @@
 """On-policy replay (forgetting.rehearsal.source: on_policy): the model being trained answers general
-prompts every few steps, and the answers that stay close to the reference are replayed as SFT rows.
+prompts, and after --continue-from the earlier tasks' training prompts, every few steps, and the answers
+that stay close to the reference are replayed as SFT rows.
 
 On-Policy Replay (arXiv 2605.29495) replays the current model's own filtered rollouts on earlier
 prompts: they are what the model does now, so learning them costs little task gain, and the filter keeps
 only those that have not drifted. Here the reference is the model with the adapter off (the base, or
 after --continue-from the earlier stage), and the filter is the answer's KL to it per token: an answer
 at most `on_policy.max_kl` away replaces that prompt's row in the rehearsal pool (which starts as the
-base model's own answers, the on-policy answers of step 0); the others are dropped and the pool keeps
-the row it had. Replayed rows train with cross-entropy (`replay` rows, weight 1 under every preset) and,
-under LwF, the KL to the reference.
+base model's own answers, the on-policy answers of step 0, and the earlier runs' real training rows named
+beside on_policy in the sources); the others are dropped and the pool keeps the row it had. Replayed
+rows train with cross-entropy (`replay` rows, weight 1 under every preset) and, under LwF, the KL to the
+reference.
 
-Every answer is recorded in RUN/on_policy.jsonl with its origin (step, prompt), its KL and whether it
-was kept; a resumed run puts the kept ones back into the pool from there. Measured here because the
-filter is the retention measure (eval/retention.py); the data stream is data/mixture.py's.
+Every answer is recorded in RUN/on_policy.jsonl with its origin (step; prompt index and, as `from`, the
+prompt's file and line, an earlier run's prefixed), its KL and whether it was kept; a resumed run puts
+the kept ones back into the pool from there. Measured here because the filter is the retention measure
+(eval/retention.py); the data stream is data/mixture.py's.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class OnPolicy:
 
     def __init__(self, settings, tokenizer, pool: list[dict], examples: list[Example], out: Path, resume: bool):
         self.s, self.tokenizer, self.pool, self.examples, self.log = settings, tokenizer, pool, examples, out / LOG
-        self.where = {prompt_key(r): i for i, r in enumerate(pool) if not r.get("replay")}
+        self.where = {prompt_key(r): i for i, r in enumerate(pool)}  # general rows and earlier runs' rows
         if resume and self.log.is_file():
             for record in files.read_jsonl_records(self.log):
                 if record["kept"]:
@@ -80,7 +83,8 @@ class OnPolicy:
             kl = total / max(n, 1)
             keep = bool(answer.strip()) and kl <= self.s.max_kl and self._replace(row)
             kept += keep
-            records.append({"step": step, "prompt": i, "answer": answer, "kl_per_token": kl, "kept": keep})
+            origin = {"step": step, "prompt": i, "from": self.examples[i].where}
+            records.append(origin | {"answer": answer, "kl_per_token": kl, "kept": keep})
         if distributed.is_main():  # every process refreshes its pool alike (greedy answers); one records them
             with self.log.open("a", encoding="utf-8") as f:  # appended whole lines; a torn last line is skipped
                 f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -116,7 +116,8 @@ def general_rows(run: Run) -> tuple[list[dict], list[str]]:
 
 
 def own_answers(run: Run) -> list:
-    """The base model's own answers to the general prompts (made by general_rows, read from its cache)."""
+    """On-policy replay's prompts: the general prompts with the base model's own answers (made by general_rows,
+    read from its cache), and the earlier runs' training conversations named beside them."""
     with distributed.state().main_process_first():
         return rehearsal.own_answers(run.cfg, run.model, run.tokenizer, run.model_path, str(run.dtype))
 

@@ -13,8 +13,9 @@ from pathlib import Path
 from forgetless.config.fields import OWN_ANSWERS
 from forgetless.config.schema import Config
 from forgetless.data.build import of_run, read_all
-from forgetless.data.formats import ReadReport
+from forgetless.data.formats import Example, ReadReport
 from forgetless.data.render import RenderReport, encode_all
+from forgetless.model.chat_format import with_system
 from forgetless.reference import answers
 
 
@@ -64,8 +65,14 @@ def general_rows(cfg: Config, model, tokenizer, model_path: str, dtype: str) -> 
 
 
 def own_answers(cfg: Config, model, tokenizer, model_path: str, dtype: str) -> list:
-    """The base model's own answers to the general prompts as examples (on-policy replay's prompts)."""
-    return _self_examples(cfg, model, tokenizer, model_path, dtype, [])
+    """On-policy replay's prompts, as examples: the general prompts with the base model's own answers, then
+    every earlier run's training conversations (rehearsal sources that are run directories) with the system
+    prompt they trained under, so the current model answers them as the earlier stage was asked them."""
+    examples = _self_examples(cfg, model, tokenizer, model_path, dtype, [])
+    for ref in cfg.forgetting.rehearsal.sources:
+        if ref not in OWN_ANSWERS and (Path(ref) / "config.yaml").is_file():
+            examples += _run_prompts(ref, tokenizer)
+    return examples
 
 
 def _self_examples(cfg: Config, model, tokenizer, model_path: str, dtype: str, notes: list[str]) -> list:
@@ -75,6 +82,20 @@ def _self_examples(cfg: Config, model, tokenizer, model_path: str, dtype: str, n
     if empty:
         notes.append(f"rehearsal: {empty} prompt(s) got an empty base-model answer and are left out")
     return examples
+
+
+def _run_prompts(ref: str, tokenizer) -> list[Example]:
+    """An earlier run's training conversations with its system prompt written in (their rows, rendered so,
+    are the ones in the rehearsal pool); none where it trained on whole texts (loss_on all, plain text), whose
+    rows have no answer to replace."""
+    cfg, data = of_run(Path(ref), tokenizer)
+    if cfg.data.loss_on != "assistant":
+        return []
+    return [
+        Example(f"{ref}: {ex.where}", messages=tuple(with_system(ex.messages, cfg.data.system_prompt)))
+        for ex in data.train_examples
+        if ex.messages
+    ]
 
 
 def _run_rows(ref: str, tokenizer, notes: list[str]) -> list[dict]:
