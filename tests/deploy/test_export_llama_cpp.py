@@ -6,6 +6,7 @@ tokenizes as transformers does. (benchmarks/gguf_export.py measures the full 60-
 from __future__ import annotations
 
 import json
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -61,24 +62,24 @@ def test_llama_cpp_answers_as_transformers_f16(adapter_run, tmp_path):
     modelfile = (tmp_path / record["modelfile"]).read_text()
     assert modelfile.startswith(f"FROM ./{record['file']}") and "TEMPLATE" in modelfile
     merged, tokenizer, _ = merge.load_merged(str(adapter_run), None, "fp32")
-    llm = Llama(model_path=str(tmp_path / record["file"]), n_ctx=1024, n_threads=2, verbose=False)
-    for text in TEXTS:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
-    eos = tokenizer.eos_token_id
-    for conversation in tickets():
-        prompt = tokenizer(prompt_text(tokenizer, conversation), add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            ours = merged.generate(torch.tensor([prompt]), max_new_tokens=NEW, do_sample=False)
-        ours = ours[0, len(prompt) :].tolist()
-        theirs = []
-        for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
-            theirs.append(token)
-            if len(theirs) == NEW or token == eos:
-                break
-        same = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), NEW)
-        assert ours == theirs or same >= 30, (tokenizer.decode(ours), tokenizer.decode(theirs))
-        assert tokenizer.decode(theirs, skip_special_tokens=True).startswith("category: "), tokenizer.decode(theirs)
+    with closing(Llama(model_path=str(tmp_path / record["file"]), n_ctx=1024, n_threads=2, verbose=False)) as llm:
+        for text in TEXTS:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+        eos = tokenizer.eos_token_id
+        for conversation in tickets():
+            prompt = tokenizer(prompt_text(tokenizer, conversation), add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                ours = merged.generate(torch.tensor([prompt]), max_new_tokens=NEW, do_sample=False)
+            ours = ours[0, len(prompt) :].tolist()
+            theirs = []
+            for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+                theirs.append(token)
+                if len(theirs) == NEW or token == eos:
+                    break
+            same = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), NEW)
+            assert ours == theirs or same >= 30, (tokenizer.decode(ours), tokenizer.decode(theirs))
+            assert tokenizer.decode(theirs, skip_special_tokens=True).startswith("category: "), tokenizer.decode(theirs)
 
 
 def test_llama_cpp_q8_0_predicts_the_next_token_as_transformers(adapter_run, tmp_path):
@@ -89,18 +90,18 @@ def test_llama_cpp_q8_0_predicts_the_next_token_as_transformers(adapter_run, tmp
     activations to 8 bits). benchmarks/gguf_export.py measures the full run's answers."""
     record = export.run(str(adapter_run), "gguf", tmp_path, "q8_0")
     merged, tokenizer, _ = merge.load_merged(str(adapter_run), None, "fp32")
-    llm = Llama(model_path=str(tmp_path / record["file"]), n_ctx=1024, logits_all=True, verbose=False)
-    clear = same = 0
-    for conversation in tickets():
-        ids = tokenizer(prompt_text(tokenizer, conversation), add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            logits = merged(input_ids=torch.tensor([ids])).logits[0]
-        top2 = logits.topk(2).values
-        confident = ((top2[:, 0] - top2[:, 1]) >= 1.0).numpy()
-        llm.reset()
-        llm.eval(ids)
-        theirs = np.array(llm.scores[: len(ids)])
-        agree = theirs.argmax(-1) == logits.argmax(-1).numpy()
-        clear, same = clear + int(confident.sum()), same + int((agree & confident).sum())
-        assert np.abs(theirs - logits.numpy()).max() < 0.08 * float(logits.abs().max())
-    assert clear > 100 and same == clear, (same, clear)
+    with closing(Llama(model_path=str(tmp_path / record["file"]), n_ctx=1024, logits_all=True, verbose=False)) as llm:
+        clear = same = 0
+        for conversation in tickets():
+            ids = tokenizer(prompt_text(tokenizer, conversation), add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logits = merged(input_ids=torch.tensor([ids])).logits[0]
+            top2 = logits.topk(2).values
+            confident = ((top2[:, 0] - top2[:, 1]) >= 1.0).numpy()
+            llm.reset()
+            llm.eval(ids)
+            theirs = np.array(llm.scores[: len(ids)])
+            agree = theirs.argmax(-1) == logits.argmax(-1).numpy()
+            clear, same = clear + int(confident.sum()), same + int((agree & confident).sum())
+            assert np.abs(theirs - logits.numpy()).max() < 0.08 * float(logits.abs().max())
+        assert clear > 100 and same == clear, (same, clear)

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import closing
 from typing import ClassVar
 
 import gguf
@@ -99,13 +100,12 @@ def convert_with_llama_cpp(model_dir, out, outtype: str) -> subprocess.Popen:
     tool = fixtures.converter()
     env = os.environ | {"PYTHONPATH": f"{tool / 'gguf-py'}{os.pathsep}{tool}"}
     command = [sys.executable, str(tool / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype]
-    log = open(out.with_suffix(".log"), "w", encoding="utf-8")  # closed by finished()
-    return subprocess.Popen([*command, "--outfile", str(out)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(out.with_suffix(".log"), "w", encoding="utf-8") as log:  # the child holds its own copy of the fd
+        return subprocess.Popen([*command, "--outfile", str(out)], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def finished(process: subprocess.Popen, out) -> None:
     code = process.wait(timeout=600)
-    process.stdout and process.stdout.close()
     assert code == 0, out.with_suffix(".log").read_text(encoding="utf-8")[-2000:]
 
 
@@ -229,5 +229,5 @@ def test_exported_vocabulary_tokenizes_llama_cpps_test_vectors(
 
 def _tokenized(path, vectors) -> list[list[int]]:
     """llama.cpp's ids for each vector's text, with the vocabulary in `path` (loaded once)."""
-    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
-    return [llm.tokenize(text.encode(), add_bos=False, special=False) for text, _ in vectors]
+    with closing(Llama(model_path=str(path), vocab_only=True, verbose=False)) as llm:
+        return [llm.tokenize(text.encode(), add_bos=False, special=False) for text, _ in vectors]

@@ -6,6 +6,7 @@ transformers' ids."""
 from __future__ import annotations
 
 import json
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -42,9 +43,10 @@ GEMMA4_LORA += ["per_layer_input_gate", "per_layer_projection"]
 
 
 def llama_cpp_logits(path, ids, lora=None) -> np.ndarray:
-    llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=256, logits_all=True, verbose=False)
-    llm.eval(ids)
-    return np.array(llm.scores[: len(ids)])
+    lora_path = str(lora) if lora else None
+    with closing(Llama(model_path=str(path), lora_path=lora_path, n_ctx=256, logits_all=True, verbose=False)) as llm:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -110,12 +112,13 @@ def _export_and_compare(base_dir: str, tokenizer, family: str, tmp_path) -> None
     tokenizer.save_pretrained(tmp_path / "adapter")
     merged_file = tmp_path / "merged" / export.run(str(tmp_path / "adapter"), "gguf", tmp_path / "merged")["file"]
     merged, tokenizer, _ = merge.load_merged(str(tmp_path / "adapter"), base_dir, "fp32")
-    llm = Llama(model_path=str(merged_file), n_ctx=256, vocab_only=True, verbose=False)
     prompt = prompt_text(tokenizer, CHAT)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
     plain = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
-    theirs = llm.tokenize(TEXT.encode(), add_bos=False, special=True)
+    with closing(Llama(model_path=str(merged_file), n_ctx=256, vocab_only=True, verbose=False)) as llm:
+        chat_ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        theirs = llm.tokenize(TEXT.encode(), add_bos=False, special=True)
+    assert chat_ids == ids
     assert theirs[1:] == plain[1:] if family in FIRST_PIECE_ONLY else theirs == plain
     with torch.no_grad():
         expected = merged(input_ids=torch.tensor([ids])).logits[0].numpy()
