@@ -27,7 +27,7 @@ from pathlib import Path
 from forgetless import files
 from forgetless.data.formats import Example
 from forgetless.data.render import encode
-from forgetless.eval.retention import kl_to_base
+from forgetless.eval.retention import answer_stats
 from forgetless.model.generate import generate
 from forgetless.model.likelihood import IGNORE
 from forgetless.training import distributed
@@ -74,10 +74,9 @@ class OnPolicy:
         prompts = [list(self.examples[i].messages[:-1]) for i in picked]
         answers = generate(model, self.tokenizer, prompts, self.s.max_new_tokens)
         rows = [self._row(i, a, step) for i, a in zip(picked, answers, strict=True)]
-        answered = [Example(r["origin"], messages=(*p, {"role": "assistant", "content": a}))
-                    for r, p, a in zip(rows, prompts, answers, strict=True)]  # fmt: skip
-        per_row: list = []
-        kl_to_base(model, self.tokenizer, answered, per_row=per_row)
+        per_row: list = []  # each answer's (KL sum, tokens) to the adapter-off model, from the rows just made
+        plain = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]  # answer_stats skips rehearsal
+        answer_stats(model, plain, self.tokenizer.pad_token_id, desc="eval: retention KL", per_row=per_row)
         kept, records = 0, []
         for i, answer, row, (total, n) in zip(picked, answers, rows, per_row, strict=True):
             kl = total / max(n, 1)
