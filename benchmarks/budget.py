@@ -9,21 +9,29 @@ evaluation (the task's test rows, KL to the base on the held-out general prompts
               states it once; the controller moves λ during training, the dial scales the adapter after)
   budget-25   the same at 25%
 
+With --methods dials (beside or instead of budget), `none`'s adapters are dialled to each budget after
+training, as `forgetless tune-scale --max-kl` does, choosing on the task's validation rows (tasks.validation):
+
+  layer-dial-10    per-layer scales (--per-layer: bottom/middle/top thirds, attention/MLP)
+  uniform-dial-10  the one scale for every layer that the same search bisected to the budget
+
 The budget is a number stated before training, from `none`'s runs; no setting is chosen on the test rows.
-Writes OUT/budget.json (every run's numbers, the machine) and OUT/budget.md (mean ± sd per method: gain,
-share of `none`'s gain kept, KL, whether each run met its budget) and OUT/budget.png (gain against KL per
-task, every seed, the budget lines).
+Writes OUT/STEM.json (every run's numbers, the machine) and OUT/STEM.md (mean ± sd per method: gain,
+share of `none`'s gain kept, KL, whether each run met its budget) and OUT/STEM.png (gain against KL per
+task, every seed, the budget lines); STEM is `budget`, or `layer_dial` when only the dials run.
 
 Run: python benchmarks/budget.py [--out runs/budget] [--tasks triage keigo replies] [--seeds 0 1 2]
-     [--fractions 0.10 0.25] [--steps 30] [--max-examples 30] [--override KEY=VALUE ...] [--docs]
-A finished run is reused (delete its folder to redo it). --docs also writes docs/budget.json, the chart as
-docs/images/budget.png and the tables into docs/forgetting.md (between its budget-table markers).
+     [--fractions 0.10 0.25] [--methods budget dials] [--steps 30] [--max-examples 30]
+     [--override KEY=VALUE ...] [--docs]
+A finished run is reused (delete its folder to redo it). --docs also writes docs/STEM.json, the chart as
+docs/images/STEM.png and the tables into docs/forgetting.md (between its STEM-table markers).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -37,7 +45,6 @@ from forgetless import api
 
 RECIPE = "quickstart-long"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-MARK = "<!-- budget-table -->", "<!-- /budget-table -->"
 
 
 def shared(task: str, out: Path, args) -> list[str]:
@@ -57,6 +64,32 @@ def train(common: list[str], extra: list[str], run: Path, seed: int) -> dict:
         print(f"[budget] {run}: {time.time() - started:.0f} s")
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     return {"summary": summary, "eval": json.loads((run / "eval.json").read_text(encoding="utf-8"))}
+
+
+def dialled(plain: Path, run: Path, common: list[str], chosen_on: str, limit: float, seed: int, layer_run=None) -> dict:
+    """Plain LoRA's adapter (the `none` run at `plain`) dialled to the budget after training, as a user would
+    with `forgetless tune-scale --max-kl`: per-layer scales (--per-layer), or with `layer_run` (that search's
+    run) the one scale it bisected for every layer. Both choose on the validation rows `chosen_on`; the
+    saved adapter is then scored on the test rows by `forgetless eval`, like every other row."""
+    if not (run / "eval.json").is_file():
+        started = time.time()
+        if not run.exists():  # a copy of the plain run to dial (its own eval, report and checkpoints left out)
+            skip = shutil.ignore_patterns("checkpoints", "best", "tensorboard", "plots", "report.*", "eval.json")
+            shutil.copytree(plain, run.with_name(run.name + ".partial"), ignore=skip, dirs_exist_ok=True)
+            run.with_name(run.name + ".partial").rename(run)
+        on_validation = api.load_config(RECIPE, [*common, f"data.validation={chosen_on}", f"train.seed={seed}"])
+        if layer_run is None:
+            api.tune_scale(on_validation, run, limit, None, [1.0], per_layer=True)
+        else:  # the layer search's uniform candidate: the largest single scale within the budget, to 1/32
+            searched = json.loads((layer_run / "tune_scale.json").read_text(encoding="utf-8"))
+            api.tune_scale(on_validation, run, limit, None, [searched["chosen"]])
+        api.evaluate(api.load_config(RECIPE, [*common, f"train.seed={seed}"]), str(run), None, run)
+        print(f"[budget] {run}: {time.time() - started:.0f} s")
+    record = json.loads((run / "tune_scale.json").read_text(encoding="utf-8"))
+    ev = json.loads((run / "eval.json").read_text(encoding="utf-8"))
+    kl = ev["retention"]["prompts"]["kl_per_token"]
+    scale = record.get("layer_scales") or record["chosen"]
+    return {"summary": {"budget": {"kl": limit, "met": kl <= limit, "scale": scale}}, "eval": ev}
 
 
 def row(method: str, seed: int, found: dict, metric: str) -> dict:
@@ -86,6 +119,13 @@ def mean_sd(values: list[float], spec: str = ".3f", unit: str = "") -> str:
     return f"{statistics.mean(values):{spec}}{unit} ± {statistics.stdev(values):{spec}}{unit}"
 
 
+def _scale(scale) -> str:
+    """A run's adapter scale: one number, per-layer groups (bottom/middle/top, attention/MLP), or – (none)."""
+    if isinstance(scale, dict):
+        return "(" + " ".join(f"{g.replace('attention', 'attn')} {s:.2f}" for g, s in scale.items()) + ")"
+    return "–" if scale is None else f"{scale:.3f}"
+
+
 def table(task: str, metric: str, rows: list[dict]) -> list[str]:
     none_gain = statistics.mean(r["gain"] for r in rows if r["method"] == "none")
     head = f"| method | budget (KL) | {metric} gain | gain kept vs none | KL to base / token | budget met | "
@@ -96,7 +136,7 @@ def table(task: str, metric: str, rows: list[dict]) -> list[str]:
         kept = [r["gain"] / none_gain for r in mine] if none_gain else []
         budget = f"{mine[0]['budget']:.4f}" if mine[0]["budget"] is not None else "–"
         met = f"{sum(bool(r['met']) for r in mine)} of {len(mine)}" if mine[0]["budget"] is not None else "–"
-        scales = ", ".join("–" if r["scale"] is None else f"{r['scale']:.3f}" for r in mine)
+        scales = ", ".join(_scale(r["scale"]) for r in mine)
         lines.append(
             f"| {method} | {budget} | {mean_sd([r['gain'] for r in mine])} | "
             f"{mean_sd([100 * k for k in kept], '.0f', '%')} | {mean_sd([r['kl'] for r in mine], '.4f')} | {met} | "
@@ -139,8 +179,16 @@ def run_task(task: str, out: Path, args) -> tuple[list[dict], str]:
     for fraction in args.fractions:
         name, limit = f"budget-{round(100 * fraction)}", round(fraction * reference, 5)
         extra = ["forgetting.preset=full", f"forgetting.budget.kl={limit}"]
-        for s in args.seeds:
+        for s in args.seeds if "budget" in args.methods else []:
             rows.append(row(name, s, train(common, extra, out / task / name / f"seed-{s}", s), metric))
+        if "dials" in args.methods:  # plain LoRA dialled to the same budget after training: per-layer, then uniform
+            chosen_on = tasks.validation(task, out / "data")
+            for kind in ("layer", "uniform"):
+                for s in args.seeds:
+                    plain, run = out / task / "none" / f"seed-{s}", out / task / f"{kind}-{name}" / f"seed-{s}"
+                    searched = None if kind == "layer" else out / task / f"layer-{name}" / f"seed-{s}"
+                    found = dialled(plain, run, common, chosen_on, limit, s, searched)
+                    rows.append(row(f"{kind}-dial-{round(100 * fraction)}", s, found, metric))
     return rows, metric
 
 
@@ -151,6 +199,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.10, 0.25])
     ap.add_argument("--docs", action="store_true", help="write the results into docs/ too")
+    ap.add_argument("--methods", nargs="+", choices=["budget", "dials"], default=["budget"], help="rows beside none")
     tasks.run_arguments(ap)
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -160,13 +209,15 @@ def main(argv: list[str]) -> None:
         results[task], metric = run_task(task, out, args)
         lines += table(task, metric, results[task])
     found = {"machine": machine.describe(), "args": vars(args), "tasks": results}
-    outputs.write_json(out / "budget.json", found)
-    outputs.write_text(out / "budget.md", "\n".join(lines))
-    chart(results, out / "budget.png")
+    stem = "budget" if "budget" in args.methods else "layer_dial"
+    outputs.write_json(out / f"{stem}.json", found)
+    outputs.write_text(out / f"{stem}.md", "\n".join(lines))
+    chart(results, out / f"{stem}.png")
     if args.docs:
-        outputs.write_json(DOCS / "budget.json", found)
-        chart(results, DOCS / "images" / "budget.png")
-        outputs.fill_section(DOCS / "forgetting.md", MARK[0], "\n".join(lines[2:]), MARK[1])
+        outputs.write_json(DOCS / f"{stem}.json", found)
+        chart(results, DOCS / "images" / f"{stem}.png")
+        text = "\n".join(lines[2:])
+        outputs.fill_section(DOCS / "forgetting.md", f"<!-- {stem}-table -->", text, f"<!-- /{stem}-table -->")
     print("\n".join(lines))
 
 

@@ -121,6 +121,13 @@ def final_answer(predictions: list[str], references: list[str]) -> float:
     return sum(hits) / max(len(hits), 1)
 
 
+GENERATED = {  # task: its row maker, the (train, test) draw seeds the published tables were made with, metric
+    "replies": (reply, (2, 3), "chrf"),
+    "orders": (order, (0, 1), "exact_match"),
+    "reasoning": (reasoning, (4, 5), "final_answer"),
+}
+
+
 def keigo(split: str) -> list[dict]:
     """The keigo preference pairs as SFT rows: the prompt and its polite (chosen) answer."""
     rows = [json.loads(x) for x in builtin_path(f"keigo/{split}.jsonl").read_text(encoding="utf-8").splitlines() if x]
@@ -133,20 +140,20 @@ def _write(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
+def _train_test(make, seeds: tuple[int, int]) -> tuple[list[dict], list[dict]]:
+    train = draw(make, 200, seeds[0])
+    return train, draw(make, 30, seeds[1], avoid=train)
+
+
 def overrides(name: str, data: Path) -> list[str]:
     """The forgetless overrides that point a run at task `name` (its files written under `data`)."""
     if name == "triage":
         return ["data.train=builtin:quickstart/train.jsonl", "data.validation=builtin:quickstart/test.jsonl"]
     if name == "keigo":
         train, test, metric = keigo("train"), keigo("test"), "chrf"
-    else:  # the seeds are the ones the published tables were made with
-        make, seeds, metric = {
-            "replies": (reply, (2, 3), "chrf"),
-            "orders": (order, (0, 1), "exact_match"),
-            "reasoning": (reasoning, (4, 5), "final_answer"),
-        }[name]
-        train = draw(make, 200, seeds[0])
-        test = draw(make, 30, seeds[1], avoid=train)
+    else:
+        make, seeds, metric = GENERATED[name]
+        train, test = _train_test(make, seeds)
     custom = ["eval.custom_metrics=[tasks:final_answer]"] if metric == "final_answer" else []
     return [
         *custom,
@@ -154,6 +161,19 @@ def overrides(name: str, data: Path) -> list[str]:
         f"data.validation={_write(data / f'{name}-test.jsonl', test)}",
         f"eval.metric={metric}",
     ]
+
+
+def validation(name: str, data: Path) -> str:
+    """Rows of task `name` to choose settings on, apart from the test rows `overrides` points at (and from
+    the training rows): the quickstart's validation file; for the generated tasks a third draw, seeded apart
+    from the test draw, that avoids both. Keigo ships train and test only: it has none."""
+    if name == "triage":
+        return "builtin:quickstart/validation.jsonl"
+    if name == "keigo":
+        raise SystemExit("keigo has no validation rows (the bundled pairs ship train and test only)")
+    make, seeds, _ = GENERATED[name]
+    train, test = _train_test(make, seeds)
+    return _write(data / f"{name}-validation.jsonl", draw(make, 30, seeds[1] + 100, avoid=train + test))
 
 
 def run_arguments(ap) -> None:

@@ -8,10 +8,13 @@ import asyncio
 import pytest
 import torch
 
-from forgetless.deploy.batcher import Job, held_back, sample
+from forgetless.deploy.batcher import Job, sample
 from forgetless.deploy.chat import BASE
 from forgetless.deploy.engine import Engine
+from forgetless.deploy.stream_text import held_back, new_text
+from forgetless.model import loader as models
 from tests.deploy.test_serve import _adapter
+from tests.families import fixtures
 
 PROMPTS = ["Say something.", "My parcel 48213 is late, where is it?", "Hi", "Explain LoRA in one long sentence please."]
 
@@ -92,3 +95,24 @@ def test_sample_and_held_back_text():
     assert {sample(logits, 1.0, 0.5) for _ in range(50)} == {1}  # top_p 0.5 keeps the top token only
     assert held_back("abc\ufffd", []) == 1
     assert held_back("the end is ne", ["near", "x"]) == 2 and held_back("plain", ["zz"]) == 0
+
+
+ANSWER = "Order 48213 is late!  注文番号 5522 の商品が届きません。 Café ☕🚀 x\n\n  done."
+
+
+@pytest.mark.parametrize("name", [*fixtures.TOKENIZERS, "smollm2"])
+def test_an_answer_decoded_a_token_at_a_time_is_the_whole_decode(name):
+    """The server sends each token's text decoded beside the tokens just before it, not the whole answer
+    again: spaces, characters split across tokens (Japanese, emoji) and a final end-of-turn token come out
+    as one decode of the whole answer gives them, and no piece carries half a character (U+FFFD)."""
+    path = models.resolve("smollm2-135m-instruct") if name == "smollm2" else str(fixtures.tokenizer_dir(name))
+    if name != "smollm2":
+        fixtures.ensure()
+    tok = models.load_tokenizer(path)
+    ids = [*tok(ANSWER, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+    text, start, read, pieces = "", 0, 0, 0
+    for n in range(1, len(ids) + 1):
+        piece, start, read = new_text(tok, ids[:n], start, read, final=n == len(ids))
+        assert "\ufffd" not in piece and read - start <= 8, (n, piece, start, read)  # a few tokens decoded
+        text, pieces = text + piece, pieces + bool(piece)
+    assert text == tok.decode(ids, skip_special_tokens=True) and pieces > len(ids) // 2

@@ -19,6 +19,28 @@ def test_retention_kl_is_zero_for_the_base_against_itself(tiny_dir, tokenizer):
     assert kl_to_base(lora_model(tiny_dir).eval(), tokenizer, refs) > 0
 
 
+def test_the_base_side_kept_between_calls_gives_the_kl_measured_afresh(tiny_dir, tokenizer):
+    """The dials measure one model at many adapter scales: the base's logits are computed on the first call
+    and read on the next, and each KL equals the one measured with a fresh base forward."""
+    from forgetless.data.formats import Example
+
+    model = lora_model(tiny_dir).eval()
+    layers = [m for m in model.modules() if hasattr(m, "scaling") and isinstance(m.scaling, dict)]
+    refs = [
+        Example(str(i), messages=({"role": "user", "content": q}, {"role": "assistant", "content": a}))
+        for i, (q, a) in enumerate([("hi", "hello there"), ("name a colour", "blue, of course"), ("2+2?", "4")] * 4)
+    ]
+    held, seen = [], []
+    for scale in (1.0, 0.5, 0.25):
+        for m in layers:
+            m.scaling = {k: scale for k in m.scaling}
+        fresh = kl_to_base(model, tokenizer, refs, batch_size=4)
+        assert kl_to_base(model, tokenizer, refs, batch_size=4, base_logits=held) == pytest.approx(fresh, rel=1e-6)
+        assert len(held) == 3  # one entry per batch, filled once
+        seen.append(fresh)
+    assert seen[0] > seen[1] > seen[2] > 0  # the scales took effect: a cached side that went stale would show
+
+
 def test_task_kl_is_base_to_tuned_per_answer_token(tiny_dir, tokenizer):
     """KL(p_base ‖ p_tuned) = Σ_v p_b(v) (log p_b(v) − log p_t(v)), averaged over the answer tokens
     (labels ≠ -100 shifted by one), computed here directly from the two models' logits."""

@@ -140,7 +140,7 @@ def test_layer_groups_patterns_and_factors():
 
 
 def test_tune_scale_per_layer_keeps_the_best_candidate_within_the_budget(tiny_dir, train_file, tmp_path):
-    """Every candidate (uniform, and each part at full scale) sits within the budget; the kept one has the
+    """Every candidate (uniform, and each part at twice the rest's scale) sits within the budget; the kept one has the
     highest task score, its scales are saved as the adapter's alpha_pattern and PEFT loads them back; a
     second dial starts from the trained adapter."""
     run = tmp_path / "run"
@@ -154,6 +154,11 @@ def test_tune_scale_per_layer_keeps_the_best_candidate_within_the_budget(tiny_di
         found = t["layer_points"]
         assert [p["favoured"] for p in found] == ["uniform", "bottom", "middle", "top", "attention", "mlp"]
         assert all(p["kl_per_token"] <= budget for p in found) and 0.4 < t["chosen"] <= 0.5  # 1/32 steps
+        for p in found[1:]:  # the favoured part at twice the rest's scale (at most 1), the rest below uniform
+            part = layer_scales.FAVOURED[p["favoured"]]
+            rest = {s for g, s in p["scales"].items() if g not in part}
+            assert len(rest) == 1 and t["chosen"] / 2 <= min(rest) <= t["chosen"]
+            assert all(p["scales"][g] == pytest.approx(min(1.0, 2 * min(rest))) for g in part)
         best = max(p["task"] for p in found)
         kept = t["layer_scales"] or {g: t["chosen"] for g in layer_scales.GROUPS}
         assert next(p for p in found if p["scales"] == kept)["task"] == best

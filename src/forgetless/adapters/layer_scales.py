@@ -18,7 +18,7 @@ from peft.utils.other import get_pattern_key
 DEPTHS = ("bottom", "middle", "top")
 KINDS = ("attention", "mlp")
 GROUPS = tuple(f"{d}/{k}" for d in DEPTHS for k in KINDS)
-FAVOURED = {  # the groups each candidate of the search keeps at full scale
+FAVOURED = {  # the groups each candidate of the search scales up beside the rest
     **{d: [f"{d}/{k}" for k in KINDS] for d in DEPTHS},
     **{k: [f"{d}/{k}" for d in DEPTHS] for k in KINDS},
 }

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from forgetless.deploy.chat import BASE
+from forgetless.deploy.stream_text import held_back, new_text
 
 MIN_TEMPERATURE = 1e-3  # below: logits / T overflow float32; decoded greedily (the limit)
 
@@ -52,6 +53,8 @@ class Job:
     events: asyncio.Queue | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
+    text: str = ""  # the answer's text so far (complete characters)
+    decoded: tuple[int, int] = (0, 0)  # (start, read): `text` holds generated[:read]; start..read is the context
     sent: str = ""
     pending: int = 0  # the token sampled last, not yet fed to the model
     position: int = 0  # its position
@@ -86,15 +89,6 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float) -> int:
         keep = sorted_probs.cumsum(0) - sorted_probs < top_p  # the smallest set reaching top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1))
-
-
-def held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters to keep unsent: partial UTF-8 characters (decoded as U+FFFD), and
-    before them the start of a stop string (a stop's first characters must not leak while the rest of
-    a multi-byte character is still on its way)."""
-    body = text.rstrip("\ufffd")
-    partial = len(text) - len(body)
-    return partial + max((k for s in stops for k in range(1, len(s)) if body.endswith(s[:k])), default=0)
 
 
 class Batcher:
@@ -270,9 +264,13 @@ class Batcher:
         """Add the row's next token and send what is new; True when the row is finished."""
         job.generated.append(token)
         job.pending = token
-        tokenizer = self.engine.tokenizer
-        text = tokenizer.decode(job.generated, skip_special_tokens=True)
-        hits = [text.index(s) for s in job.stops if s in text]
+        done = token in self.engine.eos_ids or len(job.generated) >= job.max_new
+        before = len(job.text)
+        piece, start, read = new_text(self.engine.tokenizer, job.generated, *job.decoded, final=done)
+        job.text, job.decoded = job.text + piece, (start, read)
+        text = job.text
+        # a stop string not found before can only end in the new piece
+        hits = [i for s in job.stops if (i := text.find(s, max(0, before - len(s) + 1))) >= 0]
         finish = None
         if hits:
             text, finish = text[: min(hits)], "stop"

@@ -44,12 +44,12 @@ def probe(cfg: Config, tokenizer, refs, weights: Weights, metrics: Path | None =
             if key in row:
                 control.weight = row[key]
         setattr(weights, steered, control.weight)
-    shown = refs[: b.probe_prompts]
+    shown, held = refs[: b.probe_prompts], []  # the base's side of the probe's KL never changes: measured once
 
     def adjust(model, step: int) -> dict | None:
         if step % b.every:
             return None
-        measured = kl_to_base(model, tokenizer, shown)
+        measured = kl_to_base(model, tokenizer, shown, base_logits=held)
         setattr(weights, steered, control.update(measured, b.every))
         return {PROBE_KL: measured, key: control.weight}
 
@@ -86,12 +86,12 @@ def dial(cfg: Config, model, tokenizer, refs, before: dict) -> dict:
     model is left at that scale. Returns {"scale", "points"}; when even 1/32 does not meet it, the scale is
     1/32, the closest point measured."""
     trained = {m: dict(m.scaling) for m in model.modules() if isinstance(m, LoraLayer)}
-    b, points = cfg.forgetting.budget, []
+    b, points, held = cfg.forgetting.budget, [], []  # held: the base's side of the KL, measured once
 
     def measure(s: float) -> bool:
         for m, scaling in trained.items():
             m.scaling.update({k: v * s for k, v in scaling.items()})
-        side = {"prompts": {"kl_per_token": kl_to_base(model, tokenizer, refs)}}
+        side = {"prompts": {"kl_per_token": kl_to_base(model, tokenizer, refs, base_logits=held)}}
         if b.mc_drop is not None:
             limit = cfg.eval.max_questions  # the questions the base side was scored on
             side["benchmarks"] = {n: choice.score_items(model, tokenizer, *choice.read_items(ref, limit)) for n, ref in

@@ -10,10 +10,11 @@ scale of a grid, picks a scale that meets the budget, and saves it with the adap
   --min-task Y  the smallest scale whose task score is at least Y (least drift that still does the task).
 
 --per-layer (with --max-kl) also searches separate scales for the bottom, middle and top thirds of the
-layers and for attention and MLP (adapters/layer_scales.py): for each of those five parts, the part at
-full scale and the rest dialled down by bisection until the budget holds (or the part alone dialled
-when even that is over); the uniform scale is bisected to the budget the same way, and the candidate
-with the highest task score is kept (the uniform one on a tie).
+layers and for attention and MLP (adapters/layer_scales.py): the uniform scale is bisected to the budget,
+then for each of those five parts the part at twice the rest's scale, the rest bisected until the budget
+holds; the candidate with the highest task score within the budget is kept (the uniform one on a tie).
+(A part at full scale with the rest dialled down, tried first, left the rest near 0 and the task at 0 on
+the quickstart at 10% of plain LoRA's KL: one part at full scale spends the whole budget.)
 
 The scale is saved where every tool that loads the adapter reads it: lora_alpha (and alpha_pattern) in
 RUN/adapter/adapter_config.json become s × the trained values, so merge, serve, export, vLLM and
@@ -42,6 +43,7 @@ from forgetless.training import rundir
 
 RECORD = rundir.TUNE_SCALE
 GRID = (0.25, 0.5, 0.75, 1.0)
+RATIO = 2.0  # --per-layer: a favoured part's scale over the rest's
 
 
 def run(
@@ -76,11 +78,15 @@ def _run(cfg: Config, run_dir: Path, adapter: Path, limits, grid, per_layer: boo
     model = _at_trained_scale(PeftModel.from_pretrained(model, str(adapter)), earlier)
     dial = layer_scales.Dial(model)
     metric, points = cfg.eval.metric, []
+    held: list = []  # the base's side of the KL, measured once: every point differs in the adapter's scale only
+
+    def measured_kl() -> float:
+        return kl_to_base(model, tokenizer, refs, base_logits=held)
 
     def score(scales, label: str) -> dict:
         dial.set(scales)
         task = task_eval(model, tokenizer, examples, cfg).get(metric)
-        kl = kl_to_base(model, tokenizer, refs) if refs else None
+        kl = measured_kl() if refs else None
         print(f"[forgetless] tune-scale: {label}: task {metric} {report.fmt(task)}, KL {report.fmt(kl, '.4f')}")
         return {"task": task, "kl_per_token": kl}
 
@@ -89,7 +95,7 @@ def _run(cfg: Config, run_dir: Path, adapter: Path, limits, grid, per_layer: boo
     record = {"metric": metric, "points": points, "max_kl": max_kl, "min_task": min_task}
     record["trained"] = {k: config.get(k) for k in ("lora_alpha", "alpha_pattern")}
     if per_layer:
-        record |= _per_layer(dial, lambda: kl_to_base(model, tokenizer, refs), score, max_kl)
+        record |= _per_layer(dial, measured_kl, score, max_kl)
     else:
         record["chosen"] = choose(points, max_kl, min_task)
     budget.save_scale(run_dir, adapter, config, record, list(dial.trained))
@@ -98,33 +104,35 @@ def _run(cfg: Config, run_dir: Path, adapter: Path, limits, grid, per_layer: boo
 
 
 def _per_layer(dial: layer_scales.Dial, kl, score, max_kl: float) -> dict:
-    """The uniform scale and each favoured part's split bisected to the budget (on the KL alone), each
-    scored on the task; the record's fields: chosen (the uniform scale), layer_scales (the best split, None
-    when the uniform scale scores as high) and layer_points (every candidate)."""
+    """The uniform scale u bisected to the budget (on the KL alone), then for each favoured part its split:
+    the part at RATIO × the rest's scale (at most 1), the rest bisected in [u / RATIO, u] (at u / RATIO no
+    group is above u, so the KL is about within; at u the favoured part is above it, so about over).
+    Each candidate is scored on the task; the best one within the budget is kept (the uniform one on a tie).
+    The record's fields: chosen (u), layer_scales (the best split, None when the uniform scale scores as
+    high) and layer_points (every candidate)."""
 
     def within(scales) -> bool:
         dial.set(scales)
         return kl() <= max_kl
 
-    def largest(make) -> float:  # the largest x in [0, 1] with make(x) within the budget, to 1/32
-        low, high = 0.0, 1.0
+    def largest(make, low: float, high: float) -> float:  # the largest x in [low, high] within the budget
         for _ in range(budget.BISECTIONS):
             mid = (low + high) / 2
             low, high = (mid, high) if within(make(mid)) else (low, mid)
         return low
 
     groups = layer_scales.GROUPS
-    found = []
-    for label, favoured in [("uniform", []), *layer_scales.FAVOURED.items()]:
-        make = lambda x, f=favoured: {g: 1.0 if g in f else x for g in groups}  # noqa: E731
-        if favoured and not within(make(0.0)):  # the part alone is over the budget: dial it, the rest at 0
-            make = lambda x, f=favoured: {g: x if g in f else 0.0 for g in groups}  # noqa: E731
-        scales = make(largest(make))
-        found.append({"favoured": label, "scales": scales} | score(scales, f"{label}: {_short(scales)}"))
-    best = max(found, key=lambda p: (p["task"] if p["task"] is not None else float("-inf"), p["favoured"] == "uniform"))
+    u = largest(lambda x: dict.fromkeys(groups, x), 0.0, 1.0)
+    found = [{"favoured": "uniform", "scales": dict.fromkeys(groups, u)}]
+    for label, favoured in layer_scales.FAVOURED.items():
+        make = lambda x, f=favoured: {g: min(1.0, RATIO * x) if g in f else x for g in groups}  # noqa: E731
+        found.append({"favoured": label, "scales": make(largest(make, u / RATIO, u))})
+    for p in found:
+        p |= score(p["scales"], f"{p['favoured']}: {_short(p['scales'])}")
+    inside = [p for p in found if p["kl_per_token"] is not None and p["kl_per_token"] <= max_kl] or found[:1]
+    best = max(inside, key=lambda p: (float("-inf") if p["task"] is None else p["task"], p["favoured"] == "uniform"))
     split = best["favoured"] != "uniform"
-    uniform = found[0]["scales"][groups[0]]
-    return {"chosen": uniform, "layer_scales": best["scales"] if split else None, "layer_points": found} | {
+    return {"chosen": u, "layer_scales": best["scales"] if split else None, "layer_points": found} | {
         "layers": dial.layers
     }
 
