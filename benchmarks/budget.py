@@ -42,6 +42,7 @@ import outputs  # benchmarks/outputs.py: every file written whole
 import tasks  # benchmarks/tasks.py: the task data
 
 from forgetless import api
+from forgetless.adapters import layer_scales
 
 RECIPE = "quickstart-long"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -120,9 +121,12 @@ def mean_sd(values: list[float], spec: str = ".3f", unit: str = "") -> str:
 
 
 def _scale(scale) -> str:
-    """A run's adapter scale: one number, per-layer groups (bottom/middle/top, attention/MLP), or – (none)."""
+    """A run's adapter scale: one number, per-layer scales as the part scaled up and the rest, or – (none)."""
     if isinstance(scale, dict):
-        return "(" + " ".join(f"{g.replace('attention', 'attn')} {s:.2f}" for g, s in scale.items()) + ")"
+        high, low = max(scale.values()), min(scale.values())
+        up = sorted(g for g, s in scale.items() if s == high)
+        part = next((k for k, v in layer_scales.FAVOURED.items() if sorted(v) == up), "+".join(up))
+        return f"{part} {high:.2f}, rest {low:.2f}" if high != low else f"{high:.3f}"
     return "–" if scale is None else f"{scale:.3f}"
 
 
@@ -136,7 +140,7 @@ def table(task: str, metric: str, rows: list[dict]) -> list[str]:
         kept = [r["gain"] / none_gain for r in mine] if none_gain else []
         budget = f"{mine[0]['budget']:.4f}" if mine[0]["budget"] is not None else "–"
         met = f"{sum(bool(r['met']) for r in mine)} of {len(mine)}" if mine[0]["budget"] is not None else "–"
-        scales = ", ".join(_scale(r["scale"]) for r in mine)
+        scales = "; ".join(_scale(r["scale"]) for r in mine)
         lines.append(
             f"| {method} | {budget} | {mean_sd([r['gain'] for r in mine])} | "
             f"{mean_sd([100 * k for k in kept], '.0f', '%')} | {mean_sd([r['kl'] for r in mine], '.4f')} | {met} | "
