@@ -170,7 +170,10 @@ def validation(name: str, data: Path) -> str:
     if name == "triage":
         return "builtin:quickstart/validation.jsonl"
     if name == "keigo":
-        raise SystemExit("keigo has no validation rows (the bundled pairs ship train and test only)")
+        raise SystemExit(
+            "keigo has no validation rows (the bundled pairs ship train and test only): run the dials on "
+            "triage, replies, orders or reasoning"
+        )
     make, seeds, _ = GENERATED[name]
     train, test = _train_test(make, seeds)
     return _write(data / f"{name}-validation.jsonl", draw(make, 30, seeds[1] + 100, avoid=train + test))

@@ -170,3 +170,7 @@ def test_tune_scale_per_layer_keeps_the_best_candidate_within_the_budget(tiny_di
     assert "per-layer dial" in (run / "report.md").read_text()
     with pytest.raises(UserError, match="--per-layer searches within a KL budget"):
         tune_scale.run(cfg, run, max_kl=None, min_task=0.5, per_layer=True)
+    saved_config = (run / "adapter" / "adapter_config.json").read_text()
+    with pytest.raises(UserError, match=r"no scale keeps KL to base ≤ 1e-12 \(at 1/32 it is"):
+        tune_scale.run(cfg, run, max_kl=1e-12, min_task=None, per_layer=True)
+    assert (run / "adapter" / "adapter_config.json").read_text() == saved_config  # no null adapter saved

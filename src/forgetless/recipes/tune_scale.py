@@ -122,9 +122,17 @@ def _per_layer(dial: layer_scales.Dial, kl, score, max_kl: float) -> dict:
         return low
 
     groups = layer_scales.GROUPS
+    print("[forgetless] tune-scale: bisecting the uniform scale to the budget ...")
     u = largest(lambda x: dict.fromkeys(groups, x), 0.0, 1.0)
+    if u == 0.0:  # even 1/32 of the adapter is over: saving scale 0 would be a null adapter
+        dial.set(dict.fromkeys(groups, 0.5**budget.BISECTIONS))
+        raise UserError(
+            f"tune-scale --per-layer: no scale keeps KL to base ≤ {max_kl} (at 1/{2**budget.BISECTIONS} it is "
+            f"{kl():.4f}); allow a larger --max-kl"
+        )
     found = [{"favoured": "uniform", "scales": dict.fromkeys(groups, u)}]
     for label, favoured in layer_scales.FAVOURED.items():
+        print(f"[forgetless] tune-scale: bisecting the rest with {label} at {RATIO:g}x its scale ...")
         make = lambda x, f=favoured: {g: min(1.0, RATIO * x) if g in f else x for g in groups}  # noqa: E731
         found.append({"favoured": label, "scales": make(largest(make, u / RATIO, u))})
     for p in found:
