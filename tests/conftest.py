@@ -69,27 +69,36 @@ def tokenizer(embedded_dir):
     return models.load_tokenizer(embedded_dir)
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, tokenizer) -> str:
-    out = tmp_path_factory.mktemp("tiny-llama")
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        initializer_range=0.3,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "initializer_range": 0.3,
+}
+
+
+def save_tiny(out: Path, config_class, tokenizer, **traits) -> str:
+    """A tiny random model of `config_class` (seed 0) with the tokenizer's vocabulary, saved with it in `out`."""
+    cfg = config_class(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **(TINY | traits))
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tokenizer) -> str:
+    return save_tiny(
+        tmp_path_factory.mktemp("tiny-llama"),
+        LlamaConfig,
+        tokenizer,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
 
 
 def tiny_args(tiny_dir: str, data: Path, out: Path, *more: str) -> list[str]:

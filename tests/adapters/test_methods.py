@@ -17,6 +17,7 @@ from forgetless.config.schema import PeftConfig
 from forgetless.errors import UserError
 from forgetless.model import forward
 from forgetless.model.likelihood import ce_sum
+from tests.conftest import save_tiny
 
 IDENTITY = ["lora", "dora", "ia3", "adapter", "bitfit", "selective", "full"]  # start as the base model
 ALL = [*IDENTITY, "prefix", "prompt"]
@@ -28,24 +29,14 @@ LR = {"full": 1e-2, "selective": 1e-2, "prompt": 1e-1, "ia3": 3e-1, "prefix": 2e
 @pytest.fixture(scope="module")
 def biased_dir(tmp_path_factory, tokenizer) -> str:
     """A tiny Llama with bias terms (attention and MLP), so that BitFit has something to train."""
-    out = tmp_path_factory.mktemp("tiny-biased")
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    return save_tiny(
+        tmp_path_factory.mktemp("tiny-biased"),
+        LlamaConfig,
+        tokenizer,
         attention_bias=True,
         mlp_bias=True,
         tie_word_embeddings=True,
-        initializer_range=0.3,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
 
 
 def _base(path: str):
@@ -257,3 +248,19 @@ def test_methods_train_on_a_4bit_base(method, tiny_dir, biased_dir, tokenizer):
     losses = _train(model, tokenizer, method, steps=10)
     assert losses[-1] < losses[0] and trainable
     assert not any("weight" in n and p.dtype == torch.uint8 for n, p in model.named_parameters() if n in trainable)
+
+
+def test_a_saved_result_is_read_whole_once_until_a_file_changes(tmp_path, monkeypatch):
+    """check_readable parses each file once per process (an export finds its adapter several times),
+    and still catches a file cut short after it was checked."""
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}), encoding="utf-8")
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {"a": 0}}}), encoding="utf-8")
+    parsed = []
+    monkeypatch.setattr(saved.json, "loads", lambda text: parsed.append(text) or json.JSONDecoder().decode(text))
+    saved.check_readable(tmp_path)
+    saved.check_readable(tmp_path)
+    assert len(parsed) == 2  # two files, each parsed once
+    cut = tmp_path / "tokenizer.json"
+    cut.write_text(cut.read_text(encoding="utf-8")[:-3], encoding="utf-8")
+    with pytest.raises(UserError, match="tokenizer.json is damaged or incomplete"):
+        saved.check_readable(tmp_path)

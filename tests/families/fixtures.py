@@ -53,6 +53,12 @@ TOKENIZERS = {
 }
 
 
+# llama.cpp's converter has no path from tokenizer.json alone for these tokenizers: it reads a
+# sentencepiece tokenizer.model, made here from the llama.cpp vocabulary.
+# tokenizer -> (pieces in it, whether it puts '▁' before a text)
+SENTENCEPIECE = {"phi3": (32000, True), "gemma": (262144, False)}
+
+
 def root() -> Path:
     base = Path(os.environ.get("FORGETLESS_CACHE", Path.home() / ".cache" / "forgetless"))
     return base / "families" / LLAMA_CPP_PYTHON
@@ -64,7 +70,9 @@ def tokenizer_dir(family: str) -> Path:
 
 def ensure() -> Path:
     """Build whatever is missing; returns the folder. Idempotent and atomic per tokenizer."""
-    if all((tokenizer_dir(f) / "tokenizer_config.json").is_file() for f in TOKENIZERS):
+    if all((tokenizer_dir(f) / "tokenizer_config.json").is_file() for f in TOKENIZERS) and all(
+        sentencepiece_path(f).is_file() for f in SENTENCEPIECE
+    ):
         return root()
     raw = _extract()
     for family, (vocab, template, special, _stands_for) in TOKENIZERS.items():
@@ -76,6 +84,8 @@ def ensure() -> Path:
                 special,
                 out,
             )
+    for family in SENTENCEPIECE:
+        sentencepiece_model(family)
     _write_sources(raw)
     return root()
 
@@ -160,13 +170,22 @@ def vocab_vectors(family: str) -> list[tuple[str, list[int]]]:
     return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, ids, strict=False)]
 
 
-def sentencepiece_model(family: str, out: Path, pieces: int, dummy_prefix: bool) -> None:
-    """A sentencepiece tokenizer.model holding the first `pieces` tokens of the family's llama.cpp
+def sentencepiece_path(family: str) -> Path:
+    return root() / "sentencepiece" / f"{family}.model"
+
+
+def sentencepiece_model(family: str) -> Path:
+    """A sentencepiece tokenizer.model holding the first pieces (SENTENCEPIECE) of the family's llama.cpp
     vocabulary with their scores and types: what llama.cpp's converter reads for Phi-3 and Gemma (it
-    has no Hugging Face-only path for them). The tokens after `pieces` are the tokenizer's added ones."""
+    has no Hugging Face-only path for them). The tokens after those are the tokenizer's added ones.
+    Made once per machine (20 s for Gemma's 262k pieces) and kept beside the tokenizers."""
+    out = sentencepiece_path(family)
+    if out.is_file():
+        return out
     import gguf
     from sentencepiece import sentencepiece_model_pb2 as sp
 
+    pieces, dummy_prefix = SENTENCEPIECE[family]
     reader = gguf.GGUFReader(str(root() / "llama.cpp" / "models" / f"ggml-vocab-{TOKENIZERS[family][0]}.gguf"))
     tokens, scores, types = (
         reader.fields[f"tokenizer.ggml.{k}"].contents() for k in ("tokens", "scores", "token_type")
@@ -182,9 +201,11 @@ def sentencepiece_model(family: str, out: Path, pieces: int, dummy_prefix: bool)
     for token, score, kind in zip(tokens[:pieces], scores[:pieces], types[:pieces], strict=True):
         piece = model.pieces.add()
         piece.piece, piece.score, piece.type = token, score, kind
-    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # two test workers may make it at once
     tmp.write_bytes(model.SerializeToString())
     os.replace(tmp, out)
+    return out
 
 
 def _convert(gguf: Path, template: Path, special: dict, out: Path) -> None:

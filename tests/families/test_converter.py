@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from contextlib import closing
+from pathlib import Path
 from typing import ClassVar
 
 import gguf
@@ -30,10 +31,6 @@ from tests.families import fixtures
 from tests.families.conftest import ARCHITECTURES, FAMILIES, family_model_dir
 
 pytestmark = pytest.mark.seconds(200)  # the longest files start first (tests/conftest.py)
-
-# The converter has no path from tokenizer.json alone for these: it reads a sentencepiece model,
-# made here from the family's llama.cpp vocabulary (pieces in it, whether it puts '▁' before a text).
-SENTENCEPIECE = {"phi3": (32000, True), "gemma": (262144, False), "gemma3": (262144, False)}
 
 SPM = {"mistral", "mixtral", "phi3", "gemma", "gemma3"}  # sentencepiece-style vocabularies (llama.cpp's "llama")
 EXPLICIT = (
@@ -95,18 +92,32 @@ DIFFERENCES: dict[str, tuple[set[str], str]] = {
 }
 
 
-def convert_with_llama_cpp(model_dir, out, outtype: str) -> subprocess.Popen:
-    """llama.cpp's converter, started in the background (it runs beside our export: two cores)."""
+# llama.cpp's converter run once per output type inside one program (its main() reads sys.argv), so
+# that torch and the converter are imported once for both files
+CONVERT_EACH = """
+import sys
+import convert_hf_to_gguf
+model = sys.argv[1]
+for outtype, outfile in zip(sys.argv[2::2], sys.argv[3::2]):
+    sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", outfile]
+    convert_hf_to_gguf.main()
+"""
+
+
+def convert_with_llama_cpp(model_dir, outs: dict[str, Path], log: Path) -> subprocess.Popen:
+    """llama.cpp's converter, started in the background (it runs beside our export): one file per
+    output type in `outs`."""
     tool = fixtures.converter()
     env = os.environ | {"PYTHONPATH": f"{tool / 'gguf-py'}{os.pathsep}{tool}"}
-    command = [sys.executable, str(tool / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype]
-    with open(out.with_suffix(".log"), "w", encoding="utf-8") as log:  # the child holds its own copy of the fd
-        return subprocess.Popen([*command, "--outfile", str(out)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    pairs = [str(x) for outtype, out in outs.items() for x in (outtype, out)]
+    with open(log, "w", encoding="utf-8") as f:  # the child holds its own copy of the fd
+        command = [sys.executable, "-c", CONVERT_EACH, str(model_dir), *pairs]
+        return subprocess.Popen(command, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
-def finished(process: subprocess.Popen, out) -> None:
+def finished(process: subprocess.Popen, log: Path) -> None:
     code = process.wait(timeout=600)
-    assert code == 0, out.with_suffix(".log").read_text(encoding="utf-8")[-2000:]
+    assert code == 0, log.read_text(encoding="utf-8")[-2000:]
 
 
 class Gguf:
@@ -178,15 +189,16 @@ def test_export_agrees_with_llama_cpps_converter(
     ours_dir = family_model_dir(family_model_dirs, family_tokenizers, tmp_path_factory, family)
     theirs_dir = tmp_path / "model"
     shutil.copytree(ours_dir, theirs_dir)
-    if family in SENTENCEPIECE:
-        fixtures.sentencepiece_model(ARCHITECTURES[family][0], theirs_dir / "tokenizer.model", *SENTENCEPIECE[family])
+    if ARCHITECTURES[family][0] in fixtures.SENTENCEPIECE:  # the converter reads a sentencepiece model for these
+        shutil.copy(fixtures.sentencepiece_model(ARCHITECTURES[family][0]), theirs_dir / "tokenizer.model")
     arch = gguf.MODEL_ARCH_NAMES[architecture(AutoConfig.from_pretrained(ours_dir)).gguf]
     expected = {key.format(arch=arch): why for key, (where, why) in DIFFERENCES.items() if family in where}
-    converting = {t: convert_with_llama_cpp(theirs_dir, tmp_path / f"theirs-{t}.gguf", t) for t in ("f32", "f16")}
-    for outtype, process in converting.items():
-        ours_file = tmp_path / outtype / export.run(ours_dir, "gguf", tmp_path / outtype, outtype)["file"]
-        theirs_file = tmp_path / f"theirs-{outtype}.gguf"
-        finished(process, theirs_file)
+    theirs_files = {t: tmp_path / f"theirs-{t}.gguf" for t in ("f32", "f16")}
+    converting = convert_with_llama_cpp(theirs_dir, theirs_files, tmp_path / "theirs.log")
+    ours_files = {t: tmp_path / t / export.run(ours_dir, "gguf", tmp_path / t, t)["file"] for t in theirs_files}
+    finished(converting, tmp_path / "theirs.log")
+    for outtype, theirs_file in theirs_files.items():
+        ours_file = ours_files[outtype]
         ours, theirs = Gguf(ours_file), Gguf(theirs_file)
         assert len(ours.tensors) >= 10 and len(ours.metadata) >= 20
         assert sorted(ours.tensors) == sorted(theirs.tensors)
@@ -220,8 +232,8 @@ def test_exported_vocabulary_tokenizes_llama_cpps_test_vectors(
     wrong = [(text, ids) for (text, ids), mine in zip(vectors, got, strict=True) if mine != ids]
     assert not wrong, wrong[:3]
     if family == "mistral":  # docs/deploy.md: the converter's file, from tokenizer.json alone, gets 31 of 47
-        converting = convert_with_llama_cpp(model_dir, tmp_path / "theirs.gguf", "f16")
-        finished(converting, tmp_path / "theirs.gguf")
+        converting = convert_with_llama_cpp(model_dir, {"f16": tmp_path / "theirs.gguf"}, tmp_path / "theirs.log")
+        finished(converting, tmp_path / "theirs.log")
         theirs = _tokenized(tmp_path / "theirs.gguf", vectors)
         right = sum(t == ids for (_, ids), t in zip(vectors, theirs, strict=True))
         assert (len(vectors), right) == (47, 31)

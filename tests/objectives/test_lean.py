@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Gemma2Config
 
 from forgetless.adapters import attaching, views
 from forgetless.config.schema import ForgettingConfig, PeftConfig
@@ -17,7 +17,7 @@ from forgetless.model import forward
 from forgetless.model.likelihood import IGNORE, ce_sum
 from forgetless.objectives.losses import kl_sum
 from forgetless.objectives.sft import counts, objective
-from tests.conftest import lora_model, token_rows
+from tests.conftest import lora_model, save_tiny, token_rows
 
 
 def test_packed_rows_see_exactly_their_padded_logits(tiny_dir):
@@ -52,14 +52,34 @@ def test_loss_terms_and_gradients_equal_on_packed_and_padded_batches(tiny_dir, p
         torch.testing.assert_close(g1[name], g2[name], rtol=1e-3, atol=1e-5)
 
 
-def test_lean_loss_equals_the_plain_full_logits_loss(tiny_dir):
-    """The hidden-state path (head on selected positions) against CE/KL on full logits by hand."""
-    model = lora_model(tiny_dir).eval()
+@pytest.fixture(scope="module")
+def capped_dir(tmp_path_factory, tokenizer) -> str:
+    """A tiny Gemma-2 whose logits are soft-capped at 2 (so the cap bends nearly every logit)."""
+    return save_tiny(
+        tmp_path_factory.mktemp("tiny-gemma2"),
+        Gemma2Config,
+        tokenizer,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        final_logit_softcapping=2.0,
+    )
+
+
+@pytest.mark.parametrize("model_dir", ["tiny_dir", "capped_dir"])
+def test_lean_loss_equals_the_plain_full_logits_loss(model_dir, request):
+    """The hidden-state path (head on selected positions) against CE/KL on full logits by hand, values and
+    gradients; for a soft-capped head (Gemma-2) the cap is applied to the selected positions."""
+    model = lora_model(request.getfixturevalue(model_dir)).eval()
+    assert forward.lean(model)
+    capped = model_dir == "capped_dir"
     cfg = ForgettingConfig(preset="lwf")
     batch = collate(token_rows([12, 6, 9]), 0)
     norms = {k: float(v) for k, v in counts(batch, cfg).items()}
+    assert isinstance(forward.hidden(model, batch).head, forward.SoftCapped) == capped
     terms = objective(cfg, chunk=5).loss(model, batch, norms)
+    lean = torch.autograd.grad(sum(terms.values()), [p for p in model.parameters() if p.requires_grad])
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert (logits.abs().max() < 2.0) == capped
     with torch.no_grad(), views.base_view(model) as base:
         t_logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     ce = ce_sum(logits, batch["labels"]) / norms["targets"]
@@ -67,6 +87,9 @@ def test_lean_loss_equals_the_plain_full_logits_loss(tiny_dir):
     kl = 0.5 * kl_sum(logits[:, :-1][real], t_logits[:, :-1][real]) / norms["kl"]
     assert terms["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
     assert terms["lwf"].item() == pytest.approx(kl.item(), rel=1e-5)
+    plain = torch.autograd.grad(ce + kl, [p for p in model.parameters() if p.requires_grad])
+    for a, b in zip(lean, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_prompt_tuning_falls_back_to_logits(tiny_dir):

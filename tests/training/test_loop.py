@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import forgetless
+from forgetless import cli
 from forgetless.config.schema import ForgettingConfig, TrainConfig
 from forgetless.data.batching import Batches
 from forgetless.errors import TrainingDiverged
@@ -91,7 +92,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny_overrides, tmp_path)
         "peft.dropout=0.1",
     ]  # dropout on: RNG state must be restored too
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert _cli([*common, f"output_dir={full}"]).wait() == 0
+    assert cli.main(["train", *common, f"output_dir={full}"]) == 0  # uninterrupted, in this process
     proc = _cli([*common, f"output_dir={cut}"])
     deadline = time.time() + 120
     while not (cut / "checkpoints" / "step-0000020").exists():

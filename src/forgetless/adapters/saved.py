@@ -42,20 +42,29 @@ def adapter_dir(ref: str) -> Path:
     )
 
 
+# (path, size, modification time) of the files check_readable has read whole in this process: one
+# export or merge finds the same adapter several times, and a Gemma run's tokenizer.json takes a
+# second to parse. A file rewritten since (another size or time) is read again.
+_READABLE: set[tuple[str, int, int]] = set()
+
+
 def check_readable(directory: Path) -> None:
     """Every weight file opens and every JSON parses: a copy cut short (a full disk, an interrupted
     transfer) is a one-line error here instead of a traceback from deep inside the loader."""
-    for f in sorted(directory.glob("*.safetensors")):
+    for f in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.json")):
+        stat = f.stat()
+        key = (str(f.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key in _READABLE:
+            continue
         try:
-            with safe_open(str(f), "pt") as weights:
-                weights.keys()
-        except Exception as e:  # SafetensorError and OSError
+            if f.suffix == ".json":
+                json.loads(f.read_text(encoding="utf-8"))
+            else:
+                with safe_open(str(f), "pt") as weights:
+                    weights.keys()
+        except Exception as e:  # ValueError (JSON), UnicodeDecodeError, SafetensorError, OSError
             raise UserError(f"{f} is damaged or incomplete ({e}); copy it again, or retrain") from None
-    for f in sorted(directory.glob("*.json")):
-        try:
-            json.loads(f.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise UserError(f"{f} is damaged or incomplete ({e}); copy it again, or retrain") from None
+        _READABLE.add(key)
 
 
 def base_of(run_adapter: Path) -> str | None:

@@ -27,9 +27,9 @@ import gguf
 @dataclass(frozen=True)
 class Family:
     model_type: str
-    # Logits are exactly lm_head(final hidden state), unless the config soft-caps them
-    # (final_logit_softcapping): the training forward then applies the head to selected positions only.
-    # False for heads that do more (Granite's logit scaling).
+    # Logits are exactly lm_head(final hidden state), soft-capped where the config says so
+    # (final_logit_softcapping): the training forward then applies the head to selected positions only
+    # (model/forward.py). False for heads that do more (Granite's logit scaling).
     plain_head: bool = True
     # llama.cpp's architecture; None: no GGUF export (merge and use llama.cpp's converter).
     gguf: gguf.MODEL_ARCH | None = None

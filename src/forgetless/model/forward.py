@@ -12,10 +12,12 @@ hook on the decoder captures its output. That position is given as an index tens
 Gemma-4's decoder takes an integer count as leave to drop every earlier position before its
 KV-sharing layers, which a generation step can afford and a training step cannot.
 
-Heads that do more than a linear map (a config with logit soft-capping, as Gemma-2's; families not
-in model/families.py, such as Granite's logit scaling) and PEFT methods that prepend virtual tokens
-(prompt, prefix tuning) get their logits the plain way: `Outputs.head` is then None and
-`Outputs.states` are logits.
+A config with logit soft-capping (Gemma-2's final_logit_softcapping: cap·tanh(logits/cap)) gets
+its head wrapped in `SoftCapped`, which does the same to the selected positions: with a 256k-token
+vocabulary the whole batch's logits are what such a model can least afford. Heads that do more than
+that (families not in model/families.py, Granite's logit scaling) and PEFT methods that prepend
+virtual tokens (prompt, prefix tuning) get their logits the plain way: `Outputs.head` is then None
+and `Outputs.states` are logits.
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ from forgetless.model.families import family
 class Outputs:
     states: torch.Tensor  # (B, T, H) final hidden states, or (B, T, V) logits when head is None
     head: torch.nn.Module | None
+
+
+class SoftCapped(torch.nn.Module):
+    """The output head followed by the config's logit soft-capping, in transformers' order of operations
+    (divide, tanh, multiply) so that the logits are the model's own, bit for bit."""
+
+    def __init__(self, head: torch.nn.Module, cap: float):
+        super().__init__()
+        self.head, self.cap = head, cap
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.head(states) / self.cap) * self.cap
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -67,8 +81,7 @@ def lean(model) -> bool:
     """Whether `hidden` can hand out hidden states and a linear head for this model."""
     _, base = _unwrapped(model)
     known = family(getattr(base.config, "model_type", None))
-    plain = known is not None and known.plain_head and not getattr(base.config, "final_logit_softcapping", None)
-    return plain and not virtual_tokens(model)
+    return known is not None and known.plain_head and not virtual_tokens(model)
 
 
 def hidden(model, batch: dict[str, torch.Tensor]) -> Outputs:
@@ -86,7 +99,8 @@ def hidden(model, batch: dict[str, torch.Tensor]) -> Outputs:
         model(**model_inputs(batch), logits_to_keep=torch.zeros(1, dtype=torch.long, device=batch["input_ids"].device))
     finally:
         handle.remove()
-    return Outputs(seen["h"], base.get_output_embeddings())
+    head, cap = base.get_output_embeddings(), getattr(base.config, "final_logit_softcapping", None)
+    return Outputs(seen["h"], SoftCapped(head, cap) if cap else head)
 
 
 def logits_of(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None) -> torch.Tensor:
