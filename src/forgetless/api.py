@@ -57,7 +57,19 @@ def load_config(cfg: str | Path | Config | dict | None = None, overrides: list[s
         cfg = cfg.model_dump(mode="json")
     if isinstance(cfg, dict):
         return loader.validate(cfg, overrides)
-    return loader.load(config_path(cfg), overrides)
+    path = config_path(cfg)
+    return loader.load(path, own_data(path, overrides or []))
+
+
+def own_data(path: Path, overrides: list[str]) -> list[str]:
+    """A shipped recipe's validation file holds out that recipe's task (the quickstart's tickets): with your
+    own data.train and no data.validation it is dropped, so `forgetless train data.train=mine.jsonl` and the
+    UI's default recipe hold out data.validation_split of your rows instead of scoring support tickets."""
+    given = {item.partition("=")[0].strip() for item in overrides}
+    if path.resolve().parent != CONFIGS or "data.train" not in given or "data.validation" in given:
+        return overrides
+    print(f"[forgetless] data.train replaces the {path.stem} recipe's data: its validation file is not used")
+    return [*overrides, "data.validation=[]"]
 
 
 def train(

@@ -159,3 +159,15 @@ def test_a_runs_config_yaml_means_the_same_files_from_anywhere(tmp_path, monkeyp
     assert again.data.train == [str(tmp_path / "d" / "train.jsonl")]
     monkeypatch.chdir(tmp_path)
     assert loader.absolute(again) == loader.absolute(cfg)
+
+
+def test_a_shipped_recipe_with_your_own_training_files_holds_out_yours(capsys):
+    """`forgetless train data.train=mine.jsonl` (and the UI's default recipe with an upload): the quickstart's
+    validation file scores the quickstart's tickets, so it is not used; a validation file you name is."""
+    cfg = api.load_config(None, ["data.train=mine.jsonl"])
+    assert cfg.data.validation == [] and cfg.data.validation_split == 0.1
+    assert "its validation file is not used" in capsys.readouterr().out
+    named = api.load_config("quickstart", ["data.train=mine.jsonl", "data.validation=mine-val.jsonl"])
+    assert [Path(v).name for v in named.data.validation] == ["mine-val.jsonl"]
+    assert api.load_config("quickstart").data.validation == ["builtin:quickstart/test.jsonl"]
+    assert "not used" not in capsys.readouterr().out

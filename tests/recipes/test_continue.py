@@ -199,8 +199,8 @@ def test_on_policy_replay_answers_the_earlier_runs_prompts_too(tiny_dir, tmp_pat
     the pool); an answer within the filter replaces A's row, recorded with where its prompt came from."""
     monkeypatch.setenv("FORGETLESS_CACHE", str(tmp_path / "cache"))
     a, c = tmp_path / "A", tmp_path / "C"
-    asked = "data.system_prompt=You triage support tickets."
-    api.train(api.load_config(None, tiny_args(tiny_dir, write_jsonl(tmp_path / "a.jsonl", ROWS), a, asked)))
+    asked = ["data.system_prompt=You triage support tickets.", "data.validation=builtin:quickstart/test.jsonl"]
+    api.train(api.load_config(None, tiny_args(tiny_dir, write_jsonl(tmp_path / "a.jsonl", ROWS), a, *asked)))
     general = write_jsonl(tmp_path / "general.jsonl", [{"instruction": f"Name colour {i}."} for i in range(3)])
     on_policy = [f"forgetting.rehearsal.source=[on_policy, {a}]", f"forgetting.rehearsal.prompts={general}"]
     on_policy += ["forgetting.rehearsal.max_new_tokens=4", "forgetting.rehearsal.on_policy.every=1"]

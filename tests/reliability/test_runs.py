@@ -74,7 +74,9 @@ def test_resume_may_extend_the_run_and_cleans_up_killed_writes(tiny_dir, data, t
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tiny_dir, data, tmp_path):
     """Defect: Ctrl-C said "resume with --resume" but saved nothing before the first save_every."""
     run = tmp_path / "run"
-    args = tiny_args(tiny_dir, data, run, "train.max_steps=100000", "train.save_every=100000")
+    # the quickstart's 60 tickets validated at each epoch's end: the slow step a Ctrl-C lands in, before its save
+    validation = "data.validation=builtin:quickstart/test.jsonl"
+    args = tiny_args(tiny_dir, data, run, "train.max_steps=100000", "train.save_every=100000", validation)
     proc = subprocess.Popen(  # SIGINT as in a terminal's foreground: `make test &` from a script would ignore it
         [sys.executable, "-m", "forgetless", "train", *args],
         stdout=subprocess.PIPE,
@@ -94,7 +96,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tiny_dir, data, tmp_pat
     assert len(saved) == 1 and "interrupted: saved a checkpoint at step" in stdout
     step = int(saved[0].name.removeprefix("step-"))
     assert step >= 3
-    assert main(["train", *tiny_args(tiny_dir, data, run, f"train.max_steps={step + 1}"), "--resume"]) == 0
+    assert main(["train", *tiny_args(tiny_dir, data, run, f"train.max_steps={step + 1}", validation), "--resume"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == step + 1
 
 
