@@ -99,8 +99,7 @@ def forgetless_run(model: Path, data: Path, case: str, steps: int, out: Path, sm
     quantized, lwf = CASES[case]
     cmd = [sys.executable, "-m", "forgetless", "train", f"model.name={model}", f"data.train={data}"]
     seq = SMOKE_SEQ if smoke else SEQ
-    # no held-out rows: without a config file the quickstart recipe is the base, and its validation file
-    # (60 tickets) would be scored after the last step, which measures nothing here
+    # no held-out rows: a validation pass after the last step measures nothing here
     cmd += ["data.validation=[]", "data.validation_split=0", f"data.max_length={seq}", "data.packing=true"]
     cmd += [f"output_dir={out}"]
     cmd += [f"train.max_steps={steps}", f"train.batch_size={BATCH}", "train.grad_accum=1", f"train.lr={LR}"]

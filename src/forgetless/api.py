@@ -68,7 +68,8 @@ def own_data(path: Path, overrides: list[str]) -> list[str]:
     given = {item.partition("=")[0].strip() for item in overrides}
     if path.resolve().parent != CONFIGS or "data.train" not in given or "data.validation" in given:
         return overrides
-    print(f"[forgetless] data.train replaces the {path.stem} recipe's data: its validation file is not used")
+    held = "data.validation_split of your rows is held out (or set data.validation=FILE)"
+    print(f"[forgetless] data.train replaces the {path.stem} recipe's data, not its validation file: {held}")
     return [*overrides, "data.validation=[]"]
 
 

@@ -166,7 +166,7 @@ def test_a_shipped_recipe_with_your_own_training_files_holds_out_yours(capsys):
     validation file scores the quickstart's tickets, so it is not used; a validation file you name is."""
     cfg = api.load_config(None, ["data.train=mine.jsonl"])
     assert cfg.data.validation == [] and cfg.data.validation_split == 0.1
-    assert "its validation file is not used" in capsys.readouterr().out
+    assert "not its validation file: data.validation_split of your rows is held out" in capsys.readouterr().out
     named = api.load_config("quickstart", ["data.train=mine.jsonl", "data.validation=mine-val.jsonl"])
     assert [Path(v).name for v in named.data.validation] == ["mine-val.jsonl"]
     assert api.load_config("quickstart").data.validation == ["builtin:quickstart/test.jsonl"]

@@ -78,7 +78,7 @@ def cache_argument(model) -> str:
 
 
 def lean(model) -> bool:
-    """Whether `hidden` can hand out hidden states and a linear head for this model."""
+    """Whether `hidden` can hand out hidden states and the output head (linear, or `SoftCapped`) for this model."""
     _, base = _unwrapped(model)
     known = family(getattr(base.config, "model_type", None))
     return known is not None and known.plain_head and not virtual_tokens(model)
