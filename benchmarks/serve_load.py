@@ -76,12 +76,14 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def one_setting(adapters: list[str], batch: int, clients: int, tokens: int, requests: int) -> dict:
-    import openai
-
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def one_setting(adapters: list[str], batch: int, clients: int, tokens: int, requests: int) -> dict:
+    port = free_port()
     cmd = [sys.executable, "-m", "forgetless", "serve", "--port", str(port), "--api-key", KEY,
            "--max-batch", str(batch), "--max-queue", str(4 * clients)]  # fmt: skip
     for a in adapters:
@@ -89,54 +91,68 @@ def one_setting(adapters: list[str], batch: int, clients: int, tokens: int, requ
     server = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        names = _wait_for(server, url)
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=900)
-
-        def one(i: int) -> tuple[int, float, int]:
-            t0 = time.perf_counter()
-            try:
-                r = client.chat.completions.create(
-                    model=names[i % len(names)],
-                    messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                    max_tokens=tokens,
-                    temperature=0,
-                )
-                return 200, time.perf_counter() - t0, r.usage.completion_tokens
-            except openai.APIStatusError as e:
-                return e.status_code, time.perf_counter() - t0, 0
-            except openai.APIConnectionError:
-                return 0, time.perf_counter() - t0, 0
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            results = list(pool.map(one, range(requests)))
-        wall = time.perf_counter() - t0
+        found = load(url, _wait_for(server, url), clients, tokens, requests)
         rss = peak_rss_mb(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=60)
-    lat = sorted(t for _, t, _ in results)
+    return {"max_batch": batch, **found, "peak_rss_mb": rss}
+
+
+def load(url: str, names: list[str], clients: int, tokens: int, requests: int) -> dict:
+    """`requests` chat requests from `clients` threads at once (models round-robin over `names`, prompts over
+    PROMPTS, greedy) against the OpenAI server at `url`: throughput, latency percentiles, errors, answers."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=900)
+
+    def one(i: int) -> tuple[int, float, int, str]:
+        t0 = time.perf_counter()
+        try:
+            r = client.chat.completions.create(
+                model=names[i % len(names)],
+                messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                max_tokens=tokens,
+                temperature=0,
+            )
+            return 200, time.perf_counter() - t0, r.usage.completion_tokens, r.choices[0].message.content or ""
+        except openai.APIStatusError as e:
+            return e.status_code, time.perf_counter() - t0, 0, ""
+        except openai.APIConnectionError:
+            return 0, time.perf_counter() - t0, 0, ""
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - t0
+    lat = sorted(t for _, t, _, _ in results)
+
+    def pct(q: float) -> float:
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)
+
     return {
-        "max_batch": batch,
         "clients": clients,
         "new_tokens": tokens,
         "requests": requests,
-        "errors": sum(s != 200 for s, _, _ in results),
+        "errors": sum(s != 200 for s, _, _, _ in results),
         "wall_s": round(wall, 1),
         "requests_per_s": round(requests / wall, 2),
-        "tokens_per_s": round(sum(n for _, _, n in results) / wall, 1),
-        "p50_s": round(lat[len(lat) // 2], 2),
-        "p99_s": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
-        "peak_rss_mb": rss,
+        "tokens_per_s": round(sum(n for _, _, n, _ in results) / wall, 1),
+        "p50_s": pct(0.5),
+        "p95_s": pct(0.95),
+        "p99_s": pct(0.99),
+        "answers": [a for _, _, _, a in results],
     }
 
 
-def _wait_for(server: subprocess.Popen, url: str) -> list[str]:
-    """The served model names, once the server answers /health (it loads the model first)."""
+def _wait_for(server: subprocess.Popen, url: str, health: str = "/health") -> list[str]:
+    """The served model names, once the server answers `health` (it loads the model first): forgetless's
+    /health lists them; for another server (/v1/models) the OpenAI model list's ids."""
     deadline = time.time() + 300
     while True:
         try:
-            return json.loads(urllib.request.urlopen(f"{url}/health").read())["models"]
+            found = json.loads(urllib.request.urlopen(f"{url}{health}").read())
+            return found["models"] if "models" in found else [m["id"] for m in found["data"]]
         except OSError:
             if server.poll() is not None or time.time() > deadline:
                 raise SystemExit("the server did not start") from None
@@ -163,6 +179,7 @@ def main(argv: list[str]) -> None:
             for clients in (int(x) for x in args.clients.split(",")):
                 for batch in (1, args.batch):
                     row = one_setting(adapters, batch, clients, tokens, clients * args.requests_per_client)
+                    del row["answers"]
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     report = {

@@ -8,11 +8,12 @@ import asyncio
 import pytest
 import torch
 
-from forgetless.deploy.batcher import Job, sample
 from forgetless.deploy.chat import BASE
 from forgetless.deploy.engine import Engine
+from forgetless.deploy.job import Job, sample
 from forgetless.deploy.stream_text import held_back, new_text
 from forgetless.model import loader as models
+from forgetless.model.chat_format import prompt_text
 from tests.deploy.test_serve import _adapter
 from tests.families import fixtures
 
@@ -77,6 +78,90 @@ def test_rows_of_different_adapters_and_lengths_answer_as_alone(engine):
         assert text == tok.decode(expected, skip_special_tokens=True)
         assert finish == ("stop" if expected[-1] in engine.eos_ids else "length")
     assert len({tuple(j.generated) for j in jobs[::4]}) == 3  # base, a and b answer the same prompt differently
+
+
+def test_prompts_that_start_with_the_templates_head_prefill_only_the_rest_and_answer_as_alone(engine):
+    """The shared head (the default system turn and the user turn's opening) is prefilled once per adapter;
+    rows that start with it compute only their own tokens, and every answer is still generate's alone. A
+    prompt with a system turn of its own is prefilled whole, beside them or not."""
+    tok, head = engine.tokenizer, engine.batcher.heads.tokens
+    assert len(head) >= 8 and tok.decode(head).rstrip().endswith("user")  # up to the user's text
+    templated = [tok(prompt_text(tok, [{"role": "user", "content": p}]), add_special_tokens=False)["input_ids"]
+                 for p in PROMPTS]  # fmt: skip
+    own_system = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": PROMPTS[1]}]
+    other = tok(prompt_text(tok, own_system), add_special_tokens=False)["input_ids"]
+    assert all(t[: len(head)] == head for t in templated) and other[: len(head)] != head
+    real, widths = engine.batcher._forward, []
+
+    def forward(ids, mask, *rest):
+        widths.append((ids.shape[1], mask.shape[1]))
+        return real(ids, mask, *rest)
+
+    engine.batcher._forward = forward
+    engine.batcher.heads.clear()
+    try:
+        four = [Job(m, t, 9) for m, t in zip((BASE, "a", "b", "a"), templated, strict=True)]
+        for group in (four, [Job("b", other, 9)], [Job("a", templated[0], 9), Job("b", other, 9)]):
+            widths.clear()
+            asyncio.run(run_jobs(engine, group, [0.0] * len(group)))
+            for job in group:
+                assert job.generated == alone(engine, job.adapter, job.ids, job.max_new)
+            longest = max(len(j.ids) for j in group)
+            if all(j.ids[: len(head)] == head for j in group):  # the heads of base, a and b, then only the rest
+                assert sorted(engine.batcher.heads.kv) == sorted({BASE, "a", "b"})
+                assert widths[:3] == [(len(head), len(head))] * 3
+                assert widths[3] == (longest - len(head), longest)
+            else:
+                assert (longest, longest) in widths  # prefilled whole
+    finally:
+        engine.batcher._forward = real
+
+
+def test_a_mixed_batch_through_the_stacked_adapters_gives_peft_s_per_row_logits(engine):
+    """The router's gathered matmuls (deploy/routing.py) against PEFT's own mixed-adapter forward
+    (`adapter_names`), rows of base, a and b over left-padded prompts of different lengths."""
+    tok, model, router = engine.tokenizer, engine.model, engine.batcher.router
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:3]] * 2
+    names = [BASE, "a", "b", "b", BASE, "a"]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+    with torch.no_grad():
+        peft = model(**inputs, adapter_names=["__base__" if n == BASE else n for n in names]).logits
+        with router.routed(model, names):
+            routed = model(**inputs).logits
+        plain = model(**inputs).logits  # outside the context: one active adapter on every row, the hooks idle
+    assert router.supports(model) and len(router.stacks) > 0
+    keep = mask.bool()
+    torch.testing.assert_close(routed[keep], peft[keep], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(routed[keep], plain[keep])  # the adapters change the rows they route
+    engine.batcher.adapters_changed()
+    assert not router.stacks and not router.hooks  # rebuilt from the adapters loaded at the next mixed batch
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_goes_on_decoding(engine):
+    """A prompt longer than the batcher's chunk takes a chunk per turn, a decoding step of the running rows
+    between two chunks; both answers are still generate's alone."""
+    tok, real, calls = engine.tokenizer, engine.batcher._forward, []
+    long_ids = tok(" ".join(PROMPTS * 2), add_special_tokens=False)["input_ids"]
+    short = Job("a", tok(PROMPTS[2], add_special_tokens=False)["input_ids"], 30)
+    long = Job("b", long_ids, 5)
+
+    def forward(ids, mask, positions, cache, names):
+        calls.append((names[0] if len(names) == 1 else "batch", ids.shape[1]))
+        return real(ids, mask, positions, cache, names)
+
+    engine.batcher._forward, engine.batcher.chunk = forward, 8
+    try:
+        asyncio.run(run_jobs(engine, [short, long], [0.0, 0.0]))
+    finally:
+        engine.batcher._forward, engine.batcher.chunk = real, type(engine.batcher).chunk
+    chunks = [i for i, (name, width) in enumerate(calls) if name == "b" and width > 1]
+    assert len(chunks) == -(-len(long_ids) // 8) and all(calls[i][1] <= 8 for i in chunks)
+    assert all(calls[i + 1] == ("a", 1) for i in chunks[:-1])  # the short row decodes between two chunks
+    for job in (short, long):
+        assert job.generated == alone(engine, job.adapter, job.ids, job.max_new)
 
 
 def test_sampling_settings_are_per_row(engine):

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from forgetless.deploy import serve
-from forgetless.deploy.batcher import Job
 from forgetless.deploy.engine import ApiError, Engine
+from forgetless.deploy.job import Job
 from forgetless.deploy.stream_text import held_back
 from tests.deploy.test_serve import CHAT, KEY, _adapter, _post, ask, serving
 from tests.deploy.test_serve_runtime import _delete, _load

@@ -9,9 +9,9 @@ import asyncio
 
 import pytest
 
-from forgetless.deploy.batcher import Job
 from forgetless.deploy.chat import BASE
 from forgetless.deploy.engine import Engine
+from forgetless.deploy.job import Job
 from tests.conftest import lora_model
 from tests.deploy.test_batcher import alone, run_jobs
 from tests.families.conftest import FAMILIES, family_model_dir

@@ -1,12 +1,15 @@
 """Continuous batching for `forgetless serve`: requests for different adapters decoded together.
 
 One thread owns the model. Each turn of its loop it (1) applies adapter loads and unloads, (2) lets
-waiting requests join: each prompt is prefilled alone and its key/value cache appended to the
-running batch's (left-padded to a common length), (3) runs one decoding step for every row at once,
-each row through its own LoRA adapter (PEFT's mixed-adapter batches: `adapter_names` per row,
-`__base__` for none), samples each row with its own settings, and (4) lets finished, cancelled or
-timed-out rows leave. A row's answer does not depend on what else is in the batch: padded
-positions are masked and every row keeps its own positions.
+waiting requests join: their prompts are prefilled together (after the chat template's shared head,
+whose keys and values are made once per adapter: deploy/prefix.py) and their key/value cache appended
+to the running batch's (left-padded to a common length); a prompt longer than `chunk` tokens is
+prefilled a chunk per turn instead, the batch decoding between two chunks, (3) runs one decoding step for every row at
+once, each row through its own LoRA adapter (one gathered matmul per layer for a batch that mixes
+adapters: deploy/routing.py; PEFT's `adapter_names` for LoRA layers it cannot stack), samples each row
+with its own settings, and (4) lets finished, cancelled or timed-out rows leave. A row's answer does
+not depend on what else is in the batch: padded positions are masked and every row keeps its own
+positions.
 
 Adapters PEFT cannot mix in one batch (DoRA, IA3, prefix and prompt tuning, forgetless's own
 formats, LoRA on fused expert weights) are generated one request at a time with `generate`, the
@@ -15,85 +18,34 @@ adapter switched on for that request alone.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
 from forgetless.deploy.chat import BASE
+from forgetless.deploy.job import Job, QueueFull, sample
+from forgetless.deploy.prefix import Heads, shared_head
+from forgetless.deploy.routing import Router
 from forgetless.deploy.stream_text import held_back, new_text
-
-MIN_TEMPERATURE = 1e-3  # below: logits / T overflow float32; decoded greedily (the limit)
-
-
-class QueueFull(Exception):
-    pass
-
-
-@dataclass
-class Job:
-    """One request: its prompt ids, settings, and the queue its events go to (on the server's loop)."""
-
-    adapter: str
-    ids: list[int]
-    max_new: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stops: list[str] = field(default_factory=list)
-    deadline: float | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    events: asyncio.Queue | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    generated: list[int] = field(default_factory=list)
-    text: str = ""  # the answer's text so far (complete characters)
-    decoded: tuple[int, int] = (0, 0)  # (start, read): `text` holds generated[:read]; start..read is the context
-    sent: str = ""
-    pending: int = 0  # the token sampled last, not yet fed to the model
-    position: int = 0  # its position
-    finished: bool = False
-    checked: float = 0.0  # when the server last looked for the client's disconnect
-    release: Callable[[], None] | None = None  # called once, when the job holds no batch row or queue slot
-
-    def emit(self, kind: str, value) -> None:
-        """("text", piece) | ("end", finish_reason) | ("error", (status, message))."""
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
-
-    def close(self, kind: str | None = None, value=None) -> None:
-        """The job's last event (if given), once; then its adapter is released. Called in the model's
-        thread where the job leaves the batch or the queue, so an adapter is never unloaded while a
-        row still decodes with it (a client that disconnects only asks for this, with `cancelled`)."""
-        if self.finished:
-            return
-        self.finished = True
-        if self.release is not None:
-            self.release()
-        if kind is not None:  # last: a client that has its answer sees the job released
-            self.emit(kind, value)
-
-
-def sample(logits: torch.Tensor, temperature: float, top_p: float) -> int:
-    if temperature < MIN_TEMPERATURE:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < top_p  # the smallest set reaching top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1))
 
 
 class Batcher:
+    # A prompt longer than this is prefilled this many tokens per turn of the loop, the running batch taking
+    # a decoding step between two chunks: one long prompt never stalls every other answer for its whole
+    # prefill (about 0.5 s per 128 tokens of the embedded model on 2 CPU cores).
+    chunk = 256
+
     def __init__(self, engine, max_batch: int, max_queue: int):
         self.engine, self.max_batch, self.max_queue = engine, max_batch, max_queue
+        self.partial: tuple[Job, DynamicCache, int] | None = None  # the long prompt being prefilled, tokens done
+        self.heads = Heads(shared_head(engine.tokenizer))  # the template's common head, prefilled once per adapter
+        self.router = Router()  # mixed-adapter batches: the adapters stacked, made on the first one
         self.waiting: deque[Job] = deque()
         self.active: list[Job] = []
         self.commands: deque = deque()  # (function, concurrent future) run between steps
@@ -140,9 +92,9 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self.wake:
-                while self.running and not (self.waiting or self.active or self.commands):
+                while self.running and not (self.waiting or self.active or self.commands or self.partial):
                     self.wake.wait()
-                if not self.running and not self.active:
+                if not self.running and not self.active and self.partial is None:
                     for job in self.waiting:  # (uvicorn drains requests before stopping us: normally none)
                         job.close("error", (503, "the server is shutting down"))
                     return
@@ -155,6 +107,8 @@ class Batcher:
                     done.set_exception(e)
             try:
                 self._admit()
+                if self.partial is not None:
+                    self._chunk()
                 if self.active:
                     self._step()
             except Exception as e:  # a failed step fails its rows, never the server
@@ -171,7 +125,7 @@ class Batcher:
     def _admit(self) -> None:
         """Let waiting requests join: all that fit are prefilled together, in one padded forward."""
         joining = []
-        while len(self.active) + len(joining) < self.max_batch:
+        while len(self.active) + len(joining) + (self.partial is not None) < self.max_batch:
             with self.wake:
                 if not self.waiting:
                     break
@@ -193,6 +147,13 @@ class Batcher:
                     break
                 self._alone(job)
                 return
+            if len(job.ids) > self.chunk:  # prefilled a chunk per turn (_chunk); one such prompt at a time
+                if self.partial is not None:
+                    with self.wake:
+                        self.waiting.appendleft(job)
+                    break
+                self.partial = (job, DynamicCache(), 0)
+                continue
             joining.append(job)
         if joining:
             try:
@@ -201,24 +162,38 @@ class Batcher:
                 for job in joining:
                     job.close("error", (500, f"generation failed: {e}"))
 
+    def adapters_changed(self) -> None:
+        """An adapter was loaded or unloaded (in the model's thread): what was made from the old set goes."""
+        self.heads.clear()
+        self.router.drop()
+
     def _forward(self, ids, mask, positions, cache, names: list[str]):
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, self.engine.cache_kw: cache}
-        context = nullcontext()
-        if self.engine.has_adapters() and len(set(names)) > 1:  # PEFT's per-row routing costs hooks: only when mixed
-            kwargs["adapter_names"] = ["__base__" if n == BASE else n for n in names]
+        context, model = nullcontext(), self.engine.model
+        if self.engine.has_adapters() and len(set(names)) > 1:  # rows through different adapters
+            if self.router.supports(model):
+                context = self.router.routed(model, names)
+            else:  # PEFT's own per-row routing
+                kwargs["adapter_names"] = ["__base__" if n == BASE else n for n in names]
         elif self.engine.has_adapters():
             context = self.engine.switched_to(names[0])
         with torch.no_grad(), context:  # only the last position's logits are sampled from
             return self.engine.model(**kwargs, use_cache=True, logits_to_keep=1)
 
     def _prefill(self, jobs: list[Job]) -> None:
-        """The prompts, left-padded to one length, through the model at once; rows that go on join."""
-        width = max(len(job.ids) for job in jobs)
+        """The prompts, left-padded to one length, through the model at once; rows that go on join. When
+        every prompt starts with the template's shared head, its cached keys and values (deploy/prefix.py)
+        stand in for those positions and only the rest is computed: [head | padding | rest]."""
+        heads = self.heads
+        skip = heads.covers([job.ids for job in jobs])
+        width = max(len(job.ids) for job in jobs) - skip
         pad = self.engine.tokenizer.pad_token_id or 0
-        ids = torch.tensor([[pad] * (width - len(job.ids)) + job.ids for job in jobs])
-        mask = torch.tensor([[0] * (width - len(job.ids)) + [1] * len(job.ids) for job in jobs])
-        cache = DynamicCache()
-        out = self._forward(ids, mask, (mask.cumsum(1) - 1).clamp(min=0), cache, [job.adapter for job in jobs])
+        ids = torch.tensor([[pad] * (width + skip - len(job.ids)) + job.ids[skip:] for job in jobs])
+        mask = torch.tensor([[1] * skip + [0] * (width + skip - len(job.ids)) + [1] * (len(job.ids) - skip)
+                             for job in jobs])  # fmt: skip
+        names = [job.adapter for job in jobs]
+        cache = DynamicCache(ddp_cache_data=heads.rows(names, self._head)) if skip else DynamicCache()
+        out = self._forward(ids, mask, (mask.cumsum(1) - 1).clamp(min=0)[:, skip:], cache, names)
         rows = []
         for i, job in enumerate(jobs):
             job.position = len(job.ids)
@@ -229,6 +204,37 @@ class Batcher:
         index = torch.tensor(rows)
         kv = [(layer.keys[index], layer.values[index]) for layer in cache.layers]
         self._append(kv, mask[index], [jobs[i] for i in rows])
+
+    def _chunk(self) -> None:
+        """The next `chunk` tokens of the long prompt being prefilled (after the shared head when it starts
+        with it); when the prompt is done its first token is sampled and its row joins the batch."""
+        job, cache, done = self.partial
+        if self._expired(job):
+            self.partial = None
+            return
+        try:
+            if done == 0 and (skip := self.heads.covers([job.ids])):
+                cache, done = DynamicCache(ddp_cache_data=self.heads.rows([job.adapter], self._head)), skip
+            end = min(len(job.ids), done + self.chunk)
+            out = self._forward(torch.tensor([job.ids[done:end]]), torch.ones(1, end, dtype=torch.long),
+                                torch.arange(done, end)[None], cache, [job.adapter])  # fmt: skip
+        except Exception as e:  # this prompt fails; the batch goes on
+            self.partial = None
+            job.close("error", (500, f"generation failed: {e}"))
+            return
+        self.partial = (job, cache, end) if end < len(job.ids) else None
+        if self.partial is None:
+            job.position = len(job.ids)
+            if not self._take(job, sample(out.logits[0, -1], job.temperature, job.top_p)):
+                kv = [(layer.keys, layer.values) for layer in cache.layers]
+                self._append(kv, torch.ones(1, len(job.ids), dtype=torch.long), [job])
+
+    def _head(self, name: str):
+        """The shared head's keys and values through adapter `name`, alone."""
+        cache, n = DynamicCache(), len(self.heads.tokens)
+        self._forward(torch.tensor([self.heads.tokens]), torch.ones(1, n, dtype=torch.long),
+                      torch.arange(n)[None], cache, [name])  # fmt: skip
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _append(self, kv, mask: torch.Tensor, jobs: list[Job]) -> None:
         """Add rows to the running batch, the shorter side padded on the left."""

@@ -31,8 +31,9 @@ from forgetless.adapters.saved import (
 )
 from forgetless.adapters.views import base_view
 from forgetless.config.schema import ModelConfig
-from forgetless.deploy.batcher import MIN_TEMPERATURE, Batcher, Job
+from forgetless.deploy.batcher import Batcher
 from forgetless.deploy.chat import BASE
+from forgetless.deploy.job import MIN_TEMPERATURE, Job
 from forgetless.deploy.openai_schemas import ApiError
 from forgetless.errors import UserError
 from forgetless.model import loader as models
@@ -205,6 +206,7 @@ class Engine:
         self.loaded.move_to_end(name)
 
     def _load(self, name: str, directory: Path) -> None:
+        self.batcher.adapters_changed()
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(str(directory), adapter_name=name)
         else:  # a PEFT adapter wraps the model; forgetless's own formats change it (check_new_adapter)
@@ -221,6 +223,7 @@ class Engine:
             self._unload(idle)
 
     def _unload(self, name: str) -> None:
+        self.batcher.adapters_changed()
         del self.loaded[name]
         if not isinstance(self.model, PeftModel):  # a forgetless result changed the weights: the base again
             self.model, _, _ = models.load(ModelConfig(name=self.base_ref))

@@ -32,9 +32,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from forgetless.deploy.batcher import QueueFull
 from forgetless.deploy.engine import CHARS_PER_TOKEN, Engine, Metrics
 from forgetless.deploy.guard import LOOPBACK, LocalOnly
+from forgetless.deploy.job import QueueFull
 from forgetless.deploy.openai_schemas import AdapterRequest, ApiError, ChatRequest, CompletionRequest, Sampling, choice
 from forgetless.errors import UserError
 from forgetless.model.chat_format import prompt_text
