@@ -46,6 +46,7 @@ def main(argv: list[str]) -> None:
             ("8 rows, one adapter", ["support"] * 8),
             ("8 rows, base + 3 adapters", ["base", "support", "legal", "medical"] * 2),
         ):
+            batcher._reset()
             batcher.waiting.extend(Job(n, ids["input_ids"], 64) for n in names)
             batcher._admit()  # the shared head of these adapters, made once
             batcher._reset()

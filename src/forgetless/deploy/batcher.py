@@ -170,11 +170,11 @@ class Batcher:
     def _forward(self, ids, mask, positions, cache, names: list[str]):
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, self.engine.cache_kw: cache}
         context, model = nullcontext(), self.engine.model
-        if self.engine.has_adapters() and len(set(names)) > 1:  # rows through different adapters
-            if self.router.supports(model):
-                context = self.router.routed(model, names)
-            else:  # PEFT's own per-row routing
-                kwargs["adapter_names"] = ["__base__" if n == BASE else n for n in names]
+        mixed = len(set(names)) > 1
+        if self.engine.has_adapters() and (mixed or names[0] == BASE) and self.router.supports(model):
+            context = self.router.routed(model, names)  # rows through different adapters, or the base alone
+        elif self.engine.has_adapters() and mixed:  # PEFT's own per-row routing
+            kwargs["adapter_names"] = ["__base__" if n == BASE else n for n in names]
         elif self.engine.has_adapters():
             context = self.engine.switched_to(names[0])
         with torch.no_grad(), context:  # only the last position's logits are sampled from

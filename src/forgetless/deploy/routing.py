@@ -1,13 +1,16 @@
-"""Rows of one batch through different LoRA adapters, one gathered matmul per layer (Punica's BGMV, S-LoRA).
+"""Rows of one batch through different LoRA adapters: two matmuls per layer for the whole batch.
 
 PEFT mixes adapters in a batch (`adapter_names`) by cutting every LoRA layer's input into a sub-batch per
 adapter: per layer and step an index, two matmuls and a scatter for each adapter, and a hook registered
-on every layer for each forward. Mixed batches took 2.2× the step of one adapter's (docs/deploy.md). Here
-each LoRA layer's adapters are stacked once, A as [adapters + 1, r, in] and B as [adapters + 1, out, r]
-(slot 0 all zeros: the base; a smaller rank zero-padded, an adapter without this layer all zeros), each
-row gathers its own slot, and two batched matmuls add every row's s·B·A·x to the base layer's output,
-computed with the adapters switched off. Plain LoRA only (the batcher mixes nothing else); dropout is
-off at inference.
+on every layer for each forward. Here each LoRA layer's adapters are concatenated once along the rank,
+A as [slots · r, in] and s·B as [out, slots · r] (slot 0 all zeros: the base; a smaller rank zero-padded,
+an adapter without this layer zeros), so one matmul gives every row every adapter's r-dimensional
+projection (a few dozen columns: cheap), a 0/1 mask keeps each row's own slot, and a second matmul adds
+its s·B·A·x to the base layer's output, computed with the adapters switched off (PEFT's flag set directly:
+its disable_adapter also flips requires_grad on every adapter weight, 66 ms a call on the embedded model
+with three adapters, more than a decoding step's own work; inference needs none of it). No weights are gathered
+per row (Punica's per-row gather copies each layer's B for every row: slower on a CPU than the waste of
+multiplying by zeros). Plain LoRA only (the batcher mixes nothing else); dropout is off at inference.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
 
-from forgetless.adapters.views import base_view
 from forgetless.deploy.chat import BASE
 
 
@@ -28,9 +31,10 @@ class Router:
 
     def __init__(self):
         self.slots: dict[str, int] = {}
-        self.stacks: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.stacks: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # per layer: A, s·B
+        self.rank = 0
         self.hooks: list = []
-        self.rows: torch.Tensor | None = None  # each batch row's slot, during a routed forward only
+        self.rows: torch.Tensor | None = None  # [rows, 1, slots · r] 0/1: each row's own slot, while routed
         self.ok: bool | None = None  # whether the adapters loaded can be stacked (None: not looked yet)
 
     def supports(self, model) -> bool:
@@ -47,39 +51,40 @@ class Router:
     def _build(self, model) -> None:
         names = list(model.peft_config)
         self.slots = {BASE: 0} | {name: i + 1 for i, name in enumerate(names)}
-        for module in model.modules():
-            if not isinstance(module, LoraLinear):
-                continue
-            mine = [n for n in names if n in module.lora_A]
-            rank = max(module.r[n] for n in mine)
-            base = module.get_base_layer()
-            a = torch.zeros(len(names) + 1, rank, base.in_features)
-            b = torch.zeros(len(names) + 1, base.out_features, rank)
-            scale = torch.zeros(len(names) + 1)
-            for n in mine:
-                r, slot = module.r[n], self.slots[n]
-                a[slot, :r] = module.lora_A[n].weight.detach().float()
-                b[slot, :, :r] = module.lora_B[n].weight.detach().float()
-                scale[slot] = module.scaling[n]
-            self.stacks[module] = (a, b, scale)
+        layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+        self.rank = max(m.r[n] for m in layers for n in names if n in m.lora_A)  # one width for every layer's mask
+        for module in layers:
+            base, width = module.get_base_layer(), self.rank * len(self.slots)
+            a, b = torch.zeros(width, base.in_features), torch.zeros(base.out_features, width)
+            for n in (n for n in names if n in module.lora_A):
+                r, start = module.r[n], self.slots[n] * self.rank
+                a[start : start + r] = module.lora_A[n].weight.detach().float()
+                b[:, start : start + r] = module.lora_B[n].weight.detach().float() * module.scaling[n]
+            self.stacks[module] = (a, b)
             self.hooks.append(module.register_forward_hook(self._add))
 
     def _add(self, module, args, out: torch.Tensor):
         if self.rows is None:
             return None
-        a, b, scale = self.stacks[module]
-        x = args[0].to(a.dtype)  # [rows, positions, in]
-        delta = torch.bmm(torch.bmm(x, a[self.rows].transpose(1, 2)), b[self.rows].transpose(1, 2))
-        return out + (delta * scale[self.rows, None, None]).to(out.dtype)
+        a, b = self.stacks[module]
+        projected = F.linear(args[0].to(a.dtype), a) * self.rows  # [rows, positions, slots · r], own slot kept
+        return out + F.linear(projected, b).to(out.dtype)
 
     @contextmanager
     def routed(self, model, names: list[str]):
-        """A context in which `model`'s batch row i answers through adapter names[i] (`base`: none)."""
+        """A context in which `model`'s batch row i answers through adapter names[i] (`base`: none; a batch
+        of base rows only computes the base layers, the hooks idle)."""
         if not self.stacks:
             self._build(model)
-        self.rows = torch.tensor([self.slots[n] for n in names])
+        own = torch.tensor([self.slots[n] for n in names])
+        column_slot = torch.arange(len(self.slots)).repeat_interleave(self.rank)  # the slot of each of the slots · r
+        self.rows = (own[:, None] == column_slot[None]).float()[:, None] if own.any() else None
+        layers = list(self.stacks)
         try:
-            with base_view(model):
-                yield
+            for layer in layers:
+                layer._disable_adapters = True  # PEFT's LoRA layer: the base layer's output alone
+            yield
         finally:
             self.rows = None
+            for layer in layers:
+                layer._disable_adapters = False
