@@ -22,7 +22,9 @@ task, every seed, the budget lines); STEM is `budget`, or `layer_dial` when only
 
 Run: python benchmarks/budget.py [--out runs/budget] [--tasks triage keigo replies] [--seeds 0 1 2]
      [--fractions 0.10 0.25] [--methods budget dials] [--steps 30] [--max-examples 30]
-     [--override KEY=VALUE ...] [--docs]
+     [--override KEY=VALUE ...] [--on-validation] [--docs]
+--on-validation scores every run on the task's validation rows (tasks.validation) in place of its test rows:
+for choosing a setting (e.g. --override forgetting.budget.horizon=3) before the runs that are reported.
 A finished run is reused (delete its folder to redo it). --docs also writes docs/STEM.json, the chart as
 docs/images/STEM.png and the tables into docs/forgetting.md (between its STEM-table markers).
 """
@@ -53,6 +55,8 @@ def shared(task: str, out: Path, args) -> list[str]:
     found = [*tasks.overrides(task, out / "data"), f"train.max_steps={args.steps}", f"model.name={args.model}"]
     found += [f"eval.max_examples={args.max_examples}", "eval.samples=0", "eval.report=false"]
     found += ["eval.before_after=true", "eval.retention=true", "train.eval_every=100000", "train.save_every=100000"]
+    if args.on_validation:  # choosing settings: every run scored on the validation rows, never the test rows
+        found.append(f"data.validation={tasks.validation(task, out / 'data')}")
     return [*found, *args.override]
 
 
@@ -204,6 +208,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.10, 0.25])
     ap.add_argument("--docs", action="store_true", help="write the results into docs/ too")
     ap.add_argument("--methods", nargs="+", choices=["budget", "dials"], default=["budget"], help="rows beside none")
+    ap.add_argument(
+        "--on-validation", action="store_true", help="score every run on the task's validation rows (choosing settings)"
+    )
     tasks.run_arguments(ap)
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -18,13 +18,21 @@ from tests.conftest import write_jsonl
 def test_the_controller_raises_the_weight_above_the_budget_and_lowers_it_below():
     c = Controller(target=0.05, weight=1.0, horizon=10)
     assert c.update(0.10, 5) == pytest.approx(math.exp(math.log(2) * 0.5))  # twice the budget: ×2^(5/10)
-    c = Controller(target=0.05, weight=1.0, horizon=10)
+    c = Controller(target=0.05, weight=1.0, horizon=10, engaged=True)
     assert c.update(0.025, 5) == pytest.approx(math.exp(-math.log(2) * 0.5))  # half: the mirror image
     c = Controller(target=0.05, weight=1.0, horizon=10)
     assert c.update(5.0, 10) == pytest.approx(math.e)  # a KL 100× over moves it by at most e per horizon
     assert c.update(0.05, 10) == pytest.approx(math.e)  # on the budget: unchanged
     c = Controller(target=0.05, weight=1.0, horizon=1, high=3.0, low=0.5)
     assert c.update(1.0, 10) == 3.0 and c.update(0.0, 10) == 0.5  # bounded both ways (a KL of 0 too)
+
+
+def test_the_controller_holds_the_weight_until_the_kl_first_reaches_the_budget():
+    """Early in training the KL is small because little has been learned, not because there is room."""
+    c = Controller(target=0.05, weight=1.0, horizon=10)
+    assert c.update(0.001, 5) == 1.0 and c.update(0.049, 5) == 1.0 and not c.engaged
+    assert c.update(0.05, 5) == 1.0 and c.engaged  # reached: engaged, and on the budget nothing moves yet
+    assert c.update(0.025, 5) == pytest.approx(math.exp(-math.log(2) * 0.5))  # from now on it lowers too
 
 
 @pytest.mark.parametrize(
@@ -100,16 +108,21 @@ def test_the_controller_moves_lwf_on_the_tiny_model_and_the_dial_saves_the_close
     report = (tmp_path / "tight" / "report.md").read_text()
     assert "budget not met: kl " in report and "adapter scaled to 0.031" in report
 
-    loose, probes = _budget_run(tiny_overrides, tmp_path, 1e3, "loose")
-    weights = [p["lwf_weight"] for p in probes]
-    assert weights[0] < 0.5 and all(b < a for a, b in pairwise(weights))
+    loose, probes = _budget_run(tiny_overrides, tmp_path, 1e3, "loose")  # never reached: λ stays as set
+    assert [p["lwf_weight"] for p in probes] == [0.5] * 3 and all(p[budget.PROBE_KL] < 1e3 for p in probes)
     assert loose["budget"]["met"] and loose["budget"]["scale"] is None
     assert not (tmp_path / "loose" / "tune_scale.json").exists()
     assert "budget met: kl " in (tmp_path / "loose" / "report.md").read_text()
 
 
-def test_a_resumed_run_takes_the_controllers_weight_back(tiny_overrides, tmp_path):
-    cfg = forgetless.load_config({}, ["forgetting.budget.kl=0.05"])
-    log = write_jsonl(tmp_path / "metrics.jsonl", [{"step": 5, budget.PROBE_KL: 0.1, "lwf_weight": 2.5}])
-    weights = Weights.of(cfg.forgetting)
-    assert budget.probe(cfg, None, ["ref"], weights, log) is not None and weights.lwf == 2.5
+def test_a_resumed_run_takes_the_controllers_weight_back(tmp_path, monkeypatch):
+    """The weight, and whether the budget was reached (the controller lowers it from then on)."""
+    cfg = forgetless.load_config({}, ["forgetting.budget.kl=0.05", "forgetting.budget.every=1"])
+    for reached, kl in ((True, 0.1), (False, 0.01)):
+        log = write_jsonl(tmp_path / f"metrics-{kl}.jsonl", [{"step": 5, budget.PROBE_KL: kl, "lwf_weight": 2.5}])
+        weights = Weights.of(cfg.forgetting)
+        adjust = budget.probe(cfg, None, ["ref"], weights, log)
+        assert adjust is not None and weights.lwf == 2.5
+        monkeypatch.setattr(budget, "kl_to_base", lambda *a, **k: 0.025)  # the next probe: under the budget
+        adjust(None, 6)
+        assert (weights.lwf < 2.5) is reached

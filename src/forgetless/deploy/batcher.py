@@ -4,12 +4,12 @@ One thread owns the model. Each turn of its loop it (1) applies adapter loads an
 waiting requests join: their prompts are prefilled together (after the chat template's shared head,
 whose keys and values are made once per adapter: deploy/prefix.py) and their key/value cache appended
 to the running batch's (left-padded to a common length); a prompt longer than `chunk` tokens is
-prefilled a chunk per turn instead, the batch decoding between two chunks, (3) runs one decoding step for every row at
-once, each row through its own LoRA adapter (one gathered matmul per layer for a batch that mixes
-adapters: deploy/routing.py; PEFT's `adapter_names` for LoRA layers it cannot stack), samples each row
-with its own settings, and (4) lets finished, cancelled or timed-out rows leave. A row's answer does
-not depend on what else is in the batch: padded positions are masked and every row keeps its own
-positions.
+prefilled a chunk per turn instead, the batch decoding between two chunks; (3) runs one decoding step
+for every row at once, each row through its own LoRA adapter (a batch that mixes adapters, or holds
+only base rows, goes through deploy/routing.py: two matmuls per layer for all its adapters; PEFT's
+`adapter_names` where the adapters cannot be stacked), samples each row with its own settings, and
+(4) lets finished, cancelled or timed-out rows leave. A row's answer does not depend on what else is in
+the batch: padded positions are masked and every row keeps its own positions.
 
 Adapters PEFT cannot mix in one batch (DoRA, IA3, prefix and prompt tuning, forgetless's own
 formats, LoRA on fused expert weights) are generated one request at a time with `generate`, the

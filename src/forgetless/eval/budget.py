@@ -43,6 +43,7 @@ def probe(cfg: Config, tokenizer, refs, weights: Weights, metrics: Path | None =
         for row in files.read_jsonl_records(metrics):
             if key in row:
                 control.weight = row[key]
+                control.engaged = control.engaged or row.get(PROBE_KL, 0) >= b.kl
         setattr(weights, steered, control.weight)
     shown, held = refs[: b.probe_prompts], []  # the base's side of the probe's KL never changes: measured once
 

@@ -189,15 +189,23 @@ class Controller:
     After each probe measurement the weight is multiplied by exp(e · steps / horizon), with the error
     e = clip(log(measured / target), −1, 1): above the budget it rises, below it falls, symmetrically on a
     log scale (the proportional form 1 + clip(KL/target − 1) lowers more slowly than it raises). The
-    weight stays within [low, high] so a long stretch on one side cannot run it off to 0 or ∞."""
+    weight stays within [low, high] so a long stretch on one side cannot run it off to 0 or ∞.
+
+    It engages when a probe first reaches the target: before that the KL is small because little has been
+    learned yet, not because there is room, and lowering the weight then only speeds the drift that follows
+    (measured on validation rows: docs/forgetting.md). A budget never reached leaves the weight as set."""
 
     target: float
     weight: float
     horizon: float
     low: float = 1e-3
     high: float = 1e3
+    engaged: bool = False
 
     def update(self, measured: float, steps: int) -> float:
+        self.engaged = self.engaged or measured >= self.target
+        if not self.engaged:
+            return self.weight
         error = max(-1.0, min(1.0, math.log(max(measured, 1e-12) / self.target)))
         self.weight = min(self.high, max(self.low, self.weight * math.exp(error * steps / self.horizon)))
         return self.weight
