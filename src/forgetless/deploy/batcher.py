@@ -38,7 +38,7 @@ from forgetless.deploy.stream_text import held_back, new_text
 class Batcher:
     # A prompt longer than this is prefilled this many tokens per turn of the loop, the running batch taking
     # a decoding step between two chunks: one long prompt never stalls every other answer for its whole
-    # prefill (about 0.5 s per 128 tokens of the embedded model on 2 CPU cores).
+    # prefill.
     chunk = 256
 
     def __init__(self, engine, max_batch: int, max_queue: int):

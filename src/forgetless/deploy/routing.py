@@ -7,8 +7,8 @@ A as [slots · r, in] and s·B as [out, slots · r] (slot 0 all zeros: the base;
 an adapter without this layer zeros), so one matmul gives every row every adapter's r-dimensional
 projection (a few dozen columns: cheap), a 0/1 mask keeps each row's own slot, and a second matmul adds
 its s·B·A·x to the base layer's output, computed with the adapters switched off (PEFT's flag set directly:
-its disable_adapter also flips requires_grad on every adapter weight, 66 ms a call on the embedded model
-with three adapters, more than a decoding step's own work; inference needs none of it). No weights are gathered
+its disable_adapter also flips requires_grad on every adapter weight, tens of ms a call on the embedded model
+with three adapters in a one-off timing; inference needs none of it). No weights are gathered
 per row (Punica's per-row gather copies each layer's B for every row: slower on a CPU than the waste of
 multiplying by zeros). Plain LoRA only (the batcher mixes nothing else); dropout is off at inference.
 """
