@@ -65,6 +65,15 @@ async def run_jobs(engine: Engine, jobs: list[Job], gaps: list[float]) -> list[t
     return results
 
 
+def test_a_starting_server_makes_every_adapters_head_and_the_stacked_adapters_before_any_request(engine):
+    fresh = Engine(engine.base_ref, dict(engine.paths), max_tokens=8, max_prompt_tokens=64)
+    try:
+        assert fresh.batcher.heads.tokens and sorted(fresh.batcher.heads.kv) == sorted([BASE, "a", "b"])
+        assert fresh.batcher.router.stacks and set(fresh.batcher.router.slots) == {BASE, "a", "b"}
+    finally:
+        fresh.batcher.stop()
+
+
 def test_rows_of_different_adapters_and_lengths_answer_as_alone(engine):
     tok = engine.tokenizer
     cases = [(m, p, n) for m in (BASE, "a", "b") for p, n in zip(PROMPTS, (40, 7, 23, 12), strict=True)]

@@ -27,16 +27,19 @@ TEXTS = ["My order 48213 is late, please help!", "注文番号 5522 の商品が
 
 @pytest.fixture(scope="module")
 def adapter_run(tmp_path_factory):
-    """The shipped quickstart recipe (LoRA r=8, LwF + self-rehearsal) on the embedded model, 12 steps
-    at its learning rate: a trained adapter that already writes the house format (about a minute). No
-    held-out rows: the recipe's validation file would be scored after the last step (12 s) for nothing;
-    the training rows are the same either way (the file, not a split of the training rows, is held out)."""
+    """The shipped quickstart recipe's LoRA (r=8) on the embedded model, 12 steps at its learning rate:
+    a trained adapter that already writes the house format. Without its forgetting controls (preset
+    none): the export does not depend on how the adapter was trained, and the teacher pass and the
+    rehearsal rows would take a third of the fixture's time. No held-out rows: the recipe's validation
+    file would be scored after the last step (12 s) for nothing; the training rows are the same either
+    way (the file, not a split of the training rows, is held out)."""
     out = tmp_path_factory.mktemp("gguf-run") / "quickstart"
     forgetless.train(
         "quickstart",
         [
             f"output_dir={out}",
             "train.max_steps=12",
+            "forgetting.preset=none",
             "data.validation=[]",
             "data.validation_split=0",
             "train.eval_every=100",

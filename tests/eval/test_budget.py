@@ -35,6 +35,19 @@ def test_the_controller_holds_the_weight_until_the_kl_first_reaches_the_budget()
     assert c.update(0.025, 5) == pytest.approx(math.exp(-math.log(2) * 0.5))  # from now on it lowers too
 
 
+def test_with_lookahead_a_kl_over_the_budget_but_falling_fast_stops_raising_the_weight():
+    c = Controller(target=0.05, weight=1.0, horizon=10, lookahead=1.0)
+    assert c.update(0.10, 5) == pytest.approx(2**0.5)  # no trend yet: as the proportional controller
+    assert c.update(0.075, 5) == pytest.approx(2**0.5)  # 0.075 falling by 0.025 a probe: 0.05 next, hold
+    w = c.update(0.06, 5)  # 0.06 − 0.015 = 0.045 expected: lowered although still over the budget
+    assert w == pytest.approx(2**0.5 * math.exp(math.log(0.045 / 0.05) * 0.5))
+    c = Controller(target=0.05, weight=1.0, horizon=10, lookahead=1.0, last=0.2, engaged=True)
+    assert c.update(0.04, 5) == pytest.approx(math.exp(-0.5))  # expected floored at 0.04/4, the error clipped at −1
+    plain = Controller(target=0.05, weight=1.0, horizon=10)
+    plain.update(0.10, 5)
+    assert plain.update(0.075, 5) > 2**0.5  # without it the weight keeps rising while the KL falls
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

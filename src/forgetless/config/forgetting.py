@@ -150,6 +150,12 @@ class BudgetConfig(BaseModel):
         description="Steps over which a probe KL e times the budget multiplies the weight by e (a far-off KL moves "
         "the weight by at most exp(every/horizon) per probe); larger = gentler.",
     )
+    lookahead: float = Field(
+        0.0,
+        ge=0,
+        description="Probes ahead at which the controller reads the KL's trend (the last two probes' change "
+        "carried forward): a KL over the budget but falling fast stops raising the weight; 0 = proportional only.",
+    )
     dial: bool = Field(
         True,
         description="After training, scale a LoRA adapter down (the tune-scale dial) until the budget holds when "

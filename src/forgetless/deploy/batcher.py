@@ -5,8 +5,8 @@ waiting requests join: their prompts are prefilled together (after the chat temp
 whose keys and values are made once per adapter: deploy/prefix.py) and their key/value cache appended
 to the running batch's (left-padded to a common length); a prompt longer than `chunk` tokens is
 prefilled a chunk per turn instead, the batch decoding between two chunks; (3) runs one decoding step
-for every row at once, each row through its own LoRA adapter (a batch that mixes adapters, or holds
-only base rows, goes through deploy/routing.py: two matmuls per layer for all its adapters; PEFT's
+for every row at once, each row through its own LoRA adapter (every batch, mixed or not, goes through
+deploy/routing.py: two matmuls per layer for all its adapters and no switch between requests; PEFT's
 `adapter_names` where the adapters cannot be stacked), samples each row with its own settings, and
 (4) lets finished, cancelled or timed-out rows leave. A row's answer does not depend on what else is in
 the batch: padded positions are masked and every row keeps its own positions.
@@ -167,12 +167,25 @@ class Batcher:
         self.heads.clear()
         self.router.drop()
 
+    def warm(self) -> None:
+        """In the model's thread (or before it has work): the shared head of every loaded adapter and of
+        the base, and the stacked adapters, made now rather than by the first request for each (the server
+        calls it at start-up and after a run-time load; with one client round-robin over adapters, each
+        adapter's first request paid its head)."""
+        model = self.engine.model
+        if self.engine.has_adapters() and self.router.supports(model) and not self.router.stacks:
+            self.router.build(model)
+        if self.heads.tokens:
+            self.heads.rows([BASE, *self.engine.loaded], self._head)
+
     def _forward(self, ids, mask, positions, cache, names: list[str]):
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, self.engine.cache_kw: cache}
         context, model = nullcontext(), self.engine.model
         mixed = len(set(names)) > 1
-        if self.engine.has_adapters() and (mixed or names[0] == BASE) and self.router.supports(model):
-            context = self.router.routed(model, names)  # rows through different adapters, or the base alone
+        if self.engine.has_adapters() and self.router.supports(model):
+            # every batch, one adapter or several: no set_adapter between requests (with one client
+            # round-robin over adapters, switching was most of a short answer's extra latency)
+            context = self.router.routed(model, names)
         elif self.engine.has_adapters() and mixed:  # PEFT's own per-row routing
             kwargs["adapter_names"] = ["__base__" if n == BASE else n for n in names]
         elif self.engine.has_adapters():

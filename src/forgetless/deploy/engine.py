@@ -67,11 +67,8 @@ class Metrics:
         ]
         out = []
         for name, kind, help_text, value in rows:
-            out += [
-                f"# HELP forgetless_{name} {help_text}",
-                f"# TYPE forgetless_{name} {kind}",
-                f"forgetless_{name} {value}",
-            ]
+            name = f"forgetless_{name}"
+            out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
         out += ["# HELP forgetless_latency_seconds request latency", "# TYPE forgetless_latency_seconds summary"]
         for q in (0.5, 0.95, 0.99):
             value = self.quantile(q)
@@ -123,6 +120,7 @@ class Engine:
         forward = self.model.get_base_model().forward if isinstance(self.model, PeftModel) else self.model.forward
         self.cache_kw = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
         self.batcher = Batcher(self, max_batch, max_queue)
+        self.batcher.warm()  # here, before any request can come: its thread idles until one does
 
     @property
     def names(self) -> list[str]:
@@ -312,6 +310,7 @@ class Engine:
         if not self.adapters:  # the first adapter: prompts are rendered as it was trained (as at start-up)
             use_adapter_templates(self.tokenizer, [directory])
         self.adapters[name] = self.paths[name] = directory
+        self.batcher.warm()
 
     def check_removable(self, name: str) -> None:
         if name not in self.adapters:

@@ -27,7 +27,7 @@ from forgetless.deploy.chat import BASE
 
 class Router:
     """The stacked adapters of a PEFT model and the forward hooks that apply them per row. Made on the first
-    mixed batch and dropped (hooks removed) whenever an adapter is loaded or unloaded."""
+    batch after adapters are loaded and dropped (hooks removed) whenever an adapter is loaded or unloaded."""
 
     def __init__(self):
         self.slots: dict[str, int] = {}
@@ -48,7 +48,8 @@ class Router:
             hook.remove()
         self.slots, self.stacks, self.hooks, self.ok = {}, {}, [], None
 
-    def _build(self, model) -> None:
+    def build(self, model) -> None:
+        """Stack the loaded adapters (once per set: `drop` clears them)."""
         names = list(model.peft_config)
         self.slots = {BASE: 0} | {name: i + 1 for i, name in enumerate(names)}
         layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
@@ -75,7 +76,7 @@ class Router:
         """A context in which `model`'s batch row i answers through adapter names[i] (`base`: none; a batch
         of base rows only computes the base layers, the hooks idle)."""
         if not self.stacks:
-            self._build(model)
+            self.build(model)
         own = torch.tensor([self.slots[n] for n in names])
         column_slot = torch.arange(len(self.slots)).repeat_interleave(self.rank)  # the slot of each of the slots · r
         self.rows = (own[:, None] == column_slot[None]).float()[:, None] if own.any() else None

@@ -37,13 +37,14 @@ def probe(cfg: Config, tokenizer, refs, weights: Weights, metrics: Path | None =
     steered, b = fcfg.steered, fcfg.budget
     if steered is None or not refs:
         return None
-    control = Controller(b.kl, getattr(weights, steered), b.horizon)
+    control = Controller(b.kl, getattr(weights, steered), b.horizon, lookahead=b.lookahead)
     key = f"{steered}_weight"
     if metrics is not None and metrics.is_file():
         for row in files.read_jsonl_records(metrics):
             if key in row:
                 control.weight = row[key]
                 control.engaged = control.engaged or row.get(PROBE_KL, 0) >= b.kl
+                control.last = row.get(PROBE_KL, control.last)
         setattr(weights, steered, control.weight)
     shown, held = refs[: b.probe_prompts], []  # the base's side of the probe's KL never changes: measured once
 

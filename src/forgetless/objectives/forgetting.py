@@ -193,7 +193,12 @@ class Controller:
 
     It engages when a probe first reaches the target: before that the KL is small because little has been
     learned yet, not because there is room, and lowering the weight then only speeds the drift that follows
-    (measured on validation rows: docs/forgetting.md). A budget never reached leaves the weight as set."""
+    (measured on validation rows: docs/forgetting.md). A budget never reached leaves the weight as set.
+
+    With `lookahead` > 0 the error is taken at the KL the trend of the last two probes reaches that many
+    probes ahead (a derivative term): a KL above the budget but falling fast stops raising the weight
+    before it undershoots. The purely proportional form kept raising it while the KL fell, and with the
+    learning rate decaying the KL never came back up: runs ended at half their budget."""
 
     target: float
     weight: float
@@ -201,11 +206,17 @@ class Controller:
     low: float = 1e-3
     high: float = 1e3
     engaged: bool = False
+    lookahead: float = 0.0
+    last: float | None = None  # the previous probe's KL
 
     def update(self, measured: float, steps: int) -> float:
         self.engaged = self.engaged or measured >= self.target
+        expected = measured
+        if self.lookahead and self.last is not None:  # the trend carried forward, never below a quarter of now
+            expected = max(measured + self.lookahead * (measured - self.last), measured / 4)
+        self.last = measured
         if not self.engaged:
             return self.weight
-        error = max(-1.0, min(1.0, math.log(max(measured, 1e-12) / self.target)))
+        error = max(-1.0, min(1.0, math.log(max(expected, 1e-12) / self.target)))
         self.weight = min(self.high, max(self.low, self.weight * math.exp(error * steps / self.horizon)))
         return self.weight
