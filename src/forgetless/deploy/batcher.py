@@ -171,9 +171,10 @@ class Batcher:
         """In the model's thread (or before it has work): the shared head of every loaded adapter and of
         the base, and the stacked adapters, made now rather than by the first request for each (the server
         calls it at start-up and after a run-time load; with one client round-robin over adapters, each
-        adapter's first request paid its head)."""
-        model = self.engine.model
-        if self.engine.has_adapters() and self.router.supports(model) and not self.router.stacks:
+        adapter's first request paid its head). Nothing when requests go alone (`generate` makes no head)."""
+        if not self.engine.batchable():
+            return
+        if self.engine.has_adapters() and self.router.supports(model := self.engine.model) and not self.router.stacks:
             self.router.build(model)
         if self.heads.tokens:
             self.heads.rows([BASE, *self.engine.loaded], self._head)
@@ -183,8 +184,7 @@ class Batcher:
         context, model = nullcontext(), self.engine.model
         mixed = len(set(names)) > 1
         if self.engine.has_adapters() and self.router.supports(model):
-            # every batch, one adapter or several: no set_adapter between requests (with one client
-            # round-robin over adapters, switching was most of a short answer's extra latency)
+            # every batch, one adapter or several: no set_adapter between requests for different adapters
             context = self.router.routed(model, names)
         elif self.engine.has_adapters() and mixed:  # PEFT's own per-row routing
             kwargs["adapter_names"] = ["__base__" if n == BASE else n for n in names]
