@@ -159,6 +159,7 @@ def chart(results: dict[str, list[dict]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after choosing the file-only backend
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results) + 1.6, 4.2), squeeze=False)
     colours = {}
@@ -169,6 +170,8 @@ def chart(results: dict[str, list[dict]], path: Path) -> None:
         for budget in sorted({r["budget"] for r in rows if r["budget"] is not None}):
             ax.axvline(budget, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))  # 0.03, not 3×10⁻²
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # labelled minor ticks overlapped
         ax.set(title=task, xlabel="KL to base per token (held-out prompts, log)", ylabel="task gain (tuned − base)")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()

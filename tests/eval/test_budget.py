@@ -48,6 +48,17 @@ def test_with_lookahead_a_kl_over_the_budget_but_falling_fast_stops_raising_the_
     assert plain.update(0.075, 5) > 2**0.5  # without it the weight keeps rising while the KL falls
 
 
+def test_with_hold_a_kl_over_the_budget_and_falling_holds_the_weight_and_under_it_lowers_it():
+    c = Controller(target=0.05, weight=1.0, horizon=10, hold=True)
+    assert c.update(0.10, 5) == pytest.approx(2**0.5)  # over the budget, no earlier probe: raised
+    assert c.update(0.12, 5) == pytest.approx(2**0.5 * math.exp(math.log(2.4) * 0.5))  # over and rising: raised
+    held = c.weight
+    assert c.update(0.08, 5) == held and c.update(0.06, 5) == held  # over but coming back: held
+    assert c.update(0.07, 5) == pytest.approx(held * math.exp(math.log(1.4) * 0.5))  # rising again: raised
+    c = Controller(target=0.05, weight=2.0, horizon=10, hold=True, engaged=True, last=0.1)
+    assert c.update(0.025, 5) == pytest.approx(2.0 * math.exp(-math.log(2) * 0.5))  # under and falling: lowered
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -139,3 +150,17 @@ def test_a_resumed_run_takes_the_controllers_weight_back(tmp_path, monkeypatch):
         monkeypatch.setattr(budget, "kl_to_base", lambda *a, **k: 0.025)  # the next probe: under the budget
         adjust(None, 6)
         assert (weights.lwf < 2.5) is reached
+
+
+def test_a_resumed_run_takes_the_last_probe_back_for_the_lookahead(tmp_path, monkeypatch):
+    """With lookahead 1 the next probe's error is read at the trend from the last logged probe: 0.10 then
+    0.06 carries forward to 0.02, under the budget of 0.05, so the weight falls (without the logged probe
+    0.06 alone is over it and the weight would rise)."""
+    cfg = forgetless.load_config({}, ["forgetting.budget.kl=0.05", "forgetting.budget.every=1",
+                                      "forgetting.budget.lookahead=1"])  # fmt: skip
+    log = write_jsonl(tmp_path / "metrics.jsonl", [{"step": 5, budget.PROBE_KL: 0.1, "lwf_weight": 2.0}])
+    weights = Weights.of(cfg.forgetting)
+    adjust = budget.probe(cfg, None, ["ref"], weights, log)
+    monkeypatch.setattr(budget, "kl_to_base", lambda *a, **k: 0.06)
+    adjust(None, 6)
+    assert weights.lwf < 2.0

@@ -156,6 +156,11 @@ class BudgetConfig(BaseModel):
         description="Probes ahead at which the controller reads the KL's trend (the last two probes' change "
         "carried forward): a KL over the budget but falling fast stops raising the weight; 0 = proportional only.",
     )
+    hold: bool = Field(
+        False,
+        description="Above the budget but lower than at the last probe, hold the weight rather than raise it "
+        "(conditional integration, the anti-windup of PI controllers): the KL is already coming back.",
+    )
     dial: bool = Field(
         True,
         description="After training, scale a LoRA adapter down (the tune-scale dial) until the budget holds when "

@@ -26,8 +26,9 @@ from forgetless.deploy.chat import BASE
 
 
 class Router:
-    """The stacked adapters of a PEFT model and the forward hooks that apply them per row. Made on the first
-    batch after adapters are loaded and dropped (hooks removed) whenever an adapter is loaded or unloaded."""
+    """The stacked adapters of a PEFT model and the forward hooks that apply them per row. Built by the
+    batcher's warm-up (at start-up and after a run-time load; else on the first batch that needs them) and
+    dropped (hooks removed) whenever an adapter is loaded or unloaded."""
 
     def __init__(self):
         self.slots: dict[str, int] = {}

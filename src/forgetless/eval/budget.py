@@ -37,7 +37,7 @@ def probe(cfg: Config, tokenizer, refs, weights: Weights, metrics: Path | None =
     steered, b = fcfg.steered, fcfg.budget
     if steered is None or not refs:
         return None
-    control = Controller(b.kl, getattr(weights, steered), b.horizon, lookahead=b.lookahead)
+    control = Controller(b.kl, getattr(weights, steered), b.horizon, lookahead=b.lookahead, hold=b.hold)
     key = f"{steered}_weight"
     if metrics is not None and metrics.is_file():
         for row in files.read_jsonl_records(metrics):

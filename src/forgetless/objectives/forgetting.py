@@ -198,7 +198,10 @@ class Controller:
     With `lookahead` > 0 the error is taken at the KL the trend of the last two probes reaches that many
     probes ahead (a derivative term): a KL above the budget but falling fast stops raising the weight
     before it undershoots. The purely proportional form kept raising it while the KL fell, and with the
-    learning rate decaying the KL never came back up: runs ended at half their budget."""
+    learning rate decaying the KL never came back up: runs ended at half their budget. With `hold` a KL
+    above the budget but lower than at the previous probe leaves the weight as it is (conditional
+    integration, the usual anti-windup of PI controllers): the weight only rises while the KL is over the
+    budget and not yet coming back, and falls as soon as it is under."""
 
     target: float
     weight: float
@@ -208,15 +211,18 @@ class Controller:
     engaged: bool = False
     lookahead: float = 0.0
     last: float | None = None  # the previous probe's KL
+    hold: bool = False
 
     def update(self, measured: float, steps: int) -> float:
         self.engaged = self.engaged or measured >= self.target
-        expected = measured
-        if self.lookahead and self.last is not None:  # the trend carried forward, never below a quarter of now
-            expected = max(measured + self.lookahead * (measured - self.last), measured / 4)
+        expected, last = measured, self.last
+        if self.lookahead and last is not None:  # the trend carried forward, never below a quarter of now
+            expected = max(measured + self.lookahead * (measured - last), measured / 4)
         self.last = measured
         if not self.engaged:
             return self.weight
         error = max(-1.0, min(1.0, math.log(max(expected, 1e-12) / self.target)))
+        if self.hold and error > 0 and last is not None and measured < last:
+            return self.weight
         self.weight = min(self.high, max(self.low, self.weight * math.exp(error * steps / self.horizon)))
         return self.weight
