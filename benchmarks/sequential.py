@@ -13,7 +13,9 @@ the chain with `--continue-from`:
 
 The table: backward transfer (BWT: the mean change of each earlier task's score from just after it was
 learned to the end, scores on a 0-1 scale) and the final average over the four tasks, mean ± sd over the
-seeds; and each method's retention matrix from the first seed.
+seeds; the seconds per chain, and of them those in training steps and in the loop's hook between steps (the
+on-policy answers, the budget's probes: the cost of each beside the training it rides on); and each
+method's retention matrix from the first seed.
 
 Run: python benchmarks/sequential.py [--out runs/sequential] [--methods none full budget on-policy]
      [--seeds 0 1 2] [--steps 30 20 20 20] [--budget-kl 0.03] [--override KEY=VALUE ...]
@@ -38,6 +40,7 @@ from forgetless.eval import earlier_tasks
 
 STAGES = [("1-triage", "triage"), ("2-keigo", "keigo"), ("3-orders", "orders"), ("4-reasoning", "reasoning")]
 METHODS = ("none", "full", "budget", "on-policy")
+COSTS = ("seconds", "train_seconds", "adjust_seconds")
 
 
 def method_overrides(method: str, done: list[Path], budget_kl: float) -> list[str]:
@@ -62,6 +65,15 @@ def chain(out: Path, method: str, seed: int, args, common: list[str]) -> list[Pa
             print(f"[sequential] {method} seed {seed} {name}: {time.time() - started:.0f} s")
         done.append(run)
     return done
+
+
+def costs(runs: list[Path]) -> dict:
+    """Seconds in training steps, and beside them in the loop's hook (on-policy answering, budget probes:
+    metrics.jsonl's adjust_seconds), summed over the chain's stages: what each method adds in one run."""
+    train = sum(json.loads((r / "summary.json").read_text())["train_seconds"] for r in runs)
+    records = [json.loads(line) for r in runs for line in (r / "metrics.jsonl").read_text().splitlines() if line]
+    hook = [m["adjust_seconds"] for m in records if "adjust_seconds" in m]
+    return {"train_seconds": train, "adjust_seconds": sum(hook) if hook else None}  # None: not recorded then
 
 
 def mean_sd(values: list[float]) -> str:
@@ -91,9 +103,8 @@ def main(argv: list[str]) -> None:
         for seed in args.seeds:
             runs = chain(out, method, seed, args, common)
             seconds = sum(json.loads((r / "summary.json").read_text())["wall_seconds"] for r in runs)
-            found.setdefault(method, []).append(
-                {"seed": seed, "seconds": seconds} | earlier_tasks.backward_transfer(runs[-1])
-            )
+            cost = {"seed": seed, "seconds": seconds} | costs(runs)
+            found.setdefault(method, []).append(cost | earlier_tasks.backward_transfer(runs[-1]))
             if seed == args.seeds[0]:
                 table = earlier_tasks.matrix(runs[-1])
                 rows = ["| " + " | ".join(r) + " |" for r in table]
@@ -101,12 +112,16 @@ def main(argv: list[str]) -> None:
                 matrices += [f"### {method}, seed {seed} ({seconds:.0f} s for the four stages)", "", *rows, ""]
     head = f"Machine: {machine.line(machine.describe())}; steps {args.steps}, seeds {args.seeds}.\n"
     lines = ["# Four tasks in a row (benchmarks/sequential.py)", "", head]
-    lines += ["| method | BWT (0-1 scale) | final average | seconds per chain |", "|---|---|---|---|"]
+    lines += ["| method | BWT (0-1 scale) | final average | seconds per chain | of which training steps / hook |"]
+    lines += ["|---|---|---|---|---|"]
     for method, results in found.items():
         bwt = [r["bwt"] for r in results if r["bwt"] is not None]
         final = [r["final_average"] for r in results if r["final_average"] is not None]
-        seconds = statistics.mean(r["seconds"] for r in results)
-        lines.append(f"| {method} | {mean_sd(bwt)} | {mean_sd(final).lstrip('+')} | {seconds:.0f} |")
+        seconds, train = (statistics.mean(r[k] for r in results) for k in COSTS[:2])
+        hooks = [r["adjust_seconds"] for r in results if r["adjust_seconds"] is not None]
+        hook = f"{statistics.mean(hooks):.0f}" if len(hooks) == len(results) else "–"
+        cells = f"{mean_sd(bwt)} | {mean_sd(final).lstrip('+')} | {seconds:.0f} | {train:.0f} / {hook}"
+        lines.append(f"| {method} | {cells} |")
     text = "\n".join([*lines, "", *matrices])
     outputs.write_json(out / "sequential.json", {"machine": machine.describe(), "args": vars(args), "methods": found})
     outputs.write_text(out / "sequential.md", text)

@@ -26,6 +26,7 @@ def test_four_stages_chain_and_report_backward_transfer(tiny_dir, tmp_path):
     found = json.loads((out / "sequential.json").read_text())["methods"]["on-policy"][0]
     assert set(found["changes"]) == {"1-triage", "2-keigo", "3-orders"}
     assert found["bwt"] == sum(found["changes"].values()) / 3 and 0 <= found["final_average"] <= 1
+    assert 0 < found["adjust_seconds"] < found["seconds"] and 0 < found["train_seconds"] < found["seconds"]
     stage = out / "on-policy" / "seed-0" / "4-reasoning"
     assert (stage / "on_policy.jsonl").is_file()  # the current model's answers, recorded
     table = (out / "sequential.md").read_text()

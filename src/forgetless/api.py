@@ -62,14 +62,14 @@ def load_config(cfg: str | Path | Config | dict | None = None, overrides: list[s
 
 
 def own_data(path: Path, overrides: list[str]) -> list[str]:
-    """A shipped recipe's validation file holds out that recipe's task (the quickstart's tickets): with your
-    own data.train and no data.validation it is dropped, so `forgetless train data.train=mine.jsonl` and the
-    UI's default recipe hold out data.validation_split of your rows instead of scoring support tickets."""
+    """A shipped recipe's validation file scores that recipe's task: with your own data.train and no
+    data.validation it is dropped, so data.validation_split of your rows is held out instead (CLI and UI)."""
     given = {item.partition("=")[0].strip() for item in overrides}
     if path.resolve().parent != CONFIGS or "data.train" not in given or "data.validation" in given:
         return overrides
-    held = "data.validation_split of your rows is held out (or set data.validation=FILE)"
-    print(f"[forgetless] data.train replaces the {path.stem} recipe's data, not its validation file: {held}")
+    if is_main_process():  # once, not per launched process
+        held = "data.validation_split of your rows is held out (or set data.validation=FILE)"
+        print(f"[forgetless] data.train replaces the {path.stem} recipe's data, not its validation file: {held}")
     return [*overrides, "data.validation=[]"]
 
 

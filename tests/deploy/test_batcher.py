@@ -210,3 +210,25 @@ def test_an_answer_decoded_a_token_at_a_time_is_the_whole_decode(name):
         assert "\ufffd" not in piece and read - start <= 8, (n, piece, start, read)  # a few tokens decoded
         text, pieces = text + piece, pieces + bool(piece)
     assert text == tok.decode(ids, skip_special_tokens=True) and pieces > len(ids) // 2
+
+
+def test_a_first_run_time_adapter_that_brings_its_template_gets_that_templates_head(engine, tmp_path):
+    """A server started on the base alone renders with the base's template; the first adapter loaded at run
+    time sets its own (engine.register), and the shared head is then that template's, made before any
+    request: prompts rendered the new way start from it."""
+    fresh = Engine(engine.base_ref, {}, max_tokens=8, max_prompt_tokens=64)
+    try:
+        old = fresh.batcher.heads.tokens
+        ours = "<|im_start|>system\nYou sort support tickets into one of five queues.<|im_end|>\n"
+        loop = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        adapter = tmp_path / "templated"
+        _adapter(engine.base_ref, adapter, 3)
+        (adapter / "chat_template.jinja").write_text(ours + loop + "<|im_start|>assistant\n", encoding="utf-8")
+        fresh.register("t", adapter)
+        head = fresh.batcher.heads.tokens
+        assert head != old and fresh.tokenizer.decode(head).startswith(ours)
+        assert sorted(fresh.batcher.heads.kv) == sorted([BASE, "t"])  # made at registration, as at start-up
+        prompt = fresh.tokenizer(prompt_text(fresh.tokenizer, [{"role": "user", "content": PROMPTS[1]}]))
+        assert fresh.batcher.heads.covers([prompt["input_ids"]]) == len(head)
+    finally:
+        fresh.batcher.stop()

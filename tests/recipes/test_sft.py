@@ -100,6 +100,8 @@ def test_on_policy_replay_records_every_answer_with_its_origin_and_replays_the_c
     metrics = [json.loads(x) for x in (tmp_path / "loose" / "metrics.jsonl").read_text().splitlines()]
     kept = [m["on_policy_kept"] for m in metrics if "on_policy_kept" in m]
     assert kept == [sum(r["kept"] for r in records if r["step"] == s) for s in (2, 4, 6)]
+    # each answering's cost beside it (outside train_seconds): three generations and their KL took time
+    assert all(m["adjust_seconds"] > 0 for m in metrics if "on_policy_kept" in m)
     losses = [m for m in metrics if "loss" in m]
     assert any(m.get("ce_rehearsal", 0) > 0 for m in losses[2:])  # replayed with CE once they are in the pool
 

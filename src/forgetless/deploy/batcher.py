@@ -36,9 +36,8 @@ from forgetless.deploy.stream_text import held_back, new_text
 
 
 class Batcher:
-    # A prompt longer than this is prefilled this many tokens per turn of the loop, the running batch taking
-    # a decoding step between two chunks: one long prompt never stalls every other answer for its whole
-    # prefill.
+    # A prompt longer than this is prefilled this many tokens per turn of the loop, the running batch taking a
+    # decoding step between two chunks: one long prompt never stalls every other answer for its whole prefill.
     chunk = 256
 
     def __init__(self, engine, max_batch: int, max_queue: int):
@@ -117,8 +116,7 @@ class Batcher:
                 self._reset()
 
     def _sweep(self) -> None:
-        """Waiting requests whose client left or whose deadline passed leave the queue now (with the
-        lock held): they would otherwise hold queue slots, and cause 429s, until admitted."""
+        """Waiting requests whose client left or deadline passed leave now (lock held), not at admission (429s)."""
         if any(job.cancelled.is_set() or job.deadline is not None for job in self.waiting):
             self.waiting = deque(job for job in self.waiting if not self._expired(job))
 
@@ -172,6 +170,8 @@ class Batcher:
         the base, and the stacked adapters, made now rather than by the first request for each (the server
         calls it at start-up and after a run-time load; with one client round-robin over adapters, each
         adapter's first request paid its head). Nothing when requests go alone (`generate` makes no head)."""
+        if (head := shared_head(self.engine.tokenizer)) != self.heads.tokens:  # a first run-time adapter's template
+            self.heads = Heads(head)
         if not self.engine.batchable():
             return
         if self.engine.has_adapters() and self.router.supports(model := self.engine.model) and not self.router.stacks:

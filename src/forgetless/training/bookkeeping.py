@@ -4,6 +4,7 @@ and the forgetting budget), the checkpoint, the save on Ctrl-C, and the state a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +49,10 @@ class Bookkeeping:
         if self.monitor is not None:
             self.monitor.train_loss(task_loss(last))
         if self.adjust is not None:
+            started = time.perf_counter()
             moved = validate(model, lambda m: self.adjust(m, prog.step), acc)
-            if moved:
-                self.log.write(prog.step, moved)
+            if moved:  # with its cost: outside train_seconds, and what on-policy replay or a budget adds
+                self.log.write(prog.step, moved | {"adjust_seconds": round(time.perf_counter() - started, 3)})
         epoch_end = prog.micro == 0
         due = prog.step % cfg.eval_every == 0 or epoch_end or final
         if self.evaluate and due and (self.last_validation or not final):
