@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import outputs  # benchmarks/outputs.py: every file written whole
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +92,7 @@ def rows_file(out: Path, n: int, seq: int) -> Path:
     for i in range(n):
         body = " ".join(words[(i + j) % len(words)] for j in range(seq * 3 // 5))
         rows.append({"instruction": f"Summarise ticket {i}.", "input": body, "output": " ".join(words[: seq // 16])})
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return out
+    return outputs.write_jsonl(out, rows)
 
 
 def forgetless_run(model: Path, data: Path, case: str, steps: int, out: Path, smoke: bool, *extra: str) -> dict:
@@ -125,14 +125,10 @@ def forgetless_run(model: Path, data: Path, case: str, steps: int, out: Path, sm
     }
 
 
-def trl_worker(model: str, data: str, case: str, steps: int, out: str, smoke: bool) -> None:
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+def trl_model(model: str, quantized: bool, gpu: bool):
+    """The model TRL trains: bf16 on a GPU (fp32 on CPU), NF4 with double quantization for QLoRA."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    quantized, _ = CASES[case]
-    gpu = torch.cuda.is_available()
     kwargs: dict = {"dtype": torch.bfloat16 if gpu else torch.float32, "attn_implementation": "sdpa"}
     if quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -143,14 +139,14 @@ def trl_worker(model: str, data: str, case: str, steps: int, out: str, smoke: bo
         )
         kwargs["device_map"] = {"": 0} if gpu else "cpu"
     torch.manual_seed(0)
-    net = AutoModelForCausalLM.from_pretrained(model, **kwargs)
-    rows = [json.loads(x) for x in Path(data).read_text().splitlines()]
-    chats = [
-        {"prompt": [{"role": "user", "content": f"{r['instruction']}\n\n{r['input']}"}],
-         "completion": [{"role": "assistant", "content": r["output"]}]}
-        for r in rows
-    ]  # fmt: skip
-    args = SFTConfig(
+    return AutoModelForCausalLM.from_pretrained(model, **kwargs)
+
+
+def trl_config(out: str, steps: int, smoke: bool, gpu: bool):
+    """TRL's settings for the same run as forgetless's: batch, steps, learning rate, packed rows."""
+    from trl import SFTConfig
+
+    return SFTConfig(
         output_dir=str(Path(out) / "trl"),
         per_device_train_batch_size=BATCH,
         max_steps=steps,
@@ -167,6 +163,23 @@ def trl_worker(model: str, data: str, case: str, steps: int, out: str, smoke: bo
         logging_steps=1,
         disable_tqdm=True,
     )
+
+
+def trl_worker(model: str, data: str, case: str, steps: int, out: str, smoke: bool) -> None:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    gpu = torch.cuda.is_available()
+    net = trl_model(model, CASES[case][0], gpu)
+    rows = [json.loads(x) for x in Path(data).read_text().splitlines()]
+    chats = [
+        {"prompt": [{"role": "user", "content": f"{r['instruction']}\n\n{r['input']}"}],
+         "completion": [{"role": "assistant", "content": r["output"]}]}
+        for r in rows
+    ]  # fmt: skip
+    args = trl_config(out, steps, smoke, gpu)
     trainer = SFTTrainer(model=net, args=args, train_dataset=Dataset.from_list(chats), peft_config=LoraConfig(**LORA))
     marks: list[tuple[float, int]] = []  # (time, tokens seen) at each step's end, as forgetless logs them
 
@@ -187,7 +200,7 @@ def trl_worker(model: str, data: str, case: str, steps: int, out: str, smoke: bo
         "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3) if gpu else None,
         "loss_first_last": [round(losses[0], 3), round(losses[-1], 3)] if losses else None,
     }
-    (Path(out) / "trl.json").write_text(json.dumps(result))
+    outputs.write_json(Path(out) / "trl.json", result)
 
 
 def trl_run(model: Path, data: Path, case: str, steps: int, out: Path, smoke: bool) -> dict:
@@ -260,8 +273,8 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "gpu_check_smoke" if args.smoke else "gpu_check"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    (out / f"{stem}.md").write_text(table(res), encoding="utf-8")
+    outputs.write_json(out / f"{stem}.json", res)
+    outputs.write_text(out / f"{stem}.md", table(res))
     print(table(res))
     return 0
 
