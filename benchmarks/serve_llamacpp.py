@@ -17,12 +17,14 @@ on a CPU with AVX-512 a native build can be faster; the machine line says which 
 
 Run: python benchmarks/serve_llamacpp.py [--out runs/serve_llamacpp.json] [--clients 1,8,32] [--tokens 8,64]
      [--quant f16] [--docs]   (--docs: docs/serve_llamacpp.json and the table in docs/deploy.md)
+     python benchmarks/serve_llamacpp.py --report runs/serve_llamacpp.json [--docs]   (a saved run's table)
 Needs llama-cpp-python's server packages: pip install -e ".[bench,gguf]".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -144,7 +146,18 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--tokens", default="8,64")
     ap.add_argument("--quant", default="f16", help="the GGUF llama.cpp serves (forgetless export --quant)")
     ap.add_argument("--docs", action="store_true", help="docs/serve_llamacpp.json and the table in docs/deploy.md")
+    ap.add_argument("--report", default=None, help="a JSON this script wrote: its table (and --docs), nothing rerun")
     args = ap.parse_args(argv)
+    report = json.loads(Path(args.report).read_text(encoding="utf-8")) if args.report else measure(args)
+    lines = table(report)
+    if args.docs:
+        outputs.write_json(ROOT / "docs" / "serve_llamacpp.json", report)
+        outputs.fill_section(DOC, BEGIN, "\n".join(lines), END)
+    print("\n".join(lines))
+
+
+def measure(args) -> dict:
+    """Every server, one after the other, at every setting; the report is saved to --out at once."""
     clients, tokens = [int(x) for x in args.clients.split(",")], [int(x) for x in args.tokens.split(",")]
     from forgetless import api  # torch: after the arguments are read
 
@@ -155,11 +168,7 @@ def main(argv: list[str]) -> None:
     report = {"machine": machine.describe(), "quant": args.quant, "rows": rows}
     report["targets"], report["same_answers"] = targets(rows), same_answers(rows)
     outputs.write_json(Path(args.out), report)
-    lines = table(report)
-    if args.docs:
-        outputs.write_json(ROOT / "docs" / "serve_llamacpp.json", report)
-        outputs.fill_section(DOC, BEGIN, "\n".join(lines), END)
-    print("\n".join(lines))
+    return report
 
 
 if __name__ == "__main__":
