@@ -140,13 +140,25 @@ def test_a_mixed_batch_through_the_stacked_adapters_gives_peft_s_per_row_logits(
         peft = model(**inputs, adapter_names=["__base__" if n == BASE else n for n in names]).logits
         with router.routed(model, names):
             routed = model(**inputs).logits
-        plain = model(**inputs).logits  # outside the context: one active adapter on every row, the hooks idle
+        plain = model(**inputs).logits  # outside the context: PEFT's forward, one active adapter on every row
+        alike = {}  # a batch of one adapter's rows (its own A and s·B), and of base rows (the base layers alone)
+        for name in ("a", BASE):
+            with router.routed(model, [name] * len(names)):
+                alike[name] = model(**inputs).logits
+        model.set_adapter("a")
+        only_a = model(**inputs).logits
+        with model.disable_adapter():
+            base = model(**inputs).logits
     assert router.supports(model) and len(router.stacks) > 0
     keep = mask.bool()
     torch.testing.assert_close(routed[keep], peft[keep], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(routed[keep], plain[keep])  # the adapters change the rows they route
+    torch.testing.assert_close(alike["a"][keep], only_a[keep], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(alike[BASE][keep], base[keep], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(alike["a"][keep], alike[BASE][keep])
+    assert all("forward" not in vars(m) for m in router.stacks)  # PEFT's own forward back after each batch
     engine.batcher.adapters_changed()
-    assert not router.stacks and not router.hooks  # rebuilt from the adapters loaded at the next mixed batch
+    assert not router.stacks  # rebuilt from the adapters loaded at the next batch
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_goes_on_decoding(engine):
