@@ -120,7 +120,9 @@ class Engine:
         forward = self.model.get_base_model().forward if isinstance(self.model, PeftModel) else self.model.forward
         self.cache_kw = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
         self.batcher = Batcher(self, max_batch, max_queue)
-        self.batcher.warm()  # here, before any request can come: its thread idles until one does
+        # In the model's thread, before any request: run in this (the server's main) thread, it gave it a second
+        # OpenMP team, and one client's 8-token answer took 0.63-0.69 s, not 0.47 (serve_llamacpp.py, 2-core Xeon).
+        self.batcher.call(self.batcher.warm).result()
 
     @property
     def names(self) -> list[str]:
