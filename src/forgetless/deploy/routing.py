@@ -86,7 +86,7 @@ class Router:
             yield
         finally:
             for layer in layers:
-                del layer.forward  # PEFT's own forward again
+                vars(layer).pop("forward", None)  # PEFT's own forward again (also where setting it failed)
 
     def _forward(self, layer, slot: int, rows: torch.Tensor | None):
         """`layer`'s forward for this batch: its base layer plus the rows' s·B·A·x."""
