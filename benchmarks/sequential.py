@@ -68,12 +68,16 @@ def chain(out: Path, method: str, seed: int, args, common: list[str]) -> list[Pa
 
 
 def costs(runs: list[Path]) -> dict:
-    """Seconds in training steps, and beside them in the loop's hook (on-policy answering, budget probes:
-    metrics.jsonl's adjust_seconds), summed over the chain's stages: what each method adds in one run."""
-    train = sum(json.loads((r / "summary.json").read_text())["train_seconds"] for r in runs)
+    """Wall seconds, those in training steps, and those in the loop's hook between steps (on-policy answering,
+    budget probes: metrics.jsonl's adjust_seconds), summed over the chain's stages: what each method adds."""
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
     records = [json.loads(line) for r in runs for line in (r / "metrics.jsonl").read_text().splitlines() if line]
     hook = [m["adjust_seconds"] for m in records if "adjust_seconds" in m]
-    return {"train_seconds": train, "adjust_seconds": sum(hook) if hook else None}  # None: not recorded then
+    return {
+        "seconds": sum(s["wall_seconds"] for s in summaries),
+        "train_seconds": sum(s["train_seconds"] for s in summaries),
+        "adjust_seconds": sum(hook) if hook else None,  # None: runs made before it was recorded
+    }
 
 
 def mean_sd(values: list[float]) -> str:
@@ -102,14 +106,13 @@ def main(argv: list[str]) -> None:
     for method in args.methods:
         for seed in args.seeds:
             runs = chain(out, method, seed, args, common)
-            seconds = sum(json.loads((r / "summary.json").read_text())["wall_seconds"] for r in runs)
-            cost = {"seed": seed, "seconds": seconds} | costs(runs)
+            cost = {"seed": seed} | costs(runs)
             found.setdefault(method, []).append(cost | earlier_tasks.backward_transfer(runs[-1]))
             if seed == args.seeds[0]:
                 table = earlier_tasks.matrix(runs[-1])
                 rows = ["| " + " | ".join(r) + " |" for r in table]
                 rows.insert(1, "|" + "---|" * len(table[0]))
-                matrices += [f"### {method}, seed {seed} ({seconds:.0f} s for the four stages)", "", *rows, ""]
+                matrices += [f"### {method}, seed {seed} ({cost['seconds']:.0f} s for the four stages)", "", *rows, ""]
     head = f"Machine: {machine.line(machine.describe())}; steps {args.steps}, seeds {args.seeds}.\n"
     lines = ["# Four tasks in a row (benchmarks/sequential.py)", "", head]
     lines += ["| method | BWT (0-1 scale) | final average | seconds per chain | of which training steps / hook |"]
