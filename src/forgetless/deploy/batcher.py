@@ -30,6 +30,7 @@ from transformers import DynamicCache
 
 from forgetless.deploy.chat import BASE
 from forgetless.deploy.job import Job, QueueFull, sample
+from forgetless.deploy.kv_room import RoomyLayer, cache_of, roomy, tensors
 from forgetless.deploy.prefix import Heads, shared_head
 from forgetless.deploy.routing import Router
 from forgetless.deploy.stream_text import held_back, new_text
@@ -49,7 +50,7 @@ class Batcher:
         self.active: list[Job] = []
         self.commands: deque = deque()  # (function, concurrent future) run between steps
         self.wake = threading.Condition()
-        self.cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.cache: list[RoomyLayer] | None = None  # the running batch's keys and values, room to grow in place
         self.mask: torch.Tensor | None = None
         self.running = True
         self.peak = 0  # the most rows decoded together so far
@@ -252,14 +253,14 @@ class Batcher:
     def _append(self, kv, mask: torch.Tensor, jobs: list[Job]) -> None:
         """Add rows to the running batch, the shorter side padded on the left."""
         if self.cache is None:
-            self.cache, self.mask, self.active = kv, mask, list(jobs)
+            self.cache, self.mask, self.active = roomy(kv), mask, list(jobs)
             return
         ours, theirs = self.mask.shape[1], mask.shape[1]
         width = max(ours, theirs)
-        self.cache = [(_pad(k, width - ours), _pad(v, width - ours)) for k, v in self.cache]
+        cache = [(_pad(k, width - ours), _pad(v, width - ours)) for k, v in tensors(self.cache)]
         kv = [(_pad(k, width - theirs), _pad(v, width - theirs)) for k, v in kv]
-        pairs = zip(self.cache, kv, strict=True)
-        self.cache = [(torch.cat([k0, k1]), torch.cat([v0, v1])) for (k0, v0), (k1, v1) in pairs]
+        pairs = zip(cache, kv, strict=True)
+        self.cache = roomy([(torch.cat([k0, k1]), torch.cat([v0, v1])) for (k0, v0), (k1, v1) in pairs])
         self.mask = torch.cat([F.pad(self.mask, (width - ours, 0)), F.pad(mask, (width - theirs, 0))])
         self.active += jobs
 
@@ -268,9 +269,8 @@ class Batcher:
         ids = torch.tensor([[job.pending] for job in self.active])
         positions = torch.tensor([[job.position] for job in self.active])
         mask = torch.cat([self.mask, torch.ones(len(self.active), 1, dtype=torch.long)], dim=1)
-        cache = DynamicCache(ddp_cache_data=self.cache)
-        out = self._forward(ids, mask, positions, cache, [job.adapter for job in self.active])
-        self.cache, self.mask = [(layer.keys, layer.values) for layer in cache.layers], mask
+        out = self._forward(ids, mask, positions, cache_of(self.cache), [job.adapter for job in self.active])
+        self.mask = mask  # (the layers took the new position in place)
         keep = []
         for i, job in enumerate(self.active):
             job.position += 1
@@ -325,7 +325,7 @@ class Batcher:
         mask = self.mask[index]
         start = int((mask.sum(0) > 0).nonzero()[0])  # columns that are padding in every remaining row go
         self.mask = mask[:, start:]
-        self.cache = [(k[index, :, start:], v[index, :, start:]) for k, v in self.cache]
+        self.cache = roomy([(k[index, :, start:], v[index, :, start:]) for k, v in tensors(self.cache)])
 
     def _reset(self) -> None:
         self.active, self.cache, self.mask = [], None, None
