@@ -6,7 +6,10 @@ seconds to prefill the rows' prompts together, once the template's shared head i
 adapters (deploy/prefix.py; a first admission makes it), and the seconds per decoding step (mean of 10).
 Alone on the machine; compare the rows with each other.
 
-Run: python benchmarks/serve_step.py [--out docs/serve_step.json]
+With --profile, each setting's next 5 steps run under torch's profiler and its busiest operators are printed
+(self CPU time, the share of the steps' total): where a step's time goes.
+
+Run: python benchmarks/serve_step.py [--out docs/serve_step.json] [--profile]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from serve_load import _cpu, make_adapters
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", action="store_true", help="the busiest operators of 5 more steps per setting")
     args = ap.parse_args(argv)
 
     from forgetless.deploy.engine import Engine
@@ -61,9 +65,22 @@ def main(argv: list[str]) -> None:
             rows.append({"rows": label, "prompt_tokens": len(ids["input_ids"]), "prefill_s": round(prefill, 3),
                          "step_s": round(step, 3), "tokens_per_s": round(len(names) / step, 1)})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
+            if args.profile:
+                print(busiest(lambda: [batcher._step() for _ in range(5)]), flush=True)
     if args.out:
         report = {"machine": _cpu(), "rows": rows}
         outputs.write_json(args.out, report)
+
+
+def busiest(run, top: int = 8) -> str:
+    """The operators with the most self CPU time while `run()` runs, with their share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return "  " + "; ".join(f"{e.key} {e.self_cpu_time_total / total:.0%} ({e.count} calls)" for e in ops[:top])
 
 
 if __name__ == "__main__":

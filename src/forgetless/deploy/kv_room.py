@@ -2,11 +2,11 @@
 
 transformers' DynamicLayer concatenates at every update, and a DynamicCache built from tensors
 (`ddp_cache_data`) concatenates them once more onto an empty one: a decoding step copied every layer's
-whole cache twice to add one position (measured with the profiler on the embedded model: `aten::cat`
-was 15% of an 8-row step and 6% of a one-row step). Here each layer's keys and values live in a buffer
-with spare positions; a step writes its new position into the spare room and the model reads a view of
-the filled part. The buffer is reallocated, with more room, only when it is full; rows joining or leaving
-the batch (rarer than steps) make new buffers.
+whole cache twice to add one position (`aten::cat` took 7-13% of the steps' CPU time in `python
+benchmarks/serve_step.py --profile` on the embedded model, and more as answers grow). Here each layer's
+keys and values live in a buffer with spare positions; a step writes its new position into the spare room
+and the model reads a view of the filled part. The buffer is reallocated, with more room, only when it is
+full; rows joining or leaving the batch (rarer than steps) make new buffers.
 """
 
 from __future__ import annotations
