@@ -1,6 +1,7 @@
 """What a run does with the user's files when things go wrong: --overwrite never loses the old run to a
 failed start, one run per output_dir, --resume only with the run's settings (more steps allowed),
-Ctrl-C saves a checkpoint, bad rows skipped are counted, a BOM is read, a closed pipe is no error."""
+Ctrl-C saves a checkpoint, bad rows skipped are counted, a BOM is read, a closed pipe is no error, a kill
+while old checkpoints are removed breaks none."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 import forgetless
 from forgetless.cli import main
@@ -220,3 +223,37 @@ def test_a_full_disk_while_writing_a_file_keeps_the_previous_one(tmp_path, monke
     monkeypatch.undo()
     assert target.read_text(encoding="utf-8") == "the previous report"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # no temporary file left
+
+
+def test_a_kill_while_an_old_checkpoint_is_removed_leaves_no_broken_checkpoint(tmp_path, monkeypatch):
+    """Keeping the last 2 checkpoints removes older ones; a run that dies inside that removal (here the
+    removal stops after its first file) leaves every step folder whole: the old one leaves the checkpoints'
+    names before any file of it goes, and the next start clears what is left of it."""
+    from forgetless.training import checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    for step in (1, 2):
+        checkpoint.save(tmp_path, model, optimizer, scheduler, checkpoint.Progress(step=step), keep=2)
+
+    real_rmtree = checkpoint.shutil.rmtree
+
+    def dies_half_way(path, ignore_errors=False):
+        if not Path(path).is_dir() or not any(Path(path).glob("*.safetensors")):  # (the save's own clean-up)
+            return real_rmtree(path, ignore_errors=ignore_errors)
+        next(p for p in sorted(Path(path).iterdir())).unlink()
+        raise KeyboardInterrupt  # the process is gone before the rest of the folder
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, model, optimizer, scheduler, checkpoint.Progress(step=3), keep=2)
+    monkeypatch.undo()
+    root = tmp_path / "checkpoints"
+    steps = sorted(p.name for p in root.glob("step-*"))
+    assert steps == ["step-0000002", "step-0000003"]
+    for name in steps:  # each loads whole
+        checkpoint.load_state(root / name / "state.pt")
+        assert (root / name / "trainable.safetensors").is_file()
+    checkpoint.remove_strays(tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == steps
