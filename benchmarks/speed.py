@@ -49,6 +49,14 @@ CASES = {  # forgetless overrides of each case (the quickstart config underneath
     "lwf_rehearsal": ["forgetting.preset=full"],
     "lwf_rehearsal_positions25": ["forgetting.preset=full", "forgetting.lwf.positions=0.25"],
     "lwf_rehearsal_cached": ["forgetting.preset=full", "forgetting.lwf.teacher=cached"],
+    # the online teacher's forward under bf16 autocast where the CPU multiplies bf16 in hardware (auto: fp32
+    # on AVX2-only machines, where this case is lwf_rehearsal again)
+    "lwf_rehearsal_bf16": ["forgetting.preset=full", "forgetting.lwf.teacher_precision=auto"],
+    "lwf_rehearsal_positions25_bf16": [
+        "forgetting.preset=full",
+        "forgetting.lwf.positions=0.25",
+        "forgetting.lwf.teacher_precision=auto",
+    ],
     "lora_padded": ["forgetting.preset=none", "data.packing=false"],
 }
 
@@ -265,7 +273,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--warmup", type=int, default=1, help="steps not measured at the start of each run")
     ap.add_argument("--mixes", default="uniform,longtail")
     ap.add_argument(
-        "--cases", default="lora,qlora,lwf_rehearsal,lwf_rehearsal_positions25,lwf_rehearsal_cached,lora_padded"
+        "--cases",
+        default="lora,qlora,lwf_rehearsal,lwf_rehearsal_positions25,lwf_rehearsal_cached,lwf_rehearsal_bf16,"
+        "lwf_rehearsal_positions25_bf16,lora_padded",
     )
     ap.add_argument("--trl", default="lora,qlora", help="cases also run through TRL SFTTrainer + PEFT")
     ap.add_argument("--before", default=None, help="a git ref: also run forgetless's lora and lwf cases there")

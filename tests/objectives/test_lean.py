@@ -104,3 +104,48 @@ def test_prompt_tuning_falls_back_to_logits(tiny_dir):
     batch = collate(token_rows([6, 4]), 0)
     out = forward.hidden(model, batch)
     assert out.head is None and out.states.shape == (2, 6, model.config.vocab_size)
+
+
+def test_a_bf16_teacher_keeps_the_lwf_term_and_gradients_near_the_exact_ones(tiny_dir):
+    """lwf.teacher_precision bf16: only the teacher's forward runs under bf16 autocast (its base layers give
+    bf16 outputs, the student's stay fp32); the term and the student's gradients stay close to the exact
+    teacher's: a tolerance, since bf16 rounds the teacher's activations (docs/performance.md)."""
+    batch = collate(token_rows([12, 6, 9]), 0)
+    found = {}
+    for precision in ("model", "bf16"):
+        model = lora_model(tiny_dir).eval()
+        seen: set[torch.dtype] = set()
+        layer = next(m for n, m in model.named_modules() if n.endswith("q_proj.base_layer"))
+        layer.register_forward_hook(lambda _m, _i, out, seen=seen: seen.add(out.dtype))
+        cfg = ForgettingConfig(preset="lwf", lwf={"teacher_precision": precision})
+        norms = {k: float(v) for k, v in counts(batch, cfg).items()}
+        lwf = objective(cfg, chunk=5).loss(model, batch, norms)["lwf"]
+        params = [p for p in model.parameters() if p.requires_grad]
+        grad = torch.cat([g.flatten() for g in torch.autograd.grad(lwf, params)])
+        found[precision] = (lwf.item(), grad, seen)
+    (exact, g_exact, seen_exact), (rounded, g_rounded, seen_rounded) = found["model"], found["bf16"]
+    assert seen_exact == {torch.float32} and seen_rounded == {torch.float32, torch.bfloat16}
+    assert exact > 1e-3 and rounded == pytest.approx(exact, rel=0.05)
+    assert torch.nn.functional.cosine_similarity(g_exact, g_rounded, dim=0) > 0.99
+    assert g_rounded.norm() == pytest.approx(g_exact.norm().item(), rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype", "native", "on"),
+    [
+        ("model", torch.float32, True, False),
+        ("bf16", torch.float32, False, True),  # asked for: even where it is slower
+        ("auto", torch.float32, True, True),
+        ("auto", torch.float32, False, False),  # AVX2 only: bf16 is emulated there, slower than fp32
+        ("auto", torch.bfloat16, True, False),  # a bf16 model's teacher is bf16 already
+    ],
+)
+def test_the_teacher_runs_in_bf16_where_asked_or_where_the_cpu_multiplies_bf16(
+    monkeypatch, precision, dtype, native, on
+):
+    from forgetless.model import hardware
+    from forgetless.objectives.forgetting import teacher_autocast
+
+    monkeypatch.setattr(hardware, "cpu_bf16_native", lambda: native)
+    with teacher_autocast(precision, torch.zeros(2, dtype=dtype)):
+        assert torch.is_autocast_enabled("cpu") == on

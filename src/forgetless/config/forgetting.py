@@ -57,6 +57,13 @@ class LwfConfig(BaseModel):
         "run sees its rows more than once (the cache then costs less than the passes it replaces), else online.",
     )
     top_k: int = Field(32, ge=1, description="Tokens per position kept by the cached teacher (plus the tail mass).")
+    teacher_precision: Literal["model", "bf16", "auto"] = Field(
+        "model",
+        description="The online teacher's forward pass: model = in the model's own dtype (exact, the same on every "
+        "machine); bf16 = under bfloat16 autocast, its hidden states handed back in the model's dtype (about 1.8x "
+        "faster on CPUs with AVX-512 BF16 or AMX, slower on AVX2-only ones; a KL floor of ~5e-4 per token, "
+        "docs/performance.md); auto = bf16 for an fp32 model on such a CPU, else model.",
+    )
 
 
 class RehearsalConfig(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -19,6 +20,18 @@ def device() -> torch.device:
 
 def bf16_supported(dev: torch.device) -> bool:
     return dev.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+@functools.cache
+def cpu_bf16_native() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX-512 BF16 or AMX): there a bf16 matmul runs
+    about twice as fast as fp32 (docs/performance.md); on AVX2-only CPUs it is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:  # not Linux: say no rather than guess
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def resolve_dtype(precision: str, dev: torch.device) -> torch.dtype:

@@ -23,7 +23,7 @@ from torch.profiler import record_function
 
 from forgetless.adapters.views import base_view
 from forgetless.config.schema import ForgettingConfig
-from forgetless.model import forward
+from forgetless.model import forward, hardware
 from forgetless.objectives.losses import (
     batch_seed,
     ce_sum_chunked,
@@ -157,16 +157,28 @@ def _online_kl(model, batch, out: forward.Outputs, student: torch.Tensor, where:
     selective), the teacher's logits must come from inside `base_view`: they are made there.
     """
     with torch.no_grad(), base_view(model) as base, record_function("forgetless::teacher_forward"):
-        t_out = forward.hidden(base, batch)
-        t_states = t_out.states[:, :-1][where]
-        head_trained = t_out.head is not None and any(p.requires_grad for p in t_out.head.parameters())
-        if head_trained:
-            t_states = torch.cat([t_out.head(t_states[s : s + chunk]) for s in range(0, t_states.shape[0], chunk)])
+        with teacher_autocast(lwf.teacher_precision, student):
+            t_out = forward.hidden(base, batch)
+            t_states = t_out.states[:, :-1][where]
+            head_trained = t_out.head is not None and any(p.requires_grad for p in t_out.head.parameters())
+            if head_trained:
+                t_states = torch.cat([t_out.head(t_states[s : s + chunk]) for s in range(0, t_states.shape[0], chunk)])
+        t_states = t_states.to(student.dtype)  # the KL in the model's own precision
     teacher_head = None if (t_out.head is None or head_trained) else t_out.head
     with record_function("forgetless::kl"):
         if teacher_head is not None and out.head is teacher_head and frozen_linear(teacher_head):
             return kl_sum_fused(student, t_states, teacher_head, lwf.temperature, lwf.direction, chunk)
         return kl_sum_chunked(student, t_states, lwf.temperature, lwf.direction, out.head, teacher_head, chunk)
+
+
+def teacher_autocast(precision: str, like: torch.Tensor):
+    """The online teacher's forward under bf16 autocast (lwf.teacher_precision): `bf16` always, `auto` for an
+    fp32 model on a CPU with hardware bf16 matmuls; otherwise no change. Only the teacher's side: the student
+    trains in its own precision, and the KL is taken in it."""
+    bf16 = precision == "bf16" or (
+        precision == "auto" and like.dtype == torch.float32 and like.device.type == "cpu" and hardware.cpu_bf16_native()
+    )
+    return torch.autocast(like.device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _cached_kl(teacher: TeacherCache, batch, out: forward.Outputs, student, where, lwf, chunk: int):
