@@ -49,6 +49,12 @@ CASES = {  # forgetless overrides of each case (the quickstart config underneath
     "lwf_rehearsal": ["forgetting.preset=full"],
     "lwf_rehearsal_positions25": ["forgetting.preset=full", "forgetting.lwf.positions=0.25"],
     "lwf_rehearsal_cached": ["forgetting.preset=full", "forgetting.lwf.teacher=cached"],
+    # the cached teacher's remaining cost is the head at the KL positions: a quarter of them
+    "lwf_rehearsal_cached_positions25": [
+        "forgetting.preset=full",
+        "forgetting.lwf.teacher=cached",
+        "forgetting.lwf.positions=0.25",
+    ],
     # the online teacher's forward under bf16 autocast where the CPU multiplies bf16 in hardware (auto: fp32
     # on AVX2-only machines, where this case is lwf_rehearsal again)
     "lwf_rehearsal_bf16": ["forgetting.preset=full", "forgetting.lwf.teacher_precision=auto"],
@@ -274,8 +280,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--mixes", default="uniform,longtail")
     ap.add_argument(
         "--cases",
-        default="lora,qlora,lwf_rehearsal,lwf_rehearsal_positions25,lwf_rehearsal_cached,lwf_rehearsal_bf16,"
-        "lwf_rehearsal_positions25_bf16,lora_padded",
+        default="lora,qlora,lwf_rehearsal,lwf_rehearsal_positions25,lwf_rehearsal_cached,"
+        "lwf_rehearsal_cached_positions25,lwf_rehearsal_bf16,lwf_rehearsal_positions25_bf16,lora_padded",
     )
     ap.add_argument("--trl", default="lora,qlora", help="cases also run through TRL SFTTrainer + PEFT")
     ap.add_argument("--before", default=None, help="a git ref: also run forgetless's lora and lwf cases there")

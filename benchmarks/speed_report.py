@@ -18,6 +18,7 @@ FORGETTING_STEPS = (
     ("LwF + rehearsal, bf16 teacher (auto),", "lwf_rehearsal_bf16", 1.5),
     ("LwF + rehearsal, KL on 1/4, bf16 teacher (auto),", "lwf_rehearsal_positions25_bf16", 1.5),
     ("cached-teacher LwF", "lwf_rehearsal_cached", 1.15),
+    ("cached-teacher LwF, KL on 1/4 of positions,", "lwf_rehearsal_cached_positions25", 1.15),
 )
 
 
