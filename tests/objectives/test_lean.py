@@ -13,8 +13,9 @@ from forgetless.adapters import attaching, views
 from forgetless.config.schema import ForgettingConfig, PeftConfig
 from forgetless.data.batching import collate
 from forgetless.data.packing import bins, collate_packed
-from forgetless.model import forward
+from forgetless.model import forward, hardware
 from forgetless.model.likelihood import IGNORE, ce_sum
+from forgetless.objectives.forgetting import teacher_autocast
 from forgetless.objectives.losses import kl_sum
 from forgetless.objectives.sft import counts, objective
 from tests.conftest import lora_model, save_tiny, token_rows
@@ -143,9 +144,6 @@ def test_a_bf16_teacher_keeps_the_lwf_term_and_gradients_near_the_exact_ones(tin
 def test_the_teacher_runs_in_bf16_where_asked_or_where_the_cpu_multiplies_bf16(
     monkeypatch, precision, dtype, native, on
 ):
-    from forgetless.model import hardware
-    from forgetless.objectives.forgetting import teacher_autocast
-
     monkeypatch.setattr(hardware, "cpu_bf16_native", lambda: native)
     with teacher_autocast(precision, torch.zeros(2, dtype=dtype)):
         assert torch.is_autocast_enabled("cpu") == on

@@ -61,8 +61,8 @@ class LwfConfig(BaseModel):
         "model",
         description="The online teacher's forward pass: model = in the model's own dtype (exact, the same on every "
         "machine); bf16 = under bfloat16 autocast, its hidden states handed back in the model's dtype (about 1.8x "
-        "faster on CPUs with AVX-512 BF16 or AMX, slower on AVX2-only ones; a KL floor of ~5e-4 per token, "
-        "docs/performance.md); auto = bf16 for an fp32 model on such a CPU, else model.",
+        "faster on CPUs with AVX-512 BF16 or AMX, slower on AVX2-only ones; a KL floor of ~6e-4 per token, "
+        "docs/forgetting.md); auto = bf16 for an fp32 model on such a CPU, else model.",
     )
 
 
