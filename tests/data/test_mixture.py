@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from itertools import islice
 
 import pytest
 
@@ -62,6 +63,27 @@ def test_a_share_under_one_row_per_batch_is_spread_and_exact_over_the_run():
     resumed = [i[1]["input_ids"].tolist() for i in mixed.epoch(1, start=4) if isinstance(i, list)]
     assert resumed == [i[1]["input_ids"].tolist() for i in list(mixed.epoch(1))[4:] if isinstance(i, list)]
     assert "4 general rows added to every 9 micro-batches" in mixed.describe() and "(10% general)" in mixed.describe()
+
+
+def test_rows_promised_for_replay_come_next_and_resume_at_their_positions():
+    """On-policy replay's refreshed rows are drawn at the next general positions, ahead of the permutation,
+    after what the loop was already handed, one promise after the other; a resumed stream that is told the
+    same positions draws the same rows."""
+
+    def firsts(item) -> list[int]:
+        return item[1]["input_ids"][:, 0].tolist() if isinstance(item, list) else []
+
+    mixed = MixedBatches(_rows(40, 1000), _rows(300, 5000), batch_size=4, ratio=0.3, seed=3, pad_id=0)
+    plain = [firsts(i) for i in MixedBatches(_rows(40, 1000), _rows(300, 5000), 4, 0.3, 3, 0).epoch(0)]
+    handed = [firsts(i) for i in islice(mixed.epoch(0), 2)]  # two micro-batches (2 general rows each) taken
+    assert handed == plain[:2] and mixed.drawn == 4
+    assert mixed.replay_next([7, 8, 9]) == [4, 5, 6] and mixed.replay_next([11]) == [7]
+    rest = [firsts(i) for i in mixed.epoch(0, start=2)]
+    assert rest[:2] == [[5007, 5008], [5009, 5011]] and rest[2:] == plain[4:]  # then the stream's own order
+    assert mixed.replay_next([12]) == [20]  # after everything handed out (10 micro-batches × 2)
+    resumed = MixedBatches(_rows(40, 1000), _rows(300, 5000), 4, 0.3, 3, 0)
+    resumed.replay.update({4: 7, 5: 8, 6: 9, 7: 11})
+    assert [firsts(i) for i in resumed.epoch(0, start=2)] == rest
 
 
 def test_rehearsal_needs_general_rows():

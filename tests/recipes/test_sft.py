@@ -97,6 +97,8 @@ def test_on_policy_replay_records_every_answer_with_its_origin_and_replays_the_c
     assert [r["step"] for r in records] == [2] * 3 + [4] * 3 + [6] * 3
     assert all(r["kept"] == bool(r["answer"].strip()) and r["kl_per_token"] >= 0 for r in records)
     assert any(r["kl_per_token"] > 0 for r in records)  # the trained model's answers, not the base's
+    at = [r["replay_at"] for r in records if r["kept"]]  # replayed next, one rehearsal position each, in order
+    assert at and at == sorted(set(at)) and all("replay_at" not in r for r in records if not r["kept"])
     metrics = [json.loads(x) for x in (tmp_path / "loose" / "metrics.jsonl").read_text().splitlines()]
     kept = [m["on_policy_kept"] for m in metrics if "on_policy_kept" in m]
     assert kept == [sum(r["kept"] for r in records if r["step"] == s) for s in (2, 4, 6)]

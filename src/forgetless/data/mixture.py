@@ -8,9 +8,12 @@ share, so the rows are spread instead: micro-batch g gets ⌊(g+1)·x⌋ − ⌊
 rows per micro-batch), and the run's share is `ratio` exactly (4 rows in every 9 micro-batches
 at 10%). An epoch is one pass over the task rows. General rows come from an endless stream of
 seeded permutations, addressed by the global micro-batch index, so a checkpoint's (epoch,
-micro-batch) position still resumes exactly. The two kinds are padded separately (a micro-batch
-is the pair [task batch, general batch]): the base model's general answers are several times
-longer than typical task answers, and padding short task rows to them would double the compute.
+micro-batch) position still resumes exactly. On-policy replay (eval/on_policy.py) puts the rows it has
+just refreshed at the stream's next positions (`replay_next`), ahead of the permutation's own order:
+drawn one at a time from a pool of hundreds, a refreshed row would otherwise seldom come up in a
+short run. The two kinds are padded separately (a micro-batch is the pair [task batch, general
+batch]): the base model's general answers are several times longer than typical task answers, and
+padding short task rows to them would double the compute.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class MixedBatches(Batches):
         super().__init__(rows, batch_size, seed, pad_id, collate_fn, **layout)
         self.general = [{**r, "rehearsal": True} for r in general]
         self._cycles: dict[int, list[int]] = {}
+        self.replay: dict[int, int] = {}  # stream position -> general row drawn there instead of the permutation's
+        self.drawn = 0  # the first stream position not yet handed to training
 
     def describe(self) -> str:
         n, total = self.n_general, self.batch_size + self.n_general
@@ -62,23 +67,36 @@ class MixedBatches(Batches):
         )
         return f"rehearsal: {every} ({100 * float(n / total):.0f}% general) from {len(self.general)} general rows"
 
+    def replay_next(self, indices: list[int]) -> list[int]:
+        """General rows `indices` drawn at the next stream positions not yet handed out or already promised
+        (one each, in order); returns those positions (recorded, so a resumed run promises them again)."""
+        start = max(self.drawn, max(self.replay, default=-1) + 1)
+        positions = list(range(start, start + len(indices)))
+        self.replay.update(zip(positions, indices, strict=True))
+        return positions
+
     def _general_index(self, position: int) -> int:
+        if position in self.replay:
+            return self.replay[position]
         cycle, offset = divmod(position, len(self.general))
         if cycle not in self._cycles:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * (cycle + 1))
             self._cycles = {cycle: torch.randperm(len(self.general), generator=g).tolist()}
         return self._cycles[cycle][offset]
 
-    def _general_rows(self, epoch: int, micro: int) -> list[dict]:
+    def _positions(self, epoch: int, micro: int) -> range:
         g = epoch * len(self) + micro  # rows before micro-batch g: ⌊g·n⌋ (exact: n is a Fraction)
-        first, end = int(g * self.n_general), int((g + 1) * self.n_general)
-        return [self.general[self._general_index(k)] for k in range(first, end)]
+        return range(int(g * self.n_general), int((g + 1) * self.n_general))
+
+    def _general_rows(self, epoch: int, micro: int) -> list[dict]:
+        return [self.general[self._general_index(k)] for k in self._positions(epoch, micro)]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]]:
         """Per micro-batch [task batch, general batch] (the task batches equal `Batches.epoch`'s), or,
         packed, one batch holding both when that computes less (`packing.together`)."""
         for micro, idx in enumerate(self.micro_batches(epoch)[start:], start):
             task, general = [self.rows[i] for i in idx], self._general_rows(epoch, micro)
+            self.drawn = max(self.drawn, self._positions(epoch, micro).stop)  # the loop takes what it is handed
             if not general:  # a micro-batch without its share when the share is under one row
                 yield self.collate(task, self.pad_id)
             elif self.pack is None:  # task rows may be preference pairs (collate_fn): general rows are plain

@@ -6,15 +6,19 @@ On-Policy Replay (arXiv 2605.29495) replays the current model's own filtered rol
 prompts: they are what the model does now, so learning them costs little task gain, and the filter keeps
 only those that have not drifted. Here the reference is the model with the adapter off (the base, or
 after --continue-from the earlier stage), and the filter is the answer's KL to it per token: an answer
-at most `on_policy.max_kl` away replaces that prompt's row in the rehearsal pool (which starts as the
-base model's own answers, the on-policy answers of step 0, and the earlier runs' real training rows named
-beside on_policy in the sources); the others are dropped and the pool keeps the row it had. Replayed
-rows train with cross-entropy (`replay` rows, weight 1 under every preset) and, under LwF, the KL to the
-reference.
+at most `on_policy.max_kl` away is replayed in the rehearsal share of the micro-batches that follow, ahead
+of the pool's own order (data/mixture.py: `replay_next`), and replaces that prompt's row in the rehearsal
+pool for later draws (the pool starts as the base model's own answers, the on-policy answers of step 0,
+and the earlier runs' real training rows named beside on_policy in the sources); the others are dropped
+and the pool keeps the row it had. Replayed rows train with cross-entropy (`replay` rows, weight 1 under
+every preset) and, under LwF, the KL to the reference. Fresh answers go first because the paper replays
+the rollouts it has just made: put back into a pool of hundreds drawn one row per step, a kept answer
+seldom came up at all in a run of a few dozen steps (measured: docs/forgetting.md).
 
 Every answer is recorded in RUN/on_policy.jsonl with its origin (step; prompt index and, as `from`, the
-prompt's file and line, an earlier run's prefixed), its KL and whether it was kept; a resumed run puts
-the kept ones back into the pool from there. Measured here because the filter is the retention measure
+prompt's file and line, an earlier run's prefixed), its KL, whether it was kept and, if so, the
+rehearsal stream position it is replayed at (`replay_at`); a resumed run puts the kept ones back into
+the pool and at those positions from there. Measured here because the filter is the retention measure
 (eval/retention.py); the data stream is data/mixture.py's.
 """
 
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from forgetless import files
 from forgetless.data.formats import Example
+from forgetless.data.mixture import MixedBatches
 from forgetless.data.render import encode
 from forgetless.eval.retention import answer_stats
 from forgetless.model.generate import generate
@@ -42,16 +47,19 @@ def prompt_key(row: dict) -> tuple[int, ...]:
 
 
 class OnPolicy:
-    """The loop's `adjust` hook that refreshes the rehearsal pool (`pool`: MixedBatches.general, changed in
-    place) from the current model every `every` steps."""
+    """The loop's `adjust` hook that refreshes the rehearsal pool (`batches.general`, changed in place) from
+    the current model every `every` steps and has `batches` replay the kept answers next."""
 
-    def __init__(self, settings, tokenizer, pool: list[dict], examples: list[Example], out: Path, resume: bool):
-        self.s, self.tokenizer, self.pool, self.examples, self.log = settings, tokenizer, pool, examples, out / LOG
-        self.where = {prompt_key(r): i for i, r in enumerate(pool)}  # general rows and earlier runs' rows
+    def __init__(self, settings, tokenizer, batches: MixedBatches, examples: list[Example], out: Path, resume: bool):
+        self.s, self.tokenizer, self.examples, self.log = settings, tokenizer, examples, out / LOG
+        self.batches, self.pool = batches, batches.general
+        self.where = {prompt_key(r): i for i, r in enumerate(self.pool)}  # general rows and earlier runs' rows
         if resume and self.log.is_file():
             for record in files.read_jsonl_records(self.log):
                 if record["kept"]:
-                    self._replace(self._row(record["prompt"], record["answer"], record["step"]))
+                    i = self._replace(self._row(record["prompt"], record["answer"], record["step"]))
+                    if i is not None and "replay_at" in record:
+                        batches.replay[record["replay_at"]] = i
         elif self.log.exists() and distributed.is_main():
             self.log.unlink()  # a fresh run in a reused directory: the old records describe another run
 
@@ -60,12 +68,12 @@ class OnPolicy:
         row = encode(self.tokenizer, Example(f"on_policy:step {step}:prompt {index}", messages=messages))
         return {**row, "rehearsal": True, "replay": True, "origin": f"on_policy:step {step}:prompt {index}"}
 
-    def _replace(self, row: dict) -> bool:
+    def _replace(self, row: dict) -> int | None:
+        """The pool index whose row `row` replaced (None: its prompt has no row in the pool)."""
         i = self.where.get(prompt_key(row))
-        if i is None:
-            return False
-        self.pool[i] = row
-        return True
+        if i is not None:
+            self.pool[i] = row
+        return i
 
     def __call__(self, model, step: int) -> dict | None:
         if step % self.s.every:
@@ -77,14 +85,17 @@ class OnPolicy:
         per_row: list = []  # each answer's (KL sum, tokens) to the adapter-off model, from the rows just made
         plain = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]  # answer_stats skips rehearsal
         answer_stats(model, plain, self.tokenizer.pad_token_id, desc="eval: retention KL", per_row=per_row)
-        kept, records = 0, []
+        records, replaced = [], []
         for i, answer, row, (total, n) in zip(picked, answers, rows, per_row, strict=True):
             kl = total / max(n, 1)
-            keep = bool(answer.strip()) and kl <= self.s.max_kl and self._replace(row)
-            kept += keep
+            at = self._replace(row) if answer.strip() and kl <= self.s.max_kl else None
             origin = {"step": step, "prompt": i, "from": self.examples[i].where}
-            records.append(origin | {"answer": answer, "kl_per_token": kl, "kept": keep})
+            records.append(origin | {"answer": answer, "kl_per_token": kl, "kept": at is not None})
+            replaced += [at] if at is not None else []
+        kept = [r for r in records if r["kept"]]
+        for record, position in zip(kept, self.batches.replay_next(replaced), strict=True):
+            record["replay_at"] = position
         if distributed.is_main():  # every process refreshes its pool alike (greedy answers); one records them
             with self.log.open("a", encoding="utf-8") as f:  # appended whole lines; a torn last line is skipped
                 f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        return {"on_policy_answers": len(rows), "on_policy_kept": kept}
+        return {"on_policy_answers": len(rows), "on_policy_kept": len(kept)}

@@ -99,7 +99,7 @@ def _objective(r: runtime.Run, anchor, teacher, refs, batches, own: list, resume
     objective = sft.objective(fcfg, anchor, teacher, cfg.train.loss_chunk, weights)
     adjust = _between_steps(
         budget.probe(cfg, r.tokenizer, refs, weights, r.out / "metrics.jsonl" if resume else None),
-        OnPolicy(fcfg.rehearsal.on_policy, r.tokenizer, batches.general, own, r.out, resume) if own else None,
+        OnPolicy(fcfg.rehearsal.on_policy, r.tokenizer, batches, own, r.out, resume) if own else None,
     )
     return objective, adjust
 
