@@ -24,12 +24,12 @@ def test_a_resumed_run_puts_the_kept_answers_back_and_a_fresh_one_starts_clean(t
     (tmp_path / LOG).write_text("".join(json.dumps(r) + "\n" for r in records))
     batches = MixedBatches(original, original, batch_size=2, ratio=0.5, seed=0, pad_id=0)
     pool = batches.general
-    OnPolicy(OnPolicyConfig(), tokenizer, batches, examples, tmp_path, resume=True)
+    OnPolicy(OnPolicyConfig(), tokenizer, batches, examples, tmp_path, resume=True, last=10)
     assert batches.replay == {5: 1}  # replayed where the run before replayed it
     assert pool[0]["input_ids"] == original[0]["input_ids"] and pool[2]["input_ids"] == original[2]["input_ids"]
     assert pool[1]["origin"] == "on_policy:step 2:prompt 1" and pool[1]["replay"] and pool[1]["rehearsal"]
     assert prompt_key(pool[1]) == prompt_key(original[1]) and "A longer answer." in tokenizer.decode(
         pool[1]["input_ids"]
     )
-    OnPolicy(OnPolicyConfig(), tokenizer, MixedBatches(original, original, 2, 0.5, 0, 0), examples, tmp_path, False)
+    OnPolicy(OnPolicyConfig(), tokenizer, MixedBatches(original, original, 2, 0.5, 0, 0), examples, tmp_path, False, 10)
     assert not (tmp_path / LOG).exists()

@@ -18,8 +18,9 @@ class OnPolicyConfig(BaseModel):
     max_kl: float = Field(
         0.05,
         gt=0,
-        description="Filter: an answer replaces its prompt's rehearsal row when its KL to the reference (the "
-        "model with the adapter off) is at most this per token; the others are dropped (recorded, not replayed).",
+        description="Filter: an answer is replayed in the next micro-batches' rehearsal share and replaces its "
+        "prompt's rehearsal row when its KL to the reference (the model with the adapter off) is at most this per "
+        "token; the others are dropped (recorded, not replayed).",
     )
 
 

@@ -18,7 +18,8 @@ seldom came up at all in a run of a few dozen steps (measured: docs/forgetting.m
 Every answer is recorded in RUN/on_policy.jsonl with its origin (step; prompt index and, as `from`, the
 prompt's file and line, an earlier run's prefixed), its KL, whether it was kept and, if so, the
 rehearsal stream position it is replayed at (`replay_at`); a resumed run puts the kept ones back into
-the pool and at those positions from there. Measured here because the filter is the retention measure
+the pool and at those positions from there. No answers are made after the last step: nothing would
+replay them. Measured here because the filter is the retention measure
 (eval/retention.py); the data stream is data/mixture.py's.
 """
 
@@ -50,8 +51,11 @@ class OnPolicy:
     """The loop's `adjust` hook that refreshes the rehearsal pool (`batches.general`, changed in place) from
     the current model every `every` steps and has `batches` replay the kept answers next."""
 
-    def __init__(self, settings, tokenizer, batches: MixedBatches, examples: list[Example], out: Path, resume: bool):
+    def __init__(
+        self, settings, tokenizer, batches: MixedBatches, examples: list[Example], out: Path, resume: bool, last: int
+    ):
         self.s, self.tokenizer, self.examples, self.log = settings, tokenizer, examples, out / LOG
+        self.last = last  # the run's last optimizer step: answers made after it would never be replayed
         self.batches, self.pool = batches, batches.general
         self.where = {prompt_key(r): i for i, r in enumerate(self.pool)}  # general rows and earlier runs' rows
         if resume and self.log.is_file():
@@ -76,7 +80,7 @@ class OnPolicy:
         return i
 
     def __call__(self, model, step: int) -> dict | None:
-        if step % self.s.every:
+        if step % self.s.every or step >= self.last:
             return None
         picked = random.Random(step).sample(range(len(self.examples)), min(self.s.prompts, len(self.examples)))
         prompts = [list(self.examples[i].messages[:-1]) for i in picked]

@@ -26,6 +26,7 @@ from forgetless.objectives.forgetting import Weights
 from forgetless.recipes import runtime
 from forgetless.training import distributed
 from forgetless.training.monitor import final_validation
+from forgetless.training.optim import total_steps
 
 
 def run(cfg: Config, resume: bool = False) -> dict:
@@ -97,9 +98,10 @@ def _objective(r: runtime.Run, anchor, teacher, refs, batches, own: list, resume
     cfg, fcfg = r.cfg, r.cfg.forgetting
     weights = Weights.of(fcfg)  # what a forgetting budget's controller moves during training
     objective = sft.objective(fcfg, anchor, teacher, cfg.train.loss_chunk, weights)
+    last = total_steps(cfg.train, batches, distributed.state().num_processes)
     adjust = _between_steps(
         budget.probe(cfg, r.tokenizer, refs, weights, r.out / "metrics.jsonl" if resume else None),
-        OnPolicy(fcfg.rehearsal.on_policy, r.tokenizer, batches, own, r.out, resume) if own else None,
+        OnPolicy(fcfg.rehearsal.on_policy, r.tokenizer, batches, own, r.out, resume, last) if own else None,
     )
     return objective, adjust
 
