@@ -8,8 +8,9 @@ the chain with `--continue-from`:
   none        plain LoRA at every stage
   full        preset full; the earlier stages' training rows replayed beside the base's answers
   budget      full with forgetting.budget.kl (--budget-kl): KL to the stage before held at every stage
-  on-policy   full with on-policy replay: the current model's answers to the general prompts, filtered by
-              their KL to the stage before, replace the base's answers (earlier stages' rows replayed too)
+  on-policy   full with on-policy replay: the current model's answers to the general prompts and the earlier
+              stages' prompts, filtered by their KL to the stage before, replayed in the next rehearsal rows
+              and put in place of those prompts' rows (earlier stages' rows replayed too)
 
 The table: backward transfer (BWT: the mean change of each earlier task's score from just after it was
 learned to the end, scores on a 0-1 scale) and the final average over the four tasks, mean ± sd over the

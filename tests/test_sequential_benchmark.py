@@ -20,7 +20,8 @@ def test_four_stages_chain_and_report_backward_transfer(tiny_dir, tmp_path):
     tiny += ["eval.retention_max_prompts=3", "eval.retention_max_new_tokens=4", f"model.name={tiny_dir}"]
     tiny += ["forgetting.rehearsal.max_new_tokens=4", "forgetting.rehearsal.on_policy.every=1"]
     tiny += ["forgetting.rehearsal.on_policy.prompts=2", "forgetting.rehearsal.on_policy.max_new_tokens=4"]
-    args = ["--out", str(out), "--methods", "on-policy", "--seeds", "0", "--steps", "1", "1", "1", "1"]
+    # two steps a stage: the current model answers after step 1 (never after a run's last step)
+    args = ["--out", str(out), "--methods", "on-policy", "--seeds", "0", "--steps", "2", "2", "2", "2"]
     sequential.main([*args, "--max-examples", "2", "--override", *tiny])
 
     found = json.loads((out / "sequential.json").read_text())["methods"]["on-policy"][0]
