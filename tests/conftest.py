@@ -84,7 +84,7 @@ def save_tiny(out: Path, config_class, tokenizer, **traits) -> str:
     cfg = config_class(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **(TINY | traits))
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    models.save_tokenizer(tokenizer, out)
     return str(out)
 
 

@@ -127,6 +127,6 @@ def family_model_dir(cache: dict, tokenizers: dict, tmp_path_factory, family: st
         torch.manual_seed(0)
         out = tmp_path_factory.mktemp(f"tiny-{family}")
         AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
-        tok.save_pretrained(out)
+        models.save_tokenizer(tok, out)  # the added tokens in tokenizer_config.json, as hub repositories carry them
         cache[family] = str(out)
     return cache[family]

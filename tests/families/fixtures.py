@@ -214,6 +214,8 @@ def _convert(gguf: Path, template: Path, special: dict, out: Path) -> None:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
 
+    from forgetless.model.loader import save_tokenizer
+
     print(f"[fixtures] converting {gguf.name} (seconds to a minute) ...", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -231,7 +233,7 @@ def _convert(gguf: Path, template: Path, special: dict, out: Path) -> None:
     tok.chat_template = template.read_text(encoding="utf-8")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tok.save_pretrained(tmp)
+    save_tokenizer(tok, tmp)  # the added tokens in tokenizer_config.json, as hub repositories carry them
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
 

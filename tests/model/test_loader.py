@@ -1,5 +1,6 @@
 """Model resolution and loading; the slow tests use the real embedded SmolLM2-135M-Instruct."""
 
+import json
 import time
 
 import pytest
@@ -40,6 +41,21 @@ def test_precision_auto_is_fp32_on_cpu():
 
 
 @pytest.mark.slow
+def test_a_saved_tokenizer_keeps_its_added_tokens_in_the_config_and_loads_the_same(tokenizer, tmp_path):
+    """save_tokenizer writes the added tokens into tokenizer_config.json (transformers 5's save leaves them
+    out, and its loader then parses tokenizer.json again to find them); the tokenizer loaded back is the same."""
+    models.save_tokenizer(tokenizer, tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert {int(i) for i in config["added_tokens_decoder"]} == set(tokenizer.added_tokens_decoder)
+    again = models.load_tokenizer(str(tmp_path))
+    assert type(again) is type(tokenizer) and again.added_tokens_decoder == tokenizer.added_tokens_decoder
+    assert again.all_special_tokens == tokenizer.all_special_tokens and again.pad_token == tokenizer.pad_token
+    text = "<|im_start|>user\nMy order 4411 is late. ünïcode 日本語<|im_end|>"
+    assert again(text)["input_ids"] == tokenizer(text)["input_ids"]
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    assert again.apply_chat_template(chat, tokenize=False) == tokenizer.apply_chat_template(chat, tokenize=False)
+
+
 def test_embedded_model_loads_fast_from_cache_and_answers(embedded_dir):
     start = time.time()
     model, tok, path = models.load(ModelConfig())

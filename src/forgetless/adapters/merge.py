@@ -77,6 +77,6 @@ def merge(ref: str, out: Path, base: str | None = None, precision: str = "auto")
     if getattr(merged.config, "quantization_config", None) is not None:
         del merged.config.quantization_config  # the saved weights are plain tensors now
     merged.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    models.save_tokenizer(tokenizer, out)
     files.write_json(out / "forgetless_merge.json", facts)
     return facts

@@ -274,7 +274,7 @@ def save_result(run: Run, model) -> None:
     resumed run) does not apply to the new one: its record goes."""
     with files.replacing(run.out / "adapter") as tmp:
         saved.save(model, tmp, run.cfg.peft, run.cfg.model.name)
-        run.tokenizer.save_pretrained(tmp)
+        models.save_tokenizer(run.tokenizer, tmp)
     stale = run.out / TUNE_SCALE
     if stale.is_file():
         stale.unlink()
