@@ -18,7 +18,8 @@ seldom came up at all in a run of a few dozen steps (measured: docs/forgetting.m
 Every answer is recorded in RUN/on_policy.jsonl with its origin (step; prompt index and, as `from`, the
 prompt's file and line, an earlier run's prefixed), its KL, whether it was kept and, if so, the
 rehearsal stream position it is replayed at (`replay_at`); a resumed run puts the kept ones back into
-the pool and at those positions from there. No answers are made after the last step: nothing would
+the pool and at those positions from there (rounds after the checkpoint it resumes from are dropped: they
+run again). No answers are made after the last step: nothing would
 replay them. Measured here because the filter is the retention measure
 (eval/retention.py); the data stream is data/mixture.py's.
 """
@@ -36,7 +37,7 @@ from forgetless.data.render import encode
 from forgetless.eval.retention import answer_stats
 from forgetless.model.generate import generate
 from forgetless.model.likelihood import IGNORE
-from forgetless.training import distributed
+from forgetless.training import checkpoint, distributed
 
 LOG = "on_policy.jsonl"
 
@@ -59,7 +60,13 @@ class OnPolicy:
         self.batches, self.pool = batches, batches.general
         self.where = {prompt_key(r): i for i, r in enumerate(self.pool)}  # general rows and earlier runs' rows
         if resume and self.log.is_file():
-            for record in files.read_jsonl_records(self.log):
+            # rounds after the checkpoint the run resumes from belong to the lost future: they run again
+            ckpt = checkpoint.latest(out)
+            upto = int(ckpt.name.removeprefix(checkpoint.PREFIX)) if ckpt else 0
+            records = [r for r in files.read_jsonl_records(self.log) if r["step"] <= upto]
+            if distributed.is_main():
+                files.write_text(self.log, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            for record in records:
                 if record["kept"]:
                     i = self._replace(self._row(record["prompt"], record["answer"], record["step"]))
                     if i is not None and "replay_at" in record:
