@@ -19,9 +19,8 @@ Every answer is recorded in RUN/on_policy.jsonl with its origin (step; prompt in
 prompt's file and line, an earlier run's prefixed), its KL, whether it was kept and, if so, the
 rehearsal stream position it is replayed at (`replay_at`); a resumed run puts the kept ones back into
 the pool and at those positions from there (rounds after the checkpoint it resumes from are dropped: they
-run again). No answers are made after the last step: nothing would
-replay them. Measured here because the filter is the retention measure
-(eval/retention.py); the data stream is data/mixture.py's.
+run again). No answers are made after the last step: nothing would replay them. Measured here because the
+filter is the retention measure (eval/retention.py); the data stream is data/mixture.py's.
 """
 
 from __future__ import annotations
@@ -61,8 +60,7 @@ class OnPolicy:
         self.where = {prompt_key(r): i for i, r in enumerate(self.pool)}  # general rows and earlier runs' rows
         if resume and self.log.is_file():
             # rounds after the checkpoint the run resumes from belong to the lost future: they run again
-            ckpt = checkpoint.latest(out)
-            upto = int(ckpt.name.removeprefix(checkpoint.PREFIX)) if ckpt else 0
+            upto = checkpoint.latest_step(out)
             records = [r for r in files.read_jsonl_records(self.log) if r["step"] <= upto]
             if distributed.is_main():
                 files.write_text(self.log, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -110,6 +110,12 @@ def latest(out_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def latest_step(out_dir: Path) -> int:
+    """The optimizer step of the checkpoint a resumed run starts from (0: none)."""
+    found = latest(out_dir)
+    return int(found.name.removeprefix(PREFIX)) if found else 0
+
+
 def load_state(path: Path) -> dict:
     """state.pt without running its pickle: a run directory may have been copied from anywhere, and
     torch.load(weights_only=False) would execute whatever the file says. Only tensors, plain values
