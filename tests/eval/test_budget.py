@@ -12,6 +12,7 @@ import forgetless
 from forgetless.errors import UserError
 from forgetless.eval import budget
 from forgetless.objectives.forgetting import Controller, Weights
+from forgetless.recipes import compare
 from tests.conftest import write_jsonl
 
 
@@ -81,6 +82,21 @@ def test_the_steered_weight_is_lwf_else_the_rehearsal_ce():
     assert cfg.forgetting.steered == "rehearsal"
     cfg = forgetless.load_config({}, ["forgetting.budget.mc_drop=0.05"])
     assert cfg.forgetting.steered is None  # checked after training only: nothing to hold during it
+
+
+def test_under_a_kl_budget_the_lwf_kl_defaults_to_the_general_rows_and_a_written_choice_is_kept():
+    def tokens(*overrides: str) -> list[str]:
+        return forgetless.load_config({}, list(overrides)).forgetting.kl_tokens
+
+    assert tokens() == ["context", "rehearsal"]
+    assert tokens("forgetting.budget.kl=0.05") == ["rehearsal"]
+    assert tokens("forgetting.budget.mc_drop=0.05") == ["context", "rehearsal"]  # held after training only
+    assert tokens("forgetting.budget.kl=0.05", "forgetting.lwf.tokens=[context,rehearsal]") == ["context", "rehearsal"]
+    # compare's preset variants drop the budget from the same config: their KL goes back where it was
+    cfg = forgetless.load_config({}, ["forgetting.budget.kl=0.05"])
+    full = compare.variant_config(cfg, "full", compare.preset_variants(["full"])["full"])
+    assert full.forgetting.kl_tokens == ["context", "rehearsal"]
+    assert compare.effective(cfg.model_dump(mode="json"))["forgetting"]["lwf"]["tokens"] == ["rehearsal"]
 
 
 def test_within_and_the_mc_drop_read_from_both_sides():

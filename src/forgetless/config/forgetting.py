@@ -35,12 +35,14 @@ class LwfConfig(BaseModel):
         description="finetuned_base: KL(p_finetuned ‖ p_base), mode-seeking, the product default; "
         "base_finetuned: KL(p_base ‖ p_finetuned), the classic distillation direction.",
     )
-    tokens: list[Literal["context", "rehearsal", "answers"]] = Field(
-        ["context", "rehearsal"],
+    tokens: list[Literal["context", "rehearsal", "answers"]] | None = Field(
+        None,
         min_length=1,
         description="Where the KL applies: context = the task rows' non-answer tokens (system prompt, "
         "question); rehearsal = every token of the rehearsal rows; answers = the task answers themselves, "
-        "which pulls straight against the task loss (see docs/forgetting.md for the measurement).",
+        "which pulls straight against the task loss (see docs/forgetting.md for the measurement). Unset: "
+        "[context, rehearsal], or [rehearsal] only under a forgetting.budget.kl (chosen on validation rows, "
+        "docs/forgetting.md).",
     )
     positions: float = Field(
         1.0,
@@ -225,6 +227,11 @@ class ForgettingConfig(BaseModel):
         return "lwf" if self.uses_lwf else "rehearsal"
 
     @property
+    def kl_tokens(self) -> list[str]:
+        """Where the LwF KL applies: `lwf.tokens`, or when unset the automatic choice (`kl_tokens_of`)."""
+        return kl_tokens_of(self.lwf.tokens, self.budget.kl)
+
+    @property
     def uses_lwf(self) -> bool:
         return self.preset in ("lwf", "full") and self.lwf.weight > 0
 
@@ -235,13 +242,23 @@ class ForgettingConfig(BaseModel):
     @property
     def rehearsal_ce_weight(self) -> float:
         """The CE weight on the base model's own answers (self-rehearsal)."""
-        return rehearsal_ce_weight(self.preset, self.rehearsal.weight, self.lwf.weight, self.lwf.tokens)
+        return rehearsal_ce_weight(self.preset, self.rehearsal.weight, self.lwf.weight, self.kl_tokens)
 
     @property
     def replay_ce_weight(self) -> float:
         """The CE weight on earlier runs' training rows: the KL to the base does not teach an earlier task's
         answers, so the automatic weight stays 1 under `full` too."""
         return 1.0 if self.rehearsal.weight is None else self.rehearsal.weight
+
+
+def kl_tokens_of(tokens: list[str] | None, budget_kl: float | None) -> list[str]:
+    """`forgetting.lwf.tokens` as training uses it. Unset, the KL goes on the task rows' context and the general
+    rows, except under a KL budget: there on the general rows only, the number the budget bounds. Raised by the
+    controller, a KL on the task's own prompt tokens held the task back (triage's validation rows: 90% of plain
+    LoRA's gain with it, 100% without; docs/forgetting.md)."""
+    if tokens is not None:
+        return tokens
+    return ["rehearsal"] if budget_kl is not None else ["context", "rehearsal"]
 
 
 def rehearsal_ce_weight(preset: str, weight: float | None, lwf_weight: float, lwf_tokens: list[str]) -> float:

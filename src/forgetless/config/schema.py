@@ -17,6 +17,7 @@ from forgetless.config.forgetting import (  # noqa: F401  (one place to import e
     ForgettingConfig,
     LwfConfig,
     RehearsalConfig,
+    kl_tokens_of,
     rehearsal_ce_weight,
 )
 from forgetless.config.preference import DpoConfig, GrpoConfig, RlhfConfig

@@ -80,7 +80,7 @@ def counts(batch: dict, cfg: ForgettingConfig) -> dict[str, int]:
     m = masks_of(batch)
     out = {"targets": int(m["task_answers"].sum()), "rehearsal": int(m["rehearsal_answers"].sum()), "batches": 1}
     if cfg.uses_lwf:
-        out["kl"] = int(kl_positions(m, cfg.lwf.tokens).sum())
+        out["kl"] = int(kl_positions(m, cfg.kl_tokens).sum())
     return out
 
 
@@ -105,7 +105,7 @@ def terms(model, batch, out: forward.Outputs, masks, norms, cfg: ForgettingConfi
         result["ce_rehearsal"] = total / norms["rehearsal"]
     lwf = cfg.lwf
     if cfg.uses_lwf:
-        where = kl_positions(masks, lwf.tokens)
+        where = kl_positions(masks, cfg.kl_tokens)
         if lwf.positions < 1:
             where = sample_positions(where, lwf.positions, batch_seed(batch))
         kl = torch.zeros((), device=states.device)  # stays 0 for e.g. a task-only piece under tokens=[rehearsal]

@@ -27,7 +27,7 @@ def pair_counts(batch: dict, fcfg: ForgettingConfig) -> dict[str, int]:
     out = {"pairs": batch["input_ids"].shape[0] // 2, "chosen_tokens": int(chosen.sum()), "batches": 1}
     if fcfg.uses_lwf:
         masks = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])
-        out["kl"] = int(forgetting.kl_positions(masks, [t for t in fcfg.lwf.tokens if t == "context"]).sum())
+        out["kl"] = int(forgetting.kl_positions(masks, [t for t in fcfg.kl_tokens if t == "context"]).sum())
     return out
 
 
@@ -70,7 +70,7 @@ def dpo_objective(cfg: DpoConfig, fcfg: ForgettingConfig) -> Objective:
         terms = {"dpo": loss.sum() / norms["pairs"]}
         if cfg.sft_weight > 0:  # a token-mean NLL of the chosen answers: summed log-probs, not IPO's averages
             terms["sft"] = cfg.sft_weight * -logps[0::2].sum() / norms["chosen_tokens"]
-        if fcfg.uses_lwf and "context" in fcfg.lwf.tokens:  # the prompt tokens keep the base's predictions
+        if fcfg.uses_lwf and "context" in fcfg.kl_tokens:  # the prompt tokens keep the base's predictions
             where = position_masks(labels, mask, batch["rehearsal"])["context"]
             terms["lwf"] = forgetting.lwf_on_logits(logits, ref_logits, where, batch, fcfg, w, norms)
         return terms, _rewards(chosen, rejected, norms["pairs"])

@@ -17,7 +17,7 @@ import yaml
 
 from forgetless import files
 from forgetless.config import loader
-from forgetless.config.schema import Config, rehearsal_ce_weight
+from forgetless.config.schema import Config, kl_tokens_of, rehearsal_ce_weight
 from forgetless.errors import UserError
 from forgetless.eval import report
 
@@ -50,7 +50,9 @@ def effective(tree: dict) -> dict:
     run), with the automatic rehearsal CE weight resolved."""
     f = dict(tree["forgetting"])
     reh, lwf = dict(f["rehearsal"]), f["lwf"]
+    lwf = {**lwf, "tokens": kl_tokens_of(lwf["tokens"], f["budget"]["kl"])}  # unset: the automatic choice, named
     reh["weight"] = rehearsal_ce_weight(f["preset"], reh.get("weight"), lwf["weight"], lwf["tokens"])
+    f["lwf"] = lwf
     f["rehearsal"] = reh
     if f["preset"] not in ("lwf", "full") or f["lwf"]["weight"] == 0:
         f.pop("lwf")
