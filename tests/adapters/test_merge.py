@@ -1,6 +1,7 @@
 """`forgetless merge`: the merged model computes what base + adapter computed, for LoRA and QLoRA."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,3 +37,20 @@ def test_merged_equals_adapter_model(tiny_overrides, tmp_path, quantization, cap
     facts = json.loads((out / "forgetless_merge.json").read_text())
     assert facts["adapter_type"] == "lora" and (quantization == "none") == (facts["merged_into"] == "the base weights")
     assert main(["merge", str(run), "--out", str(out)]) == 2  # never overwrites
+
+
+def test_a_merge_that_fails_half_way_leaves_nothing_at_out(tiny_overrides, tmp_path, monkeypatch):
+    """The weights are written before the tokenizer: a failure between them must not leave a model folder
+    at --out that loads but has no tokenizer (nor block the next try with a non-empty --out)."""
+    forgetless.train({}, tiny_overrides)
+    run, out = tmp_path / "run", tmp_path / "merged"
+
+    def no_space(tokenizer, directory):
+        assert any(Path(directory).glob("*.safetensors"))  # the weights were already written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(models, "save_tokenizer", no_space)
+    assert main(["merge", str(run), "--out", str(out)]) != 0
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if "merged" in p.name]  # nor a temporary one
+    monkeypatch.undo()
+    assert main(["merge", str(run), "--out", str(out)]) == 0 and (out / "tokenizer_config.json").is_file()

@@ -76,7 +76,8 @@ def merge(ref: str, out: Path, base: str | None = None, precision: str = "auto")
     merged, tokenizer, facts = load_merged(ref, base, precision)
     if getattr(merged.config, "quantization_config", None) is not None:
         del merged.config.quantization_config  # the saved weights are plain tensors now
-    merged.save_pretrained(out)
-    models.save_tokenizer(tokenizer, out)
-    files.write_json(out / "forgetless_merge.json", facts)
+    with files.replacing(out) as tmp:  # a merge stopped half-way leaves no half-written model at --out
+        merged.save_pretrained(tmp)
+        models.save_tokenizer(tokenizer, tmp)
+        files.write_json(tmp / "forgetless_merge.json", facts)
     return facts
