@@ -110,7 +110,7 @@ def test_within_and_the_mc_drop_read_from_both_sides():
     assert not budget.within(cfg, {"kl": None, "mc_drop": 0.0})  # an unmeasured bound is never met
 
 
-def _budget_run(tiny_overrides, tmp_path, kl: float, name: str) -> tuple[dict, list[dict]]:
+def _budget_run(tiny_overrides, tmp_path, kl: float, name: str, *extra: str) -> tuple[dict, list[dict]]:
     prompts = [{"instruction": f"Name a colour, {w}."} for w in ("please", "now", "quickly", "kindly")]
     summary = forgetless.train(
         {},
@@ -125,6 +125,7 @@ def _budget_run(tiny_overrides, tmp_path, kl: float, name: str) -> tuple[dict, l
             f"forgetting.budget.kl={kl}",
             "forgetting.budget.every=2",
             "forgetting.budget.probe_prompts=2",
+            *extra,
         ],
     )
     rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -134,7 +135,8 @@ def _budget_run(tiny_overrides, tmp_path, kl: float, name: str) -> tuple[dict, l
 def test_the_controller_moves_lwf_on_the_tiny_model_and_the_dial_saves_the_closest_point(tiny_overrides, tmp_path):
     """A budget far below what the run drifts: every probe raises λ, and the trained adapter is dialled down
     (to the smallest scale, 1/32, when even that is over); a budget far above: every probe lowers λ."""
-    tight, probes = _budget_run(tiny_overrides, tmp_path, 1e-9, "tight")
+    # without hold (the default), which keeps λ while a KL over the budget falls: every probe raises it
+    tight, probes = _budget_run(tiny_overrides, tmp_path, 1e-9, "tight", "forgetting.budget.hold=false")
     weights = [p["lwf_weight"] for p in probes]
     assert [p["step"] for p in probes] == [2, 4, 6] and all(p[budget.PROBE_KL] > 1e-9 for p in probes)
     assert weights[0] > 0.5 and all(b > a for a, b in pairwise(weights))
@@ -156,10 +158,14 @@ def test_the_controller_moves_lwf_on_the_tiny_model_and_the_dial_saves_the_close
 
 
 def test_a_resumed_run_takes_the_controllers_weight_back(tmp_path, monkeypatch):
-    """The weight, and whether the budget was reached (the controller lowers it from then on)."""
+    """The weight at the checkpoint the run resumes from, and whether the budget was reached by then (the
+    controller lowers it from then on); a probe logged after that checkpoint is of the lost future."""
     cfg = forgetless.load_config({}, ["forgetting.budget.kl=0.05", "forgetting.budget.every=1"])
     for reached, kl in ((True, 0.1), (False, 0.01)):
-        log = write_jsonl(tmp_path / f"metrics-{kl}.jsonl", [{"step": 5, budget.PROBE_KL: kl, "lwf_weight": 2.5}])
+        run = tmp_path / f"run-{kl}"
+        (run / "checkpoints" / "step-5").mkdir(parents=True)
+        lost = {"step": 6, budget.PROBE_KL: 0.2, "lwf_weight": 9.0}  # logged, then the run stopped before step 10
+        log = write_jsonl(run / "metrics.jsonl", [{"step": 5, budget.PROBE_KL: kl, "lwf_weight": 2.5}, lost])
         weights = Weights.of(cfg.forgetting)
         adjust = budget.probe(cfg, None, ["ref"], weights, log)
         assert adjust is not None and weights.lwf == 2.5
@@ -174,6 +180,7 @@ def test_a_resumed_run_takes_the_last_probe_back_for_the_lookahead(tmp_path, mon
     0.06 alone is over it and the weight would rise)."""
     cfg = forgetless.load_config({}, ["forgetting.budget.kl=0.05", "forgetting.budget.every=1",
                                       "forgetting.budget.lookahead=1"])  # fmt: skip
+    (tmp_path / "checkpoints" / "step-5").mkdir(parents=True)
     log = write_jsonl(tmp_path / "metrics.jsonl", [{"step": 5, budget.PROBE_KL: 0.1, "lwf_weight": 2.0}])
     weights = Weights.of(cfg.forgetting)
     adjust = budget.probe(cfg, None, ["ref"], weights, log)

@@ -104,10 +104,10 @@ def test_retention_gives_the_same_numbers_cut_or_whole(tiny_dir, tokenizer):
 
 
 def test_the_probe_kl_from_the_whole_pass_equals_the_probe_alone(tiny_dir, tokenizer):
-    """retention(probe=k) reads the KL over the first k references out of the pass over all of them
+    """retention(probe=k) reads the KL over the probe's k references out of the pass over all of them
     (rows batched by length, so not in their order): the number the training loop's probe computes."""
     from forgetless.data.formats import Example
-    from forgetless.eval.retention import retention
+    from forgetless.eval.retention import probe_of, retention
 
     answers = ["hello there", "a much longer answer about rivers and the weather today", "no", "fine, thanks", "ok"]
     refs = [
@@ -116,7 +116,8 @@ def test_the_probe_kl_from_the_whole_pass_equals_the_probe_alone(tiny_dir, token
     ]
     model = lora_model(tiny_dir).eval()
     result = retention(model, tokenizer, refs, max_new_tokens=3, probe=2)
-    assert result["probe_kl"] == pytest.approx(kl_to_base(model, tokenizer, refs[:2]), rel=1e-5)
+    assert [r.where for r in probe_of(refs, 2)] == ["r0", "r2"]  # spread through the prompts, not the first two
+    assert result["probe_kl"] == pytest.approx(kl_to_base(model, tokenizer, probe_of(refs, 2)), rel=1e-5)
     assert result["probe_kl"] != pytest.approx(result["kl_per_token"], rel=1e-3)  # a subset, not the whole
     assert "probe_kl" not in retention(model, tokenizer, refs, max_new_tokens=3)
 

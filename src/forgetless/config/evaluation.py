@@ -70,7 +70,10 @@ class EvalConfig(BaseModel):
         "file's English and Japanese both stay (default: all of them).",
     )
     probe_prompts: int = Field(
-        24, ge=0, description="Held-out general prompts in the retention probe run at every validation (0 = off)."
+        24,
+        ge=0,
+        description="Held-out general prompts in the retention probe run at every validation, picked evenly "
+        "through them (0 = off).",
     )
     max_kl: float | None = Field(
         None, gt=0, description="Forgetting budget: the probe's KL to base per token that must not be exceeded."

@@ -152,7 +152,10 @@ class BudgetConfig(BaseModel):
         "training step; every 2 with horizon 3 was chosen on validation rows, docs/forgetting.md).",
     )
     probe_prompts: int = Field(
-        8, ge=1, description="Held-out general prompts the controller's probe measures (the first of eval.retention's)."
+        8,
+        ge=1,
+        description="Held-out general prompts the controller's probe measures (picked evenly through "
+        "eval.retention's, so every category and language is in it).",
     )
     horizon: float = Field(
         3.0,
@@ -167,9 +170,10 @@ class BudgetConfig(BaseModel):
         "carried forward): a KL over the budget but falling fast stops raising the weight; 0 = proportional only.",
     )
     hold: bool = Field(
-        False,
+        True,
         description="Above the budget but lower than at the last probe, hold the weight rather than raise it "
-        "(conditional integration, the anti-windup of PI controllers): the KL is already coming back.",
+        "(conditional integration, the anti-windup of PI controllers): the KL is already coming back. Chosen on "
+        "three seeds of validation rows (docs/forgetting.md); false = raise it at every probe over the budget.",
     )
     dial: bool = Field(
         True,

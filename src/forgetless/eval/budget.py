@@ -1,9 +1,10 @@
 """A forgetting budget (forgetting.budget) kept: the controller's probe during training, the check after
 it, and the dial that scales a LoRA adapter down when the trained model is still over the budget.
 
-During training, every `budget.every` steps the probe measures the KL to the base per token on the first
-`budget.probe_prompts` held-out general prompts and the controller (objectives/forgetting.py) moves the
-steered weight; both go to metrics.jsonl, from which a resumed run takes the weight back.
+During training, every `budget.every` steps the probe measures the KL to the base per token on
+`budget.probe_prompts` held-out general prompts picked evenly through them (retention.probe_of), and the
+controller (objectives/forgetting.py) moves the steered weight; both go to metrics.jsonl, from which a
+resumed run takes the weight back.
 
 After training the retention evaluation measures the budget's numbers on every held-out prompt (and
 multiple-choice question). Over budget, a LoRA adapter is scaled down (the tune-scale dial: s·ΔW, s = 1
@@ -22,8 +23,9 @@ from forgetless import files
 from forgetless.adapters import layer_scales
 from forgetless.config.schema import Config
 from forgetless.eval import choice
-from forgetless.eval.retention import kl_to_base
+from forgetless.eval.retention import kl_to_base, probe_of
 from forgetless.objectives.forgetting import Controller, Weights
+from forgetless.training import checkpoint
 from forgetless.training.rundir import TUNE_SCALE
 
 PROBE_KL = "budget_probe_kl"
@@ -32,7 +34,8 @@ BISECTIONS = 5  # the scale found to 1/32 of the trained one
 
 def probe(cfg: Config, tokenizer, refs, weights: Weights, metrics: Path | None = None):
     """The loop's `adjust` hook holding the KL budget (None without one): every `budget.every` steps the
-    probe's KL moves the steered weight; `metrics` (a resumed run's metrics.jsonl) gives the weight back."""
+    probe's KL moves the steered weight; `metrics` (a resumed run's metrics.jsonl) gives the weight back, as
+    it was at the checkpoint the run resumes from."""
     fcfg = cfg.forgetting
     steered, b = fcfg.steered, fcfg.budget
     if steered is None or not refs:
@@ -40,13 +43,14 @@ def probe(cfg: Config, tokenizer, refs, weights: Weights, metrics: Path | None =
     control = Controller(b.kl, getattr(weights, steered), b.horizon, lookahead=b.lookahead, hold=b.hold)
     key = f"{steered}_weight"
     if metrics is not None and metrics.is_file():
+        upto = checkpoint.latest_step(metrics.parent)  # probes after it belong to the lost future (not yet cut)
         for row in files.read_jsonl_records(metrics):
-            if key in row:
+            if key in row and row.get("step", 0) <= upto:
                 control.weight = row[key]
                 control.engaged = control.engaged or row.get(PROBE_KL, 0) >= b.kl
                 control.last = row.get(PROBE_KL, control.last)
         setattr(weights, steered, control.weight)
-    shown, held = refs[: b.probe_prompts], []  # the base's side of the probe's KL never changes: measured once
+    shown, held = probe_of(refs, b.probe_prompts), []  # the base's side of the probe's KL never changes: measured once
 
     def adjust(model, step: int) -> dict | None:
         if step % b.every:

@@ -18,7 +18,7 @@ from forgetless.data.mixture import MixedBatches
 from forgetless.data.preference import build_pairs, collate_pairs, fixed_pairs
 from forgetless.eval import suite
 from forgetless.eval.preference import measure
-from forgetless.eval.retention import kl_to_base
+from forgetless.eval.retention import kl_to_base, probe_of
 from forgetless.objectives.preference import dpo_objective, dpo_scores
 from forgetless.recipes import runtime
 
@@ -66,7 +66,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
 
 def _in_training_eval(cfg: Config, tokenizer, val: list[dict], refs):
     """Held-out DPO loss (for early stopping) and the retention probe."""
-    probe = (refs or [])[: cfg.eval.probe_prompts]
+    probe = probe_of(refs or [], cfg.eval.probe_prompts)
 
     def evaluate(m) -> dict[str, float]:
         result = {}

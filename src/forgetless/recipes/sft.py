@@ -20,7 +20,7 @@ from forgetless.data.mixture import MixedBatches
 from forgetless.data.packing import attention_cost
 from forgetless.eval import base_cache, budget, earlier_tasks, suite
 from forgetless.eval.on_policy import OnPolicy
-from forgetless.eval.retention import kl_to_base
+from forgetless.eval.retention import kl_to_base, probe_of
 from forgetless.objectives import sft
 from forgetless.objectives.forgetting import Weights
 from forgetless.recipes import runtime
@@ -196,7 +196,7 @@ def packing(cfg: Config) -> bool:
 
 def _in_training_eval(cfg: Config, tokenizer, val: list[dict], refs):
     """Validation loss and the cheap retention probe (KL to base on a few held-out prompts)."""
-    probe = (refs or [])[: cfg.eval.probe_prompts]
+    probe = probe_of(refs or [], cfg.eval.probe_prompts)
     if not val and not probe:
         return None
 
@@ -213,7 +213,7 @@ def _in_training_eval(cfg: Config, tokenizer, val: list[dict], refs):
 
 def _validation_of(after: dict) -> dict[str, float]:
     """The in-training validation's numbers, read from the final evaluation: the validation loss is
-    the log of the task perplexity (same rows), the probe's KL that of the first probe prompts."""
+    the log of the task perplexity (same rows), the probe's KL that of the probe's prompts."""
     result = {"val_loss": math.log(after["task"]["perplexity"])}
     if "probe_kl" in (after.get("prompts") or {}):
         result["retention_kl"] = after["prompts"]["probe_kl"]
