@@ -42,6 +42,7 @@ from pathlib import Path
 import machine  # benchmarks/machine.py: the CPU the runs trained on
 import outputs  # benchmarks/outputs.py: every file written whole
 import tasks  # benchmarks/tasks.py: the task data
+from outputs import mean_sd
 
 from forgetless import api
 from forgetless.adapters import layer_scales
@@ -116,12 +117,6 @@ def row(method: str, seed: int, found: dict, metric: str) -> dict:
         "train_seconds": s.get("train_seconds"),
         "wall_seconds": s.get("wall_seconds"),
     }
-
-
-def mean_sd(values: list[float], spec: str = ".3f", unit: str = "") -> str:
-    if len(values) < 2:
-        return f"{values[0]:{spec}}{unit}" if values else "–"
-    return f"{statistics.mean(values):{spec}}{unit} ± {statistics.stdev(values):{spec}}{unit}"
 
 
 def _scale(scale) -> str:

@@ -10,6 +10,8 @@ Methods:
   none, lwf, rehearsal, full  forgetless presets (rehearsal = the base model's own answers, 20% of a batch)
   replay-10, replay-30        replay only, no LwF: forgetless's rehearsal at ratio 0.1 (4 rows in every 9
                               batches of 4 = 10%) / 0.3 (2 rows per batch of 4 = 33%)
+  on-policy                   full with on-policy replay (forgetting.rehearsal.source=on_policy): the current
+                              model's own answers to general prompts, kept within on_policy.max_kl, replayed
   trl-sft                     TRL SFTTrainer + PEFT, loss on the answers (its prompt-completion default)
   trl-sdft                    TRL's experimental SDFTTrainer + PEFT with its defaults (on-policy samples,
                               teacher = the base, adapter off, conditioned on the demonstration), except
@@ -19,21 +21,25 @@ Beside the table of each task: SDFT's teacher scored on its own (the base model 
 reference answer in its prompt), which bounds what self-distillation can teach.
 
 Run: python benchmarks/frontier.py [--out runs/frontier] [--tasks triage keigo replies] [--methods ...]
-     [--steps 30] [--model NAME] [--max-examples 30]
-A finished method is reused (delete its folder to redo it). Writes OUT/frontier.md (a table per task),
-OUT/frontier.json and OUT/frontier.png (task gain against KL to base, every method; one panel per task).
+     [--seeds 0 1 2] [--steps 30] [--model NAME] [--max-examples 30]
+Every method trains once per seed (train.seed; TRL's seed), in OUT/TASK/METHOD/seed-N. A finished run is
+reused (delete its folder to redo it), so the seeds can be run a few at a time. Writes OUT/frontier.md (a
+table per task: mean ± sd over the seeds, gain kept against `none`'s mean gain), OUT/frontier.json (every
+run's row) and OUT/frontier.png (task gain against KL to base, every run; one panel per task).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import outputs  # benchmarks/outputs.py: every file written whole
 import tasks  # benchmarks/tasks.py: the task data
+from outputs import mean_sd
 
 from forgetless import api
 from forgetless.config.schema import Config
@@ -53,6 +59,7 @@ PRESETS = {
     "full": ["forgetting.preset=full"],
     "replay-10": ["forgetting.preset=rehearsal", "forgetting.rehearsal.ratio=0.1"],
     "replay-30": ["forgetting.preset=rehearsal", "forgetting.rehearsal.ratio=0.3"],
+    "on-policy": ["forgetting.preset=full", "forgetting.rehearsal.source=on_policy"],
 }
 METHODS = [*PRESETS, "trl-sft", "trl-sdft"]
 
@@ -172,18 +179,17 @@ def run_method(shared: list[str], method: str, run: Path) -> dict:
     return found
 
 
-def row(found: dict, metric: str, none_gain: float | None) -> dict:
+def row(found: dict, metric: str, seed: int) -> dict:
     ev = found["eval"]
     t = ev["task"][metric]
     r = ev["retention"]
     bench = next(iter(r.get("benchmarks", {}).values()), None)
-    gain = t["finetuned"] - t["base"]
     return {
         "method": found["method"],
+        "seed": seed,
         "base": t["base"],
         "tuned": t["finetuned"],
-        "gain": gain,
-        "kept": gain / none_gain if none_gain else None,
+        "gain": t["finetuned"] - t["base"],
         "kl": r["prompts"]["kl_per_token"],
         "kl_task": r["task_prompts"]["kl_base_to_tuned"],
         "agreement": r["prompts"]["agreement"],
@@ -195,24 +201,34 @@ def row(found: dict, metric: str, none_gain: float | None) -> dict:
 
 
 def table(task: str, metric: str, rows: list[dict]) -> list[str]:
+    """Mean ± sd over the seeds per method; gain kept against `none`'s mean gain (– without `none`). One
+    seed: its multiple-choice difference with its 95% CI; several: the differences' mean ± sd."""
+    nones = [r["gain"] for r in rows if r["method"] == "none"]
+    none_gain = statistics.mean(nones) if nones else None
     head = f"| method | {metric} base → tuned | gain kept vs none | KL to base / token | KL(base ‖ tuned) task "
-    head += "| unchanged answers | MC acc (Δ, 95% CI) | train s |"
-    lines = [f"### {task}", "", head, "|" + "---|" * 8]
-    for r in rows:
-        kept = "–" if r["kept"] is None else f"{100 * r['kept']:.0f}%"
-        mc = (
-            "–"
-            if r["mc"] is None
-            else f"{r['mc']:.3f} ({r['mc_diff']:+.3f} [{r['mc_ci'][0]:+.2f}, {r['mc_ci'][1]:+.2f}])"
-        )
+    head += "| unchanged answers | MC acc (Δ) | train s | seeds |"
+    lines = [f"### {task}", "", head, "|" + "---|" * 9]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        kept = mean_sd([100 * r["gain"] / none_gain for r in mine], ".0f", "%") if none_gain else "–"
+        mcs = [r for r in mine if r["mc"] is not None]
+        if not mcs:
+            mc = "–"
+        elif len(mcs) == 1:
+            r = mcs[0]
+            mc = f"{r['mc']:.3f} ({r['mc_diff']:+.3f} [{r['mc_ci'][0]:+.2f}, {r['mc_ci'][1]:+.2f}])"
+        else:
+            mc = f"{mean_sd([r['mc'] for r in mcs])} ({mean_sd([r['mc_diff'] for r in mcs], '+.3f')})"
         lines.append(
-            f"| {r['method']} | {r['base']:.3f} → {r['tuned']:.3f} | {kept} | {r['kl']:.4f} | {r['kl_task']:.3f} "
-            f"| {r['agreement']:.3f} | {mc} | {r['train_seconds']:.0f} |"
+            f"| {method} | {mine[0]['base']:.3f} → {mean_sd([r['tuned'] for r in mine])} | {kept} "
+            f"| {mean_sd([r['kl'] for r in mine], '.4f')} | {mean_sd([r['kl_task'] for r in mine])} "
+            f"| {mean_sd([r['agreement'] for r in mine])} | {mc} "
+            f"| {mean_sd([r['train_seconds'] for r in mine], '.0f')} | {len(mine)} |"
         )
     return [*lines, ""]
 
 
-MARKERS = {"none": "o", "lwf": "o", "rehearsal": "o", "full": "o", "replay-10": "s", "replay-30": "s"}
+MARKERS = {"none": "o", "lwf": "o", "rehearsal": "o", "full": "o", "on-policy": "o", "replay-10": "s", "replay-30": "s"}
 
 
 def chart(results: dict[str, list[dict]], path: Path) -> None:
@@ -227,9 +243,11 @@ def chart(results: dict[str, list[dict]], path: Path) -> None:
     colours = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(METHODS)}
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results) + 1.6, 4.2), squeeze=False)
     for ax, (task, rows) in zip(axes[0], results.items(), strict=True):
-        for r in rows:
-            marker = MARKERS.get(r["method"], "^")
-            ax.scatter(r["kl"], r["gain"], color=colours[r["method"]], marker=marker, s=55, label=r["method"])
+        for method in dict.fromkeys(r["method"] for r in rows):  # every seed's point, one legend entry
+            mine = [r for r in rows if r["method"] == method]
+            marker = MARKERS.get(method, "^")
+            kls, gains = [r["kl"] for r in mine], [r["gain"] for r in mine]
+            ax.scatter(kls, gains, color=colours[method], marker=marker, s=55, label=method)
         ax.set_xscale("log")
         ax.set(title=task, xlabel="KL to base per token (held-out prompts, log)", ylabel="task gain (tuned − base)")
         ax.grid(alpha=0.3)
@@ -244,6 +262,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--out", default="runs/frontier")
     ap.add_argument("--tasks", nargs="+", default=["triage", "keigo", "replies"])
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     tasks.run_arguments(ap)
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -251,13 +270,15 @@ def main(argv: list[str]) -> None:
     results: dict[str, list[dict]] = {}
     for task in args.tasks:
         shared = task_overrides(task, out, args)
-        found = {m: run_method(shared, m, out / task / m) for m in args.methods}
         cfg = api.load_config(RECIPE, shared)
         metric = cfg.eval.metric
-        none_gain = row(found["none"], metric, None)["gain"] if "none" in found else None
-        results[task] = [row(f, metric, none_gain) for f in found.values()]
+        results[task] = [
+            row(run_method([*shared, f"train.seed={seed}"], m, out / task / m / f"seed-{seed}"), metric, seed)
+            for m in args.methods
+            for seed in args.seeds
+        ]
         lines += table(task, metric, results[task])
-        if "trl-sdft" in found:
+        if "trl-sdft" in args.methods:
             teacher = sdft_teacher(cfg, out / task)
             lines += [
                 f"SDFT's teacher (the base with the reference answer in its prompt), greedy: {metric} "

@@ -1,6 +1,6 @@
 """How benchmarks write what they measured: every file whole or not at all (forgetless.files: a
-temporary name renamed into place), charts included, and the marked section of a docs page that
-quotes a benchmark's table replaced without touching the rest of the page.
+temporary name renamed into place), charts included, the marked section of a docs page that quotes a
+benchmark's table replaced without touching the rest of the page, and a number over seeds as mean ± sd.
 
 Imported by every benchmark that writes a file.
 """
@@ -8,11 +8,12 @@ Imported by every benchmark that writes a file.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from forgetless.files import read_text, replacing, write_json, write_text
 
-__all__ = ["fill_section", "save_figure", "write_json", "write_jsonl", "write_text"]
+__all__ = ["fill_section", "mean_sd", "save_figure", "write_json", "write_jsonl", "write_text"]
 
 
 def write_jsonl(path: Path | str, rows: list[dict]) -> Path:
@@ -40,3 +41,10 @@ def fill_section(page: Path | str, begin: str, text: str, end: str | None = None
     if found and end in rest:
         return write_text(page, head + section + rest.partition(end)[2])
     return write_text(page, old + ("\n" if old and not old.endswith("\n") else "") + section + "\n")
+
+
+def mean_sd(values: list[float], spec: str = ".3f", unit: str = "") -> str:
+    """Values over seeds as a table cell: "mean ± sd", the one value alone, or – for none."""
+    if len(values) < 2:
+        return f"{values[0]:{spec}}{unit}" if values else "–"
+    return f"{statistics.mean(values):{spec}}{unit} ± {statistics.stdev(values):{spec.lstrip('+')}}{unit}"

@@ -35,6 +35,7 @@ from pathlib import Path
 import machine  # benchmarks/machine.py: the CPU the chains trained on
 import outputs  # benchmarks/outputs.py: every file written whole
 import tasks  # benchmarks/tasks.py: the task data
+from outputs import mean_sd
 
 from forgetless import api
 from forgetless.eval import earlier_tasks
@@ -81,14 +82,6 @@ def costs(runs: list[Path]) -> dict:
     }
 
 
-def mean_sd(values: list[float]) -> str:
-    if not values:
-        return "–"
-    return (
-        f"{values[0]:+.3f}" if len(values) < 2 else f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
-    )
-
-
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/sequential")
@@ -124,7 +117,7 @@ def main(argv: list[str]) -> None:
         seconds, train = (statistics.mean(r[k] for r in results) for k in COSTS[:2])
         hooks = [r["adjust_seconds"] for r in results if r["adjust_seconds"] is not None]
         hook = f"{statistics.mean(hooks):.0f}" if len(hooks) == len(results) else "–"
-        cells = f"{mean_sd(bwt)} | {mean_sd(final).lstrip('+')} | {seconds:.0f} | {train:.0f} / {hook}"
+        cells = f"{mean_sd(bwt, '+.3f')} | {mean_sd(final)} | {seconds:.0f} | {train:.0f} / {hook}"
         lines.append(f"| {method} | {cells} |")
     text = "\n".join([*lines, "", *matrices])
     outputs.write_json(out / "sequential.json", {"machine": machine.describe(), "args": vars(args), "methods": found})
