@@ -25,7 +25,7 @@ Run: python benchmarks/frontier.py [--out runs/frontier] [--tasks triage keigo r
 Every method trains once per seed (train.seed; TRL's seed), in OUT/TASK/METHOD/seed-N. A finished run is
 reused (delete its folder to redo it), so the seeds can be run a few at a time. Writes OUT/frontier.md (a
 table per task: mean ± sd over the seeds, gain kept against `none`'s mean gain), OUT/frontier.json (every
-run's row) and OUT/frontier.png (task gain against KL to base, every run; one panel per task).
+run's row, and the machine) and OUT/frontier.png (task gain against KL to base, every run; one panel per task).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+import machine  # benchmarks/machine.py: the CPU the runs trained on
 import outputs  # benchmarks/outputs.py: every file written whole
 import tasks  # benchmarks/tasks.py: the task data
 from outputs import mean_sd
@@ -266,7 +267,12 @@ def main(argv: list[str]) -> None:
     tasks.run_arguments(ap)
     args = ap.parse_args(argv)
     out = Path(args.out)
-    lines = ["# Forgetting head-to-head (benchmarks/frontier.py)", ""]
+    lines = [
+        "# Forgetting head-to-head (benchmarks/frontier.py)",
+        "",
+        f"Machine: {machine.line(machine.describe())}.",
+        "",
+    ]
     results: dict[str, list[dict]] = {}
     for task in args.tasks:
         shared = task_overrides(task, out, args)
@@ -286,7 +292,7 @@ def main(argv: list[str]) -> None:
                 "",
             ]
     outputs.write_text(out / "frontier.md", "\n".join(lines))
-    outputs.write_json(out / "frontier.json", results)
+    outputs.write_json(out / "frontier.json", {"machine": machine.describe(), **results})
     chart(results, out / "frontier.png")
     print("\n".join(lines))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import load_benchmark
@@ -48,7 +49,14 @@ def test_every_method_trains_and_is_scored_the_same_way(tiny_dir, tmp_path):
     frontier.main([*args, "--seeds", "0", "--methods", "trl-sft", "--override", *tiny])  # a finished run is reused
     assert json.loads((out / "replies" / "trl-sft" / "seed-0" / "frontier.json").read_text()) == again
 
+    seed0 = (out / "replies" / "none" / "seed-0" / "frontier.json").read_text()
     frontier.main([*args, "--seeds", "0", "1", "--methods", "none", "--override", *tiny])  # seed 0 reused, 1 trained
+    assert (out / "replies" / "none" / "seed-0" / "frontier.json").read_text() == seed0  # not trained again
+    seeds = [
+        yaml.safe_load((out / "replies" / "none" / s / "config.yaml").read_text())["train"]["seed"]
+        for s in ("seed-0", "seed-1")
+    ]
+    assert seeds == [0, 1]  # each folder's run trained with its own seed
     rows = json.loads((out / "frontier.json").read_text())["replies"]
     assert [r["seed"] for r in rows] == [0, 1] and rows[0]["gain"] == again_none["gain"]
     line = next(x for x in (out / "frontier.md").read_text().splitlines() if x.startswith("| none |"))
