@@ -267,12 +267,8 @@ def main(argv: list[str]) -> None:
     tasks.run_arguments(ap)
     args = ap.parse_args(argv)
     out = Path(args.out)
-    lines = [
-        "# Forgetting head-to-head (benchmarks/frontier.py)",
-        "",
-        f"Machine: {machine.line(machine.describe())}.",
-        "",
-    ]
+    cpu = machine.describe()
+    lines = ["# Forgetting head-to-head (benchmarks/frontier.py)", "", f"Machine: {machine.line(cpu)}.", ""]
     results: dict[str, list[dict]] = {}
     for task in args.tasks:
         shared = task_overrides(task, out, args)
@@ -292,7 +288,7 @@ def main(argv: list[str]) -> None:
                 "",
             ]
     outputs.write_text(out / "frontier.md", "\n".join(lines))
-    outputs.write_json(out / "frontier.json", {"machine": machine.describe(), **results})
+    outputs.write_json(out / "frontier.json", {"machine": cpu, **results})
     chart(results, out / "frontier.png")
     print("\n".join(lines))
 
