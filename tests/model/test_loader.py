@@ -62,6 +62,7 @@ def test_embedded_model_loads_fast_from_cache_and_answers(embedded_dir):
     assert time.time() - start < 15 and path == embedded_dir
     answer = generate(model, tok, [[{"role": "user", "content": "What is the capital of France?"}]], 16)[0]
     assert "Paris" in answer
+    assert mapped_from(embedded_dir, list(model.parameters()))  # fp32: the weights are the checkpoint map's pages
 
 
 @pytest.mark.slow
@@ -71,6 +72,9 @@ def test_quantized_base_forward_and_backward_on_cpu(embedded_dir, quantization):
     linear = model.model.layers[0].self_attn.q_proj
     kind = {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}[quantization]
     assert type(linear).__name__ == kind
+    # the tensors kept as they were own their memory: the checkpoint's map can close (docs/performance.md)
+    assert not mapped_from(embedded_dir, [*model.parameters(), *model.buffers()])
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
     if quantization == "4bit":
         qs = linear.weight.quant_state
         assert qs.quant_type == "nf4" and qs.nested  # NF4 with double quantization
@@ -91,6 +95,17 @@ def test_quantized_base_forward_and_backward_on_cpu(embedded_dir, quantization):
         losses.append(out.loss.item())
     # learns: the same few steps take plain LoRA from ~4.0 to ~0.3 (a corrupted base stalls near 2.6)
     assert losses[-1] < 0.35 * losses[0], losses
+
+
+def mapped_from(directory: str, tensors: list) -> list:
+    """The tensors whose memory lies in a mapping of a file under `directory` (Linux's /proc/self/maps)."""
+    spans = []
+    for line in open("/proc/self/maps", encoding="utf-8"):
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].strip().startswith(str(directory)):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            spans.append((lo, hi))
+    return [t for t in tensors if any(lo <= t.data_ptr() < hi for lo, hi in spans)]
 
 
 @pytest.mark.slow

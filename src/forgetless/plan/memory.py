@@ -174,11 +174,9 @@ def estimate(shape: Shape, s: Setup) -> dict[str, float]:
     else:
         rest = n - lin
         per_linear = {"lora": b, "qlora": NF4_BYTES, "lora_8bit": 1.0}[s.method]
+        # On CPU the fp32 checkpoint read while quantizing is not counted: the loader lets its memory
+        # map go once the quantized model owns its tensors (model/loader.release_checkpoint_pages).
         weights = lin * per_linear + rest * b
-        if s.device == "cpu" and s.method != "lora":
-            # transformers keeps the checkpoint file memory-mapped for the unquantized tensors; the
-            # pages read while quantizing stay resident (and count in RSS) until memory is short.
-            weights += n * b
         grads = optim = 0.0
         adapters = shape.lora_params(s.r) * (10 if eight_bit else 16)
     # Spreading over processes: DDP replicates everything (and keeps a gradient bucket copy);
