@@ -6,6 +6,9 @@ quickstart-long's values were produced by the code before the layout change and 
 after it (identical to 6 decimals), when it was the quickstart; the five-minute quickstart's (lr 3e-3
 constant, the KL on a random quarter of its positions, λ 0.5 as before) were produced when it was
 introduced.
+Re-pinned on 2026-12-07 when LoRA's dropout began sharing one mask per shared input (q/k/v, gate/up)
+and drawing it from a PCG64 stream (adapters/dropout.py): the masks changed, so did every grad norm
+(the losses of steps 1-2 did not: no adapter has moved yet).
 Tolerances allow for float differences between CPUs (AVX2 vs AVX-512). If a change is meant to move
 these numbers, say so in its commit and re-pin.
 """
@@ -20,20 +23,20 @@ import forgetless
 from tests.conftest import write_jsonl
 
 PINNED_LONG = [  # (loss, ce, lwf, grad_norm) per optimizer step
-    (12.014546, 12.014546, 0.0, 2.703902),
-    (12.574804, 12.574804, 0.0, 2.644268),
-    (12.127546, 12.127416, 0.00013, 2.556157),
-    (12.084166, 12.083738, 0.000427, 2.774374),
-    (12.311882, 12.311256, 0.000626, 2.663806),
+    (12.014545, 12.014545, 0.0, 2.646630),
+    (12.574804, 12.574804, 0.0, 2.669845),
+    (12.126611, 12.126486, 0.000126, 2.602092),
+    (12.083309, 12.082884, 0.000425, 2.779629),
+    (12.313580, 12.312943, 0.000637, 2.667398),
 ]
 
 
 PINNED_QUICKSTART = [  # steps 1-2 equal quickstart-long's: warm-up starts at lr 0, so the adapter first moves in step 2
-    (12.014546, 12.014546, 0.0, 2.703902),
-    (12.574804, 12.574804, 0.0, 2.644269),
-    (12.064583, 12.063775, 0.000808, 2.535479),
-    (11.955380, 11.950571, 0.004809, 2.784870),
-    (12.093895, 12.084563, 0.009331, 2.602702),
+    (12.014545, 12.014545, 0.0, 2.646630),
+    (12.574804, 12.574804, 0.0, 2.669845),
+    (12.061935, 12.061193, 0.000742, 2.578364),
+    (11.953254, 11.948494, 0.004761, 2.806776),
+    (12.101362, 12.091898, 0.009464, 2.621897),
 ]
 
 

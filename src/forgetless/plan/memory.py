@@ -126,7 +126,7 @@ class Setup:
     seq_len: int = 512
     grad_checkpointing: bool = False
     r: int = 8
-    lora_dropout: bool = True  # dropout > 0 keeps a dropped copy of every adapted input
+    lora_dropout: bool = True  # dropout > 0 keeps a dropped copy of every distinct adapted input
     lwf: bool = False  # the teacher's logits (adapters off) live next to the student's
     loss_chunk: int = 1024  # train.loss_chunk: positions whose logits exist at once
     attention: Literal["sdpa", "eager"] = "sdpa"  # eager keeps the heads × S × S scores
@@ -140,10 +140,11 @@ def _activations(shape: Shape, s: Setup) -> float:
 
     Per block, what autograd saves (counted with saved-tensor hooks on the embedded model): the
     inputs of the norms, projections and MLP products (8H + 2·kv + 4I values per token); LoRA's
-    dropout adds a dropped copy of every adapted input and its mask (6H + I values, plus a byte
-    each), and its rank-r intermediates. The loss: the logits of at most loss_chunk positions in
-    the compute dtype plus two float32 copies (the cross-entropy runs in float32: the
-    log-probabilities it saves, and the gradient its backward produces).
+    dropout adds a dropped copy of every distinct adapted input and its mask (3H + I values, plus a
+    byte each: q/k/v and gate/up share theirs, adapters/dropout.py), and its rank-r intermediates.
+    The loss: the logits of at most loss_chunk positions in the compute dtype plus two float32
+    copies (the cross-entropy runs in float32: the log-probabilities it saves, and the gradient its
+    backward produces).
     """
     tokens = s.batch_size * s.seq_len
     h, kv, i, b = shape.hidden, shape.kv_dim, shape.mlp_width, s.dtype_bytes
@@ -153,7 +154,7 @@ def _activations(shape: Shape, s: Setup) -> float:
     if s.method != "full":
         block += tokens * 7 * s.r * b
         if s.lora_dropout:
-            block += tokens * (6 * h + i) * (b + 1)
+            block += tokens * (3 * h + i) * (b + 1)
     kept = shape.layers * tokens * h * b + block if s.grad_checkpointing else shape.layers * block
     # The losses make vocabulary-wide logits for at most loss_chunk positions at a time (forward.py).
     logits = min(tokens, s.loss_chunk) * shape.vocab * (b + 2 * 4 + (b if s.lwf else 0))  # (+ the teacher's)
