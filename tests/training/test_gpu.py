@@ -20,7 +20,7 @@ from forgetless.data.batching import collate
 from forgetless.data.packing import collate_packed
 from forgetless.errors import UserError
 from forgetless.model import loader as models
-from forgetless.model import speedups
+from forgetless.model import packed_attention, speedups
 from forgetless.objectives.sft import counts, objective
 from tests.conftest import write_jsonl
 
@@ -31,7 +31,7 @@ def test_gpu_only_choices_fail_clearly_on_cpu(tiny_dir):
     cpu = torch.device("cpu")
     with pytest.raises(UserError, match="flash_attention_2 needs a CUDA GPU"):
         models.attention("flash_attention_2", cpu)
-    assert models.attention("auto", cpu) == "sdpa"
+    assert models.attention("auto", cpu) == packed_attention.NAME  # SDPA, row by row in packed batches
     with pytest.raises(UserError, match="train.liger needs a CUDA GPU"):
         speedups.apply_liger(AutoModelForCausalLM.from_pretrained(tiny_dir), cpu)
 

@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from forgetless.model import packed_attention
 from forgetless.model.likelihood import IGNORE
 
 
@@ -29,9 +30,10 @@ def attention_cost(config, attention: str) -> float:
     Per layer and token the linear layers cost ~2(4H² + 3HI) FLOPs and attention over a sequence
     of W tokens ~4WH; SDPA with a block mask computes every block, so a packed sequence pays for
     attention across its rows: W / (2H + 1.5I) more per token. FlashAttention-2 (variable-length)
-    skips other rows' blocks: no such cost.
+    and forgetless's row-by-row SDPA on CPU (model/packed_attention.py) skip other rows' blocks: no
+    such cost.
     """
-    if attention == "flash_attention_2":
+    if attention in ("flash_attention_2", packed_attention.NAME):  # both skip the blocks between rows
         return math.inf
     return 2 * config.hidden_size + 1.5 * config.intermediate_size
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import extract_model_from_parallel
 
+from forgetless.model import packed_attention
 from forgetless.model.families import family
 
 
@@ -49,13 +50,21 @@ class SoftCapped(torch.nn.Module):
         return torch.tanh(self.head(states) / self.cap) * self.cap
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def model_inputs(batch: dict[str, torch.Tensor], model=None) -> dict:
     """Keyword arguments of a training forward pass. Packed batches pass position ids and no attention
     mask: transformers derives the per-row (block-diagonal) causal mask from the position ids, but
-    only without a KV cache, which the model would otherwise create (use_cache defaults to true)."""
-    if "position_ids" in batch:
-        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    only without a KV cache, which the model would otherwise create (use_cache defaults to true).
+    A `model` that attends row by row (packed_attention.NAME, forgetless's CPU default) also gets the
+    rows' boundaries, so that it skips the blocks between rows."""
+    if "position_ids" not in batch:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    found = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    by_rows = model is not None and getattr(_unwrapped(model)[1].config, "_attn_implementation", None)
+    if by_rows == packed_attention.NAME:
+        bounds = packed_attention.row_bounds(batch["position_ids"])
+        longest = int((bounds[1:] - bounds[:-1]).max())
+        found |= {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
+    return found
 
 
 def _unwrapped(model):
@@ -96,7 +105,8 @@ def hidden(model, batch: dict[str, torch.Tensor]) -> Outputs:
 
     handle = base.get_decoder().register_forward_hook(grab)
     try:
-        model(**model_inputs(batch), logits_to_keep=torch.zeros(1, dtype=torch.long, device=batch["input_ids"].device))
+        last = torch.zeros(1, dtype=torch.long, device=batch["input_ids"].device)
+        model(**model_inputs(batch, model), logits_to_keep=last)
     finally:
         handle.remove()
     head, cap = base.get_output_embeddings(), getattr(base.config, "final_logit_softcapping", None)
@@ -110,6 +120,7 @@ def logits_of(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, posi
     # Packed rows need no KV cache: with one, transformers would not read the rows from the position ids.
     where = {"attention_mask": attention_mask}
     if position_ids is not None:
-        where = {"position_ids": position_ids, "use_cache": False}
+        where = model_inputs({"input_ids": input_ids, "position_ids": position_ids}, model)
+        del where["input_ids"]
     out = model(input_ids=input_ids, **where).logits
     return out[:, -input_ids.shape[1] :]

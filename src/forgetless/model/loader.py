@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from forgetless import files
 from forgetless.config.schema import ModelConfig
 from forgetless.errors import UserError
-from forgetless.model import chat_format, gguf_read, hardware
+from forgetless.model import chat_format, gguf_read, hardware, packed_attention
 
 # alias -> (python package holding the file, file name, hub id of the original model)
 ALIASES = {
@@ -235,15 +235,16 @@ def quantization_config(cfg: ModelConfig, dtype: torch.dtype) -> BitsAndBytesCon
 
 
 def attention(choice: str, dev: torch.device) -> str:
-    """model.attention: FlashAttention-2 only on CUDA with flash-attn installed; SDPA otherwise."""
+    """model.attention: FlashAttention-2 only on CUDA with flash-attn installed; SDPA otherwise, which on
+    CPU is SDPA row by row in packed batches (packed_attention.py: plain SDPA everywhere else)."""
     has_flash = dev.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
     if choice == "flash_attention_2" and not has_flash:
         raise UserError(
             "model.attention=flash_attention_2 needs a CUDA GPU and the flash-attn package; use model.attention=sdpa"
         )
     if choice == "auto":
-        return "flash_attention_2" if has_flash else "sdpa"
-    return choice
+        choice = "flash_attention_2" if has_flash else "sdpa"
+    return packed_attention.NAME if choice == "sdpa" and dev.type == "cpu" else choice
 
 
 def load(cfg: ModelConfig, dev: torch.device | None = None, head: str = "causal"):
