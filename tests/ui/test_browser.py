@@ -59,9 +59,11 @@ def _serving_ui(tmp_path):
         wait_for(url, proc)
     except RuntimeError:
         pytest.fail((tmp_path / "ui.log").read_text())
-    yield url, root
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield url, root
+    finally:  # also on close(): a test that drives this generator by hand closes it, and GeneratorExit skips plain code
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture

@@ -16,8 +16,6 @@ transformers' `cu_seq_lens_q` keyword (the one FlashAttention-2 reads).
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, AttentionMaskInterface
@@ -47,28 +45,25 @@ def by_rows(module, query, key, value, attention_mask, dropout: float = 0.0, sca
         or kwargs.get("softcap") is not None
         or (window is not None and int(kwargs.get("max_length_q") or query.shape[2]) > window)
     )
-    if plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     sequences, heads, width, dim = query.shape
+    if plain or len(bounds) - 1 == sequences:  # one row a sequence: nothing to skip, one batched call is faster
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    sizes = (bounds[1:] - bounds[:-1]).tolist()  # rows never cross sequences: each starts at position 0
+    # The sequences laid end to end, then split into rows: split's backward is one concatenation, where
+    # slicing row by row would give every row's gradient a zero-filled copy of the whole tensor.
+    parts = [flat(t).split(sizes, dim=2) for t in (query, key, value)]
     gqa = getattr(module, "num_key_value_groups", 1) > 1
-    edges = bounds.tolist()
-    rows = []
-    for start, end in itertools.pairwise(edges):
-        s, at = divmod(start, width)  # rows never cross sequences: each sequence starts at position 0
-        part = slice(at, at + end - start)
-        rows.append(
-            F.scaled_dot_product_attention(
-                query[s : s + 1, :, part],
-                key[s : s + 1, :, part],
-                value[s : s + 1, :, part],
-                dropout_p=dropout,
-                scale=scaling,
-                is_causal=True,
-                enable_gqa=gqa,
-            )
-        )
+    rows = [
+        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
+        for q, k, v in zip(*parts, strict=True)
+    ]
     out = torch.cat(rows, dim=2)  # (1, heads, sequences × width, dim), in token order
     return out.transpose(1, 2).reshape(sequences, width, heads, dim), None
+
+
+def flat(t: torch.Tensor) -> torch.Tensor:
+    """(sequences, heads, width, dim) -> (1, heads, sequences × width, dim); a view for one sequence."""
+    return t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[3])
 
 
 def register() -> None:
