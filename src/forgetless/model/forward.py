@@ -59,8 +59,8 @@ def model_inputs(batch: dict[str, torch.Tensor], model=None) -> dict:
     if "position_ids" not in batch:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
     found = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    by_rows = model is not None and getattr(_unwrapped(model)[1].config, "_attn_implementation", None)
-    if by_rows == packed_attention.NAME:
+    implementation = getattr(_unwrapped(model)[1].config, "_attn_implementation", None) if model is not None else None
+    if implementation == packed_attention.NAME:
         bounds = packed_attention.row_bounds(batch["position_ids"])
         longest = int((bounds[1:] - bounds[:-1]).max())
         found |= {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
