@@ -6,18 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from forgetless.model.likelihood import IGNORE, ce_sum, count_targets
+from forgetless.model.likelihood import IGNORE, ce_sum, count_targets, soften
+from forgetless.objectives.fused_kl import frozen_linear, kl_sum_fused, kl_topk_sum_fused
 from forgetless.objectives.losses import (
     bradley_terry_loss,
     ce_sum_chunked,
     dpo_loss,
     ewc_penalty,
-    frozen_linear,
     gae,
     kl_rows,
     kl_sum,
     kl_sum_chunked,
-    kl_sum_fused,
     kl_topk_sum,
     l2_penalty,
     position_masks,
@@ -215,6 +214,42 @@ def test_topk_kl_by_hand_and_against_the_exact_kl():
     top, idx = log_t.topk(5)
     tail = torch.log1p(-top.exp().sum(-1))
     assert kl_topk_sum(s, idx, top, tail).item() <= exact.item() + 1e-6  # coarsening never adds KL
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("chunk", [4, 100])
+@pytest.mark.parametrize("direction", ["finetuned_base", "base_finetuned"])
+def test_fused_topk_kl_equals_the_plain_one_value_and_gradient(direction, chunk, temperature):
+    torch.manual_seed(2)
+    head = torch.nn.Linear(8, 50, bias=True).requires_grad_(False)
+    states, teacher = torch.randn(11, 8, requires_grad=True), 2 * torch.randn(11, 8)
+    log_t = F.log_softmax(soften(head(teacher), temperature), -1)
+    top, idx = log_t.topk(6)
+    tail = torch.log1p(-top.exp().sum(-1))
+    top16 = top.to(torch.float16)  # the cache's dtypes: int32 ids, fp16 log-probabilities
+    plain = kl_topk_sum(head(states), idx, top16, tail, temperature, direction)
+    fused = kl_topk_sum_fused(states, idx.int(), top16, tail, head, temperature, direction, chunk)
+    torch.testing.assert_close(fused, plain)
+    (g_plain,) = torch.autograd.grad(0.3 * plain, [states])
+    (g_fused,) = torch.autograd.grad(0.3 * fused, [states])
+    torch.testing.assert_close(g_fused, g_plain)
+    with torch.no_grad():  # validation: the value only
+        assert not kl_topk_sum_fused(states, idx, top16, tail, head, temperature, direction, chunk).requires_grad
+
+
+def test_fused_topk_kl_gradient_by_hand():
+    """Identity head, T = 1, student logits (0, 0, ln 2) → p = (1/4, 1/4, 1/2); the teacher keeps token 2
+    with t = 0.8, the rest 0.2. Coarse s = (1/2, 1/2), KL(s‖t) = ½ ln(0.5/0.8) + ½ ln(0.5/0.2); d/dz_v =
+    p_v (ln(s_c/t_c) − KL): token 2 in the top-k outcome, tokens 0 and 1 in the tail."""
+    head = torch.nn.Linear(3, 3, bias=False).requires_grad_(False)
+    head.weight.copy_(torch.eye(3))
+    z = torch.tensor([[0.0, 0.0, math.log(2)]], requires_grad=True)
+    kl = kl_topk_sum_fused(z, torch.tensor([[2]]), torch.tensor([[math.log(0.8)]]), torch.tensor([math.log(0.2)]), head)
+    want = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
+    assert kl.item() == pytest.approx(want, abs=1e-6)
+    (g,) = torch.autograd.grad(kl, [z])
+    top, rest = math.log(0.5 / 0.8) - want, math.log(0.5 / 0.2) - want
+    assert g[0].tolist() == pytest.approx([0.25 * rest, 0.25 * rest, 0.5 * top], abs=1e-6)
 
 
 def test_fused_kl_without_gradient_gives_the_same_value():

@@ -24,15 +24,14 @@ from torch.profiler import record_function
 from forgetless.adapters.views import base_view
 from forgetless.config.schema import ForgettingConfig
 from forgetless.model import forward, hardware
+from forgetless.objectives.fused_kl import frozen_linear, kl_sum_fused, kl_topk_sum_fused
 from forgetless.objectives.losses import (
     batch_seed,
     ce_sum_chunked,
     chunked_sum,
     ewc_penalty,
-    frozen_linear,
     kl_sum,
     kl_sum_chunked,
-    kl_sum_fused,
     kl_topk_sum,
     l2_penalty,
     position_masks,
@@ -182,8 +181,12 @@ def teacher_autocast(precision: str, like: torch.Tensor):
 
 
 def _cached_kl(teacher: TeacherCache, batch, out: forward.Outputs, student, where, lwf, chunk: int):
-    """The KL against the cached top-k teacher: no teacher forward pass."""
+    """The KL against the cached top-k teacher: no teacher forward pass; through a frozen head, its gradient
+    made in the forward pass (`kl_topk_sum_fused`)."""
     idx, logp, tail = (t[where] for t in teacher.lookup(batch))
+    if out.head is not None and frozen_linear(out.head):
+        with record_function("forgetless::kl"):
+            return kl_topk_sum_fused(student, idx, logp, tail, out.head, lwf.temperature, lwf.direction, chunk)
 
     def term(s, i, lp, tl):
         logits = s if out.head is None else out.head(s)

@@ -18,7 +18,7 @@ import torch
 from transformers import set_seed
 
 from forgetless import files
-from forgetless.adapters import attaching, continued, dropout, saved
+from forgetless.adapters import attaching, continued, dropout, lora_output, saved
 from forgetless.config import loader
 from forgetless.config.schema import Config, TrainConfig
 from forgetless.data import check
@@ -193,6 +193,7 @@ def attach(run: Run, task_type: str = "CAUSAL_LM"):
             task_type=task_type,
         )
     dropout.share_masks(model)  # one LoRA dropout mask per shared input, drawn cheaply on CPU
+    lora_output.fuse_outputs(model)  # LoRA's update added inside one addmm_, not two full-width passes
     trainable, total = attaching.count_parameters(model)
     run.say(
         f"{cfg.peft.method}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%); "

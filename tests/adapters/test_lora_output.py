@@ -1,0 +1,73 @@
+"""LoRA's update accumulated into the base output by one addmm_ (adapters/lora_output.py): the same values
+and gradients as PEFT's forward, the scales set after fusing honoured, and every case it does not cover
+handed to PEFT's own forward."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from peft.tuners.lora.layer import Linear as LoraLinear
+
+from forgetless.adapters import dropout, lora_output
+from tests.conftest import lora_model
+
+
+def _loss_and_grads(model, ids):
+    model.zero_grad()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_values_and_gradients_equal_pefts_with_shared_dropout(tiny_dir):
+    peft = lora_model(tiny_dir)
+    dropout.share_masks(peft)
+    fused = copy.deepcopy(peft)
+    layers = 7 * peft.config.num_hidden_layers
+    assert lora_output.fuse_outputs(fused) == layers
+    assert sum(type(m) is lora_output.FusedOutputLinear for m in fused.modules()) == layers
+    ids = torch.randint(10, 500, (2, 24))
+    peft.train(), fused.train()
+    torch.manual_seed(5)  # the same dropout masks on both sides
+    want_loss, want = _loss_and_grads(peft, ids)
+    torch.manual_seed(5)
+    got_loss, got = _loss_and_grads(fused, ids)
+    assert torch.allclose(got_loss, want_loss, atol=1e-5)
+    assert want.keys() == got.keys() and len(want) == 2 * layers
+    for name in want:
+        assert torch.allclose(got[name], want[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_a_scale_set_after_fusing_and_the_base_view_are_honoured(tiny_dir):
+    model = lora_model(tiny_dir).eval()
+    ids = torch.randint(10, 500, (1, 16))
+    with torch.no_grad():
+        trained = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    lora_output.fuse_outputs(model)
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, trained, atol=1e-5)
+        with model.disable_adapter():  # disabled adapters take PEFT's forward: the base model
+            assert torch.allclose(model(input_ids=ids).logits, base, atol=1e-6)
+        for m in layers:
+            m.scaling.update({k: 0.0 for k in m.scaling})  # what tune-scale does, at scale 0
+        assert torch.allclose(model(input_ids=ids).logits, base, atol=1e-5)
+
+
+def test_a_merged_layer_and_a_per_row_adapter_call_take_pefts_forward(tiny_dir):
+    model = lora_model(tiny_dir).eval()
+    lora_output.fuse_outputs(model)
+    layer = next(m for m in model.modules() if isinstance(m, lora_output.FusedOutputLinear))
+    x = torch.randn(3, 5, layer.in_features)
+    with torch.no_grad():
+        unmerged, base = layer(x), layer.base_layer(x)
+        by_row = layer(x, adapter_names=["default", "__base__", "default"])
+        layer.merge()
+        merged = layer(x)
+    assert not torch.allclose(unmerged, base, atol=1e-3)  # the adapter changes the output
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    assert torch.allclose(by_row[0], unmerged[0], atol=1e-6) and torch.allclose(by_row[2], unmerged[2], atol=1e-6)
+    assert torch.allclose(by_row[1], base[1], atol=1e-6)
