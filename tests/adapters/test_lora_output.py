@@ -1,6 +1,6 @@
 """LoRA's update accumulated into the base output by one addmm_ (adapters/lora_output.py): the same values
-and gradients as PEFT's forward, the scales set after fusing honoured, and every case it does not cover
-handed to PEFT's own forward."""
+and gradients as PEFT's forward (on a full-precision and on a 4-bit base), the scales set after fusing
+honoured, and every case it does not cover handed to PEFT's own forward."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import copy
 import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 
-from forgetless.adapters import dropout, lora_output
+from forgetless.adapters import attaching, dropout, lora_output
+from forgetless.adapters.lora_output import LoraLinear4bit
+from forgetless.config.schema import ModelConfig, PeftConfig
+from forgetless.model import loader as models
 from tests.conftest import lora_model
 
 
@@ -71,3 +74,24 @@ def test_a_merged_layer_and_a_per_row_adapter_call_take_pefts_forward(tiny_dir):
     assert torch.allclose(merged, unmerged, atol=1e-5)
     assert torch.allclose(by_row[0], unmerged[0], atol=1e-6) and torch.allclose(by_row[2], unmerged[2], atol=1e-6)
     assert torch.allclose(by_row[1], base[1], atol=1e-6)
+
+
+def test_a_4bit_base_is_fused_with_the_same_values_and_gradients(tiny_dir):
+    """QLoRA: PEFT's LoRA linear on bitsandbytes' NF4 base takes the fused forward too."""
+    base, _, _ = models.load(ModelConfig(name=tiny_dir, quantization="4bit", precision="fp32"))
+    torch.manual_seed(0)
+    peft = attaching.attach(base, PeftConfig(r=4, dropout=0.0), quantized=True, grad_checkpointing=False)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    fused = copy.deepcopy(peft)
+    layers = 7 * peft.config.num_hidden_layers
+    assert lora_output.fuse_outputs(fused) == layers
+    assert all(type(m) is lora_output.FusedOutputLinear4bit for m in fused.modules() if isinstance(m, LoraLinear4bit))
+    ids = torch.randint(10, 500, (2, 24))
+    want_loss, want = _loss_and_grads(peft, ids)
+    got_loss, got = _loss_and_grads(fused, ids)
+    assert torch.allclose(got_loss, want_loss, atol=1e-5)
+    for name in want:
+        assert torch.allclose(got[name], want[name], rtol=1e-4, atol=1e-6), name

@@ -100,7 +100,9 @@ def terms(model, batch, out: forward.Outputs, masks, norms, cfg: ForgettingConfi
             total = w.rehearsal * ce(masks["rehearsal_answers"])
         else:  # preset full: general rows are left to the KL, an earlier task's real answers replayed
             replayed = masks["replayed_answers"]
-            total = w.rehearsal * ce(masks["rehearsal_answers"] & ~replayed) + w.replay * ce(replayed)
+            parts = ((w.rehearsal, masks["rehearsal_answers"] & ~replayed), (w.replay, replayed))
+            # a weight of 0 (the general rows' CE under full) costs no head pass; one of the two is above 0
+            total = sum(weight * ce(mask) for weight, mask in parts if weight > 0)
         result["ce_rehearsal"] = total / norms["rehearsal"]
     lwf = cfg.lwf
     if cfg.uses_lwf:
