@@ -95,3 +95,20 @@ def test_a_4bit_base_is_fused_with_the_same_values_and_gradients(tiny_dir):
     assert torch.allclose(got_loss, want_loss, atol=1e-5)
     for name in want:
         assert torch.allclose(got[name], want[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_under_autocast_the_base_runs_once_through_pefts_forward(tiny_dir):
+    """Autocast (the GPU path) casts per operation: the fused form steps aside before computing anything."""
+    model = lora_model(tiny_dir).eval()
+    ids = torch.randint(10, 500, (1, 16))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(input_ids=ids).logits
+    lora_output.fuse_outputs(model)
+    calls = []
+    for m in model.modules():
+        if isinstance(m, lora_output.FusedOutputLinear):
+            m.base_layer.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(input_ids=ids).logits
+    assert len(calls) == 7 * model.config.num_hidden_layers  # once per layer, not once more for a fallback
+    assert torch.equal(got, want)

@@ -41,6 +41,8 @@ def _forward(self, x: torch.Tensor, args: tuple, kwargs: dict, pefts):
         and not getattr(self, "fan_in_fan_out", False)
         and isinstance(self.base_layer, nn.Linear)  # bitsandbytes' Linear4bit is one too
         and self.lora_B[name].bias is None
+        and x.dtype == self.lora_A[name].weight.dtype == self.lora_B[name].weight.dtype
+        and not torch.is_autocast_enabled(x.device.type)  # autocast (the GPU path) casts per op: PEFT's forward
     )
     if not plain:
         return pefts(x, *args, **kwargs)
@@ -48,8 +50,8 @@ def _forward(self, x: torch.Tensor, args: tuple, kwargs: dict, pefts):
     # dropout sees x itself: SharedDropout recognises the tensor q, k and v share by its identity
     h = a(self.lora_dropout[name](x))
     result = self.base_layer(x.reshape(-1, x.shape[-1]))  # 2-D: accumulated into in place
-    if result.dtype != h.dtype or b.weight.dtype != h.dtype:  # e.g. an fp32 adapter on a bf16 base
-        return pefts(x)
+    if result.dtype != h.dtype:  # a base computing in another dtype than its input: PEFT casts, so do we
+        return result.view(*x.shape[:-1], -1) + (b(h) * self.scaling[name]).to(result.dtype)
     if result._base is not None:  # a view (what PEFT guards against for 4-bit kernels) is not written into
         result = result.clone()
     result.addmm_(h.reshape(-1, h.shape[-1]), b.weight.t(), alpha=self.scaling[name])
