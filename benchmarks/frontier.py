@@ -224,7 +224,7 @@ def table(task: str, metric: str, rows: list[dict]) -> list[str]:
             f"| {method} | {mine[0]['base']:.3f} → {mean_sd([r['tuned'] for r in mine])} | {kept} "
             f"| {mean_sd([r['kl'] for r in mine], '.4f')} | {mean_sd([r['kl_task'] for r in mine])} "
             f"| {mean_sd([r['agreement'] for r in mine])} | {mc} "
-            f"| {mean_sd([r['train_seconds'] for r in mine], '.0f')} | {len(mine)} |"
+            f"| {mean_sd([r['train_seconds'] for r in mine if r['train_seconds'] is not None], '.0f')} | {len(mine)} |"
         )
     return [*lines, ""]
 
