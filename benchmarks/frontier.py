@@ -23,7 +23,10 @@ reference answer in its prompt), which bounds what self-distillation can teach.
 Run: python benchmarks/frontier.py [--out runs/frontier] [--tasks triage keigo replies] [--methods ...]
      [--seeds 0 1 2] [--steps 30] [--model NAME] [--max-examples 30]
 Every method trains once per seed (train.seed; TRL's seed), in OUT/TASK/METHOD/seed-N. A finished run is
-reused (delete its folder to redo it), so the seeds can be run a few at a time. Writes OUT/frontier.md (a
+reused (delete its folder to redo it), so the seeds can be run a few at a time. `--keep FILE` (a frontier.json
+this script wrote, e.g. docs/frontier_keigo.json) adds the rows measured earlier for the methods and seeds not
+run now, so one method can be added to a published table without its runs' folders; FILE must come from the
+same machine (CPU, vector flags, cores, torch), or the script stops. Writes OUT/frontier.md (a
 table per task: mean ± sd over the seeds, gain kept against `none`'s mean gain), OUT/frontier.json (every
 run's row, and the machine) and OUT/frontier.png (task gain against KL to base, every run; one panel per task).
 """
@@ -258,12 +261,29 @@ def chart(results: dict[str, list[dict]], path: Path) -> None:
     outputs.save_figure(fig, path)
 
 
+def kept_rows(path: Path, cpu: dict, task: str, rows: list[dict]) -> list[dict]:
+    """`rows` (this invocation's) with an earlier frontier.json's rows for `task` that were not run again, in
+    the file's order of methods (a method new to it last), seeds in order within a method."""
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    if earlier.get("machine") != cpu:
+        sys.exit(
+            f"--keep {path}: measured on {earlier.get('machine')}, not on this machine ({cpu}); "
+            "rows from different machines are not mixed: run every method here instead"
+        )
+    run_now = {(r["method"], r["seed"]) for r in rows}
+    old = earlier.get(task, [])
+    merged = [r for r in old if (r["method"], r["seed"]) not in run_now] + rows
+    order = list(dict.fromkeys(r["method"] for r in [*old, *rows]))
+    return sorted(merged, key=lambda r: (order.index(r["method"]), r["seed"]))
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/frontier")
     ap.add_argument("--tasks", nargs="+", default=["triage", "keigo", "replies"])
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--keep", type=Path, help="an earlier frontier.json whose other rows join the tables")
     tasks.run_arguments(ap)
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -274,11 +294,12 @@ def main(argv: list[str]) -> None:
         shared = task_overrides(task, out, args)
         cfg = api.load_config(RECIPE, shared)
         metric = cfg.eval.metric
-        results[task] = [
+        rows = [
             row(run_method([*shared, f"train.seed={seed}"], m, out / task / m / f"seed-{seed}"), metric, seed)
             for m in args.methods
             for seed in args.seeds
         ]
+        results[task] = kept_rows(args.keep, cpu, task, rows) if args.keep else rows
         lines += table(task, metric, results[task])
         if "trl-sdft" in args.methods:
             teacher = sdft_teacher(cfg, out / task)

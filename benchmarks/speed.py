@@ -7,7 +7,7 @@ each in its own process (so that peak memory is the run's own). Two length mixes
 (every row 256 tokens) and `longtail` (log-normal lengths, median ~90 tokens, clipped to 24-256,
 like instruction data). Cases: LoRA, QLoRA (4-bit NF4), and forgetless's LoRA + LwF + rehearsal
 (online teacher; online with the KL on a random quarter of the positions, as the quickstart has it;
-and the cached top-k teacher). TRL runs in benchmarks/speed_trl.py, the report is
+online with the KL on the general rows only, a forgetting budget's default; and the cached top-k teacher). TRL runs in benchmarks/speed_trl.py, the report is
 benchmarks/speed_report.py. `--before REF` also runs forgetless at a git ref (a worktree), to measure
 what a change bought.
 
@@ -48,6 +48,8 @@ CASES = {  # forgetless overrides of each case (the quickstart config underneath
     "qlora": ["forgetting.preset=none", "model.quantization=4bit"],
     "lwf_rehearsal": ["forgetting.preset=full"],
     "lwf_rehearsal_positions25": ["forgetting.preset=full", "forgetting.lwf.positions=0.25"],
+    # the KL on the general rows alone (a forgetting budget's default tokens): the teacher runs on those rows only
+    "lwf_rehearsal_general_kl": ["forgetting.preset=full", "forgetting.lwf.tokens=[rehearsal]"],
     "lwf_rehearsal_cached": ["forgetting.preset=full", "forgetting.lwf.teacher=cached"],
     # the cached teacher's remaining cost is the head at the KL positions: a quarter of them
     "lwf_rehearsal_cached_positions25": [
@@ -280,7 +282,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--mixes", default="uniform,longtail")
     ap.add_argument(
         "--cases",
-        default="lora,qlora,lwf_rehearsal,lwf_rehearsal_positions25,lwf_rehearsal_cached,"
+        default="lora,qlora,lwf_rehearsal,lwf_rehearsal_positions25,lwf_rehearsal_general_kl,lwf_rehearsal_cached,"
         "lwf_rehearsal_cached_positions25,lwf_rehearsal_bf16,lwf_rehearsal_positions25_bf16,lora_padded",
     )
     ap.add_argument("--trl", default="lora,qlora", help="cases also run through TRL SFTTrainer + PEFT")

@@ -15,6 +15,7 @@ MARK = "<!-- speed-table -->"
 FORGETTING_STEPS = (
     ("LwF + rehearsal", "lwf_rehearsal", 1.5),
     ("LwF + rehearsal, KL on 1/4 of positions,", "lwf_rehearsal_positions25", 1.5),
+    ("LwF + rehearsal, KL on the general rows only,", "lwf_rehearsal_general_kl", 1.5),
     ("LwF + rehearsal, bf16 teacher (auto),", "lwf_rehearsal_bf16", 1.5),
     ("LwF + rehearsal, KL on 1/4, bf16 teacher (auto),", "lwf_rehearsal_positions25_bf16", 1.5),
     ("cached-teacher LwF", "lwf_rehearsal_cached", 1.15),

@@ -35,7 +35,8 @@ def test_every_method_trains_and_is_scored_the_same_way(tiny_dir, tmp_path):
         assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # trained off LoRA's zero B
         config = json.loads((out / "replies" / m / "seed-0" / "adapter" / "adapter_config.json").read_text())
         assert config["r"] == 4
-    rows = {r["method"]: r for r in json.loads((out / "frontier.json").read_text())["replies"]}
+    first = json.loads((out / "frontier.json").read_text())
+    rows = {r["method"]: r for r in first["replies"]}
     again_none = rows["none"]
     none_line = next(x for x in table.splitlines() if x.startswith("| none |"))
     assert "| 100% |" in none_line or rows["none"]["gain"] == 0  # the gain kept is against none's own
@@ -61,3 +62,14 @@ def test_every_method_trains_and_is_scored_the_same_way(tiny_dir, tmp_path):
     assert [r["seed"] for r in rows] == [0, 1] and rows[0]["gain"] == again_none["gain"]
     line = next(x for x in (out / "frontier.md").read_text().splitlines() if x.startswith("| none |"))
     assert " ± " in line and line.endswith("| 2 |")  # mean ± sd over the two seeds
+
+    # --keep: a published frontier.json's other rows join the tables; the rows run now replace their own
+    kept = tmp_path / "published.json"
+    kept.write_text(json.dumps(first))
+    frontier.main([*args, "--seeds", "0", "1", "--methods", "none", "--keep", str(kept), "--override", *tiny])
+    rows = json.loads((out / "frontier.json").read_text())["replies"]
+    assert [(r["method"], r["seed"]) for r in rows] == [("none", 0), ("none", 1)] + [(m, 0) for m in methods[1:]]
+    assert all(f"| {m} |" in (out / "frontier.md").read_text() for m in methods)
+    kept.write_text(json.dumps(first | {"machine": {**first["machine"], "cpu": "another CPU"}}))
+    with pytest.raises(SystemExit, match="not mixed"):  # rows from another machine are refused
+        frontier.main([*args, "--seeds", "0", "--methods", "none", "--keep", str(kept), "--override", *tiny])

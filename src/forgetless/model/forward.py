@@ -113,6 +113,48 @@ def hidden(model, batch: dict[str, torch.Tensor]) -> Outputs:
     return Outputs(seen["h"], SoftCapped(head, cap) if cap else head)
 
 
+_PACKED_INPUTS = ("input_ids", "position_ids", "attention_mask")
+
+
+def needed_part(batch: dict[str, torch.Tensor], where: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The part of `batch` a forward pass must see to give the hidden states at `where`, and where those
+    states are in it: the model is causal, so a row (or, packed, a row's segment) is needed only up to its
+    last chosen position, and a row with none not at all. LwF's teacher runs on this part: under the KL's
+    default tokens (context, rehearsal) the task rows' answers come after every chosen position.
+
+    `where` is (B, T-1) over shifted positions (the hidden state at t predicts token t+1), as the loss
+    masks are. Returns (the inputs `model_inputs` reads, a (B', T') mask): `hidden(...).states[mask]` are
+    the states at `where`, in the same order as `states[:, :-1][where]` on the whole batch. Packed rows
+    are cut segment by segment and padded with a segment of their own, as `collate_packed` pads them."""
+    ids = batch["input_ids"]
+    need = torch.nn.functional.pad(where, (0, 1))  # (B, T); the last token's state predicts nothing
+    at = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    chosen = torch.where(need, at, -1)
+    if "position_ids" not in batch:  # one sequence per row: keep each row up to the longest needed prefix
+        rows = need.any(1)
+        width = int(chosen.max()) + 1
+        part = {"input_ids": ids[rows, :width], "attention_mask": batch["attention_mask"][rows, :width]}
+        return part, need[rows, :width]
+    segment = (batch["position_ids"] == 0).cumsum(1)  # a row's segments, numbered from 1
+    last = torch.full((ids.shape[0], ids.shape[1] + 1), -1, device=ids.device)
+    last = last.scatter_reduce(1, segment, chosen, "amax")  # the last chosen position of each segment
+    keep = at <= last.gather(1, segment)
+    if bool(keep.all()):
+        return batch, need
+    rows = [b for b in range(ids.shape[0]) if keep[b].any()]
+    width = max(int(keep[b].sum()) for b in rows)
+    part = {k: torch.zeros((len(rows), width), dtype=torch.long, device=ids.device) for k in _PACKED_INPUTS}
+    mask = torch.zeros((len(rows), width), dtype=torch.bool, device=ids.device)
+    for i, b in enumerate(rows):
+        n = int(keep[b].sum())
+        part["input_ids"][i, :n] = ids[b][keep[b]]
+        part["position_ids"][i, :n] = batch["position_ids"][b][keep[b]]
+        part["position_ids"][i, n:] = torch.arange(width - n, device=ids.device)  # the padded tail: a segment
+        part["attention_mask"][i, :n] = 1
+        mask[i, :n] = need[b][keep[b]]
+    return part, mask
+
+
 def logits_of(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None) -> torch.Tensor:
     """(B, T, V) next-token logits aligned with input_ids. Prompt tuning prepends its virtual tokens
     to the sequence and returns their positions too: only the last T positions are the input's.

@@ -151,16 +151,18 @@ def objective(
 
 
 def _online_kl(model, batch, out: forward.Outputs, student: torch.Tensor, where: torch.Tensor, lwf, chunk: int):
-    """The KL against the base model's forward pass on the same batch (adapters off, no gradient).
+    """The KL against the base model's forward pass on the same batch (adapters off, no gradient), run only
+    as far into each row as the KL positions reach (`forward.needed_part`).
 
     When the output head is frozen (LoRA, DoRA, IA3, adapters) the teacher's hidden states go
     through it a slice at a time, like the student's. When training changes the head (full,
     selective), the teacher's logits must come from inside `base_view`: they are made there.
     """
+    part, at = forward.needed_part(batch, where)  # the model is causal: nothing after the last KL position
     with torch.no_grad(), base_view(model) as base, record_function("forgetless::teacher_forward"):
         with teacher_autocast(lwf.teacher_precision, student):
-            t_out = forward.hidden(base, batch)
-            t_states = t_out.states[:, :-1][where]
+            t_out = forward.hidden(base, part)
+            t_states = t_out.states[at]
             head_trained = t_out.head is not None and any(p.requires_grad for p in t_out.head.parameters())
             if head_trained:
                 t_states = torch.cat([t_out.head(t_states[s : s + chunk]) for s in range(0, t_states.shape[0], chunk)])
