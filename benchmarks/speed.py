@@ -7,9 +7,9 @@ each in its own process (so that peak memory is the run's own). Two length mixes
 (every row 256 tokens) and `longtail` (log-normal lengths, median ~90 tokens, clipped to 24-256,
 like instruction data). Cases: LoRA, QLoRA (4-bit NF4), and forgetless's LoRA + LwF + rehearsal
 (online teacher; online with the KL on a random quarter of the positions, as the quickstart has it;
-online with the KL on the general rows only, a forgetting budget's default; and the cached top-k teacher). TRL runs in benchmarks/speed_trl.py, the report is
-benchmarks/speed_report.py. `--before REF` also runs forgetless at a git ref (a worktree), to measure
-what a change bought.
+online with the KL on the general rows only, a forgetting budget's default; and the cached top-k
+teacher). TRL runs in benchmarks/speed_trl.py, the report is benchmarks/speed_report.py. `--before REF`
+also runs forgetless at a git ref (a worktree), to measure what a change bought.
 
 Reported per run: median step time, tokens/s (real tokens, padding excluded), peak memory (RSS
 on CPU, CUDA max allocated on GPU), the padding share, and model FLOPs utilisation: 4 × parameters
