@@ -61,8 +61,10 @@ def test_rows_attended_alone_equal_the_masked_call(tiny_dir, monkeypatch):
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
     assert got_grads.keys() == want_grads.keys()
+    # atol 1e-4: the embedding's gradient reaches 47 here and sums many rows' terms; on an AVX2-only CPU the
+    # two attention layouts add them in orders 5e-5 apart on 2 of its 1.5M elements
     for name, grad in want_grads.items():
-        torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_generation_and_short_sliding_windows_take_plain_sdpa(tokenizer, tmp_path):
