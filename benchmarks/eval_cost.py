@@ -4,8 +4,9 @@ shared-prompt multiple-choice scorer buy; one run, ratios against the old way in
 1. The base side of the quickstart's evaluation (task answers and perplexity, multiple choice,
    general-text perplexity), computed cold and then looked up again (eval/base_cache.py).
 2. Multiple choice on the bundled 60-question set: every choice as a full sequence (the old scorer)
-   against the prompt run once per question with its KV cache repeated for the choices; the largest
-   difference of a choice's log-probability and whether every answer is the same.
+   against no prompt token run twice (the few-shot head once, each question's own tokens once, 16
+   questions a batch, the KV cache copied per choice); the largest difference of a choice's
+   log-probability and whether every answer is the same.
 3. With --adapter RUN (a trained quickstart, e.g. runs/quickstart): the retention answers of the
    fine-tuned model generated whole against cut where they part from the base model's answer
    (`generate`'s targets), plainly batched and grouped by where teacher forcing says each parts,

@@ -26,7 +26,8 @@ Every method trains once per seed (train.seed; TRL's seed), in OUT/TASK/METHOD/s
 reused (delete its folder to redo it), so the seeds can be run a few at a time. `--keep FILE` (a frontier.json
 this script wrote, e.g. docs/frontier_keigo.json) adds the rows measured earlier for the methods and seeds not
 run now, so one method can be added to a published table without its runs' folders; FILE must come from the
-same machine (CPU, vector flags, cores, torch), or the script stops. Writes OUT/frontier.md (a
+same machine (CPU, vector flags, cores, torch) and settings (--steps, --model, --max-examples, --override),
+or the script stops before anything trains. Writes OUT/frontier.md (a
 table per task: mean ± sd over the seeds, gain kept against `none`'s mean gain), OUT/frontier.json (every
 run's row, and the machine) and OUT/frontier.png (task gain against KL to base, every run; one panel per task).
 """
@@ -261,15 +262,32 @@ def chart(results: dict[str, list[dict]], path: Path) -> None:
     outputs.save_figure(fig, path)
 
 
-def kept_rows(path: Path, cpu: dict, task: str, rows: list[dict]) -> list[dict]:
-    """`rows` (this invocation's) with an earlier frontier.json's rows for `task` that were not run again, in
-    the file's order of methods (a method new to it last), seeds in order within a method."""
-    earlier = json.loads(path.read_text(encoding="utf-8"))
+# what the published tables were run with (tasks.run_arguments' defaults), for files that predate "settings"
+DEFAULT_SETTINGS = {"steps": 30, "model": "smollm2-135m-instruct", "max_examples": 30, "override": []}
+
+
+def read_kept(path: Path, cpu: dict, settings: dict) -> dict:
+    """An earlier frontier.json for `--keep`, checked before anything trains: a missing or unreadable file,
+    another machine's (CPU, vector flags, cores, torch) or other settings' (steps, model, rows scored) is
+    refused in one line. A file written before the settings were recorded is taken as the defaults'."""
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"--keep {path}: cannot read it ({e.__class__.__name__}: {e}); give a frontier.json this script wrote")
     if earlier.get("machine") != cpu:
         sys.exit(
             f"--keep {path}: measured on {earlier.get('machine')}, not on this machine ({cpu}); "
             "rows from different machines are not mixed: run every method here instead"
         )
+    kept = earlier.get("settings", DEFAULT_SETTINGS)
+    if kept != settings:
+        sys.exit(f"--keep {path}: measured with {kept}, not with this run's {settings}: rows are not mixed")
+    return earlier
+
+
+def kept_rows(earlier: dict, task: str, rows: list[dict]) -> list[dict]:
+    """`rows` (this invocation's) with an earlier frontier.json's rows for `task` that were not run again, in
+    the file's order of methods (a method new to it last), seeds in order within a method."""
     run_now = {(r["method"], r["seed"]) for r in rows}
     old = earlier.get(task, [])
     merged = [r for r in old if (r["method"], r["seed"]) not in run_now] + rows
@@ -288,6 +306,8 @@ def main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out)
     cpu = machine.describe()
+    settings = {"steps": args.steps, "model": args.model, "max_examples": args.max_examples, "override": args.override}
+    earlier = read_kept(args.keep, cpu, settings) if args.keep else None  # refused before hours of training
     lines = ["# Forgetting head-to-head (benchmarks/frontier.py)", "", f"Machine: {machine.line(cpu)}.", ""]
     results: dict[str, list[dict]] = {}
     for task in args.tasks:
@@ -299,7 +319,7 @@ def main(argv: list[str]) -> None:
             for m in args.methods
             for seed in args.seeds
         ]
-        results[task] = kept_rows(args.keep, cpu, task, rows) if args.keep else rows
+        results[task] = kept_rows(earlier, task, rows) if earlier else rows
         lines += table(task, metric, results[task])
         if "trl-sdft" in args.methods:
             teacher = sdft_teacher(cfg, out / task)
@@ -309,7 +329,7 @@ def main(argv: list[str]) -> None:
                 "",
             ]
     outputs.write_text(out / "frontier.md", "\n".join(lines))
-    outputs.write_json(out / "frontier.json", {"machine": cpu, **results})
+    outputs.write_json(out / "frontier.json", {"machine": cpu, "settings": settings, **results})
     chart(results, out / "frontier.png")
     print("\n".join(lines))
 

@@ -73,3 +73,9 @@ def test_every_method_trains_and_is_scored_the_same_way(tiny_dir, tmp_path):
     kept.write_text(json.dumps(first | {"machine": {**first["machine"], "cpu": "another CPU"}}))
     with pytest.raises(SystemExit, match="not mixed"):  # rows from another machine are refused
         frontier.main([*args, "--seeds", "0", "--methods", "none", "--keep", str(kept), "--override", *tiny])
+    kept.write_text(json.dumps(first | {"settings": {**first["settings"], "steps": 99}}))
+    with pytest.raises(SystemExit, match="not with this run's"):  # and rows trained for another number of steps
+        frontier.main([*args, "--seeds", "0", "--methods", "none", "--keep", str(kept), "--override", *tiny])
+    with pytest.raises(SystemExit, match="cannot read it"):  # a missing file: one line, before anything trains
+        frontier.main([*args, "--seeds", "5", "--methods", "none", "--keep", str(tmp_path / "nope.json")])
+    assert not (out / "replies" / "none" / "seed-5").exists()

@@ -78,8 +78,8 @@ def test_first_parting_counts_answer_tokens_before_the_first_greedy_miss():
     where = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]], dtype=torch.bool)
     labels = torch.tensor([[0, 0, 1, 2, 0], [0, 2, 2, 1, 1]])
     greedy = torch.tensor([[2, 2, 1, 1, 0], [1, 2, 2, 1, 1]])  # row 0 misses its 2nd answer token; row 1 none
-    logits = torch.nn.functional.one_hot(greedy, 3).float()
-    assert first_parting(logits, labels, where) == [1, None]  # a miss before the answer (position 0) counts not
+    # a miss before the answer (row 0, position 0) counts not: only the positions in `where` are handed over
+    assert first_parting(greedy[where], labels[where], where) == [1, None]
 
 
 def test_retention_gives_the_same_numbers_cut_or_whole(tiny_dir, tokenizer):

@@ -12,6 +12,7 @@ The base model's predictions come from the same weights with adapters switched o
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from forgetless.adapters.views import base_view
@@ -20,9 +21,8 @@ from forgetless.data.formats import Example
 from forgetless.data.render import encode
 from forgetless.eval.metrics import normalize
 from forgetless.eval.stats import bootstrap_ci, mean, spread
-from forgetless.model.forward import logits_of
 from forgetless.model.generate import generate
-from forgetless.model.likelihood import ce_sum, count_targets
+from forgetless.model.prefix import logits_at, prefix_of
 from forgetless.objectives.losses import kl_rows, position_masks
 
 NO_REFERENCES = (
@@ -86,24 +86,25 @@ def answer_stats(
     and read on later calls instead of a second forward per batch, which halves the cost when one model is
     measured at many adapter scales on the same rows (the dials); it holds answer tokens × vocabulary floats
     in host memory."""
-    total, n, nll_total, targets = 0.0, 0, 0.0, 0
+    total, n, nll_total = 0.0, 0, 0.0
     batches = fixed_batches(rows, batch_size, pad)
-    found: list[int | None] = []
+    found: list[int | None] = []  # per row, in fixed_batches' order: the first parting, (KL sum, answer tokens)
     sums: list[tuple[float, int]] = []
+    heads = {"model": prefix_of(model, [r["input_ids"] for r in rows])}  # the rows' common head, run once a side
     for i, batch in enumerate(tqdm(batches, desc=desc, unit="batch", disable=desc is None or len(batches) < 2)):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         where = position_masks(batch["labels"], batch["attention_mask"], batch["rehearsal"])["task_answers"]
-        inputs = (batch["input_ids"], batch["attention_mask"])
-        logits = logits_of(model, *inputs)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        logits = logits_at(model, inputs, where, heads["model"])  # positions of row 0, then row 1, ...
+        answers = batch["labels"][:, 1:][where]
         if nll:
-            nll_total += float(ce_sum(logits, batch["labels"]))
-            targets += count_targets(batch["labels"])
-        teacher = _base_side(model, base, inputs, where, base_logits, i)
-        kl = kl_rows(logits[:, :-1][where], teacher, direction=direction)  # positions of row 0, then row 1, ...
+            nll_total += float(F.cross_entropy(logits.float(), answers, reduction="sum"))
+        teacher = _base_side(model, base, inputs, where, base_logits, i, heads, rows)
+        kl = kl_rows(logits, teacher, direction=direction)
         total += float(kl.sum())
         n += int(where.sum())
         if parting is not None:
-            found += first_parting(logits[:, :-1], batch["labels"][:, 1:], where)
+            found += first_parting(logits.argmax(-1), answers, where)
         if per_row is not None:
             counts = where.sum(-1).tolist()
             sums += [(float(part.sum()), c) for part, c in zip(kl.split(counts), counts, strict=True)]
@@ -112,28 +113,35 @@ def answer_stats(
             wanted[:] = [None] * len(rows)
             for i, value in zip(length_order(rows), got, strict=True):
                 wanted[i] = value
-    return total / max(n, 1), (nll_total / max(targets, 1) if nll else None)
+    return total / max(n, 1), (nll_total / max(n, 1) if nll else None)  # both per answer token
 
 
-def _base_side(model, base, inputs, where, kept: list | None, i: int) -> torch.Tensor:
+def _base_side(model, base, inputs: dict, where, kept: list | None, i: int, heads: dict, rows) -> torch.Tensor:
     """Batch i's base logits at the answer positions: kept[i] when an earlier call measured it, else one
-    forward of the base (adapters off without `base`), appended to `kept` when given."""
+    forward of the base (adapters off without `base`), appended to `kept` when given. `heads` keeps the
+    base's run of the rows' common head (model/prefix.py), made on its first batch."""
     if kept is not None and i < len(kept):
         return kept[i].to(model.device)
+    ids = [r["input_ids"] for r in rows]
     if base is None:
         with base_view(model) as b:
-            teacher = logits_of(b, *inputs)[:, :-1][where]
+            if "base" not in heads:
+                heads["base"] = prefix_of(b, ids)
+            teacher = logits_at(b, inputs, where, heads["base"])
     else:
-        teacher = logits_of(base, *inputs)[:, :-1][where]
+        if "base" not in heads:
+            heads["base"] = prefix_of(base, ids)
+        teacher = logits_at(base, inputs, where, heads["base"])
     if kept is not None:
         kept.append(teacher.to("cpu"))  # host memory: a GPU keeps its room for the model
     return teacher
 
 
-def first_parting(logits: torch.Tensor, labels: torch.Tensor, where: torch.Tensor) -> list[int | None]:
-    """Per row, how many answer tokens (`where`) come before the first one the greedy choice misses
-    (None: it misses none)."""
-    missed = (logits.argmax(-1) != labels) & where
+def first_parting(greedy: torch.Tensor, answers: torch.Tensor, where: torch.Tensor) -> list[int | None]:
+    """Per row, how many answer tokens (`where`, (B, T)) come before the first one the greedy choice misses
+    (None: it misses none); `greedy` and `answers` are the greedy and the reference tokens at `where`."""
+    missed = torch.zeros_like(where)
+    missed[where] = greedy != answers
     before = where.cumsum(-1) - where.long()  # answer tokens before each position
     first = torch.where(missed, before, where.shape[-1]).min(-1).values
     return [int(f) if m else None for f, m in zip(first.tolist(), missed.any(-1).tolist(), strict=True)]

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from forgetless.adapters.views import switchable
@@ -26,8 +27,8 @@ from forgetless.errors import UserError
 from forgetless.eval import choice, stats
 from forgetless.eval.retention import retention, task_kl
 from forgetless.eval.task import task_eval
-from forgetless.model.forward import logits_of
-from forgetless.model.likelihood import ce_sum, count_targets
+from forgetless.model.forward import logits_at
+from forgetless.model.likelihood import IGNORE
 from forgetless.reference import answers
 
 
@@ -39,8 +40,11 @@ def mean_nll(model, batches: list[dict], desc: str | None = None) -> float:
     model.eval()
     for b in tqdm(batches, desc=desc, unit="batch", disable=desc is None or len(batches) < 2):
         b = {k: v.to(model.device) for k, v in b.items()}
-        total += float(ce_sum(logits_of(model, b["input_ids"], b["attention_mask"]), b["labels"]))
-        n += count_targets(b["labels"])
+        where = b["labels"][:, 1:] != IGNORE  # the head runs at the label tokens only (forward.logits_at)
+        inputs = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+        logits = logits_at(model, inputs, where).float()
+        total += float(F.cross_entropy(logits, b["labels"][:, 1:][where], reduction="sum"))
+        n += int(where.sum())
     model.train(was_training)
     return total / max(n, 1)
 

@@ -89,12 +89,13 @@ def cache_argument(model) -> str:
 def lean(model) -> bool:
     """Whether `hidden` can hand out hidden states and the output head (linear, or `SoftCapped`) for this model."""
     _, base = _unwrapped(model)
-    known = family(getattr(base.config, "model_type", None))
+    known = family(getattr(getattr(base, "config", None), "model_type", None))  # no config: not a known family
     return known is not None and known.plain_head and not virtual_tokens(model)
 
 
-def hidden(model, batch: dict[str, torch.Tensor]) -> Outputs:
-    """Final hidden states and the output head of `model` on `batch` (logits and None when not `lean`)."""
+def hidden(model, batch: dict[str, torch.Tensor], **extra) -> Outputs:
+    """Final hidden states and the output head of `model` on `batch` (logits and None when not `lean`).
+    `extra`: more keywords of the model call, for a lean model (a KV cache and position ids: model/prefix.py)."""
     if not lean(model):
         return Outputs(logits_of(model, batch["input_ids"], batch["attention_mask"], batch.get("position_ids")), None)
     _, base = _unwrapped(model)
@@ -106,11 +107,21 @@ def hidden(model, batch: dict[str, torch.Tensor]) -> Outputs:
     handle = base.get_decoder().register_forward_hook(grab)
     try:
         last = torch.zeros(1, dtype=torch.long, device=batch["input_ids"].device)
-        model(**model_inputs(batch, model), logits_to_keep=last)
+        model(**(model_inputs(batch, model) | extra), logits_to_keep=last)
     finally:
         handle.remove()
     head, cap = base.get_output_embeddings(), getattr(base.config, "final_logit_softcapping", None)
     return Outputs(seen["h"], SoftCapped(head, cap) if cap else head)
+
+
+def logits_at(model, batch: dict[str, torch.Tensor], where: torch.Tensor) -> torch.Tensor:
+    """(N, V) next-token logits of `model` at the (B, T-1) shifted positions `where`, in row order: the
+    output head runs at those positions only. An evaluation scores answer tokens, a fifth of the task
+    rows' positions and half of the retention rows'; the head is a fifth of a small model's work per
+    position (SmolLM2-135M: 28M of its 135M weights)."""
+    out = hidden(model, batch)
+    states = out.states[:, :-1][where]
+    return states if out.head is None else out.head(states)
 
 
 _PACKED_INPUTS = ("input_ids", "position_ids", "attention_mask")
