@@ -113,6 +113,8 @@ def test_mc_scorer_matches_a_one_at_a_time_reference(tiny_dir, tokenizer, tmp_pa
     # the shared-prompt path (KV cache repeated per choice) gives the same sums up to float rounding
     shared = choice.shared_prefix_logprobs(model, tokenizer, items, shots)
     assert [x for row in shared for x in row] == pytest.approx([x for row in lp for x in row], abs=1e-4)
+    two = choice.shared_prefix_logprobs(model, tokenizer, items, shots, batch_size=2)  # batches of unequal prompts
+    assert [x for row in two for x in row] == pytest.approx([x for row in lp for x in row], abs=1e-4)
 
 
 def test_spread_picks_evenly_in_order():

@@ -25,7 +25,7 @@ from forgetless.data.formats import resolve_path
 from forgetless.errors import UserError
 from forgetless.eval import stats
 from forgetless.model.forward import cache_argument, logits_of, virtual_tokens
-from forgetless.model.prefix import Prefix, cache_of, common_prefix, copies
+from forgetless.model.prefix import cache_of, common_prefix, copies
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _question_batch(model, head, shared: int, own: list[list[int]], conts: list[
     if head is not None:
         if not hasattr(head, "reorder_cache"):
             return None
-        extra = {arg: copies(Prefix([], head), len(own), dev)}  # one copy of the head per question
+        extra = {arg: copies(head, len(own), dev)}  # one copy of the head per question
     mask = torch.cat([torch.ones((len(own), shared), dtype=torch.long), mine], 1)
     first = model(
         input_ids=ids.to(dev),

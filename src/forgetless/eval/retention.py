@@ -11,6 +11,8 @@ The base model's predictions come from the same weights with adapters switched o
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -122,16 +124,10 @@ def _base_side(model, base, inputs: dict, where, kept: list | None, i: int, head
     base's run of the rows' common head (model/prefix.py), made on its first batch."""
     if kept is not None and i < len(kept):
         return kept[i].to(model.device)
-    ids = [r["input_ids"] for r in rows]
-    if base is None:
-        with base_view(model) as b:
-            if "base" not in heads:
-                heads["base"] = prefix_of(b, ids)
-            teacher = logits_at(b, inputs, where, heads["base"])
-    else:
+    with base_view(model) if base is None else nullcontext(base) as b:
         if "base" not in heads:
-            heads["base"] = prefix_of(base, ids)
-        teacher = logits_at(base, inputs, where, heads["base"])
+            heads["base"] = prefix_of(b, [r["input_ids"] for r in rows])
+        teacher = logits_at(b, inputs, where, heads["base"])
     if kept is not None:
         kept.append(teacher.to("cpu"))  # host memory: a GPU keeps its room for the model
     return teacher

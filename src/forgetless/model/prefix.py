@@ -56,9 +56,9 @@ def prefix_of(model, rows: list[list[int]]) -> Prefix | None:
     return Prefix(tokens, cache) if hasattr(cache, "reorder_cache") else None
 
 
-def copies(prefix: Prefix, rows: int, device) -> object:
-    """A fresh cache holding `rows` copies of the head's (the model call extends the cache it is given)."""
-    cache = copy.deepcopy(prefix.cache)
+def copies(cache, rows: int, device) -> object:
+    """A fresh cache holding `rows` copies of a batch-1 `cache` (the model call extends the cache it is given)."""
+    cache = copy.deepcopy(cache)
     cache.reorder_cache(torch.zeros(rows, dtype=torch.long, device=device))
     return cache
 
@@ -72,6 +72,6 @@ def logits_at(model, batch: dict[str, torch.Tensor], where: torch.Tensor, prefix
         return forward.logits_at(model, batch, where)
     rest = {"input_ids": ids[:, n:], "attention_mask": batch["attention_mask"]}  # the mask covers head and rest
     at = torch.arange(n, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-    extra = {"position_ids": at, forward.cache_argument(model): copies(prefix, ids.shape[0], ids.device)}
+    extra = {"position_ids": at, forward.cache_argument(model): copies(prefix.cache, ids.shape[0], ids.device)}
     out = forward.hidden(model, rest, **extra)
     return out.head(out.states[:, :-1][where[:, n:]])
