@@ -50,6 +50,15 @@ def test_rows_expected_to_run_to_the_end_get_batches_of_their_own():
     assert _batches(lengths, 2, [None, 4, 1, None, 4]) == [[0, 3], [1, 4], [2]]
 
 
+def test_a_row_that_parts_late_rides_with_the_rows_that_run_to_their_end():
+    # cost in row-steps (STEP_ROWS 15, PREFILL 0.67, prompts of 10 tokens): [[0], [1, 2, 3, 4], [5]] as
+    # batches of 4 by parting would cost 64·16 + 52·19 + 2·16 (+ prefill) = 2,064; [[0, 1], [2, 3, 4, 5]]:
+    # 64·17 + 2·19 (+ the same prefill) = 1,126, the least of any cuts
+    assert _batches([10] * 6, 4, [None, 50, 0, 0, 0, 0], 64) == [[0, 1], [2, 3, 4, 5]]
+    # rows that part at once are not held open by one that parts late: it gets a batch of its own
+    assert _batches([10] * 6, 4, [0, 0, 0, 60, 0, 0], 64) == [[3], [0, 1, 2, 4], [5]]
+
+
 def test_a_partial_answer_may_still_equal_its_target_by_hand():
     assert may_still_equal("Hello wor", "Hello world")  # the last word can still grow
     assert may_still_equal("  Hello\n\nworld ", "Hello world!")  # whitespace runs count as one space
