@@ -18,10 +18,10 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import alternate  # benchmarks/alternate.py: before and now, alternating
 import machine  # benchmarks/machine.py: the CPU beside every time
 import outputs  # benchmarks/outputs.py: every file written whole
 
@@ -85,19 +85,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default="docs/eval_before.json")
     args = ap.parse_args()
-    sides: dict[str, list[dict]] = {"before": [], "now": []}
-    commit = subprocess.run(["git", "rev-parse", "--short", args.before], cwd=ROOT, capture_output=True, text=True)
-    commit = commit.stdout.strip()
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.before], check=True, cwd=ROOT)
-        try:
-            for i in range(args.rounds):
-                for side, src in (("before", tree / "src"), ("now", ROOT / "src")):
-                    sides[side].append(run(src, args.run, Path(tmp) / f"{side}{i}"))
-                    print(side, i, json.dumps(sides[side][-1]["parts"]), flush=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT)
+    sides = alternate.sides(
+        args.before, args.rounds, lambda src, out: run(src, args.run, out), lambda r: json.dumps(r["parts"])
+    )
+    commit = alternate.commit(args.before)
     names = list(sides["now"][0]["parts"])
     table = {
         name: {

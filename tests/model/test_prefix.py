@@ -8,7 +8,8 @@ from forgetless.adapters.views import base_view
 from forgetless.data.batching import fixed_batches
 from forgetless.model import forward
 from forgetless.model.likelihood import IGNORE
-from forgetless.model.prefix import common_prefix, logits_at, prefix_of
+from forgetless.model.prefix import logits_at, prefix_of
+from forgetless.model.shared_heads import common_prefix
 from tests.conftest import lora_model
 
 

@@ -25,7 +25,8 @@ from forgetless.data.formats import resolve_path
 from forgetless.errors import UserError
 from forgetless.eval import stats
 from forgetless.model.forward import cache_argument, logits_of, virtual_tokens
-from forgetless.model.prefix import cache_of, common_prefix, copies
+from forgetless.model.prefix import cache_of, copies
+from forgetless.model.shared_heads import common_prefix
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from forgetless.model import packed_attention
+from forgetless.model import packed_attention, shared_heads
 from forgetless.model.families import family
 
 
@@ -105,13 +105,31 @@ def hidden(model, batch: dict[str, torch.Tensor], **extra) -> Outputs:
         seen["h"] = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     handle = base.get_decoder().register_forward_hook(grab)
+    layout = shared_heads.plan(batch) if not extra and _may_share(model, base, batch) else None
     try:
         last = torch.zeros(1, dtype=torch.long, device=batch["input_ids"].device)
-        model(**(model_inputs(batch, model) | extra), logits_to_keep=last)
+        model(**(layout.inputs() if layout else model_inputs(batch, model) | extra), logits_to_keep=last)
     finally:
         handle.remove()
+    states = seen["h"]
+    if layout is not None:  # back to the batch's own layout, token for token
+        states = states.flatten(0, 1)[layout.index].view(*batch["input_ids"].shape, -1)
     head, cap = base.get_output_embeddings(), getattr(base.config, "final_logit_softcapping", None)
-    return Outputs(seen["h"], SoftCapped(head, cap) if cap else head)
+    return Outputs(states, SoftCapped(head, cap) if cap else head)
+
+
+def _may_share(model, base, batch: dict[str, torch.Tensor]) -> bool:
+    """Whether a packed batch may run its rows' common heads once (model/shared_heads.py): under the row-by-row
+    attention, without a sliding window or soft-capped attention scores (which it leaves to plain SDPA), in a
+    forward that draws no dropout (else each copy of a head draws its own)."""
+    config = base.config
+    return (
+        "position_ids" in batch
+        and getattr(config, "_attn_implementation", None) == packed_attention.NAME
+        and getattr(config, "sliding_window", None) is None
+        and getattr(config, "attn_logit_softcapping", None) is None
+        and shared_heads.deterministic(model)
+    )
 
 
 def logits_at(model, batch: dict[str, torch.Tensor], where: torch.Tensor) -> torch.Tensor:

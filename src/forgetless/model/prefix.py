@@ -19,23 +19,13 @@ from dataclasses import dataclass
 import torch
 
 from forgetless.model import forward
+from forgetless.model.shared_heads import common_prefix
 
 
 @dataclass
 class Prefix:
     tokens: list[int]
     cache: object  # the model's KV cache after `tokens`, batch 1
-
-
-def common_prefix(rows: list[list[int]]) -> list[int]:
-    """The tokens every row starts with, leaving each row at least one of its own. Found on the token ids,
-    not the text: BPE merges across a text boundary ("\\n\\n" + "Question"), so a head tokenized alone is
-    not always a prefix of the rows."""
-    n = max(min(len(r) for r in rows) - 1, 0)
-    for i in range(n):
-        if any(r[i] != rows[0][i] for r in rows):
-            return rows[0][:i]
-    return rows[0][:n]
 
 
 def cache_of(out):
