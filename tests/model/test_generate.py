@@ -44,6 +44,24 @@ def test_a_target_stops_only_rows_that_can_no_longer_equal_it(tiny_dir):
     assert hinted == cut
 
 
+def test_prompts_run_their_common_head_once_and_answer_the_same(tiny_dir, monkeypatch):
+    from forgetless.model import generate as generating
+
+    torch.manual_seed(0)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_dir), load_tokenizer(tiny_dir)
+    system = {"role": "system", "content": "You triage the help desk's tickets into one line of fields."}
+    words = ["short", "a much longer ticket " * 5, "mid length ticket here", "x", "two words"]
+    chats = [[system, {"role": "user", "content": w}] for w in words]
+    heads = []
+    real = generating.prefix_of
+    monkeypatch.setattr(generating, "prefix_of", lambda *a: heads.append(real(*a)) or heads[-1])
+    shared = generate(model, tokenizer, chats, max_new_tokens=8, batch_size=2)  # three batches
+    assert heads and len(heads[0].tokens) > 10  # the system turn and more, in the cache
+    monkeypatch.setattr(generating, "prefix_of", lambda *a: None)
+    assert shared == generate(model, tokenizer, chats, max_new_tokens=8, batch_size=2)
+    assert len(set(shared)) > 1
+
+
 def test_rows_expected_to_run_to_the_end_get_batches_of_their_own():
     lengths = [5, 9, 7, 3, 8]
     assert _batches(lengths, 2) == [[1, 4], [2, 0], [3]]  # longest prompts first

@@ -6,7 +6,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from forgetless.model import forward
 from forgetless.model.chat_format import prompt_text, with_system
+from forgetless.model.prefix import copies, prefix_of
 
 
 class _Ticks(StoppingCriteria):
@@ -77,17 +79,20 @@ def generate(
         # spaces around punctuation, so a partial answer's text is no prefix of the whole answer's
         targets = None
     texts = [prompt_text(tokenizer, conv) for conv in conversations]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    batches = _batches(lengths, batch_size, parts_at if targets is not None else None, max_new_tokens)
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    batches = _batches([len(r) for r in ids], batch_size, parts_at if targets is not None else None, max_new_tokens)
     bar = tqdm(total=len(batches) * max_new_tokens, desc=desc, unit="step", disable=desc is None or not texts)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues on the right
     was_training = model.training
     model.eval()
     answers = [""] * len(texts)
     try:
+        # the prompts' common head (the chat template's system turn, a shared instruction) runs once: each
+        # batch starts from a copy of its KV cache (model/prefix.py)
+        head = prefix_of(model, ids) if len(ids) > 1 else None
         for n, rows in enumerate(batches):
-            enc = tokenizer([texts[i] for i in rows], add_special_tokens=False, padding=True, return_tensors="pt")
-            enc = {k: v.to(model.device) for k, v in enc.items()}
+            enc = _encode([ids[i] for i in rows], len(head.tokens) if head else 0, tokenizer.pad_token_id, model.device)
+            if head is not None:
+                enc[forward.cache_argument(model)] = copies(head.cache, len(rows), model.device)
             ticks = StoppingCriteriaList([_Ticks(bar)])
             if targets is not None:
                 ticks.append(_Diverged(tokenizer, enc["input_ids"].shape[1], [targets[i] for i in rows]))
@@ -104,10 +109,20 @@ def generate(
             for i, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
                 answers[i] = text.strip()
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
         bar.close()
     return answers
+
+
+def _encode(rows: list[list[int]], head: int, pad: int, device) -> dict[str, torch.Tensor]:
+    """A batch of prompts whose first `head` tokens are in the KV cache, padded on the left of their own tokens
+    (generation continues on the right): [head][padding][own tokens]. The mask's gap keeps the padding out of
+    attention, and generate numbers the positions from the mask, so each row's own tokens follow its head.
+    Without a head: plain left padding."""
+    width = max(len(r) for r in rows)
+    ids = [r[:head] + [pad] * (width - len(r)) + r[head:] for r in rows]
+    mask = [[1] * head + [0] * (width - len(r)) + [1] * (len(r) - head) for r in rows]
+    return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
 
 
 # What a batch costs, in row-steps (one row's share of a decoding step), to group the rows of a retention
