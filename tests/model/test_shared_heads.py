@@ -87,3 +87,25 @@ def test_a_training_forward_with_dropout_keeps_the_rows_apart(tiny_dir):
         forward.hidden(model, batch)
     hook.remove()
     assert widths == [batch["input_ids"].shape[1], shared_heads.plan(batch).input_ids.shape[1]]
+
+
+def test_gradients_through_a_shared_head_equal_the_plain_layout(tiny_dir, monkeypatch):
+    """A training forward that draws no dropout (peft.dropout 0) shares heads too: each copy's gradient adds up
+    in the one head, as the copies' gradients add up in the shared weights."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation=packed_attention.NAME).train()
+    batch = collate_packed(_rows(), pad_id=0, capacity=128)
+    real = batch["attention_mask"].bool()
+
+    def grads():
+        model.zero_grad()
+        states = forward.hidden(model, batch).states
+        (states[real] * torch.linspace(-1, 1, states.shape[-1])).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    assert shared_heads.deterministic(model) and shared_heads.plan(batch) is not None
+    shared = grads()
+    monkeypatch.setattr(shared_heads, "plan", lambda batch: None)
+    plain = grads()
+    assert shared.keys() == plain.keys() and len(plain) > 10
+    for name, g in plain.items():
+        assert torch.allclose(shared[name], g, atol=1e-4, rtol=1e-4), name

@@ -54,9 +54,9 @@ def read_once() -> Iterator[None]:
 def plain_view(reader_class):
     """`reader_class` (gguf's GGUFReader) reading through a plain ndarray view of its `np.memmap`. The reader
     slices the file once per metadata value (98k of them for the vocabulary's strings and merges), and each
-    slice of a memmap runs numpy's Python-level `memmap.__array_finalize__`: 6.1 s against 1.8 s for the
-    embedded model's file on a 2-core AVX2 VM. The view reads the same mapped pages (the memmap stays
-    alive as its base), read-only as before."""
+    slice of a memmap runs numpy's Python-level `memmap.__array_finalize__`: 6.4 s against 1.9 s for the
+    embedded model's file on a 2-core AVX2 VM (benchmarks/gguf_convert.py). The view reads the same mapped
+    pages (the memmap stays alive as its base), read-only as before."""
 
     class PlainView(reader_class):
         @property
