@@ -1,10 +1,11 @@
-"""The tokens every row of an evaluation starts with, run once.
+"""The tokens every row of an evaluation or a generation starts with, run once.
 
 Chat rows open with the same template head: the system turn, and often the same instruction (the
 quickstart's task rows share 27 of their ~80 tokens, the retention prompts 24 of ~106). A teacher-forced
 evaluation (the KL to the base, the task perplexity) runs that head once per model side, keeps its KV
 cache, and runs each batch from the first token where the rows differ, with a copy of the cache per row.
-The multiple-choice scorer does the same with its few-shot examples (eval/choice.py).
+The multiple-choice scorer does the same with its few-shot examples (eval/choice.py), and batched
+generation with its prompts' common head (model/generate.py).
 
 Only models whose hidden states `forward.hidden` hands out (a known family, no virtual tokens) and
 whose cache can be copied per row take this path; the rest, and batches that do not start with the

@@ -14,9 +14,10 @@ from the head's length. The row-by-row attention (packed_attention.by_rows) runs
 keys and values. `index` maps every token of the batch as given to its place in the new layout, so
 `states.flatten(0, 1)[index]` are the batch's hidden states, position for position.
 
-Exact only where every copy of the head computes the same: a forward without dropout. LoRA's dropout
-draws a mask per token, so a training forward with active dropout keeps its rows apart (`forward.hidden`
-takes this layout under no gradient: the teacher, the cached teacher's pass, evaluations of packed rows).
+Exact only where every copy of the head computes the same: a forward that draws no dropout
+(`deterministic`). LoRA's dropout draws a mask per token, so a training forward with active dropout keeps
+its rows apart; `forward.hidden` takes this layout for LwF's teacher (adapters off), the cached teacher's
+pass, and a training forward at `peft.dropout: 0`, where each copy's gradient adds up in the one head.
 """
 
 from __future__ import annotations
